@@ -1,0 +1,135 @@
+"""What a backbone is: a frozen description that export, runtime and the store agree on.
+
+A :class:`BackboneSpec` holds no heavy objects: building the PyTorch module is a
+callable (``build_torch``) that the export step calls, once, when no cached ONNX
+export exists. Everything that changes the output vectors is part of the spec and
+therefore of the fingerprint (see :mod:`engine.backbones.fingerprint`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Union
+
+Modality = Literal["text", "image", "numeric"]
+Pooling = Literal["mean", "cls", "none"]
+
+
+@dataclass(frozen=True)
+class TextPreprocessing:
+    """Tokenisation of UTF-8 text for a BERT-style encoder.
+
+    ``tokenizer`` is a folder or ``tokenizer.json`` path loadable by the ``tokenizers``
+    library. Texts are truncated at ``max_length`` tokens (special tokens included)
+    and padded per batch, never to a fixed length. ``inputs`` lists the ONNX input
+    names the graph takes, in order.
+    """
+
+    tokenizer: str
+    max_length: int = 256
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    kind: Literal["text"] = "text"
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """Decoding and resizing of images into a float32 NCHW tensor.
+
+    Rule: decode (first frame), apply EXIF orientation, convert to RGB (alpha is
+    composited on ``background``; 16-bit is scaled, not clipped), resize the
+    shorter side to ``resize`` with ``interpolation``, centre-crop ``size`` x ``size``,
+    scale to [0, 1], then ``(x - mean) / std`` per channel.
+    """
+
+    size: int = 224
+    resize: int = 256
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    background: tuple[int, int, int] = (255, 255, 255)
+    max_pixels: int = 89_478_485  # Pillow's decompression-bomb limit
+    min_side: int = 1
+    input_name: str = "pixel_values"
+    kind: Literal["image"] = "image"
+
+
+@dataclass(frozen=True)
+class NumericPreprocessing:
+    """Numeric arrays fed as they are (e.g. a sequence model over transaction histories).
+
+    ``shape`` is the shape of one item, ``None`` for a dynamic axis. ``dtype`` is the
+    ONNX input's numpy dtype name.
+    """
+
+    input_name: str = "input"
+    shape: tuple[int | None, ...] = ()
+    dtype: str = "float32"
+    kind: Literal["numeric"] = "numeric"
+
+
+Preprocessing = Union[TextPreprocessing, ImagePreprocessing, NumericPreprocessing]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A frozen backbone: where its weights come from, how inputs are prepared, what comes out.
+
+    Exactly one of ``build_torch`` (returns a ``torch.nn.Module`` whose forward takes the
+    ONNX inputs, by keyword, and returns the final pooled, normalised embedding) or
+    ``onnx_file`` (a ready ONNX graph whose output is already the embedding) is set.
+
+    ``weights`` lists the files whose bytes identify the pretrained weights (hashed into
+    the fingerprint). ``probe`` returns raw probe items (texts, image bytes or arrays)
+    for the parity check; when ``None`` the export step uses its default probe set for
+    the modality.
+    """
+
+    name: str
+    modality: Modality
+    source: str
+    preprocessing: Preprocessing
+    dim: int
+    pooling: Pooling = "mean"
+    normalize: bool = True
+    description: str = ""
+    weights: tuple[str, ...] = ()
+    build_torch: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+    onnx_file: str | None = None
+    output_name: str = "embedding"
+    probe: Callable[[], list[Any]] | None = field(default=None, compare=False, repr=False)
+    aliases: tuple[str, ...] = ()
+    default: bool = False
+    extra: tuple[tuple[str, str], ...] = ()  # anything else that changes the vectors, as (key, value)
+
+    def __post_init__(self) -> None:
+        if (self.build_torch is None) == (self.onnx_file is None):
+            raise ValueError(f"backbone '{self.name}': set exactly one of build_torch or onnx_file")
+        if self.preprocessing.kind != self.modality:
+            raise ValueError(
+                f"backbone '{self.name}': modality {self.modality!r} does not match preprocessing {self.preprocessing.kind!r}"
+            )
+        if self.dim <= 0:
+            raise ValueError(f"backbone '{self.name}': dim must be positive, got {self.dim}")
+
+    def identity(self) -> dict[str, Any]:
+        """Everything about the spec that changes the vectors, as JSON-able data (no file hashes)."""
+        from dataclasses import asdict
+
+        return {
+            "modality": self.modality,
+            "preprocessing": asdict(self.preprocessing),
+            "dim": self.dim,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "output_name": self.output_name,
+            "extra": [list(kv) for kv in self.extra],
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for ``headstart backbones --json``."""
+        info = {"name": self.name, "source": self.source, "description": self.description,
+                "aliases": list(self.aliases), "default": self.default, **self.identity()}
+        if self.onnx_file:
+            info["onnx_file"] = str(Path(self.onnx_file))
+        return info

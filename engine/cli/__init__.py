@@ -1,0 +1,112 @@
+"""The ``headstart`` command line: thin commands over the public API.
+
+Kept cheap to import: no torch, onnxruntime, faiss or sklearn at module level
+(``headstart --help`` must stay fast). Each command lives in its own module.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import HeadstartError
+from ._common import CliState
+from .cache import cache
+from .catalog import backbones, heads, plugins
+from .embed import embed
+from .export import export
+from .finetune import finetune
+from .train import eval_cmd, predict, sweep, train
+
+
+class _Group(click.Group):
+    """Adds plugin commands when the group is first listed or invoked."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self, ctx: click.Context) -> None:
+        if self._plugins_added:
+            return
+        self._plugins_added = True
+        try:
+            engine = CliState.from_ctx(ctx).engine()
+            engine.call_each("register_commands", cli=self, engine=engine)
+        except HeadstartError:
+            pass  # shown by `headstart plugins`; never blocks built-in commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands)
+
+    def get_command(self, ctx: click.Context, name: str):
+        command = super().get_command(ctx, name)
+        if command is None:
+            self._add_plugin_commands(ctx)
+            command = super().get_command(ctx, name)
+        return command
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            from ..registry import did_you_mean
+
+            guess = did_you_mean(args[0], self.commands) if args else None
+            if guess and "No such command" in str(exc):
+                raise click.UsageError(f"unknown command '{args[0]}'; did you mean '{guess}'?") from None
+            raise
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="headstart", prog_name="headstart")
+@click.option("--store", "store", metavar="DIR", envvar="HEADSTART_HOME", default=None,
+              help="Root of the export cache and feature stores [env: HEADSTART_HOME; default: per-user cache dir].")
+@click.option("--strict-plugins", is_flag=True, default=None,
+              help="Fail when any plugin fails to load [env: HEADSTART_STRICT_PLUGINS=1].")
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, store: str | None, strict_plugins: bool | None, debug: bool) -> None:
+    """headstart: embed a dataset once with a frozen backbone, train heads on the cached features in seconds.
+
+    \b
+    Typical session:
+      headstart embed data/train.csv               # embed into the feature store (cached)
+      headstart train data/train.csv --head linear -o model/
+      headstart eval model/ data/test.csv
+      headstart predict model/ data/new.csv -o predictions.csv
+    """
+    ctx.obj = CliState(store=store, strict_plugins=strict_plugins or None, debug=debug)
+
+
+for _command in (embed, train, sweep, eval_cmd, predict, finetune, export, backbones, heads, plugins, cache):
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: run the CLI, turning :class:`HeadstartError` into one clear line."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="headstart", standalone_mode=False)
+    except HeadstartError as exc:
+        if debug:
+            raise
+        click.secho(f"error: {exc.message}", fg="red", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Persistent caches: the export cache and the feature store, written atomically."""

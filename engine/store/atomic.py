@@ -1,0 +1,129 @@
+"""Crash-safe file writes: temp file in the same directory → fsync → os.replace → fsync dir.
+
+A reader sees the old file or the new one, never a torn one. Temp files are named
+``.<name>.tmp-<pid>-<random>`` so :func:`clean_temp_files` can remove leftovers of a
+killed writer. Every filesystem step goes through :data:`FS` so tests can inject a
+failure at the N-th write, fsync or rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Iterable
+
+TMP_MARK = ".tmp-"
+
+
+class _FileSystem:
+    """The few filesystem calls atomic writes make; tests swap in a faulty one."""
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def replace(self, src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        os.replace(src, dst)
+
+
+FS = _FileSystem()
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        FS.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_path_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], chunks: bytes | Iterable[bytes]) -> str:
+    """Write ``chunks`` to ``path`` atomically; return the sha256 hex of what was written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    digest = hashlib.sha256()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            for chunk in [chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks:
+                view = memoryview(chunk)
+                digest.update(view)
+                while view:
+                    written = FS.write(fd, view)
+                    view = view[written:]
+            FS.fsync(fd)
+        finally:
+            os.close(fd)
+        FS.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> str:
+    """Write ``data`` as indented JSON atomically; return its sha256."""
+    return write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def copy_file_atomic(src: str | os.PathLike[str], dst: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """Copy ``src`` to ``dst`` atomically; return the sha256 of the copy."""
+
+    def chunks():
+        with open(src, "rb") as fh:
+            while block := fh.read(chunk_size):
+                yield block
+
+    return write_bytes_atomic(dst, chunks())
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def clean_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove temp files left by killed writers under ``directory``; return what was removed.
+
+    Only call this while holding the directory's write lock, or a live writer's temp
+    file could be removed under it.
+    """
+    removed = []
+    root = Path(directory)
+    if not root.exists():
+        return removed
+    for p in root.rglob(f".*{TMP_MARK}*"):
+        try:
+            if p.is_dir():
+                import shutil
+
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed

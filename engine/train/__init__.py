@@ -1,0 +1,1 @@
+"""Training: fit heads on cached features, sweeps, metrics, and fine-tuning orchestration."""

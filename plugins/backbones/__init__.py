@@ -1,0 +1,1 @@
+"""Built-in headstart plugins, loaded only through entry points in group `headstart`."""
