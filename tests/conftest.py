@@ -1,0 +1,29 @@
+"""Shared test setup: every test runs against a store root under pytest's tmp dir, never the user's cache.
+
+``session_home`` is shared by the whole session so expensive exports (MiniLM,
+EfficientNet) are made once; tests that need an empty root use ``headstart_home``
+(from the plugin test kit) instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("session-home")
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _default_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point HEADSTART_HOME at the session root unless a test picks its own."""
+    if "HEADSTART_HOME" not in os.environ or not os.environ["HEADSTART_HOME"].startswith(str(session_home.parent)):
+        monkeypatch.setenv("HEADSTART_HOME", str(session_home))
+    from engine.plugins import set_engine
+
+    set_engine(None)
