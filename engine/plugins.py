@@ -169,8 +169,8 @@ class Engine:
     # -- calling hooks -----------------------------------------------------------
     def _impls(self, hook_name: str) -> Iterator[tuple[PluginRecord, Any]]:
         hook = getattr(self.pm.hook, hook_name)
-        # pluggy returns impls in reverse registration order; keep registration order (built-ins first).
-        for impl in reversed(hook.get_hookimpls()):
+        # get_hookimpls() lists impls in registration order (built-ins first); pluggy itself calls them LIFO.
+        for impl in hook.get_hookimpls():
             record = self.records.get(impl.plugin_name)
             if record is not None and record.status == "ok":
                 yield record, impl

@@ -64,10 +64,19 @@ class PluginVenv:
 
     @classmethod
     def create(cls, directory: str | os.PathLike[str]) -> "PluginVenv":
+        import sysconfig
+
         root = Path(directory)
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root)],
                        check=True, capture_output=True)
-        return cls(root)
+        venv = cls(root)
+        if sys.prefix != sys.base_prefix:
+            # Created from inside a venv: --system-site-packages only reaches the *base* interpreter's
+            # packages, so also chain the current environment's site-packages (its .pth files included).
+            parent = sysconfig.get_paths()["purelib"]
+            (venv.site_packages / "_headstart_parent_env.pth").write_text(
+                f"import site; site.addsitedir({parent!r})\n")
+        return venv
 
     @property
     def python(self) -> Path:
