@@ -1,0 +1,539 @@
+"""The feature store: one directory per backbone fingerprint, append-only shards, a derived FAISS index.
+
+Layout of ``<home>/features/<fingerprint>/``::
+
+    manifest.json                    written last, replaced atomically; lists the shards
+    shards/<seq>-<token>.vectors.arrow   key, ref, vector (fixed-size list<float32>[dim])
+    shards/<seq>-<token>.errors.arrow    key, ref, reason, stage
+    index/...                        FAISS index (flat or on-disk IVF), derived, rebuildable
+    .lock                            flock'ed by the one writer
+
+A :class:`FeatureStore` is a snapshot of one manifest: readers never see a torn state.
+Write with ``with store.writer() as w: w.add(keys, vectors, refs)``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import DimensionMismatchError, StoreError
+from . import index as ix
+from . import shards as sh
+from .atomic import clean_temp_files, write_bytes_atomic
+from .lock import StoreLock
+from .manifest import new_manifest, read_manifest, write_manifest
+
+DEFAULT_SHARD_SIZE = 4096
+DEFAULT_LOCK_TIMEOUT = 60.0
+_LARGE_BYTES = 512 << 20  # vectors() above this go to a memory-mapped temp file
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """An item that could not be embedded: its content key, source ref, reason and pipeline stage."""
+
+    key: str
+    ref: str | None
+    reason: str
+    stage: str = "embed"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`FeatureStore.verify` found; ``ok`` when ``problems`` is empty."""
+
+    path: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "ok": self.ok, "problems": self.problems, "notes": self.notes}
+
+
+def _short(keys: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+class FeatureStore:
+    """A snapshot of the store at ``path``; see the module docstring."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], *, writable: bool) -> None:
+        self.path = Path(path)
+        self._manifest = manifest
+        self.writable = writable
+        self._reset_caches()
+
+    # -- opening -----------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | Path, *, fingerprint: str, dim: int, backbone: str, create: bool = True,
+             index_config: ix.IndexConfig | None = None) -> "FeatureStore":
+        """Open (or create) the store for ``fingerprint`` at ``root`` (``settings.features_dir / fingerprint``).
+
+        Raises :class:`DimensionMismatchError` when ``root`` holds a store of another fingerprint or dim.
+        """
+        root = Path(root)
+        if int(dim) <= 0:
+            raise DimensionMismatchError(f"feature store {root}: dim must be positive, got {dim}",
+                                         hint="pass the backbone's output dimension")
+        manifest = read_manifest(root)
+        if manifest is None:
+            if not create:
+                raise StoreError(f"no feature store at {root}", hint="embed a source first (`headstart embed`)")
+            root.mkdir(parents=True, exist_ok=True)
+            with StoreLock(root, DEFAULT_LOCK_TIMEOUT):
+                manifest = read_manifest(root)
+                if manifest is None:
+                    config = (index_config or ix.IndexConfig()).as_dict()
+                    manifest = write_manifest(root, new_manifest(fingerprint, dim, backbone, config))
+        store = cls(root, manifest, writable=True)
+        store._check_identity(fingerprint, int(dim))
+        return store
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureStore":
+        """Open an existing store read-only (:class:`StoreError` when ``path`` has no manifest)."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise StoreError(f"no feature store at {path}: a directory without a manifest does not exist",
+                             hint="check the path, or list stores with `headstart cache info`")
+        return cls(path, manifest, writable=False)
+
+    def refresh(self) -> "FeatureStore":
+        """Re-read the manifest (pick up other writers' commits)."""
+        manifest = read_manifest(self.path)
+        if manifest is None:
+            raise StoreError(f"feature store {self.path} lost its manifest",
+                             hint="run `headstart cache verify`; re-embed if the store was deleted")
+        if manifest.get("generation") != self._manifest.get("generation"):
+            self._manifest = manifest
+            self._reset_caches()
+        return self
+
+    def _check_identity(self, fingerprint: str, dim: int) -> None:
+        if self.fingerprint != fingerprint:
+            raise DimensionMismatchError(
+                f"feature store {self.path} belongs to backbone fingerprint {self.fingerprint}, not {fingerprint}",
+                hint="each backbone fingerprint has its own store: use settings.features_dir / fingerprint")
+        if self.dim != dim:
+            raise DimensionMismatchError(
+                f"feature store {self.path} holds {self.dim}-d vectors, not {dim}-d",
+                hint="the backbone's output dimension changed: embed into a new store")
+
+    # -- identity ----------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self._manifest["fingerprint"]
+
+    @property
+    def dim(self) -> int:
+        return int(self._manifest["dim"])
+
+    @property
+    def backbone(self) -> str:
+        return self._manifest["backbone"]
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._manifest
+
+    @property
+    def index_config(self) -> ix.IndexConfig:
+        return ix.IndexConfig.from_dict(self._manifest.get("index_config"))
+
+    def __len__(self) -> int:
+        return int(self._manifest["n_vectors"])
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, backbone={self.backbone!r}, dim={self.dim}, n={len(self)})"
+
+    # -- cached views of the snapshot ------------------------------------------------
+    def _reset_caches(self) -> None:
+        self._keys: list[str] | None = None
+        self._ids: dict[str, int] | None = None
+        self._starts: list[int] = []
+        self._errors: dict[str, ErrorRecord] | None = None
+        self._arrays: dict[str, np.ndarray] = {}
+        self._searcher: tuple[Any, int] | None = None
+        self._tail: np.ndarray | None = None
+
+    def _vector_entries(self) -> list[dict]:
+        return [s for s in self._manifest["shards"] if s["kind"] == sh.VECTORS]
+
+    def _load_keys(self) -> None:
+        if self._keys is not None:
+            return
+        keys: list[str] = []
+        starts = []
+        for entry in self._vector_entries():
+            starts.append(len(keys))
+            keys.extend(sh.read_table(self.path / entry["file"], ["key"]).column("key").to_pylist())
+        self._keys, self._starts = keys, starts
+        self._ids = {k: i for i, k in enumerate(keys)}
+
+    def _load_errors(self) -> dict[str, ErrorRecord]:
+        if self._errors is None:
+            errors: dict[str, ErrorRecord] = {}
+            for entry in self._manifest["shards"]:
+                if entry["kind"] == sh.ERRORS:
+                    table = sh.read_table(self.path / entry["file"]).to_pydict()
+                    for key, ref, reason, stage in zip(table["key"], table["ref"], table["reason"], table["stage"]):
+                        errors.setdefault(key, ErrorRecord(key, ref, reason, stage))
+            self._errors = errors
+        return self._errors
+
+    def _shard_array(self, entry: dict) -> np.ndarray:
+        array = self._arrays.get(entry["file"])
+        if array is None:
+            array = sh.vectors_of(sh.read_table(self.path / entry["file"], ["vector"]), self.dim)
+            self._arrays[entry["file"]] = array
+        return array
+
+    # -- lookups -------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Keys of all stored vectors, in id order."""
+        self._load_keys()
+        return list(self._keys)
+
+    def contains(self, keys: Sequence[str], include_errors: bool = True) -> np.ndarray:
+        """A bool per key: has a vector (or, with ``include_errors``, an error record)."""
+        self._load_keys()
+        errors = self._load_errors() if include_errors else {}
+        return np.fromiter((k in self._ids or k in errors for k in keys), dtype=bool, count=len(keys))
+
+    def ids(self, keys: Sequence[str]) -> np.ndarray:
+        """Row ids of ``keys`` (:class:`StoreError` naming the missing ones)."""
+        self._load_keys()
+        missing = [k for k in keys if k not in self._ids]
+        if missing:
+            raise StoreError(f"feature store {self.path} has no vector for {len(missing)} key(s): {_short(missing)}",
+                             hint="embed the source first; `headstart cache info --errors` lists failed items")
+        return np.fromiter((self._ids[k] for k in keys), dtype=np.int64, count=len(keys))
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """Vectors of ``keys`` in the order given, as an (n, dim) float32 array."""
+        return self._rows(self.ids(keys))
+
+    def _rows(self, ids: np.ndarray) -> np.ndarray:
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        if not len(ids):
+            return out
+        entries = self._vector_entries()
+        shard_of = np.searchsorted(np.asarray(self._starts), ids, side="right") - 1
+        for s in np.unique(shard_of):
+            where = np.nonzero(shard_of == s)[0]
+            out[where] = self._shard_array(entries[s])[ids[where] - self._starts[s]]
+        return out
+
+    def iter_shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        """(keys, vectors) per vector shard, in id order; vectors are memory-mapped."""
+        for entry in self._vector_entries():
+            table = sh.read_table(self.path / entry["file"], ["key"])
+            yield table.column("key").to_pylist(), self._shard_array(entry)
+
+    def vectors(self) -> np.ndarray:
+        """All vectors in id order; memory-mapped (one shard, or large stores), else in memory."""
+        entries = self._vector_entries()
+        if len(entries) == 1:
+            return self._shard_array(entries[0])
+        n, dim = len(self), self.dim
+        if n * dim * 4 > _LARGE_BYTES:
+            try:
+                handle = tempfile.TemporaryFile(dir=self.path, prefix=".vectors.tmp-")
+            except OSError:
+                handle = tempfile.TemporaryFile(prefix="headstart-vectors-")
+            out = np.memmap(handle, dtype=np.float32, mode="w+", shape=(n, dim))
+        else:
+            out = np.empty((n, dim), dtype=np.float32)
+        pos = 0
+        for entry in entries:
+            block = self._shard_array(entry)
+            out[pos:pos + len(block)] = block
+            pos += len(block)
+        return out
+
+    def error_records(self) -> list[ErrorRecord]:
+        """Error records of keys that have no vector."""
+        self._load_keys()
+        return [r for k, r in self._load_errors().items() if k not in self._ids]
+
+    def errors_for(self, keys: Sequence[str]) -> dict[str, ErrorRecord]:
+        """The error records among ``keys`` (keys without a vector only)."""
+        self._load_keys()
+        errors = self._load_errors()
+        return {k: errors[k] for k in keys if k in errors and k not in self._ids}
+
+    # -- search ----------------------------------------------------------------------
+    def _check_queries(self, queries: np.ndarray) -> np.ndarray:
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise DimensionMismatchError(
+                f"queries of shape {tuple(np.shape(queries))} do not match feature store {self.path} "
+                f"({self.dim}-d, backbone {self.backbone})",
+                hint="embed the queries with the store's backbone")
+        if not np.isfinite(q).all():
+            raise StoreError("queries contain NaN or Inf values", hint="check the query vectors")
+        return np.ascontiguousarray(q)
+
+    def _index(self) -> tuple[Any, int]:
+        """The persisted index and how many rows it covers; (None, 0) when absent or unreadable."""
+        if self._searcher is None:
+            entry = self._manifest.get("index")
+            self._searcher = (None, 0)
+            if entry:
+                try:
+                    index = ix.load(self.path / entry["file"], entry["type"], self.index_config.nprobe)
+                    self._searcher = (index, int(entry["n_vectors"]))
+                except (RuntimeError, OSError):
+                    self._searcher = (None, 0)  # replaced by a newer writer: scan exactly
+        return self._searcher
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` inner-product neighbours: (scores (q, k) float32, keys (q, k) object; None when fewer)."""
+        q = self._check_queries(queries)
+        self._load_keys()
+        index, covered = self._index()
+        if self._tail is None:
+            self._tail = self._rows(np.arange(covered, len(self), dtype=np.int64))
+        scores, ids = ix.search(index, covered, self._tail, q, int(k))
+        keys = np.array(self._keys + [None], dtype=object)[np.where(ids < 0, len(self._keys), ids)]
+        return scores, keys
+
+    def search_keys(self, keys: Sequence[str], k: int = 10, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours of stored ``keys`` (the key itself left out unless ``exclude_self=False``)."""
+        scores, found = self.search(self.get(keys), k + 1 if exclude_self else k)
+        if not exclude_self:
+            return scores, found
+        out_s = np.full((len(keys), k), -np.inf, dtype=np.float32)
+        out_k = np.full((len(keys), k), None, dtype=object)
+        for row, key in enumerate(keys):
+            keep = [j for j in range(found.shape[1]) if found[row, j] != key][:k]
+            out_s[row, :len(keep)], out_k[row, :len(keep)] = scores[row, keep], found[row, keep]
+        return out_s, out_k
+
+    # -- writing ---------------------------------------------------------------------
+    def writer(self, shard_size: int = DEFAULT_SHARD_SIZE, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> "StoreWriter":
+        """The store's writer (a context manager holding the write lock)."""
+        if not self.writable:
+            raise StoreError(f"feature store {self.path} was opened read-only",
+                             hint="open it with FeatureStore.open(...) to write")
+        return StoreWriter(self, shard_size, lock_timeout)
+
+    def rebuild_index(self, config: ix.IndexConfig | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> dict:
+        """Rebuild the FAISS index from the shards (retraining IVF); return the new index entry."""
+        with StoreLock(self.path, lock_timeout):
+            self.refresh()
+            if config is not None:
+                self._commit_manifest(dict(self._manifest, index_config=config.as_dict()))
+            from .indexing import update_index
+
+            update_index(self, rebuild=True)
+        return self._manifest.get("index") or {}
+
+    def _commit_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write ``manifest`` (caller holds the lock) and adopt it as this snapshot."""
+        self._manifest = write_manifest(self.path, manifest)
+        self._searcher, self._tail = None, None
+
+    # -- checks ------------------------------------------------------------------------
+    def verify(self, deep: bool = True) -> VerifyReport:
+        from .verify import verify_store
+
+        return verify_store(self, deep=deep)
+
+    def info(self) -> dict[str, Any]:
+        """Summary: backbone, fingerprint, dim, n_vectors, n_errors, bytes, shards, index type."""
+        m = self._manifest
+        index = m.get("index") or {}
+        total = sum(s["bytes"] for s in m["shards"])
+        total += sum(f.stat().st_size for f in (self.path / "index").glob("*") if f.is_file()) \
+            if (self.path / "index").is_dir() else 0
+        return {
+            "path": str(self.path),
+            "backbone": self.backbone,
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "n_vectors": len(self),
+            "n_errors": len(self.error_records()),
+            "bytes": total,
+            "shards": sum(1 for s in m["shards"] if s["kind"] == sh.VECTORS),
+            "error_shards": sum(1 for s in m["shards"] if s["kind"] == sh.ERRORS),
+            "index": index.get("type"),
+            "index_vectors": index.get("n_vectors", 0),
+            "generation": m["generation"],
+            "updated_at": m["updated_at"],
+        }
+
+
+class StoreWriter:
+    """Appends to a store under its exclusive lock; see :meth:`FeatureStore.writer`.
+
+    Rows are buffered and committed as one shard every ``shard_size`` rows, on
+    :meth:`commit`, and on a clean exit (which also brings the index up to date).
+    Keys already in the store (vectors or error records) are skipped.
+    """
+
+    def __init__(self, store: FeatureStore, shard_size: int, lock_timeout: float) -> None:
+        if shard_size < 1:
+            raise StoreError(f"shard_size must be >= 1, got {shard_size}", hint="use the default (4096)")
+        self.store = store
+        self.shard_size = int(shard_size)
+        self._lock = StoreLock(store.path, lock_timeout)
+        self._keys: list[str] = []
+        self._refs: list[str | None] = []
+        self._vectors: list[np.ndarray] = []
+        self._pending: dict[str, None] = {}
+        self._errors: list[ErrorRecord] = []
+        self._open = False
+        self.added = 0
+        self.skipped = 0
+
+    def __enter__(self) -> "StoreWriter":
+        self._lock.acquire()
+        try:
+            self.store.refresh()
+            clean_temp_files(self.store.path)
+            from .catalog import remove_orphans
+
+            remove_orphans(self.store.path, self.store.manifest)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._open = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.commit()
+                from .indexing import update_index
+
+                update_index(self.store)
+        finally:
+            self._open = False
+            self._lock.release()
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreError("the store writer is not open", hint="use it as `with store.writer() as w:`")
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray, refs: Sequence[str | None] | None = None, *,
+            fingerprint: str | None = None) -> int:
+        """Queue vectors for ``keys``; return how many were new (others are skipped)."""
+        self._check_open()
+        store = self.store
+        if fingerprint is not None and fingerprint != store.fingerprint:
+            raise DimensionMismatchError(
+                f"vectors from backbone fingerprint {fingerprint} offered to feature store {store.fingerprint}",
+                hint="open the store of that fingerprint: settings.features_dir / fingerprint")
+        vectors = np.asarray(vectors)
+        keys = list(keys)
+        if vectors.ndim != 2 or vectors.shape[1] != store.dim:
+            raise DimensionMismatchError(
+                f"vectors of shape {vectors.shape} offered to feature store {store.path} ({store.dim}-d)",
+                hint="the vectors come from another backbone; use its own store")
+        if len(keys) != len(vectors):
+            raise StoreError(f"{len(keys)} keys for {len(vectors)} vectors", hint="pass one key per vector row")
+        refs = [None] * len(keys) if refs is None else [None if r is None else str(r) for r in refs]
+        if len(refs) != len(keys):
+            raise StoreError(f"{len(refs)} refs for {len(keys)} keys", hint="pass one ref per key (or none)")
+        bad = ~np.isfinite(vectors).all(axis=1)
+        if bad.any():
+            named = [keys[i] for i in np.nonzero(bad)[0]]
+            raise StoreError(f"{len(named)} vector(s) contain NaN or Inf: {_short(named)}",
+                             hint="record these items with add_errors() instead of storing their vectors")
+        present = store.contains(keys, include_errors=False)
+        take = []
+        for i, key in enumerate(keys):
+            if not isinstance(key, str) or not key:
+                raise StoreError(f"invalid key {key!r} at row {i}", hint="keys are non-empty content-hash strings")
+            if not present[i] and key not in self._pending:
+                self._pending[key] = None
+                take.append(i)
+        self.skipped += len(keys) - len(take)
+        if take:
+            self._keys.extend(keys[i] for i in take)
+            self._refs.extend(refs[i] for i in take)
+            self._vectors.append(np.asarray(vectors[take], dtype=np.float32))
+            self.added += len(take)
+        if len(self._keys) >= self.shard_size:
+            self._commit_vectors(full_only=True)
+        return len(take)
+
+    def add_errors(self, records: Iterable[ErrorRecord]) -> int:
+        """Queue error records (skipping keys already stored or queued); return how many were new."""
+        self._check_open()
+        records = list(records)
+        known = self.store.contains([r.key for r in records])
+        queued = {r.key for r in self._errors}
+        new = []
+        for record, have in zip(records, known):
+            if not have and record.key not in self._pending and record.key not in queued:
+                queued.add(record.key)
+                new.append(record)
+        self._errors.extend(new)
+        return len(new)
+
+    def commit(self) -> None:
+        """Write everything queued: one shard per ``shard_size`` rows, then the manifest, per shard."""
+        self._check_open()
+        self._commit_vectors(full_only=False)
+        if self._errors:
+            records = self._errors
+            table = sh.error_table([r.key for r in records], [r.ref for r in records],
+                                   [r.reason for r in records], [r.stage for r in records])
+            self._write_shard(sh.ERRORS, table, len(records))
+            self._errors = []
+            self.store._errors = None
+
+    def _commit_vectors(self, full_only: bool) -> None:
+        while self._keys and (len(self._keys) >= self.shard_size or not full_only):
+            n = min(self.shard_size, len(self._keys))
+            vectors = np.concatenate(self._vectors) if len(self._vectors) > 1 else self._vectors[0]
+            keys, refs = self._keys[:n], self._refs[:n]
+            self._write_shard(sh.VECTORS, sh.vector_table(keys, refs, vectors[:n]), n)
+            self._keys, self._refs = self._keys[n:], self._refs[n:]
+            self._vectors = [vectors[n:]] if len(vectors) > n else []
+            for key in keys:
+                self._pending.pop(key, None)
+            store = self.store
+            if store._keys is not None:
+                store._starts.append(len(store._keys))
+                store._ids.update((k, len(store._keys) + i) for i, k in enumerate(keys))
+                store._keys.extend(keys)
+
+    def _write_shard(self, kind: str, table, rows: int) -> None:
+        store = self.store
+        seq = len(store.manifest["shards"]) + 1
+        name = f"shards/{seq:06d}-{secrets.token_hex(4)}.{kind}.arrow"
+        data = sh.table_bytes(table)
+        try:
+            digest = write_bytes_atomic(store.path / name, data)
+            entry = {"file": name, "kind": kind, "rows": rows, "bytes": len(data), "sha256": digest}
+            manifest = dict(store.manifest, shards=store.manifest["shards"] + [entry])
+            manifest["n_vectors" if kind == sh.VECTORS else "n_errors"] += rows
+            store._commit_manifest(manifest)
+        except OSError as exc:
+            raise StoreError(
+                f"could not commit a {rows}-row {kind} shard to feature store {store.path}: {exc.strerror or exc}",
+                hint="free disk space (or fix permissions) and re-run; committed shards are intact and "
+                     "the re-run resumes from them") from exc
+
+
+__all__ = ["ErrorRecord", "FeatureStore", "StoreWriter", "VerifyReport"]

@@ -1,0 +1,171 @@
+"""The FAISS index over a store's shards: derived, rebuildable, written atomically.
+
+* ``flat``: exact inner product (``IndexFlatIP``), ids = row positions; serialised with
+  ``faiss.serialize_index`` and written through :mod:`engine.store.atomic`.
+* ``ivf``: an on-disk ``IndexIVFFlat`` (inner product). The coarse quantizer is trained
+  once on a sample; each shard becomes a *block* index holding its rows (ids = global
+  row positions); blocks are merged into ``<name>.ivfdata`` (``OnDiskInvertedLists``)
+  under a new generation name, so no live file is ever rewritten. Loaded with plain
+  ``read_index`` (``IO_FLAG_ONDISK_SAME_DIR``), never ``IO_FLAG_MMAP`` (it segfaulted at
+  search on faiss-cpu 1.15.1).
+
+An index may cover only a prefix of the store (a writer was killed before updating
+it); :func:`search` scans the uncovered tail exactly and merges the results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+FLAT = "flat"
+IVF = "ivf"
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How a store's index is built.
+
+    ``kind``: ``"auto"`` (flat below ``ivf_threshold`` vectors, else IVF), ``"flat"`` or ``"ivf"``.
+    ``nlist``: IVF lists (default ``4·√n`` clamped to [16, 65536]); ``nprobe``: lists visited per
+    query; ``train_size``: rows sampled to train the quantizer (default ``min(n, 64·nlist)``).
+    """
+
+    kind: str = "auto"
+    ivf_threshold: int = 200_000
+    nlist: int | None = None
+    nprobe: int = 16
+    train_size: int | None = None
+
+    def resolve(self, n: int) -> str:
+        if self.kind == "auto":
+            return IVF if n >= self.ivf_threshold else FLAT
+        return self.kind
+
+    def lists_for(self, n: int) -> int:
+        if self.nlist:
+            return self.nlist
+        return int(min(65536, max(16, 4 * int(np.sqrt(max(n, 1))))))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "IndexConfig":
+        return cls(**{k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__})
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """faiss prints on-disk bookkeeping to C stdout; keep it out of ``--json`` output."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def serialize(index) -> memoryview:
+    import faiss
+
+    return memoryview(faiss.serialize_index(index))
+
+
+def build_flat(dim: int, blocks: Callable[[], Iterator[np.ndarray]], start=None) -> object:
+    """A flat IP index over ``blocks()`` (in id order), appended to ``start`` when given."""
+    import faiss
+
+    index = start if start is not None else faiss.IndexFlatIP(dim)
+    for block in blocks():
+        index.add(np.ascontiguousarray(block, dtype=np.float32))
+    return index
+
+
+def train_ivf(sample: np.ndarray, nlist: int) -> memoryview:
+    """Train an empty IVF-flat (inner product) on ``sample``; return its serialised bytes."""
+    import faiss
+
+    dim = sample.shape[1]
+    nlist = max(1, min(nlist, len(sample)))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return serialize(index)
+
+
+def ivf_block(trained: bytes | memoryview, vectors: np.ndarray, first_id: int) -> memoryview:
+    """One shard's rows added to a copy of the trained IVF, ids from ``first_id``."""
+    import faiss
+
+    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+    ids = np.arange(first_id, first_id + len(vectors), dtype=np.int64)
+    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+    return serialize(index)
+
+
+def merge_ivf(trained: bytes | memoryview, block_paths: list[Path], ivfdata: Path) -> memoryview:
+    """Merge block files into a fresh on-disk ``ivfdata`` (fsynced); return the index bytes."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+    with _stdout_to_stderr():
+        merge_ondisk(index, [str(p) for p in block_paths], str(ivfdata))
+    fd = os.open(ivfdata, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return serialize(index)
+
+
+def load(path: Path, kind: str, nprobe: int = 16):
+    """Load an index file written by this module (IVF: its ivfdata must sit beside it)."""
+    import faiss
+
+    if kind == IVF:
+        with _stdout_to_stderr():
+            index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        faiss.extract_index_ivf(index).nprobe = nprobe
+        return index
+    return faiss.read_index(str(path))
+
+
+def search(index, covered: int, tail: np.ndarray | None, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) over ``index`` (ids < ``covered``) plus an exact scan of ``tail``.
+
+    Missing neighbours have id ``-1`` and score ``-inf``.
+    """
+    nq = len(queries)
+    scores = np.full((nq, 0), -np.inf, dtype=np.float32)
+    ids = np.full((nq, 0), -1, dtype=np.int64)
+    if index is not None and index.ntotal:
+        s, i = index.search(queries, min(k, index.ntotal))
+        s = np.where(i < 0, -np.inf, s).astype(np.float32)
+        scores, ids = np.hstack([scores, s]), np.hstack([ids, i])
+    if tail is not None and len(tail):
+        sims = queries @ tail.T
+        top = min(k, tail.shape[0])
+        part = np.argpartition(-sims, top - 1, axis=1)[:, :top]
+        scores = np.hstack([scores, np.take_along_axis(sims, part, axis=1).astype(np.float32)])
+        ids = np.hstack([ids, part.astype(np.int64) + covered])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+    if scores.shape[1] < k:
+        pad = k - scores.shape[1]
+        scores = np.hstack([scores, np.full((nq, pad), -np.inf, dtype=np.float32)])
+        ids = np.hstack([ids, np.full((nq, pad), -1, dtype=np.int64)])
+    return scores, ids

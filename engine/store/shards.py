@@ -1,0 +1,78 @@
+"""Shard files: uncompressed Arrow IPC (Feather v2), memory-mappable, readable without headstart.
+
+A *vector shard* has columns ``key`` (string), ``ref`` (string, nullable) and ``vector``
+(fixed-size list of float32, ``dim`` wide). An *error shard* has ``key``, ``ref``,
+``reason`` and ``stage`` (strings). ``pyarrow.feather.read_table(path)`` reads either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+VECTORS = "vectors"
+ERRORS = "errors"
+
+
+def vector_table(keys: Sequence[str], refs: Sequence[str | None], vectors: np.ndarray):
+    """A vector shard as a ``pyarrow.Table``."""
+    import pyarrow as pa
+
+    n, dim = vectors.shape
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(flat, dim)
+    return pa.table({
+        "key": pa.array(list(keys), type=pa.string()),
+        "ref": pa.array(list(refs), type=pa.string()),
+        "vector": column,
+    })
+
+
+def error_table(keys: Sequence[str], refs: Sequence[str | None], reasons: Sequence[str], stages: Sequence[str]):
+    """An error shard as a ``pyarrow.Table``."""
+    import pyarrow as pa
+
+    return pa.table({
+        "key": pa.array(list(keys), type=pa.string()),
+        "ref": pa.array(list(refs), type=pa.string()),
+        "reason": pa.array(list(reasons), type=pa.string()),
+        "stage": pa.array(list(stages), type=pa.string()),
+    })
+
+
+def table_bytes(table) -> memoryview:
+    """Serialise ``table`` as one uncompressed Arrow IPC file, in memory."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return memoryview(sink.getvalue())
+
+
+def read_table(path: Path, columns: Sequence[str] | None = None):
+    """Read a shard memory-mapped (zero copy); ``columns`` limits what is materialised."""
+    import pyarrow as pa
+
+    source = pa.memory_map(str(path), "r")
+    table = pa.ipc.open_file(source).read_all()
+    return table.select(list(columns)) if columns is not None else table
+
+
+def num_rows(path: Path) -> int:
+    """Row count from the file footer, without reading the data."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(path), "r") as source:
+        reader = pa.ipc.open_file(source)
+        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+
+
+def vectors_of(table, dim: int) -> np.ndarray:
+    """The ``vector`` column as an (n, dim) float32 array, zero-copy where the data is contiguous."""
+    column = table.column("vector")
+    parts = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    flat = parts[0] if len(parts) == 1 else (np.concatenate(parts) if parts else np.empty(0, np.float32))
+    return flat.reshape(-1, dim)
