@@ -1,22 +1,143 @@
-"""``headstart cache info|verify|gc|search``: inspect and maintain the stores."""
+"""``headstart cache info|verify|gc|search``: inspect and maintain the feature stores."""
 
 from __future__ import annotations
 
 import click
 
-from ._common import CliState
+from ._common import CliState, echo_json, echo_table
+
+
+def _settings(ctx: click.Context):
+    return CliState.from_ctx(ctx).engine().settings
+
+
+def _load(settings, fingerprint: str):
+    """The store whose fingerprint is ``fingerprint`` or starts with it (unique prefix)."""
+    from ..errors import StoreError
+    from ..store.catalog import store_dirs
+    from ..store.features import FeatureStore
+
+    matches = [p for p in store_dirs(settings) if p.name == fingerprint] or \
+        [p for p in store_dirs(settings) if p.name.startswith(fingerprint)]
+    if len(matches) != 1:
+        what = "no" if not matches else f"{len(matches)}"
+        raise StoreError(f"{what} feature store(s) match fingerprint '{fingerprint}' under {settings.features_dir}",
+                         hint="list the stores with `headstart cache info`")
+    return FeatureStore.load(matches[0])
 
 
 @click.group("cache")
 def cache() -> None:
-    """Inspect, verify and clean the export cache and feature stores."""
+    """Inspect, verify, search and clean the feature stores."""
 
 
 @cache.command("info")
+@click.option("--errors", "show_errors", is_flag=True, help="Also list each store's per-item error records.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def info(ctx: click.Context) -> None:
+def info(ctx: click.Context, show_errors: bool, as_json: bool) -> None:
     """List each feature store with its backbone, fingerprint, vectors, errors and bytes."""
-    from ..errors import HeadstartError
+    from ..store.catalog import list_stores
+    from ..store.features import FeatureStore
 
-    CliState.from_ctx(ctx).engine()
-    raise HeadstartError("`headstart cache info` is not built yet", hint="see issue #4")
+    settings = _settings(ctx)
+    stores = list_stores(settings)
+    if show_errors:
+        for entry in stores:
+            if "error" not in entry:
+                entry["errors"] = [r.as_dict() for r in FeatureStore.load(entry["path"]).error_records()]
+    if as_json:
+        echo_json({"home": str(settings.home), "stores": stores})
+        return
+    if not stores:
+        click.echo(f"no feature stores under {settings.features_dir}")
+        return
+    echo_table(["backbone", "fingerprint", "dim", "n_vectors", "n_errors", "bytes", "index"],
+               [[s.get("backbone", "?"), s["fingerprint"][:16], s.get("dim"), s.get("n_vectors"),
+                 s.get("n_errors"), s.get("bytes"), s.get("index") or s.get("error")] for s in stores])
+    for entry in stores if show_errors else []:
+        for record in entry.get("errors", []):
+            click.echo(f"{entry['fingerprint'][:16]}  {record['key'][:16]}  {record['ref']}  "
+                       f"[{record['stage']}] {record['reason']}")
+
+
+@cache.command("verify")
+@click.argument("fingerprint", required=False)
+@click.option("--quick", is_flag=True, help="Skip hashing files and probing the index.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def verify(ctx: click.Context, fingerprint: str | None, quick: bool, as_json: bool) -> None:
+    """Check manifests, shards (size, sha256, rows) and indexes; exit 1 on damage."""
+    from ..errors import StoreError
+    from ..store.catalog import store_dirs
+    from ..store.features import FeatureStore
+    from ..store.manifest import read_manifest
+
+    settings = _settings(ctx)
+    reports = []
+    paths = [_load(settings, fingerprint).path] if fingerprint else store_dirs(settings)
+    for path in paths:
+        try:
+            if read_manifest(path) is None:
+                continue
+            reports.append(FeatureStore.load(path).verify(deep=not quick).as_dict())
+        except (StoreError, OSError) as exc:
+            reports.append({"path": str(path), "ok": False, "problems": [str(exc)], "notes": []})
+    ok = all(r["ok"] for r in reports)
+    if as_json:
+        echo_json({"ok": ok, "stores": reports})
+    else:
+        for r in reports:
+            click.echo(f"{'ok     ' if r['ok'] else 'DAMAGED'}  {r['path']}")
+            for line in r["problems"]:
+                click.echo(f"  problem: {line}")
+            for line in r["notes"]:
+                click.echo(f"  note: {line}")
+        if not reports:
+            click.echo(f"no feature stores under {settings.features_dir}")
+    if not ok:
+        raise StoreError(f"{sum(not r['ok'] for r in reports)} feature store(s) are damaged",
+                         hint="rebuild a damaged index with FeatureStore.rebuild_index(); "
+                              "a damaged shard means re-embedding into a fresh store")
+
+
+@cache.command("gc")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def gc(ctx: click.Context, as_json: bool) -> None:
+    """Remove temp files, orphan shards and directories without a manifest (locked stores are skipped)."""
+    from ..store.catalog import gc as collect
+
+    result = collect(_settings(ctx))
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(f"removed {result['removed_files']} file(s) and {len(result['removed_dirs'])} directory(ies), "
+               f"freed {result['bytes_freed']} bytes")
+    for path in result["skipped_locked"]:
+        click.echo(f"skipped (a writer holds its lock): {path}")
+
+
+@cache.command("search")
+@click.argument("fingerprint")
+@click.option("--key", "keys", multiple=True, required=True, help="Content key of a stored item (repeatable).")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours per key.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def search(ctx: click.Context, fingerprint: str, keys: tuple[str, ...], k: int, as_json: bool) -> None:
+    """Nearest stored items (inner product) to stored item(s) KEY, from the store of FINGERPRINT."""
+    store = _load(_settings(ctx), fingerprint)
+    scores, found = store.search_keys(list(keys), k)
+    listed = sorted({key for row in found for key in row if key is not None})
+    refs = dict(zip(listed, store.refs(listed)))
+    results = [{"key": key, "neighbours": [{"key": n, "score": float(s), "ref": refs.get(n)}
+                                            for n, s in zip(found[i], scores[i]) if n is not None]}
+               for i, key in enumerate(keys)]
+    if as_json:
+        echo_json({"fingerprint": store.fingerprint, "results": results})
+        return
+    for result in results:
+        click.echo(f"neighbours of {result['key']}:")
+        echo_table(["rank", "score", "key", "ref"],
+                   [[i + 1, f"{n['score']:.4f}", n["key"], n["ref"]] for i, n in enumerate(result["neighbours"])])
+

@@ -239,6 +239,18 @@ class FeatureStore:
             out[where] = self._shard_array(entries[s])[ids[where] - self._starts[s]]
         return out
 
+    def refs(self, keys: Sequence[str]) -> list[str | None]:
+        """Source refs (path or row) of stored ``keys``, in the order given."""
+        ids = self.ids(keys)
+        out: list[str | None] = [None] * len(ids)
+        entries = self._vector_entries()
+        shard_of = np.searchsorted(np.asarray(self._starts), ids, side="right") - 1
+        for s in np.unique(shard_of):
+            column = sh.read_table(self.path / entries[s]["file"], ["ref"]).column("ref")
+            for pos in np.nonzero(shard_of == s)[0]:
+                out[pos] = column[int(ids[pos] - self._starts[s])].as_py()
+        return out
+
     def iter_shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """(keys, vectors) per vector shard, in id order; vectors are memory-mapped."""
         for entry in self._vector_entries():

@@ -62,21 +62,23 @@ class IndexConfig:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """faiss prints on-disk bookkeeping to C stdout; keep it out of ``--json`` output."""
+def _quiet_stdout() -> Iterator[None]:
+    """faiss printf()s on-disk bookkeeping to C stdout; drop it (it would corrupt ``--json`` output)."""
     import ctypes
 
     libc = ctypes.CDLL(None)
     sys.stdout.flush()
     libc.fflush(None)
     saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(2, 1)
+        os.dup2(devnull, 1)
         yield
     finally:
         libc.fflush(None)
         os.dup2(saved, 1)
         os.close(saved)
+        os.close(devnull)
 
 
 def serialize(index) -> memoryview:
@@ -122,7 +124,7 @@ def merge_ivf(trained: bytes | memoryview, block_paths: list[Path], ivfdata: Pat
     from faiss.contrib.ondisk import merge_ondisk
 
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
-    with _stdout_to_stderr():
+    with _quiet_stdout():
         merge_ondisk(index, [str(p) for p in block_paths], str(ivfdata))
     fd = os.open(ivfdata, os.O_RDONLY)
     try:
@@ -137,7 +139,7 @@ def load(path: Path, kind: str, nprobe: int = 16):
     import faiss
 
     if kind == IVF:
-        with _stdout_to_stderr():
+        with _quiet_stdout():
             index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
         faiss.extract_index_ivf(index).nprobe = nprobe
         return index
