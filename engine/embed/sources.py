@@ -1,0 +1,67 @@
+"""Open a data source with the reader plugin that claims it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import ConfigError, HeadstartError, PluginError, ReaderError
+from .items import ReaderOptions, ReaderSpec, Source
+
+
+def open_source(source: str | os.PathLike, options: ReaderOptions | None = None, *, reader: str | None = None,
+                engine: Any = None) -> Source:
+    """Open ``source`` (path or prefixed ref) with a registered reader; its schema is checked now.
+
+    The reader is ``reader`` (a name or alias) when given; otherwise a reader whose prefix
+    matches wins, then one claiming the extension or passing ``can_read``, the highest
+    ``priority`` first (ties by name). Raises :class:`ConfigError` when the path does not exist
+    or no reader accepts it, :class:`ReaderError` when it cannot be read, and the reader's
+    :class:`~engine.errors.SchemaError` when columns or labels are wrong.
+    """
+    if engine is None:
+        from ..plugins import get_engine
+
+        engine = get_engine()
+    catalog = engine.catalog
+    ref = os.fspath(source)
+    options = options or ReaderOptions()
+    entries = catalog.items("reader")
+    if reader is not None:
+        entry = catalog.get("reader", reader)
+    else:
+        prefixed = [e for e in entries if any(ref.startswith(p) for p in e.spec.prefixes)]
+        if not prefixed and not os.path.exists(ref):
+            raise ConfigError(f"source '{ref}' does not exist", hint="check the path (or use a reader prefix)")
+        claimed = prefixed or [e for e in entries if _claims(e.spec, ref)]
+        if not claimed:
+            raise ConfigError(f"no reader accepts '{ref}'",
+                              hint=f"readers: {describe_readers(entries)}; or choose one with --reader")
+        entry = sorted(claimed, key=lambda e: (-e.spec.priority, e.name))[0]
+    try:
+        return entry.spec.open(ref, options)
+    except HeadstartError:
+        raise
+    except OSError as exc:
+        raise ReaderError(f"cannot read '{ref}' with reader '{entry.name}': {exc.strerror or exc}",
+                          hint="check the path exists and is readable") from exc
+    except Exception as exc:  # noqa: BLE001 - a reader plugin's own bug: name it
+        raise PluginError(f"reader '{entry.name}' (plugin '{entry.plugin}') failed to open '{ref}': "
+                          f"{type(exc).__name__}: {exc}", hint="report it to the plugin's authors") from exc
+
+
+def _claims(spec: ReaderSpec, ref: str) -> bool:
+    try:
+        return spec.claims(ref)
+    except Exception:  # noqa: BLE001 - a broken can_read must not hide the other readers
+        return False
+
+
+def describe_readers(entries: list[Any]) -> str:
+    """``name (what it accepts)`` for each reader, for error messages."""
+    parts = []
+    for e in entries:
+        accepts = [*e.spec.prefixes, *e.spec.extensions] or ["see its description"]
+        parts.append(f"{e.name} ({', '.join(accepts)}: {e.spec.description})" if e.spec.description
+                     else f"{e.name} ({', '.join(accepts)})")
+    return "; ".join(parts) or "none registered"

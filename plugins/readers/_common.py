@@ -1,0 +1,118 @@
+"""Shared pieces of the built-in readers: column choice, UTF-8 decoding, line counting, stats."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator, Literal
+
+from engine.errors import SchemaError
+from engine.registry import did_you_mean
+
+#: Column names tried, case-insensitively and in this order, when no column is given.
+TEXT_DEFAULTS = ("text", "sentence", "sentences", "content", "body", "document", "review", "input")
+LABEL_DEFAULTS = ("label", "labels", "class", "target", "category", "y")
+BOM = b"\xef\xbb\xbf"
+
+
+def pick_column(columns: list[str], wanted: str | None, defaults: Iterable[str], role: str, where: str,
+                option: str) -> str | None:
+    """The column for ``role``: ``wanted`` if given (must exist), else the first default present, else ``None``."""
+    if wanted is not None:
+        if wanted in columns:
+            return wanted
+        guess = did_you_mean(wanted, columns)
+        raise SchemaError(f"{role} column '{wanted}' not found in {where}; columns present: {_listing(columns)}"
+                          + (f"; did you mean '{guess}'?" if guess else ""),
+                          hint=f"pass {option} with one of the columns present")
+    lowered = {c.lower(): c for c in reversed(columns)}
+    return next((lowered[d] for d in defaults if d in lowered), None)
+
+
+def choose_columns(columns: list[str], text_column: str | None, label_column: str | None,
+                   labelled: bool | None, where: str) -> tuple[str, str | None]:
+    """Resolve (input column, label column) by the documented defaults; :class:`SchemaError` lists the columns.
+
+    The input column is ``text_column``, else a default name, else the only column that is not the label.
+    """
+    label = pick_column(columns, label_column, LABEL_DEFAULTS, "label", where, "--label-column")
+    if labelled is False:
+        label = None
+    elif labelled and label is None:
+        raise SchemaError(f"no label column in {where}; columns present: {_listing(columns)}",
+                          hint=f"pass --label-column (defaults tried: {', '.join(LABEL_DEFAULTS)})")
+    text = pick_column(columns, text_column, TEXT_DEFAULTS, "text", where, "--text-column")
+    if text is None:
+        rest = [c for c in columns if c != label]
+        if len(rest) != 1:
+            raise SchemaError(f"no text column in {where}; columns present: {_listing(columns)}",
+                              hint=f"pass --text-column (defaults tried: {', '.join(TEXT_DEFAULTS)})")
+        text = rest[0]
+    if text == label:
+        raise SchemaError(f"column '{text}' of {where} cannot be both the text and the label column",
+                          hint="pass --text-column and --label-column with different columns")
+    return text, label
+
+
+def all_empty_labels(label: str, where: str) -> SchemaError:
+    return SchemaError(f"label column '{label}' of {where} is empty in every row",
+                       hint="fill the labels, pass --label-column with the right column, or embed without labels")
+
+
+def _listing(columns: list[str]) -> str:
+    return ", ".join(repr(c) for c in columns) if columns else "none"
+
+
+def decode(raw: bytes, errors: Literal["strict", "replace"]) -> tuple[str, bool]:
+    """``raw`` as UTF-8: ``(text, replaced)``; strict raises :class:`UnicodeDecodeError`."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        if errors == "strict":
+            raise
+        return raw.decode("utf-8", "replace"), True
+
+
+def bad_utf8(exc: UnicodeDecodeError, where: str) -> str:
+    bad = exc.object[exc.start:exc.end]
+    return (f"{where}: not valid UTF-8 (byte {bad[:4].hex()} at offset {exc.start}); "
+            "re-encode the file as UTF-8 or use encoding_errors='replace'")
+
+
+def strip_eol(line: bytes) -> bytes:
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line
+
+
+def read_lines(path: str) -> Iterator[bytes]:
+    """Raw lines of ``path`` (line ends kept), with a UTF-8 BOM removed from the first; streams."""
+    with open(path, "rb") as fh:
+        first = True
+        for line in fh:
+            if first:
+                first = False
+                if line.startswith(BOM):
+                    line = line[len(BOM):]
+            yield line
+
+
+def count_lines(path: str) -> int:
+    """Number of lines in ``path`` (a last line without a newline counts), reading 1 MiB chunks."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def display_path(path: str) -> str:
+    """``path`` made printable: undecodable file-name bytes shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def new_stats() -> dict[str, int]:
+    """Counters a source exposes as ``source.stats``, reset at each iteration."""
+    return {"items": 0, "failed": 0, "replaced": 0, "skipped": 0}

@@ -1,0 +1,161 @@
+"""Folder-of-images reader: recursive, sorted, symlink-loop safe.
+
+Layout: if the folder has sub-folders holding images, each first-level sub-folder is a
+class and its name (NFC-normalised) is the label of every image below it; with no such
+sub-folders the images are unlabelled. Images directly in the root next to class folders are
+a :class:`SchemaError` (move them, or pass ``labelled=False`` to ignore the folder names).
+
+Files are chosen by extension (``IMAGE_EXTENSIONS``, any case; hidden files skipped);
+their content is checked later by the decoder. Entries are visited depth-first in the order of
+their NFC-normalised names, so the order is the same on every file system whatever the
+Unicode normalisation of the names. Symlinks are followed (``follow_symlinks``); a directory
+already being visited (a loop) or already visited is skipped and counted in
+``stats["symlink_loops"]`` / ``stats["skipped"]``. A file that cannot be read (permissions,
+broken link, larger than ``max_bytes``) becomes a failed item naming its path.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from typing import Iterator
+
+from engine.embed.items import Item, ReaderOptions
+from engine.errors import SchemaError
+
+from ._common import display_path, new_stats
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+#: Files larger than this are failed items, never read into memory (override with ``extra["max_bytes"]``).
+MAX_BYTES = 256 << 20
+
+
+def _sort_key(name: str) -> tuple[str, str]:
+    return unicodedata.normalize("NFC", name), name
+
+
+def is_image_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+class FolderSource:
+    """An opened folder of images; the layout (labelled or not) is decided in ``__init__``."""
+
+    modality = "image"
+
+    def __init__(self, path: str, options: ReaderOptions) -> None:
+        self.root, self.options = path, options
+        self.name = display_path(path)
+        self.max_bytes = int(options.extra.get("max_bytes", MAX_BYTES))
+        self.stats = self._new_stats()
+        if not os.path.isdir(path):
+            raise SchemaError(f"{self.name} is not a folder", hint="pass a folder of images")
+        top_files, class_dirs = self._top_level()
+        labelled = bool(class_dirs) if options.labelled is None else options.labelled
+        if labelled and not class_dirs:
+            raise SchemaError(f"{self.name} has no class sub-folders with images; labels were asked for",
+                              hint="put each class's images in a sub-folder named after the class")
+        if labelled and top_files:
+            raise SchemaError(f"{self.name} mixes {len(top_files)} image(s) at the top level (e.g. "
+                              f"{display_path(top_files[0])!r}) with class sub-folders "
+                              f"({', '.join(display_path(d) for d in class_dirs[:5])})",
+                              hint="move the top-level images into a class folder, or read it unlabelled "
+                                   "(labelled=False)")
+        self.has_labels = labelled
+        self.classes = sorted({unicodedata.normalize("NFC", d) for d in class_dirs}) if labelled else []
+
+    def _new_stats(self) -> dict[str, int]:
+        return {**new_stats(), "symlink_loops": 0}
+
+    def _top_level(self) -> tuple[list[str], list[str]]:
+        """(image files directly in the root, sub-folders that hold at least one image)."""
+        files, dirs = [], []
+        for entry in sorted(os.scandir(self.root), key=lambda e: _sort_key(e.name)):
+            if entry.name.startswith("."):
+                continue
+            if self._is_dir(entry):
+                if next(self._walk(entry.path, {}, self._new_stats()), None) is not None:
+                    dirs.append(entry.name)
+            elif is_image_name(entry.name):
+                files.append(entry.name)
+        return files, dirs
+
+    def _is_dir(self, entry: os.DirEntry) -> bool:
+        try:
+            return entry.is_dir(follow_symlinks=self.options.follow_symlinks)
+        except OSError:
+            return False
+
+    def _walk(self, path: str, visited: dict[tuple[int, int], bool], stats: dict[str, int],
+              ancestors: frozenset[tuple[int, int]] = frozenset()) -> Iterator[str]:
+        """Image file paths under ``path``, depth-first in name order; each real directory once."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            stats["skipped"] += 1
+            return
+        ident = (st.st_dev, st.st_ino)
+        if ident in ancestors:
+            stats["symlink_loops"] += 1
+            return
+        if ident in visited:
+            stats["skipped"] += 1
+            return
+        visited[ident] = True
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: _sort_key(e.name))
+        except OSError:
+            stats["skipped"] += 1
+            return
+        inner = ancestors | {ident}
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if self._is_dir(entry):
+                yield from self._walk(entry.path, visited, stats, inner)
+            elif is_image_name(entry.name):
+                yield entry.path
+            else:
+                stats["skipped"] += 1
+
+    def _labelled_paths(self, stats: dict[str, int]) -> Iterator[tuple[str, str | None]]:
+        visited: dict[tuple[int, int], bool] = {}
+        if not self.has_labels:
+            for path in self._walk(self.root, visited, stats):
+                yield path, None
+            return
+        root = os.stat(self.root)
+        _, class_dirs = self._top_level()
+        for name in class_dirs:
+            label = unicodedata.normalize("NFC", name)
+            for path in self._walk(os.path.join(self.root, name), visited, stats,
+                                   frozenset({(root.st_dev, root.st_ino)})):
+                yield path, label
+
+    def __iter__(self) -> Iterator[Item]:
+        self.stats = stats = self._new_stats()
+        for path, label in self._labelled_paths(stats):
+            item = self._read(path, label)
+            stats["items"] += 1
+            stats["failed"] += item.error is not None
+            yield item
+
+    def _read(self, path: str, label: str | None) -> Item:
+        ref = display_path(path)
+        try:
+            size = os.path.getsize(path)
+            if size > self.max_bytes:
+                return Item.failed(ref, f"{ref}: file is {size} bytes, above max_bytes {self.max_bytes}", "image",
+                                   label=label)
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            return Item.failed(ref, f"{ref}: cannot read the file ({exc.strerror or exc})", "image", label=label)
+        return Item.make(ref, data, "image", label=label)
+
+    def estimate_count(self) -> int | None:
+        return sum(1 for _ in self._labelled_paths(self._new_stats()))
+
+
+def open_folder(source: str, options: ReaderOptions) -> FolderSource:
+    return FolderSource(os.fspath(source), options)

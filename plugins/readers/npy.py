@@ -1,0 +1,54 @@
+"""``.npy`` reader: one numeric item per row of the first axis, memory-mapped (never loaded whole).
+
+An ``(N, ...)`` array gives N items of shape ``(...)``; the content key hashes each row's dtype,
+shape and bytes. Object arrays are refused (they would need pickle). No labels.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+from engine.embed.items import Item, ReaderOptions
+from engine.errors import SchemaError
+
+from ._common import display_path, new_stats
+
+
+class NpySource:
+    """An opened ``.npy`` file (memory-mapped, read-only)."""
+
+    modality = "numeric"
+    has_labels = False
+
+    def __init__(self, path: str, options: ReaderOptions) -> None:
+        import numpy as np
+
+        self.path, self.options = path, options
+        self.name = display_path(path)
+        self.stats = new_stats()
+        try:
+            self.array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise SchemaError(f"{self.name} is not a plain numeric .npy array: {exc}",
+                              hint="save a numeric array with numpy.save (object arrays need pickle)") from None
+        if self.array.ndim < 2 or self.array.dtype.kind not in "biuf":
+            raise SchemaError(f"{self.name} holds a {self.array.ndim}-D {self.array.dtype} array; need a numeric "
+                              "array with one item per row (at least 2-D)",
+                              hint="reshape to (n_items, ...) with a bool, integer or float dtype")
+        self.shape = tuple(self.array.shape[1:])
+
+    def __iter__(self) -> Iterator[Item]:
+        import numpy as np
+
+        self.stats = stats = new_stats()
+        for n in range(self.array.shape[0]):
+            yield Item.make(f"{self.name}:row {n + 1}", np.array(self.array[n]), "numeric")
+            stats["items"] += 1
+
+    def estimate_count(self) -> int | None:
+        return int(self.array.shape[0])
+
+
+def open_npy(source: str, options: ReaderOptions) -> NpySource:
+    return NpySource(os.fspath(source), options)

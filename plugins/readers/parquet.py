@@ -1,0 +1,153 @@
+"""Parquet reader: streamed with ``pyarrow.parquet.ParquetFile.iter_batches``.
+
+The input column decides the modality:
+
+* a string (or binary, decoded as UTF-8) column -> ``text`` items;
+* a list / fixed-size-list column of numbers -> ``numeric`` items, one array per row;
+* with no text column named or found, several numeric scalar columns -> ``numeric`` items,
+  each row the vector of those columns in schema order.
+
+Column defaults are those of the CSV reader; a null input makes that row a failed item.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+from engine.embed.items import Item, ReaderOptions
+from engine.errors import SchemaError
+
+from ._common import (LABEL_DEFAULTS, TEXT_DEFAULTS, all_empty_labels, bad_utf8, decode, display_path, new_stats,
+                      pick_column)
+
+BATCH_ROWS = 1024
+
+
+class ParquetSource:
+    """An opened Parquet file; the schema is checked in ``__init__``."""
+
+    def __init__(self, path: str, options: ReaderOptions) -> None:
+        import pyarrow.parquet as pq
+
+        self.path, self.options = path, options
+        self.name = display_path(path)
+        self.stats = new_stats()
+        try:
+            self.file = pq.ParquetFile(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError on bad files
+            raise SchemaError(f"{self.name} is not a readable Parquet file: {exc}",
+                              hint="check the file was fully written") from None
+        schema = self.file.schema_arrow
+        self.columns = list(schema.names)
+        self.label_column = self._label(options)
+        self.inputs, self.modality = self._inputs(schema, options)
+        if self.label_column and not any(any(v is not None for v in labels) for labels in self._labels_only()):
+            raise all_empty_labels(self.label_column, self.name)
+        self.has_labels = self.label_column is not None
+
+    def _label(self, options: ReaderOptions) -> str | None:
+        label = pick_column(self.columns, options.label_column, LABEL_DEFAULTS, "label", self.name, "--label-column")
+        if options.labelled is False:
+            return None
+        if options.labelled and label is None:
+            raise SchemaError(f"no label column in {self.name}; columns present: {', '.join(self.columns)}",
+                              hint=f"pass --label-column (defaults tried: {', '.join(LABEL_DEFAULTS)})")
+        return label
+
+    def _inputs(self, schema: Any, options: ReaderOptions) -> tuple[list[str], str]:
+        import pyarrow.types as pt
+
+        def kind(name: str) -> str | None:
+            t = schema.field(name).type
+            if pt.is_string(t) or pt.is_large_string(t) or pt.is_binary(t) or pt.is_large_binary(t):
+                return "text"
+            if (pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t)) and _numeric(t.value_type):
+                return "array"
+            return "scalar" if _numeric(t) else None
+
+        text = pick_column(self.columns, options.text_column, TEXT_DEFAULTS, "text", self.name, "--text-column")
+        rest = [c for c in self.columns if c != self.label_column]
+        if text is None and len(rest) == 1:
+            text = rest[0]
+        if text is not None:
+            k = kind(text)
+            if k is None:
+                raise SchemaError(f"column '{text}' of {self.name} has type {schema.field(text).type}; need a "
+                                  "string, binary, numeric list or numeric column", hint="pass --text-column")
+            return [text], ("text" if k == "text" else "numeric")
+        if rest and all(kind(c) == "scalar" for c in rest):
+            return rest, "numeric"
+        raise SchemaError(f"no text column in {self.name}; columns present: "
+                          + ", ".join(f"{c} ({schema.field(c).type})" for c in self.columns),
+                          hint=f"pass --text-column (defaults tried: {', '.join(TEXT_DEFAULTS)})")
+
+    def _batches(self, columns: list[str]) -> Iterator[Any]:
+        yield from self.file.iter_batches(batch_size=BATCH_ROWS, columns=list(dict.fromkeys(columns)))
+
+    def _labels_only(self) -> Iterator[list[str | None]]:
+        for batch in self._batches([self.label_column]):
+            yield [_label(v) for v in batch.column(self.label_column).to_pylist()]
+
+    def __iter__(self) -> Iterator[Item]:
+        self.stats = stats = new_stats()
+        row = 0
+        for batch in self._batches(self.inputs + ([self.label_column] if self.label_column else [])):
+            labels = ([_label(v) for v in batch.column(self.label_column).to_pylist()] if self.label_column
+                      else [None] * batch.num_rows)
+            values = self._values(batch)
+            for value, label in zip(values, labels):
+                row += 1
+                item = self._item(f"{self.name}:row {row}", value, label, stats)
+                stats["items"] += 1
+                stats["failed"] += item.error is not None
+                yield item
+
+    def _values(self, batch: Any) -> list[Any]:
+        import numpy as np
+
+        if self.modality == "text" or len(self.inputs) == 1:
+            col = batch.column(self.inputs[0])
+            if self.modality == "text":
+                return col.to_pylist()
+            return [None if v is None else np.asarray(v) for v in col.to_numpy(zero_copy_only=False)]
+        cols = [batch.column(c) for c in self.inputs]
+        valid = np.ones(batch.num_rows, dtype=bool)
+        for c in cols:
+            if c.null_count:
+                valid &= ~np.asarray(c.is_null())
+        matrix = np.column_stack([c.to_numpy(zero_copy_only=False) for c in cols])
+        return [matrix[i].copy() if valid[i] else None for i in range(batch.num_rows)]
+
+    def _item(self, ref: str, value: Any, label: str | None, stats: dict[str, int]) -> Item:
+        if value is None:
+            return Item.failed(ref, f"{ref}: '{'/'.join(self.inputs)}' is null", self.modality, label=label)
+        if self.modality == "numeric":
+            return Item.make(ref, value, "numeric", label=label)
+        if isinstance(value, bytes):
+            try:
+                value, replaced = decode(value, self.options.encoding_errors)
+            except UnicodeDecodeError as exc:
+                return Item.failed(ref, bad_utf8(exc, ref), "text", raw=exc.object, label=label)
+            stats["replaced"] += replaced
+        return Item.make(ref, value, "text", label=label)
+
+    def estimate_count(self) -> int | None:
+        return int(self.file.metadata.num_rows)
+
+
+def _numeric(t: Any) -> bool:
+    import pyarrow.types as pt
+
+    return pt.is_integer(t) or pt.is_floating(t) or pt.is_boolean(t)
+
+
+def _label(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text.strip() or None
+
+
+def open_parquet(source: str, options: ReaderOptions) -> ParquetSource:
+    return ParquetSource(os.fspath(source), options)
