@@ -201,7 +201,7 @@ def big_text(n_bytes: int = 1 << 20) -> str:
         out.append(word)
         size += len(word) + 1
         i += 1
-    return " ".join(out)[:n_bytes]
+    return " ".join(out).ljust(n_bytes)[:n_bytes]
 
 
 def jsonl(rows: list[dict]) -> bytes:

@@ -179,3 +179,25 @@ def test_draft_mode_close_to_full_decode_for_large_jpeg():
         (341, 256), Image.Resampling.BILINEAR).crop((58, 16, 282, 240)), dtype=np.float32)
     # The same picture (DCT-scaled decode differs only by small filtering differences).
     assert np.abs(drafted - full).mean() < 2
+
+
+def test_folder_of_fault_images_gives_a_vector_or_an_item_error_each(tmp_path):
+    from engine.embed.sources import open_source
+
+    faults = {"corrupt.jpg": F.corrupt_jpeg(), "cut.jpg": F.truncated(F.jpeg(200, 150)), "cmyk.jpg": F.cmyk_jpeg(),
+              "p16.png": F.png16_gray(), "pal.png": F.palette_transparent_png(), "rgba.png": F.rgba_png(),
+              "exif6.jpg": F.exif_jpeg(6), "bomb.png": F.bomb_png(), "dot.png": F.tiny_png(),
+              "strip.png": F.strip_png(), "anim.gif": F.animated_gif(), "pages.tif": F.multipage_tiff(),
+              "page.jpg": F.HTML_BYTES, "doc.jpg": F.PDF_BYTES}
+    for name, data in faults.items():
+        F.write(tmp_path / name, data)
+    outcome = {}
+    for item in open_source(tmp_path):
+        try:
+            outcome[item.ref.rsplit("/", 1)[1]] = prepare_image(item.payload, ImagePreprocessing()).shape
+        except ItemError as exc:
+            outcome[item.ref.rsplit("/", 1)[1]] = exc.message.split(":")[0]
+    assert outcome.pop("corrupt.jpg") == outcome.pop("cut.jpg") == "truncated or corrupt image"
+    assert outcome.pop("bomb.png") == "image too large"
+    assert outcome.pop("page.jpg") == outcome.pop("doc.jpg") == "not an image"
+    assert set(outcome.values()) == {(3, 224, 224)} and len(outcome) == 9
