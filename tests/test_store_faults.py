@@ -1,0 +1,265 @@
+"""Store faults with real files, processes and signals: injected write/fsync/rename failures, disk full,
+kill -9 loops, concurrent writers, a reader during commits, a held lock."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import engine.store.atomic as atomic
+from engine.errors import StoreError, StoreLockedError
+from engine.store.features import FeatureStore
+
+DIM = 8
+
+# A writer process: adds ids [start, stop) in batches, one writer session per `session` ids,
+# vectors a pure function of the id so any interleaving of runs must end in the same store.
+WORKER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from engine.store.features import FeatureStore, ErrorRecord
+    path, start, stop, session, shard, pause = sys.argv[1:7]
+    start, stop, session, shard, pause = int(start), int(stop), int(session), int(shard), float(pause)
+    store = FeatureStore.open(path, fingerprint="fp-w", dim=8, backbone="toy")
+    def vec(i):
+        v = np.random.default_rng(i).standard_normal(8).astype(np.float32)
+        return v / np.linalg.norm(v)
+    print("ready", flush=True)
+    for lo in range(start, stop, session):
+        with store.writer(shard_size=shard, lock_timeout=120) as w:
+            for b in range(lo, min(lo + session, stop), 25):
+                ids = range(b, min(b + 25, lo + session, stop))
+                keep = [i for i in ids if i % 97]
+                if keep:
+                    w.add([f"k{i:06d}" for i in keep], np.stack([vec(i) for i in keep]), [f"row {i}" for i in keep])
+                w.add_errors([ErrorRecord(f"k{i:06d}", f"row {i}", "synthetic failure", "embed") for i in ids if not i % 97])
+                if pause:
+                    time.sleep(pause)
+    print("done", flush=True)
+""")
+
+
+def vec(i: int) -> np.ndarray:
+    """The worker's vector for id ``i`` (unit norm, so each is its own nearest neighbour)."""
+    v = np.random.default_rng(i).standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def spawn(path: Path, start: int, stop: int, session: int = 300, shard: int = 100, pause: float = 0.0):
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(start), str(stop), str(session),
+                             str(shard), str(pause)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_complete(path: Path, n: int) -> None:
+    """The store equals a clean run over ids [0, n): same keys, same vectors, same error records."""
+    store = FeatureStore.load(path)
+    report = store.verify()
+    assert report.ok, report.problems
+    expected = [i for i in range(n) if i % 97]
+    assert sorted(store.keys()) == [f"k{i:06d}" for i in expected]
+    np.testing.assert_array_equal(store.get([f"k{i:06d}" for i in expected]), np.stack([vec(i) for i in expected]))
+    assert sorted(r.key for r in store.error_records()) == [f"k{i:06d}" for i in range(n) if not i % 97]
+    _, found = store.search(vec(5)[None], k=1)
+    assert found[0, 0] == "k000005"
+
+
+def new_store(home: Path, name: str = "fp-w") -> FeatureStore:
+    return FeatureStore.open(home / "features" / name, fingerprint=name, dim=DIM, backbone="toy")
+
+
+def add_range(store: FeatureStore, start: int, stop: int, shard: int = 100) -> None:
+    with store.writer(shard_size=shard) as w:
+        ids = list(range(start, stop))
+        w.add([f"k{i:06d}" for i in ids], np.stack([vec(i) for i in ids]))
+
+
+class FaultyFS(atomic._FileSystem):
+    """Counts write/fsync/replace calls; raises ``error`` at call number ``fail_at`` (1-based)."""
+
+    def __init__(self, fail_at: int | None = None, error: int = errno.EIO) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+        self.error = error
+
+    def _tick(self, what: str) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError(self.error, f"injected {os.strerror(self.error)} at {what} #{self.calls}")
+
+    def write(self, fd, data):
+        self._tick("write")
+        return super().write(fd, data)
+
+    def fsync(self, fd):
+        self._tick("fsync")
+        return super().fsync(fd)
+
+    def replace(self, src, dst):
+        self._tick("rename")
+        return super().replace(src, dst)
+
+
+def test_failure_at_every_write_fsync_rename_of_a_commit(headstart_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = FaultyFS()
+    monkeypatch.setattr(atomic, "FS", counter)
+    probe = new_store(headstart_home, "fp-probe")
+    add_range(probe, 0, 100)
+    counter.calls = 0
+    add_range(probe, 100, 200)  # one shard + manifest + index + manifest
+    total = counter.calls
+    assert total >= 12
+
+    for n in range(1, total + 1):
+        name = f"fp-n{n}"
+        monkeypatch.setattr(atomic, "FS", atomic._FileSystem())
+        store = new_store(headstart_home, name)
+        add_range(store, 0, 100)
+        monkeypatch.setattr(atomic, "FS", FaultyFS(fail_at=n))
+        try:
+            add_range(store, 100, 200)
+        except StoreError as exc:
+            assert "injected" in str(exc) and exc.hint
+        monkeypatch.setattr(atomic, "FS", atomic._FileSystem())
+        reopened = FeatureStore.load(store.path)
+        assert reopened.verify().ok, (n, reopened.verify().problems)
+        assert len(reopened) in (100, 200)
+        np.testing.assert_array_equal(reopened.get([f"k{i:06d}" for i in range(100)]),
+                                      np.stack([vec(i) for i in range(100)]))
+        add_range(FeatureStore.open(store.path, fingerprint=name, dim=DIM, backbone="toy"), 100, 200)
+        final = FeatureStore.load(store.path)
+        assert len(final) == 200 and final.verify().ok
+        assert not list(final.path.rglob(f".*{atomic.TMP_MARK}*"))
+
+
+def test_disk_full_mid_shard_keeps_earlier_shards_and_retry_succeeds(headstart_home: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    store = new_store(headstart_home)
+    add_range(store, 0, 300)
+    before = dict(store.manifest)
+
+    class DiskFull(atomic._FileSystem):
+        def write(self, fd, data):
+            if len(data) > 1000:  # shard bodies do not fit; the tiny lock/manifest writes would
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(fd, data)
+
+    monkeypatch.setattr(atomic, "FS", DiskFull())
+    with pytest.raises(StoreError, match="No space left on device") as info:
+        add_range(store, 300, 600)
+    assert "free disk space" in info.value.hint
+    monkeypatch.setattr(atomic, "FS", atomic._FileSystem())
+    reopened = FeatureStore.load(store.path)
+    assert reopened.manifest["shards"] == before["shards"] and reopened.verify().ok
+    assert not list(store.path.rglob(f".*{atomic.TMP_MARK}*"))
+    add_range(FeatureStore.open(store.path, fingerprint="fp-w", dim=DIM, backbone="toy"), 300, 600)
+    final = FeatureStore.load(store.path)
+    assert len(final) == 600 and final.verify().ok
+
+
+def _kill_loop(path: Path, kills: int, n: int, pause: float) -> int:
+    """SIGKILL ``kills`` writer runs at random moments; return how many were really killed mid-run."""
+    rng = random.Random(1234)
+    killed = 0
+    for _ in range(kills):
+        proc = spawn(path, 0, n, pause=pause)
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        time.sleep(rng.uniform(0.05, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        killed += proc.returncode == -signal.SIGKILL
+        store = FeatureStore.load(path)
+        assert store.verify().ok  # a killed writer never leaves a torn store
+    return killed
+
+
+def _finish(path: Path, n: int) -> None:
+    proc = spawn(path, 0, n)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert_complete(path, n)
+    assert not list(path.rglob(f".*{atomic.TMP_MARK}*"))
+
+
+def test_kill_9_loop_then_resume_equals_a_clean_run(headstart_home: Path) -> None:
+    path = headstart_home / "features" / "fp-w"
+    n = 2000
+    assert _kill_loop(path, kills=5, n=n, pause=0.01) >= 3
+    _finish(path, n)
+
+
+@pytest.mark.slow
+def test_kill_9_loop_of_25(headstart_home: Path) -> None:
+    path = headstart_home / "features" / "fp-w"
+    n = 4000
+    assert _kill_loop(path, kills=25, n=n, pause=0.01) >= 15
+    _finish(path, n)
+
+
+def test_two_concurrent_writer_processes(headstart_home: Path) -> None:
+    path = headstart_home / "features" / "fp-w"
+    a = spawn(path, 0, 1200, session=200, shard=50)
+    b = spawn(path, 600, 1800, session=200, shard=50)
+    for proc in (a, b):
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    assert_complete(path, 1800)
+
+
+def test_reader_during_commits_sees_whole_manifests(headstart_home: Path) -> None:
+    path = headstart_home / "features" / "fp-w"
+    writer = spawn(path, 0, 3000, session=500, shard=20, pause=0.0)
+    assert writer.stdout.readline().strip() == "ready"
+    seen = set()
+    while writer.poll() is None or not seen:
+        try:
+            store = FeatureStore.load(path)
+        except StoreError:
+            continue  # not created yet
+        n = len(store)
+        keys = store.keys()
+        assert len(keys) == n == sum(s["rows"] for s in store.manifest["shards"] if s["kind"] == "vectors")
+        if n:
+            np.testing.assert_array_equal(store.get(keys[-3:]), np.stack([vec(int(k[1:])) for k in keys[-3:]]))
+            _, found = store.search(vec(int(keys[0][1:]))[None], k=1)
+            assert found[0, 0] == keys[0]
+        seen.add(n)
+    _, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    assert len(seen) > 3  # the reader really overlapped the writer
+    assert_complete(path, 3000)
+
+
+def test_a_held_lock_times_out_with_a_hint(headstart_home: Path) -> None:
+    path = headstart_home / "features" / "fp-w"
+    store = new_store(headstart_home)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from engine.store.features import FeatureStore
+        store = FeatureStore.open({str(path)!r}, fingerprint="fp-w", dim=8, backbone="toy")
+        with store.writer():
+            print("locked", flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        with pytest.raises(StoreLockedError, match=f"pid {holder.pid}") as info:
+            with store.writer(lock_timeout=0.3):
+                pass
+        assert 0.3 <= time.monotonic() - t0 < 5 and info.value.hint
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    with store.writer(lock_timeout=5) as w:  # the kernel dropped the dead holder's lock
+        w.add(["k000001"], vec(1)[None])
+    assert len(FeatureStore.load(path)) == 1
