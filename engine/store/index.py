@@ -3,9 +3,10 @@
 * ``flat``: exact inner product (``IndexFlatIP``), ids = row positions; serialised with
   ``faiss.serialize_index`` and written through :mod:`engine.store.atomic`.
 * ``ivf``: an on-disk ``IndexIVFFlat`` (inner product). The coarse quantizer is trained
-  once on a sample; each shard becomes a *block* index holding its rows (ids = global
-  row positions); blocks are merged into ``<name>.ivfdata`` (``OnDiskInvertedLists``)
-  under a new generation name, so no live file is ever rewritten. Loaded with plain
+  once on a sample; each new shard becomes a temporary *block* index holding its rows
+  (ids = global row positions); the previous generation's lists and the new blocks are
+  merged into ``<name>.ivfdata`` (``OnDiskInvertedLists``) under a new generation name,
+  so no live file is ever rewritten. Loaded with plain
   ``read_index`` (``IO_FLAG_ONDISK_SAME_DIR``), never ``IO_FLAG_MMAP`` (it segfaulted at
   search on faiss-cpu 1.15.1).
 
@@ -118,14 +119,28 @@ def ivf_block(trained: bytes | memoryview, vectors: np.ndarray, first_id: int) -
     return serialize(index)
 
 
-def merge_ivf(trained: bytes | memoryview, block_paths: list[Path], ivfdata: Path) -> memoryview:
-    """Merge block files into a fresh on-disk ``ivfdata`` (fsynced); return the index bytes."""
+def merge_ivf(trained: bytes | memoryview, base, block_paths: list[Path], ivfdata: Path) -> memoryview:
+    """Merge ``base`` (an IVF index or None) and block files into a fresh on-disk ``ivfdata`` (fsynced).
+
+    Blocks are memory-mapped while merging (as ``faiss.contrib.ondisk.merge_ondisk`` does),
+    so memory stays bounded; returns the serialised index that refers to ``ivfdata``.
+    """
     import faiss
-    from faiss.contrib.ondisk import merge_ondisk
 
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+    ivf = faiss.extract_index_ivf(index)
+    sources = [base] if base is not None else []
+    sources += [faiss.read_index(str(p), faiss.IO_FLAG_MMAP) for p in block_paths]
+    lists = faiss.InvertedListsPtrVector()
+    for source in sources:
+        lists.push_back(faiss.extract_index_ivf(source).invlists)
     with _quiet_stdout():
-        merge_ondisk(index, [str(p) for p in block_paths], str(ivfdata))
+        ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata))
+        ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), False)
+    index.ntotal = ivf.ntotal = ntotal
+    ivf.replace_invlists(ondisk, True)
+    ondisk.this.disown()
+    del sources
     fd = os.open(ivfdata, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -78,34 +78,38 @@ def _build_flat(store: "FeatureStore", old: dict | None, rebuild: bool) -> dict:
 
 
 def _build_ivf(store: "FeatureStore", old: dict | None, rebuild: bool, config: ix.IndexConfig) -> dict:
-    reuse = old if old and old["type"] == ix.IVF and not rebuild else None
     n = len(store)
-    if reuse:
-        trained_name = reuse["trained"]
-        trained = (store.path / trained_name).read_bytes()
-        blocks = dict(reuse["blocks"])
-    else:
+    base, covered = None, 0
+    if old and old["type"] == ix.IVF and not rebuild:
+        try:
+            base = ix.load(store.path / old["file"], ix.IVF, config.nprobe)
+            trained_name = old["trained"]
+            trained = (store.path / trained_name).read_bytes()
+            covered = int(old["n_vectors"])
+        except (RuntimeError, OSError):
+            base, covered = None, 0
+    if base is None:
         nlist = config.lists_for(n)
-        sample = _sample(store, config.train_size or min(n, 64 * nlist))
-        trained = ix.train_ivf(sample, nlist)
+        trained = ix.train_ivf(_sample(store, config.train_size or min(n, 64 * nlist)), nlist)
         trained_name = _new_name(store, "ivf-trained", ".faiss")
         write_bytes_atomic(store.path / trained_name, trained)
-        blocks = {}
     store._load_keys()
-    entries = store._vector_entries()
-    for entry, first in zip(entries, store._starts):
-        if entry["file"] not in blocks:
-            block_name = f"{INDEX_DIR}/blocks/{Path(entry['file']).stem}-{secrets.token_hex(3)}.faiss"
-            write_bytes_atomic(store.path / block_name, ix.ivf_block(trained, store._shard_array(entry), first))
-            blocks[entry["file"]] = block_name
-    blocks = {e["file"]: blocks[e["file"]] for e in entries}
-    name = _new_name(store, "ivf", ".faiss")
-    ivfdata = name[:-len(".faiss")] + ".ivfdata"
-    data = ix.merge_ivf(trained, [store.path / b for b in blocks.values()], store.path / ivfdata)
+    blocks = []
+    try:
+        for entry, first in zip(store._vector_entries(), store._starts):
+            if first >= covered:  # shards are whole: an index covers a prefix of them
+                block = store.path / INDEX_DIR / "blocks" / f"{Path(entry['file']).stem}-{secrets.token_hex(3)}.faiss"
+                write_bytes_atomic(block, ix.ivf_block(trained, store._shard_array(entry), first))
+                blocks.append(block)
+        name = _new_name(store, "ivf", ".faiss")
+        ivfdata = name[:-len(".faiss")] + ".ivfdata"
+        data = ix.merge_ivf(trained, base, blocks, store.path / ivfdata)
+    finally:
+        for block in blocks:
+            block.unlink(missing_ok=True)
     digest = write_bytes_atomic(store.path / name, data)
     return {"type": ix.IVF, "file": name, "sha256": digest, "bytes": len(data), "n_vectors": n,
-            "ivfdata": ivfdata, "ivfdata_bytes": (store.path / ivfdata).stat().st_size,
-            "trained": trained_name, "blocks": blocks}
+            "ivfdata": ivfdata, "ivfdata_bytes": (store.path / ivfdata).stat().st_size, "trained": trained_name}
 
 
 def index_files(entry: dict | None) -> set[str]:
@@ -114,7 +118,7 @@ def index_files(entry: dict | None) -> set[str]:
         return set()
     files = {entry["file"]}
     if entry["type"] == ix.IVF:
-        files |= {entry["ivfdata"], entry["trained"], *entry["blocks"].values()}
+        files |= {entry["ivfdata"], entry["trained"]}
     return files
 
 
