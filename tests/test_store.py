@@ -208,6 +208,7 @@ def test_rebuild_index_repairs_a_damaged_index(store: FeatureStore) -> None:
 def test_gc_removes_garbage_but_not_live_files(store: FeatureStore, headstart_home: Path) -> None:
     from engine.config import Settings
     from engine.store.catalog import gc, list_stores
+    from engine.store.lock import StoreLock
 
     with store.writer() as w:
         w.add(keys(20), vecs(20))
@@ -223,8 +224,12 @@ def test_gc_removes_garbage_but_not_live_files(store: FeatureStore, headstart_ho
     fresh.mkdir()
 
     settings = Settings.from_env(home=headstart_home)
+    with StoreLock(store.path, timeout=1):  # a live writer: gc leaves the whole store alone
+        first = gc(settings)
+    assert first["skipped_locked"] == [str(store.path)] and first["removed_dirs"] == [str(stray)]
+    assert (store.path / "shards" / ".x.arrow.tmp-1-ab").exists()
     result = gc(settings)
-    assert result["removed_files"] == 2 and result["removed_dirs"] == [str(stray)]
+    assert result["removed_files"] == 2 and result["removed_dirs"] == [] and result["bytes_freed"] == 10
     assert fresh.exists() and {p for p in store.path.rglob("*") if p.is_file()} == live
     assert [s["fingerprint"] for s in list_stores(settings)] == ["fp-a"]
     assert FeatureStore.load(store.path).verify().ok
@@ -255,3 +260,18 @@ def test_cli_info_search_and_gc(store: FeatureStore) -> None:
     assert neighbours[0]["ref"] == f"r{expected[0]}"
     gc_out = runner.invoke(cli, ["cache", "gc", "--json"])
     assert gc_out.exit_code == 0 and json.loads(gc_out.output)["removed_files"] == 0
+
+
+def test_empty_store_search_and_large_vectors_memory_mapped(store: FeatureStore,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.store.features as features
+
+    scores, found = store.search(vecs(2), k=3)
+    assert found.shape == (2, 3) and (found == None).all() and np.isneginf(scores).all()  # noqa: E711
+    with store.writer(shard_size=100) as w:
+        w.add(keys(250), vecs(250))
+    monkeypatch.setattr(features, "_LARGE_BYTES", 1000)  # treat this store as larger than RAM
+    all_vectors = FeatureStore.load(store.path).vectors()
+    assert isinstance(all_vectors, np.memmap)
+    np.testing.assert_array_equal(all_vectors, vecs(250))
+    assert not list(store.path.glob(".vectors*"))  # the backing file is anonymous

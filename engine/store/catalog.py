@@ -84,8 +84,9 @@ def gc(settings: Settings, min_age_s: float = 60.0) -> dict[str, Any]:
 
 
 def _newest_mtime(path: Path) -> float:
-    """Last change under ``path``, ignoring the lock file."""
-    return max([path.stat().st_mtime] + [p.stat().st_mtime for p in path.rglob("*") if p.name != LOCK_NAME])
+    """Last change of anything under ``path`` but the lock file (the directory itself when empty)."""
+    times = [p.stat().st_mtime for p in path.rglob("*") if p.name != LOCK_NAME]
+    return max(times) if times else path.stat().st_mtime
 
 
 def _size(path: Path) -> int:

@@ -170,6 +170,7 @@ class FeatureStore:
         self._arrays: dict[str, np.ndarray] = {}
         self._searcher: tuple[Any, int] | None = None
         self._tail: np.ndarray | None = None
+        self._key_array: np.ndarray | None = None
 
     def _vector_entries(self) -> list[dict]:
         return [s for s in self._manifest["shards"] if s["kind"] == sh.VECTORS]
@@ -324,8 +325,10 @@ class FeatureStore:
         if self._tail is None:
             self._tail = self._rows(np.arange(covered, len(self), dtype=np.int64))
         scores, ids = ix.search(index, covered, self._tail, q, int(k))
-        keys = np.array(self._keys + [None], dtype=object)[np.where(ids < 0, len(self._keys), ids)]
-        return scores, keys
+        if self._key_array is None or len(self._key_array) != len(self._keys) + 1:
+            self._key_array = np.empty(len(self._keys) + 1, dtype=object)
+            self._key_array[:-1] = self._keys  # the last slot (None) stands for "no neighbour"
+        return scores, self._key_array[np.where(ids < 0, len(self._keys), ids)]
 
     def search_keys(self, keys: Sequence[str], k: int = 10, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Neighbours of stored ``keys`` (the key itself left out unless ``exclude_self=False``)."""
