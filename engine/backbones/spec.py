@@ -59,12 +59,16 @@ class NumericPreprocessing:
     """Numeric arrays fed as they are (e.g. a sequence model over transaction histories).
 
     ``shape`` is the shape of one item, ``None`` for a dynamic axis. ``dtype`` is the
-    ONNX input's numpy dtype name.
+    ONNX input's numpy dtype name. Items of different lengths along dynamic axes are
+    padded with ``pad_value`` per batch; when ``mask_name`` is set the graph also gets an
+    int64 mask of shape (batch, first dynamic axis) with 1 for real steps.
     """
 
     input_name: str = "input"
     shape: tuple[int | None, ...] = ()
     dtype: str = "float32"
+    mask_name: str | None = None
+    pad_value: float = 0.0
     kind: Literal["numeric"] = "numeric"
 
 

