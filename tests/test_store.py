@@ -190,6 +190,10 @@ def test_verify_detects_damage_and_cli_exits_non_zero(store: FeatureStore, heads
     _damage(store.path / store.manifest["shards"][1]["file"])
     report = FeatureStore.load(store.path).verify()
     assert not report.ok and "sha256" in report.problems[0]
+    (store.path / store.manifest["shards"][2]["file"]).write_bytes(b"not arrow")
+    with pytest.raises(StoreError, match="cannot be read") as info:
+        FeatureStore.load(store.path).get(["key000001"])
+    assert "cache verify" in info.value.hint
     bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
     assert json.loads(bad.stdout)["stores"][0]["problems"] and "damaged" in bad.stderr

@@ -54,7 +54,8 @@ def info(ctx: click.Context, show_errors: bool, as_json: bool) -> None:
         return
     echo_table(["backbone", "fingerprint", "dim", "n_vectors", "n_errors", "bytes", "index"],
                [[s.get("backbone", "?"), s["fingerprint"][:16], s.get("dim"), s.get("n_vectors"),
-                 s.get("n_errors"), s.get("bytes"), s.get("index") or s.get("error")] for s in stores])
+                 s.get("n_errors"), s.get("bytes"), "DAMAGED: run `headstart cache verify`" if "error" in s
+                 else s.get("index") or "-"] for s in stores])
     for entry in stores if show_errors else []:
         for record in entry.get("errors", []):
             click.echo(f"{entry['fingerprint'][:16]}  {record['key'][:16]}  {record['ref']}  "

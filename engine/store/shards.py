@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import StoreError
+
 VECTORS = "vectors"
 ERRORS = "errors"
 
@@ -53,12 +55,20 @@ def table_bytes(table) -> memoryview:
 
 
 def read_table(path: Path, columns: Sequence[str] | None = None):
-    """Read a shard memory-mapped (zero copy); ``columns`` limits what is materialised."""
+    """Read a shard memory-mapped (zero copy); ``columns`` limits what is materialised.
+
+    A missing or unreadable shard raises :class:`StoreError` naming it.
+    """
     import pyarrow as pa
 
-    source = pa.memory_map(str(path), "r")
-    table = pa.ipc.open_file(source).read_all()
-    return table.select(list(columns)) if columns is not None else table
+    try:
+        source = pa.memory_map(str(path), "r")
+        table = pa.ipc.open_file(source).read_all()
+        return table.select(list(columns)) if columns is not None else table
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        raise StoreError(f"feature store shard {path} cannot be read: {exc}",
+                         hint="run `headstart cache verify`; a damaged store must be re-embedded "
+                              "(move it aside, then re-run `headstart embed`)") from None
 
 
 def num_rows(path: Path) -> int:
