@@ -15,10 +15,10 @@ def verify_files(folder: Path, files: dict[str, str]) -> None:
     root = folder.resolve()
     for name, expected in files.items():
         path = folder / name
-        _check_inside(root, name, folder)
         if path.is_symlink():
             raise UnsafeModelError(f"{path} is a symbolic link; cached model files must be regular files",
                                    hint=f"delete {folder} and export again")
+        _check_inside(root, name, folder)
         if not path.is_file():
             raise IntegrityError(f"cached model file {path} is missing", hint=f"delete {folder} and export again")
         actual = sha256_file(path)
