@@ -197,11 +197,13 @@ class FeatureStore:
             self._errors = errors
         return self._errors
 
-    def _shard_array(self, entry: dict) -> np.ndarray:
+    def _shard_array(self, entry: dict, cache: bool = True) -> np.ndarray:
+        """One shard's vectors, memory-mapped; ``cache=False`` for one-pass scans (keeps RSS flat)."""
         array = self._arrays.get(entry["file"])
         if array is None:
             array = sh.vectors_of(sh.read_table(self.path / entry["file"], ["vector"]), self.dim)
-            self._arrays[entry["file"]] = array
+            if cache:
+                self._arrays[entry["file"]] = array
         return array
 
     # -- lookups -------------------------------------------------------------------

@@ -34,8 +34,8 @@ class IndexConfig:
     """How a store's index is built.
 
     ``kind``: ``"auto"`` (flat below ``ivf_threshold`` vectors, else IVF), ``"flat"`` or ``"ivf"``.
-    ``nlist``: IVF lists (default ``4·√n`` clamped to [16, 65536]); ``nprobe``: lists visited per
-    query; ``train_size``: rows sampled to train the quantizer (default ``min(n, 64·nlist)``).
+    ``nlist``: IVF lists (default ``2·√n`` clamped to [16, 65536]); ``nprobe``: lists visited per
+    query; ``train_size``: rows sampled to train the quantizer (default ``min(n, 40·nlist)``).
     """
 
     kind: str = "auto"
@@ -52,7 +52,10 @@ class IndexConfig:
     def lists_for(self, n: int) -> int:
         if self.nlist:
             return self.nlist
-        return int(min(65536, max(16, 4 * int(np.sqrt(max(n, 1))))))
+        return int(min(65536, max(16, 2 * int(np.sqrt(max(n, 1))))))
+
+    def train_rows(self, n: int) -> int:
+        return int(min(n, self.train_size or 40 * self.lists_for(n)))
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -28,7 +28,9 @@ def _sample(store: "FeatureStore", size: int) -> np.ndarray:
     n = len(store)
     ids = np.unique(np.linspace(0, n - 1, num=min(size, n)).astype(np.int64))
     store._load_keys()
-    return store._rows(ids)
+    sample = store._rows(ids)
+    store._arrays.clear()  # drop the mappings the sample paged in
+    return sample
 
 
 def update_index(store: "FeatureStore", rebuild: bool = False) -> None:
@@ -90,7 +92,7 @@ def _build_ivf(store: "FeatureStore", old: dict | None, rebuild: bool, config: i
             base, covered = None, 0
     if base is None:
         nlist = config.lists_for(n)
-        trained = ix.train_ivf(_sample(store, config.train_size or min(n, 64 * nlist)), nlist)
+        trained = ix.train_ivf(_sample(store, config.train_rows(n)), nlist)
         trained_name = _new_name(store, "ivf-trained", ".faiss")
         write_bytes_atomic(store.path / trained_name, trained)
     store._load_keys()
@@ -99,7 +101,7 @@ def _build_ivf(store: "FeatureStore", old: dict | None, rebuild: bool, config: i
         for entry, first in zip(store._vector_entries(), store._starts):
             if first >= covered:  # shards are whole: an index covers a prefix of them
                 block = store.path / INDEX_DIR / "blocks" / f"{Path(entry['file']).stem}-{secrets.token_hex(3)}.faiss"
-                write_bytes_atomic(block, ix.ivf_block(trained, store._shard_array(entry), first))
+                write_bytes_atomic(block, ix.ivf_block(trained, store._shard_array(entry, cache=False), first))
                 blocks.append(block)
         name = _new_name(store, "ivf", ".faiss")
         ivfdata = name[:-len(".faiss")] + ".ivfdata"
