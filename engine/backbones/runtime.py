@@ -88,7 +88,15 @@ class Encoder:
             with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()), \
                     contextlib.redirect_stderr(io.StringIO()):
                 ort.preload_dlls()
-        return ort.InferenceSession(str(self.exported.path), sess_options=opts, providers=providers)
+        if device != "auto" or not want_cuda:
+            return ort.InferenceSession(str(self.exported.path), sess_options=opts, providers=providers)
+        # auto on a machine without CUDA libraries: onnxruntime logs a provider-load error on its default
+        # logger and falls back to CPU; that is expected here, so keep it quiet (providers are checked after).
+        ort.set_default_logger_severity(4)
+        try:
+            return ort.InferenceSession(str(self.exported.path), sess_options=opts, providers=providers)
+        finally:
+            ort.set_default_logger_severity(2)
 
     @property
     def input_names(self) -> list[str]:

@@ -1,0 +1,400 @@
+"""The embedding job: reader → store lookup → parallel preprocessing → batches → onnxruntime → store.
+
+Cache hits never touch the backbone: the onnxruntime session is created only when
+the first item that is not in the store arrives, so a re-run over an embedded
+dataset creates none. Bad items never drop their batch: each gets an error record
+(content key, source ref, reason, stage) in the store and the job goes on. Work is
+committed shard by shard, so a killed job loses at most the shard in flight and a
+re-run embeds only what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, HeadstartError, ItemError
+from .items import Item, ReaderOptions
+
+DEFAULT_BATCH_SIZE = {"text": 128, "image": 32, "numeric": 256}
+DEFAULT_CHUNK_SIZE = {"text": 4096, "image": 256, "numeric": 4096}
+MAX_TOKENS_PER_BATCH = 16384
+
+
+@dataclass
+class EmbedStats:
+    """Counts and per-stage wall times of one job (stage times overlap: stages run concurrently)."""
+
+    rows: int = 0
+    embedded: int = 0
+    cached: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    truncated: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: {
+        "read": 0.0, "preprocess": 0.0, "encode": 0.0, "write": 0.0, "export": 0.0, "total": 0.0})
+    session_created: bool = False
+
+    @property
+    def items_per_second(self) -> float:
+        return self.rows / self.seconds["total"] if self.seconds["total"] else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "embedded": self.embedded, "cached": self.cached, "failed": self.failed,
+                "duplicates": self.duplicates, "truncated": self.truncated,
+                "items_per_second": round(self.items_per_second, 1), "session_created": self.session_created,
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
+
+@dataclass
+class EmbedResult:
+    """What :func:`embed` returns: one row per successfully embedded source row, in source order.
+
+    ``vectors`` is read from the store on first access (rows sharing content share a key and
+    so a vector). ``errors`` lists every failed row with its reason.
+    """
+
+    keys: list[str]
+    refs: list[str]
+    labels: list[str | None]
+    errors: list[Any]
+    backbone: str
+    fingerprint: str
+    precision: str
+    modality: str
+    store_path: Path
+    stats: EmbedStats
+    _vectors: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def store(self):
+        from ..store.features import FeatureStore
+
+        return FeatureStore.load(self.store_path)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        if self._vectors is None:
+            self._vectors = self.store.get(self.keys) if self.keys else np.empty((0, 0), np.float32)
+        return self._vectors
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def summary(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "fingerprint": self.fingerprint, "precision": self.precision,
+                "store": str(self.store_path), **self.stats.as_dict(),
+                "errors": [{"key": e.key, "ref": e.ref, "reason": e.reason, "stage": e.stage} for e in self.errors[:20]]}
+
+
+# -- the work units passed from the producer thread to the encoder loop --------------------------------
+
+
+@dataclass
+class _Chunk:
+    rows: list[tuple[str, str, str | None]]  # (key, ref, label) of every source row in the chunk
+    todo_keys: list[str]
+    todo_refs: list[str]
+    prepared: Any  # list of prepared items, or a list of futures each giving (prepared, errors) for a slice
+    errors: list[Any]  # ErrorRecord of items that failed before encoding
+    cached_keys: list[str]
+
+
+class _Backbone:
+    """The backbone side of a job: the export (found or made) and the encoder, created on first need."""
+
+    def __init__(self, spec, precision: str, settings, engine, device: str, threads: int | None,
+                 calibration: Sequence[Any] | None, stats: EmbedStats) -> None:
+        from ..backbones.export import export, find_export
+
+        start = time.perf_counter()
+        self.spec = spec
+        self.exported = find_export(spec, precision, settings) or export(
+            spec, precision, settings=settings, engine=engine, calibration=calibration)
+        stats.seconds["export"] += time.perf_counter() - start
+        self._device, self._threads, self._stats = device, threads, stats
+        self._encoder = None
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from ..backbones.runtime import Encoder
+
+            self._encoder = Encoder(self.exported, device=self._device, threads=self._threads)
+            self._stats.session_created = True
+        return self._encoder
+
+
+def _error_record(key: str, ref: str, reason: str, stage: str):
+    from ..store.features import ErrorRecord
+
+    return ErrorRecord(key=key, ref=ref, reason=reason, stage=stage)
+
+
+def _prepare_slice(preprocessor, payloads: list[Any]) -> list[Any]:
+    """Worker-process entry point: preprocess one slice (results are prepared items or ItemErrors)."""
+    return preprocessor.prepare_many(payloads)
+
+
+def embed(
+    source: str | os.PathLike[str],
+    backbone: str | Any | None = None,
+    *,
+    settings: Any = None,
+    engine: Any = None,
+    reader: str | None = None,
+    reader_options: ReaderOptions | None = None,
+    precision: str = "fp32",
+    device: str = "auto",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+    strict: bool = False,
+    calibration: Sequence[Any] | None = None,
+) -> EmbedResult:
+    """Embed every item of ``source`` into the feature store of ``backbone`` and return the rows.
+
+    ``backbone`` defaults to the default backbone of the source's modality (``minilm-l6`` for
+    text, ``efficientnet-lite0`` for images). ``workers`` is the number of preprocessing
+    processes for images (default: the CPU count; 0 preprocesses in this process).
+    ``strict=True`` raises :class:`ItemError` after the job if any item failed (everything
+    that succeeded is still committed). ``progress=None`` shows a bar when stderr is a terminal.
+    """
+    from ..backbones.resolve import default_backbone, resolve_backbone
+    from ..plugins import get_engine
+    from ..store.features import FeatureStore
+    from .sources import open_source
+
+    t0 = time.perf_counter()
+    engine = engine or get_engine()
+    settings = settings or engine.settings
+    src = open_source(str(source), reader_options, reader=reader, engine=engine)
+    spec = resolve_backbone(backbone, engine) if backbone is not None else default_backbone(src.modality, engine)
+    if spec.modality != src.modality:
+        raise ConfigError(
+            f"backbone '{spec.name}' embeds {spec.modality}, but {source} holds {src.modality} items",
+            hint=f"pick a {src.modality} backbone (see `headstart backbones`)")
+    stats = EmbedStats()
+    side = _Backbone(spec, precision, settings, engine, device, threads, calibration, stats)
+    fingerprint = side.exported.fingerprint
+    store = FeatureStore.open(settings.features_dir / fingerprint, fingerprint=fingerprint, dim=spec.dim,
+                              backbone=spec.name)
+    batch_size = batch_size or DEFAULT_BATCH_SIZE[spec.modality]
+    chunk_size = chunk_size or DEFAULT_CHUNK_SIZE[spec.modality]
+    if batch_size < 1 or chunk_size < 1:
+        raise ConfigError(f"batch size and chunk size must be positive, got {batch_size} and {chunk_size}")
+
+    from ..backbones.preprocess import make_preprocessor
+
+    preprocessor = make_preprocessor(spec)
+    pool = _make_pool(spec.modality, workers)
+    bar = _progress_bar(progress, src.estimate_count(), spec.name)
+    rows: list[tuple[str, str, str | None]] = []
+    failed: dict[str, Any] = {}
+    try:
+        with store.writer() as writer:
+            for chunk in _produce(src, store, preprocessor, pool, chunk_size, stats):
+                rows.extend(chunk.rows)
+                for record in chunk.errors:
+                    failed[record.key] = record
+                if chunk.cached_keys:
+                    failed.update(store.errors_for(chunk.cached_keys))
+                vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, side, batch_size, stats)
+                for record in errors:
+                    failed[record.key] = record
+                t = time.perf_counter()
+                if keys:
+                    writer.add(keys, vectors, refs)
+                if chunk.errors or errors:
+                    writer.add_errors([*chunk.errors, *errors])
+                stats.seconds["write"] += time.perf_counter() - t
+                if bar is not None:
+                    bar.update(len(chunk.rows))
+    finally:
+        if bar is not None:
+            bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    keys, refs, labels, errors = [], [], [], []
+    for key, ref, label in rows:
+        if key in failed:
+            record = failed[key]
+            errors.append(_error_record(key, ref, record.reason, record.stage))
+        else:
+            keys.append(key)
+            refs.append(ref)
+            labels.append(label)
+    stats.rows = len(rows)
+    stats.failed = len(errors)
+    stats.seconds["total"] = time.perf_counter() - t0
+    result = EmbedResult(keys=keys, refs=refs, labels=labels, errors=errors, backbone=spec.name,
+                         fingerprint=fingerprint, precision=precision, modality=spec.modality,
+                         store_path=store.path, stats=stats)
+    if strict and errors:
+        first = errors[0]
+        raise ItemError(f"{len(errors)} item(s) failed, e.g. {first.ref}: {first.reason}",
+                        hint="drop --strict to keep going past bad items; `headstart cache info --errors` lists them")
+    return result
+
+
+def _make_pool(modality: str, workers: int | None):
+    """Worker processes for image decoding (CPU-bound Pillow work); text and arrays stay in-process."""
+    if modality != "image":
+        return None
+    n = (os.cpu_count() or 1) if workers is None else workers
+    if n <= 0:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: never fork a process that may already hold onnxruntime threads.
+    return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _progress_bar(progress: bool | None, total: int | None, name: str):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="item", desc=f"embed [{name}]", file=sys.stderr, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _produce(src, store, preprocessor, pool, chunk_size: int, stats: EmbedStats) -> Iterator[_Chunk]:
+    """Read, deduplicate, look up and preprocess chunks in a background thread (bounded queue)."""
+    out: queue.Queue = queue.Queue(maxsize=2)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            seen: set[str] = set()
+            iterator = iter(src)
+            while not stop.is_set():
+                t = time.perf_counter()
+                chunk = next(_chunks(iterator, chunk_size), None)
+                stats.seconds["read"] += time.perf_counter() - t
+                if chunk is None:
+                    break
+                out.put(_plan_chunk(chunk, store, seen, preprocessor, pool, stats))
+            out.put(done)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            out.put(exc)
+
+    thread = threading.Thread(target=work, name="headstart-embed-producer", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                out.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def _plan_chunk(items: list[Item], store, seen: set[str], preprocessor, pool, stats: EmbedStats) -> _Chunk:
+    rows = [(it.key, it.ref, it.label) for it in items]
+    present = store.contains([it.key for it in items])
+    errors, todo, cached = [], [], []
+    for item, is_present in zip(items, present):
+        if is_present:
+            if item.key not in seen:
+                stats.cached += 1
+                cached.append(item.key)
+            else:
+                stats.duplicates += 1
+            seen.add(item.key)
+            continue
+        if item.key in seen:
+            stats.duplicates += 1
+            continue
+        seen.add(item.key)
+        if item.error is not None:
+            errors.append(_error_record(item.key, item.ref, item.error, "read"))
+        else:
+            todo.append(item)
+    payloads = [it.payload for it in todo]
+    t = time.perf_counter()
+    if pool is not None and payloads:
+        step = max(1, -(-len(payloads) // (2 * (os.cpu_count() or 1))))
+        prepared: Any = [pool.submit(_prepare_slice, preprocessor, payloads[i:i + step])
+                         for i in range(0, len(payloads), step)]
+    else:
+        prepared = preprocessor.prepare_many(payloads) if payloads else []
+    stats.seconds["preprocess"] += time.perf_counter() - t
+    return _Chunk(rows=rows, todo_keys=[it.key for it in todo], todo_refs=[it.ref for it in todo],
+                  prepared=prepared, errors=errors, cached_keys=cached)
+
+
+def _encode_chunk(chunk: _Chunk, preprocessor, side: _Backbone, batch_size: int, stats: EmbedStats):
+    """Run the encoder over a chunk's prepared items; returns (vectors, keys, refs, error records)."""
+    from .batching import length_sorted_batches
+
+    prepared = chunk.prepared
+    if prepared and hasattr(prepared[0], "result"):  # futures from the worker pool
+        t = time.perf_counter()
+        prepared = [p for future in prepared for p in future.result()]
+        stats.seconds["preprocess"] += time.perf_counter() - t
+    good: list[int] = []
+    errors = []
+    for i, p in enumerate(prepared):
+        if isinstance(p, BaseException):
+            reason = p.message if isinstance(p, HeadstartError) else f"{type(p).__name__}: {p}"
+            errors.append(_error_record(chunk.todo_keys[i], chunk.todo_refs[i], reason, "preprocess"))
+        else:
+            good.append(i)
+            if preprocessor.truncated(p):
+                stats.truncated += 1
+    if not good:
+        return None, [], [], errors
+    items = [prepared[i] for i in good]
+    encoder = side.encoder
+    vectors = np.empty((len(items), side.spec.dim), dtype=np.float32)
+    t = time.perf_counter()
+    for batch in length_sorted_batches(items, preprocessor.length, batch_size, MAX_TOKENS_PER_BATCH
+                                       if side.spec.modality == "text" else None):
+        vectors[batch] = encoder.run(preprocessor.collate([items[i] for i in batch]))
+    stats.seconds["encode"] += time.perf_counter() - t
+    finite = np.isfinite(vectors).all(axis=1)
+    keys, refs = [], []
+    for row, i in enumerate(good):
+        if finite[row]:
+            keys.append(chunk.todo_keys[i])
+            refs.append(chunk.todo_refs[i])
+        else:
+            errors.append(_error_record(chunk.todo_keys[i], chunk.todo_refs[i],
+                                        "the backbone produced NaN/Inf for this item", "encode"))
+    stats.embedded += len(keys)
+    return vectors[finite], keys, refs, errors
