@@ -1,48 +1,151 @@
-"""``headstart train|sweep|eval|predict``: heads on cached features."""
+"""``headstart train|sweep|eval|predict``: heads on cached features (thin wrappers over engine.train.api)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from ._common import CliState
+from ._common import CliState, echo_json
 
 
-def _pending(ctx: click.Context, name: str) -> None:
-    from ..errors import HeadstartError
+def split_heads(text: str) -> list[str]:
+    """Split ``linear,mlp(hidden=(256, 128)),sklearn:SVC(C=2, probability=True)`` on top-level commas."""
+    heads, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            heads.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    heads.append(current.strip())
+    return [h for h in heads if h]
 
-    CliState.from_ctx(ctx).engine()
-    raise HeadstartError(f"`headstart {name}` is not built yet", hint="see issue #5")
+
+def _embed_options(precision: str, device: str, text_column: str | None, label_column: str | None) -> dict[str, Any]:
+    from ..embed.items import ReaderOptions
+
+    return {"precision": precision, "device": device,
+            "reader_options": ReaderOptions(text_column=text_column, label_column=label_column)}
+
+
+def _source_options(fn):
+    for option in reversed([
+        click.option("--backbone", "-b", default=None, help="Backbone name or ref; default by modality."),
+        click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16", "int8"]), show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda (embedding)."),
+        click.option("--text-column", default=None, help="Text column of a table source."),
+        click.option("--label-column", default=None, help="Label column of a table source."),
+        click.option("--val-fraction", default=0.2, show_default=True, type=float,
+                     help="Stratified validation share (classes with one example stay in training)."),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+    ]):
+        fn = option(fn)
+    return fn
 
 
 @click.command("train")
 @click.argument("source")
+@click.option("--head", "head", default="linear", show_default=True,
+              help="NAME or NAME(key=value, ...), e.g. linear, mlp(hidden=(256,)), sklearn:SVC(C=2.0).")
+@click.option("--out", "-o", "out", required=True, metavar="MODEL_DIR", help="Model folder to write.")
+@click.option("--no-refit", is_flag=True, help="Keep the head fitted on the training split (default: refit on all).")
+@_source_options
 @click.pass_context
-def train(ctx: click.Context, source: str) -> None:
-    """Train a head on SOURCE's cached features and write a model folder."""
-    _pending(ctx, "train")
+def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, backbone: str | None, precision: str,
+          device: str, text_column: str | None, label_column: str | None, val_fraction: float, seed: int,
+          as_json: bool) -> None:
+    """Embed SOURCE (cache hits are free), fit a head, print validation metrics, write MODEL_DIR."""
+    from ..train.api import train as train_api
+    from ..train.report import format_metrics
+
+    engine = CliState.from_ctx(ctx).engine()
+    result = train_api(source, head, backbone=backbone, out=out, val_fraction=val_fraction, seed=seed,
+                       refit=not no_refit, engine=engine,
+                       **_embed_options(precision, device, text_column, label_column))
+    manifest = result.model.manifest
+    if as_json:
+        echo_json({"model": str(result.path), "head": manifest["head"]["ref"], "backbone": manifest["backbone"],
+                   "training": manifest["training"], "metrics": result.metrics})
+        return
+    click.echo(f"head {manifest['head']['ref']} on {manifest['backbone'].get('name')} "
+               f"({manifest['training']['n_labelled']} labelled items, {manifest['training']['n_errors']} errors)")
+    for name in manifest["training"]["train_only_classes"]:
+        click.echo(f"note: class {name!r} has one example; it is used for training only", err=True)
+    click.echo(format_metrics(result.metrics))
+    click.echo(f"model written to {result.path}")
 
 
 @click.command("sweep")
 @click.argument("source")
+@click.option("--heads", default="linear,mlp,knn,sklearn:LogisticRegression(max_iter=1000)", show_default=True,
+              help="Comma-separated head refs (commas inside parentheses are kept).")
+@click.option("--metric", default="accuracy", type=click.Choice(["accuracy", "macro_f1"]), show_default=True)
+@click.option("--save-best", default=None, metavar="DIR", help="Refit the best head on all rows and save it here.")
+@_source_options
 @click.pass_context
-def sweep(ctx: click.Context, source: str) -> None:
-    """Train several heads on the same cached features and compare them in one table."""
-    _pending(ctx, "sweep")
+def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: str | None, backbone: str | None,
+          precision: str, device: str, text_column: str | None, label_column: str | None, val_fraction: float,
+          seed: int, as_json: bool) -> None:
+    """Fit several heads on the same cached features and compare them in one table (best marked)."""
+    from ..train.api import sweep as sweep_api
+    from ..train.report import format_sweep
+
+    engine = CliState.from_ctx(ctx).engine()
+    result = sweep_api(source, split_heads(heads), backbone=backbone, val_fraction=val_fraction, seed=seed,
+                       metric=metric, save_best=save_best, engine=engine,
+                       **_embed_options(precision, device, text_column, label_column))
+    if as_json:
+        echo_json({"metric": metric, "best": result.best, "heads": result.rows, "training": result.training,
+                   "saved": str(result.model.path) if result.model else None})
+        return
+    click.echo(format_sweep(result.rows, metric))
+    if result.model is not None:
+        click.echo(f"best head {result.best} refitted on all rows and written to {result.model.path}")
 
 
 @click.command("eval")
 @click.argument("model_dir")
 @click.argument("source")
+@click.option("--text-column", default=None, help="Text column of a table source.")
+@click.option("--label-column", default=None, help="Label column of a table source.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickled head (runs code from the model folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def eval_cmd(ctx: click.Context, model_dir: str, source: str) -> None:
-    """Evaluate the model in MODEL_DIR on labelled SOURCE."""
-    _pending(ctx, "eval")
+def eval_cmd(ctx: click.Context, model_dir: str, source: str, text_column: str | None, label_column: str | None,
+             trust_pickle: bool, as_json: bool) -> None:
+    """Evaluate the model in MODEL_DIR on labelled SOURCE (accuracy, macro-F1, confusion matrix)."""
+    from ..embed.items import ReaderOptions
+    from ..train.api import evaluate
+    from ..train.report import format_metrics
+
+    engine = CliState.from_ctx(ctx).engine()
+    metrics = evaluate(model_dir, source, trust=trust_pickle, engine=engine,
+                       reader_options=ReaderOptions(text_column=text_column, label_column=label_column))
+    if as_json:
+        echo_json(metrics)
+        return
+    click.echo(format_metrics(metrics, confusion=True))
 
 
 @click.command("predict")
 @click.argument("model_dir")
 @click.argument("source")
+@click.option("--out", "-o", "out", required=True, metavar="OUT", help="OUT.csv, OUT.jsonl or OUT.parquet.")
+@click.option("--text-column", default=None, help="Text column of a table source.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickled head (runs code from the model folder).")
 @click.pass_context
-def predict(ctx: click.Context, model_dir: str, source: str) -> None:
-    """Predict labels for SOURCE with the model in MODEL_DIR."""
-    _pending(ctx, "predict")
+def predict(ctx: click.Context, model_dir: str, source: str, out: str, text_column: str | None,
+            trust_pickle: bool) -> None:
+    """Predict labels for SOURCE with the model in MODEL_DIR; write key, ref, label, probabilities."""
+    from ..embed.items import ReaderOptions
+    from ..train.api import predict as predict_api
+
+    engine = CliState.from_ctx(ctx).engine()
+    result = predict_api(model_dir, source, out, trust=trust_pickle, engine=engine,
+                         reader_options=ReaderOptions(text_column=text_column))
+    click.echo(f"{len(result.labels)} predictions written to {out}" +
+               (f" ({len(result.errors)} items could not be read)" if result.errors else ""))

@@ -1,0 +1,134 @@
+"""``Head``: scikit-learn's classifier protocol without importing scikit-learn.
+
+``__init__`` only stores its keyword arguments; ``fit(X, y)`` sets ``classes_`` and
+``n_features_in_`` (fitted attributes end in ``_``) and returns ``self``; ``get_params``,
+``set_params`` and ``sklearn.base.clone`` work. Subclasses implement ``_fit(X, y_idx)``,
+``_proba(X)`` and, for safe persistence, ``_state()`` / ``_set_state(arrays, meta)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, HeadError, NotFittedError
+from .validate import check_features
+
+
+class Head:
+    """Base class of headstart's own heads (multi-class classifiers on feature vectors)."""
+
+    _estimator_type = "classifier"
+
+    # -- the parameter protocol -------------------------------------------------
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters.values()
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return sorted(p.name for p in params if p.name != "self" and p.kind in kinds)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params: Any) -> "Head":
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ConfigError(f"head {type(self).__name__} has no parameter '{name}'",
+                                  hint=f"valid parameters: {', '.join(valid)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __sklearn_tags__(self) -> Any:
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags(), input_tags=InputTags())
+
+    # -- fit / predict --------------------------------------------------------------
+    def fit(self, X: Any, y: Any) -> "Head":
+        """Fit on ``X`` (n, d) and labels ``y`` (n,); returns ``self``."""
+        X = check_features(X)
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(X):
+            raise HeadError(f"{type(self).__name__}.fit: y has shape {y.shape}, expected ({len(X)},)")
+        classes, y_idx = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            from ..errors import DataError
+
+            raise DataError(f"{type(self).__name__}.fit: only one class ({classes[0]!r}) in the training data",
+                            hint="a classifier needs at least two labelled classes")
+        self.classes_ = classes
+        self.n_features_in_ = X.shape[1]
+        self._fit(X, y_idx.astype(np.int64))
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, (n, len(classes_)), columns in ``classes_`` order."""
+        return self._proba(self._check_predict(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def score(self, X: Any, y: Any) -> float:
+        return float(np.mean(self.predict(X) == np.asarray(y)))
+
+    def _check_predict(self, X: Any) -> np.ndarray:
+        if not hasattr(self, "classes_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet", hint="call fit(X, y) first")
+        X = check_features(X, what="prediction")
+        if X.shape[1] != self.n_features_in_:
+            raise HeadError(f"{type(self).__name__} was fitted on {self.n_features_in_} features, got {X.shape[1]}",
+                            hint="predict with vectors from the backbone the head was trained on")
+        return X
+
+    # -- to implement ---------------------------------------------------------------
+    def _fit(self, X: np.ndarray, y_idx: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Fitted state as named arrays (saved as safetensors) and JSON-able metadata."""
+        raise NotImplementedError
+
+    def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HeadError(f"device '{device}' was asked for, but torch sees no CUDA GPU",
+                        hint="use device='cpu' or 'auto'")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device '{device}'", hint="use 'cpu', 'cuda' or 'auto'")
+    return device
+
+
+def class_weights(weight: Any, y_idx: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Per-class sample weights (float32, len(classes)) for ``None``, ``'balanced'`` or a {label: w} dict."""
+    k = len(classes)
+    if weight is None:
+        return np.ones(k, np.float32)
+    if weight == "balanced":
+        counts = np.bincount(y_idx, minlength=k).astype(np.float64)
+        return (len(y_idx) / (k * np.maximum(counts, 1))).astype(np.float32)
+    if isinstance(weight, dict):
+        unknown = [c for c in weight if c not in set(classes.tolist())]
+        if unknown:
+            raise ConfigError(f"class_weight names labels not in the data: {unknown}",
+                              hint=f"labels: {classes.tolist()}")
+        return np.array([float(weight.get(c, 1.0)) for c in classes.tolist()], np.float32)
+    raise ConfigError(f"class_weight must be None, 'balanced' or a dict, got {weight!r}")

@@ -1,0 +1,191 @@
+"""The training API: ``train``, ``sweep``, ``evaluate``, ``predict`` (the CLI calls exactly these).
+
+A ``source`` is anything :func:`engine.embed.pipeline.embed` reads (embedded through the feature
+store: cached items cost nothing), an ``EmbedResult``, or a :class:`~engine.heads.features.FeatureSet`
+(your own vectors). Training data needs labels; rows without one are left out and counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, HeadstartError
+from ..heads.features import FeatureSet
+from ..heads.resolve import build_head
+from ..heads.spec import HeadRef, parse_head_ref
+from ..heads.validate import check_features
+from .metrics import classification_metrics
+from .model import Model, Predictions, load_features, load_model, make_manifest
+from .splits import Split, stratified_split
+
+DEFAULT_SWEEP = ("linear", "mlp", "knn", "sklearn:LogisticRegression(max_iter=1000)")
+
+
+@dataclass
+class Prepared:
+    """Labelled, finite training data and its validation split."""
+
+    features: FeatureSet
+    X: np.ndarray
+    y: np.ndarray
+    split: Split
+    n_unlabelled: int
+    n_errors: int
+
+
+def prepare(fs: FeatureSet, val_fraction: float, seed: int) -> Prepared:
+    """Drop unlabelled rows, refuse NaN/Inf (naming the keys), need two classes, split stratified."""
+    rows = [i for i, label in enumerate(fs.labels) if label is not None and str(label) != ""]
+    if not rows:
+        raise DataError(f"none of the {len(fs)} items has a label", hint="train on a labelled source (label column / class folders)")
+    data = fs.subset(np.asarray(rows)) if len(rows) < len(fs) else fs
+    X = check_features(data.vectors, data.keys)
+    y = np.asarray([str(v) for v in data.labels], dtype=object)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise DataError(f"only one class ({classes[0]!r}) among {len(y)} labelled items",
+                        hint="a classifier needs at least two classes; check the label column")
+    return Prepared(data, X, y, stratified_split(y, val_fraction, seed), len(fs) - len(rows), len(fs.errors))
+
+
+def _fit_and_score(ref: HeadRef | str, prep: Prepared, engine: Any) -> tuple[Any, HeadRef, dict[str, Any]]:
+    head, canonical = build_head(ref, engine)
+    train_rows = prep.split.train
+    start = time.perf_counter()
+    head.fit(prep.X[train_rows], prep.y[train_rows])
+    fit_s = time.perf_counter() - start
+    scored = prep.split.val if len(prep.split.val) else train_rows
+    start = time.perf_counter()
+    predicted = head.predict(prep.X[scored])
+    predict_s = time.perf_counter() - start
+    metrics = classification_metrics(prep.y[scored], predicted, head.classes_)
+    metrics.update(split="validation" if len(prep.split.val) else "train", fit_seconds=round(fit_s, 4),
+                   predict_seconds=round(predict_s, 4))
+    return head, canonical, metrics
+
+
+def _training(prep: Prepared, val_fraction: float, seed: int, refit: bool) -> dict[str, Any]:
+    return {"n_items": len(prep.features) + prep.n_unlabelled, "n_labelled": len(prep.y),
+            "n_train": int(len(prep.split.train)), "n_val": int(len(prep.split.val)), "n_errors": prep.n_errors,
+            "n_unlabelled": prep.n_unlabelled, "train_only_classes": list(prep.split.train_only_classes),
+            "val_fraction": val_fraction, "seed": seed, "refit_on_all": refit}
+
+
+def _final(ref: HeadRef, head: Any, prep: Prepared, refit: bool, engine: Any) -> tuple[Any, bool]:
+    if not (refit and len(prep.split.val)):
+        return head, False
+    final, _ = build_head(ref, engine)
+    return final.fit(prep.X, prep.y), True
+
+
+@dataclass
+class TrainResult:
+    model: Model
+    metrics: dict[str, Any]
+    path: Path | None = None
+
+
+def train(source: Any, head: str = "linear", *, backbone: str | None = None, out: str | Path | None = None,
+          val_fraction: float = 0.2, seed: int = 0, refit: bool = True, engine: Any = None,
+          **embed_options: Any) -> TrainResult:
+    """Embed ``source`` (cache hits are free), fit ``head`` on a stratified train split, score it on the
+    validation split, refit on all labelled rows (``refit``), and write the model folder to ``out``.
+
+    ``embed_options`` go to :func:`engine.embed.pipeline.embed` (precision, device, batch_size,
+    reader_options, progress, ...). Returns the model and its validation metrics.
+    """
+    fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
+    prep = prepare(fs, val_fraction, seed)
+    fitted, ref, metrics = _fit_and_score(head, prep, engine)
+    final, refitted = _final(ref, fitted, prep, refit, engine)
+    model = Model(final, make_manifest(ref, final, prep.features, metrics, _training(prep, val_fraction, seed, refitted)))
+    path = model.save(out) if out is not None else None
+    return TrainResult(model, metrics, path)
+
+
+@dataclass
+class SweepResult:
+    rows: list[dict[str, Any]]  # one per head: head, metric values, fit/predict seconds, best, error
+    metric: str
+    best: str | None
+    model: Model | None = None  # the best head refitted on all rows, when save_best was given
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | None = None,
+          val_fraction: float = 0.2, seed: int = 0, metric: str = "accuracy", save_best: str | Path | None = None,
+          engine: Any = None, **embed_options: Any) -> SweepResult:
+    """Fit every head on the same cached features and split; compare on validation; best marked.
+
+    A head that fails gets a row with its error and the sweep goes on. With ``save_best`` the
+    best head is refitted on all labelled rows and written there as a model folder.
+    """
+    if metric not in ("accuracy", "macro_f1"):
+        raise ConfigError(f"unknown sweep metric '{metric}'", hint="use accuracy or macro_f1")
+    if not heads:
+        raise ConfigError("no heads to sweep", hint="e.g. --heads linear,mlp,knn")
+    if val_fraction <= 0:
+        raise ConfigError("a sweep compares heads on a validation split", hint="use val_fraction > 0")
+    refs = [parse_head_ref(h) if isinstance(h, str) else h for h in heads]
+    for ref in refs:  # fail on a typo before any fitting
+        build_head(ref, engine)
+    fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
+    prep = prepare(fs, val_fraction, seed)
+    rows, fitted = [], {}
+    for ref in refs:
+        try:
+            head, canonical, metrics = _fit_and_score(ref, prep, engine)
+        except HeadstartError as exc:
+            rows.append({"head": str(ref), "error": exc.message})
+            continue
+        except Exception as exc:  # noqa: BLE001 - one broken head must not end the sweep
+            rows.append({"head": str(ref), "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        fitted[str(ref)] = (canonical, head, metrics)
+        rows.append({"head": str(ref), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                     "fit_seconds": metrics["fit_seconds"], "predict_seconds": metrics["predict_seconds"]})
+    scored = [r for r in rows if "error" not in r]
+    best = max(scored, key=lambda r: (r[metric], -r["fit_seconds"]))["head"] if scored else None
+    for r in rows:
+        r["best"] = r["head"] == best
+    result = SweepResult(rows, metric, best, training=_training(prep, val_fraction, seed, save_best is not None))
+    if save_best is not None and best is not None:
+        canonical, head, metrics = fitted[best]
+        final, refitted = _final(canonical, head, prep, True, engine)
+        result.model = Model(final, make_manifest(canonical, final, prep.features, metrics,
+                                                  _training(prep, val_fraction, seed, refitted)))
+        result.model.save(save_best)
+    return result
+
+
+def _model(model: Model | str | Path, trust: bool, engine: Any) -> Model:
+    return model if isinstance(model, Model) else load_model(model, trust=trust, engine=engine)
+
+
+def evaluate(model_dir: Model | str | Path, source: Any, *, trust: bool = False, engine: Any = None,
+             **embed_options: Any) -> dict[str, Any]:
+    """Score a model on labelled ``source``: accuracy, macro_f1, n, n_errors (items that could not be
+    embedded), confusion (rows true, columns predicted, in ``classes`` order), classes, n_unseen_labels."""
+    return _model(model_dir, trust, engine).evaluate(source, engine=engine, **embed_options)
+
+
+def predict(model_dir: Model | str | Path, source: Any, out: str | Path | None = None, *, trust: bool = False,
+            engine: Any = None, **embed_options: Any) -> Predictions:
+    """Predict ``source`` with a model; with ``out`` (.csv, .jsonl or .parquet) also write one row per
+    item: key, ref, label, probabilities (and, for items that could not be embedded, error)."""
+    model = _model(model_dir, trust, engine)
+    if out is not None:
+        from .report import output_format
+
+        output_format(out)  # refuse an unknown extension before embedding
+    predictions = model.predict(source, engine=engine, **embed_options)
+    if out is not None:
+        from .report import write_predictions
+
+        write_predictions(predictions, out)
+    return predictions

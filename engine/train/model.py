@@ -1,0 +1,245 @@
+"""The model folder, and :class:`Model`: a fitted head bound to the backbone it was trained on.
+
+Layout (``manifest.json`` is written last; a folder without it is not a model)::
+
+    MODEL_DIR/
+      manifest.json       backbone (name, fingerprint, precision, dim), head (ref, name, arg, params,
+                          format, files + sha256), classes, metrics, versions, training summary
+      metrics.json        validation metrics of the training run
+      head.safetensors + head.json | head.skops | head.pkl (pickle: loads only with trust=True)
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackboneError, DimensionMismatchError, HeadError, IntegrityError
+from ..heads.features import FeatureSet
+from ..heads.persist import load_head, save_head
+from ..heads.spec import HeadRef
+from ..store.atomic import write_json_atomic
+
+MODEL_FORMAT = "headstart-model"
+MODEL_FORMAT_VERSION = 1
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for dist in ("headstart", "numpy", "torch", "scikit-learn", "faiss-cpu", "onnxruntime-gpu", "onnxruntime", "skops"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+@dataclass
+class Predictions:
+    """Predictions for the items of a source, aligned: ``labels[i]`` is for ``keys[i]`` / ``refs[i]``."""
+
+    keys: list[str]
+    refs: list[str]
+    labels: list[Any]
+    proba: np.ndarray | None  # (n, len(classes)) or None when the head has no predict_proba
+    classes: list[Any]
+    errors: list[Any] = field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for i, (key, ref, label) in enumerate(zip(self.keys, self.refs, self.labels)):
+            probs = None if self.proba is None else {str(c): float(p) for c, p in zip(self.classes, self.proba[i])}
+            out.append({"key": key, "ref": ref, "label": label, "probabilities": probs})
+        return out
+
+
+@dataclass
+class Model:
+    """A fitted head and what it was trained on. Build with :func:`load_model` or :func:`engine.train`."""
+
+    head: Any
+    manifest: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.manifest["classes"])
+
+    @property
+    def backbone(self) -> dict[str, Any]:
+        return dict(self.manifest.get("backbone") or {})
+
+    # -- features ----------------------------------------------------------------------
+    def features(self, source: Any, *, engine: Any = None, **embed_options: Any) -> FeatureSet:
+        """Features for ``source`` from this model's backbone (a path/ref is embedded through the store)."""
+        if isinstance(source, np.ndarray):
+            fs = FeatureSet.from_arrays(source)
+        elif hasattr(source, "vectors"):
+            fs = FeatureSet.coerce(source)
+        else:
+            fs = self._embed(str(source), engine, **embed_options)
+        expected = self.backbone.get("fingerprint")
+        if expected and fs.fingerprint and fs.fingerprint != expected:
+            raise DimensionMismatchError(
+                f"features come from backbone fingerprint {fs.fingerprint[:12]}, the model was trained on "
+                f"{expected[:12]} ({self.backbone.get('name')})", hint="embed with the model's backbone")
+        dim = self.backbone.get("dim")
+        if dim and len(fs) and fs.vectors.shape[1] != dim:
+            raise DimensionMismatchError(f"features have dimension {fs.vectors.shape[1]}, the model expects {dim}",
+                                         hint="embed with the model's backbone")
+        return fs
+
+    def _embed(self, source: str, engine: Any, **options: Any) -> FeatureSet:
+        name = self.backbone.get("name")
+        if not name:
+            raise HeadError("this model was trained on raw feature arrays, so it cannot embed a source itself",
+                            hint="pass vectors (a numpy array or FeatureSet) instead of a path")
+        self.ensure_backbone(engine)
+        options.setdefault("precision", self.backbone.get("precision", "fp32"))
+        return load_features(source, name, engine=engine, **options)
+
+    def ensure_backbone(self, engine: Any = None) -> None:
+        """Make sure the backbone export exists with the recorded fingerprint; re-export it if missing."""
+        from ..backbones.export import export, find_export
+        from ..backbones.resolve import resolve_backbone
+        from ..plugins import get_engine
+
+        engine = engine or get_engine()
+        name, precision, expected = self.backbone["name"], self.backbone.get("precision", "fp32"), \
+            self.backbone.get("fingerprint")
+        spec = resolve_backbone(name, engine)
+        exported = find_export(spec, precision, engine.settings)
+        if exported is None or (expected and exported.fingerprint != expected):
+            exported = export(spec, precision, settings=engine.settings, engine=engine)
+        if expected and exported.fingerprint != expected:
+            raise BackboneError(
+                f"backbone '{name}' ({precision}) now exports with fingerprint {exported.fingerprint[:12]}, "
+                f"but the model was trained on {expected[:12]}",
+                hint="the backbone, its preprocessing or onnxruntime changed; retrain the head "
+                     "(`headstart train`) or restore the environment the model was trained in")
+
+    # -- predict / evaluate --------------------------------------------------------------
+    def predict_features(self, X: Any) -> np.ndarray:
+        return np.asarray(self.head.predict(X))
+
+    def predict_proba_features(self, X: Any) -> np.ndarray | None:
+        return np.asarray(self.head.predict_proba(X)) if hasattr(self.head, "predict_proba") else None
+
+    def predict(self, source: Any, *, engine: Any = None, **embed_options: Any) -> Predictions:
+        """Predict every readable item of ``source`` (path, FeatureSet/EmbedResult or (n, dim) array)."""
+        from ..heads.validate import check_features
+
+        fs = self.features(source, engine=engine, **embed_options)
+        if len(fs) == 0:
+            return Predictions([], [], [], None, self.classes, fs.errors)
+        X = check_features(fs.vectors, fs.keys, what="prediction")
+        proba = self.predict_proba_features(X)
+        labels = (np.asarray(self.head.classes_)[proba.argmax(1)] if proba is not None else self.predict_features(X))
+        return Predictions(fs.keys, fs.refs, [_plain(v) for v in labels], proba, self.classes, fs.errors)
+
+    def predict_proba(self, source: Any, **kwargs: Any) -> np.ndarray | None:
+        return self.predict(source, **kwargs).proba
+
+    def evaluate(self, source: Any, *, engine: Any = None, **embed_options: Any) -> dict[str, Any]:
+        """accuracy, macro_f1, n, n_errors (items that could not be embedded), confusion, classes, ..."""
+        from ..errors import DataError
+        from .metrics import classification_metrics
+
+        embed_options.setdefault("labelled", True)
+        fs = self.features(source, engine=engine, **embed_options)
+        n_errors = len(fs.errors)
+        rows = [i for i, label in enumerate(fs.labels) if label is not None]
+        if not rows:
+            raise DataError("the evaluation source has no labelled items", hint="evaluate on labelled data")
+        labelled = fs.subset(np.asarray(rows))
+        metrics = classification_metrics(labelled.labels, self.predict(labelled).labels, self.classes)
+        return {**metrics, "n_errors": n_errors, "n_unlabelled": len(fs) - len(rows)}
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the model folder (head files first, manifest last)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        record = save_head(self.head, path)
+        manifest = {**self.manifest, "head": {**self.manifest["head"], **record}}
+        write_json_atomic(path / "metrics.json", manifest.get("metrics", {}))
+        write_json_atomic(path / "manifest.json", manifest)
+        self.manifest, self.path = manifest, path
+        return path
+
+
+def load_features(source: Any, backbone: str | None = None, *, labelled: bool | None = None, engine: Any = None,
+                  reader_options: Any = None, **embed_options: Any) -> FeatureSet:
+    """Features of ``source``: a FeatureSet/EmbedResult as is, anything else through ``embed``
+    (``labelled=True`` makes the reader require its label column)."""
+    if hasattr(source, "vectors"):
+        return FeatureSet.coerce(source)
+    if isinstance(source, np.ndarray):
+        from ..errors import ConfigError
+
+        raise ConfigError("a bare array has no labels or keys", hint="wrap it: FeatureSet.from_arrays(X, y)")
+    import dataclasses
+
+    from ..embed.items import ReaderOptions
+    from ..embed.pipeline import embed
+
+    options = reader_options or ReaderOptions()
+    if labelled is not None:
+        options = dataclasses.replace(options, labelled=labelled)
+    return FeatureSet.coerce(embed(str(source), backbone, engine=engine, reader_options=options, **embed_options))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def make_manifest(head_ref: HeadRef, head: Any, features: FeatureSet, metrics: dict[str, Any],
+                  training: dict[str, Any]) -> dict[str, Any]:
+    params = head.get_params(deep=False) if hasattr(head, "get_params") else dict(head_ref.params)
+    return {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "backbone": {"name": features.backbone, "fingerprint": features.fingerprint,
+                     "precision": features.precision, "dim": int(features.vectors.shape[1])},
+        "head": {"ref": str(head_ref), "name": head_ref.name, "arg": head_ref.arg,
+                 "params": json.loads(json.dumps(params, default=repr)), "class":
+                     f"{type(head).__module__}:{type(head).__qualname__}"},
+        "classes": [_plain(c) for c in head.classes_],
+        "metrics": metrics,
+        "training": training,
+        "versions": _versions(),
+    }
+
+
+def load_model(path: str | Path, trust: bool = False, *, engine: Any = None) -> Model:
+    """Load a model folder. Pickled heads are refused unless ``trust=True`` (no code runs before that)."""
+    from ..heads.resolve import head_spec
+
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise IntegrityError(f"{path} is not a headstart model folder (no manifest.json)",
+                             hint="pass the folder written by `headstart train -o DIR`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"cannot read {manifest_path}: {exc}", hint="copy the model folder again or retrain") from None
+    if manifest.get("format") != MODEL_FORMAT:
+        raise IntegrityError(f"{manifest_path} is not a headstart model manifest")
+    record = manifest["head"]
+
+    def build() -> Any:
+        spec, _ = head_spec(HeadRef(record["name"], record.get("arg")), engine)
+        return spec.build(record.get("arg"), **record.get("params", {}))
+
+    head = load_head(path, record, build=build, trust=trust)
+    return Model(head=head, manifest=manifest, path=path)

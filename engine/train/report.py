@@ -1,0 +1,97 @@
+"""Human-readable tables for metrics and sweeps, and prediction files (csv, jsonl, parquet)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..store.atomic import write_bytes_atomic
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_metrics(metrics: dict[str, Any], *, confusion: bool = False) -> str:
+    """Summary line, per-class precision/recall/F1/support, optionally the confusion matrix."""
+    where = metrics.get("split", "evaluation")
+    lines = [f"{where}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  n {metrics['n']}"]
+    extra = [f"{k} {metrics[k]}" for k in ("n_errors", "n_unseen_labels", "n_unlabelled") if metrics.get(k)]
+    if "fit_seconds" in metrics:
+        extra.append(f"fit {metrics['fit_seconds']:.3f}s  predict {metrics['predict_seconds']:.3f}s")
+    if extra:
+        lines.append("  ".join(extra))
+    if metrics.get("unseen_labels"):
+        lines.append("labels the model never saw: " + ", ".join(map(str, metrics["unseen_labels"])))
+    per_class = metrics.get("per_class", {})
+    lines.append(_table(["class", "precision", "recall", "f1", "support"],
+                        [[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+                         for c, m in per_class.items()]))
+    if confusion:
+        classes = [str(c) for c in metrics["classes"]]
+        lines.append("confusion (rows: true, columns: predicted)")
+        lines.append(_table(["", *classes], [[c, *row] for c, row in zip(classes, metrics["confusion"])]))
+    return "\n".join(lines)
+
+
+def format_sweep(rows: list[dict[str, Any]], metric: str) -> str:
+    """One comparison table; the best head is marked with ``*``."""
+    table = []
+    for r in rows:
+        if "error" in r:
+            table.append([r["head"], "-", "-", "-", "-", "failed: " + r["error"]])
+        else:
+            table.append([r["head"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['fit_seconds']:.3f}",
+                          f"{r['predict_seconds']:.3f}", "*" if r["best"] else ""])
+    return _table(["head", "accuracy", "macro_f1", "fit_s", "predict_s", f"best ({metric})"], table)
+
+
+def output_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(f"cannot write predictions to '{path}'", hint="use a .csv, .jsonl or .parquet file name")
+    return FORMATS[suffix]
+
+
+def write_predictions(predictions: Any, path: str | Path) -> Path:
+    """Write one row per item (key, ref, label, probabilities, error) atomically; returns the path."""
+    fmt = output_format(path)
+    rows = [{**r, "error": None} for r in predictions.rows()]
+    for e in predictions.errors:
+        rows.append({"key": getattr(e, "key", None), "ref": getattr(e, "ref", None), "label": None,
+                     "probabilities": None, "error": getattr(e, "reason", str(e))})
+    if fmt == "jsonl":
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["key", "ref", "label", "probabilities", "error"])
+        writer.writeheader()
+        for r in rows:
+            probs = r["probabilities"]
+            writer.writerow({**r, "probabilities": "" if probs is None else json.dumps(probs)})
+        data = buffer.getvalue().encode()
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({
+            "key": [r["key"] for r in rows], "ref": [r["ref"] for r in rows],
+            "label": [None if r["label"] is None else str(r["label"]) for r in rows],
+            "probabilities": pa.array([None if r["probabilities"] is None else list(r["probabilities"].items())
+                                       for r in rows], type=pa.map_(pa.string(), pa.float64())),
+            "error": [r["error"] for r in rows]})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        data = sink.getvalue().to_pybytes()
+    write_bytes_atomic(path, data)
+    return Path(path)

@@ -1,0 +1,122 @@
+"""``mlp``: a small multi-layer perceptron in PyTorch (Adam, dropout, early stopping on validation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine import hookimpl
+from engine.heads.base import Head, class_weights, resolve_device
+from engine.heads.spec import HeadSpec
+
+
+class MLPHead(Head):
+    """Hidden layers (ReLU, dropout) → softmax; stops when validation loss stops improving and
+    keeps the best epoch's weights. ``hidden``: layer widths, e.g. ``(512,)`` or ``(512, 256)``."""
+
+    def __init__(self, *, hidden: Any = (512,), dropout: float = 0.2, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 batch_size: int = 256, max_epochs: int = 100, patience: int = 5, val_fraction: float = 0.1,
+                 class_weight: Any = None, device: str = "cpu", seed: int = 0) -> None:
+        self.hidden = hidden
+        self.dropout = dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.class_weight = class_weight
+        self.device = device
+        self.seed = seed
+
+    def _layers(self) -> list[int]:
+        hidden = [self.hidden] if isinstance(self.hidden, int) else list(self.hidden)
+        return [self.n_features_in_, *[int(h) for h in hidden], len(self.classes_)]
+
+    def _net(self) -> Any:
+        import torch
+
+        sizes = self._layers()
+        layers: list[Any] = []
+        for a, b in zip(sizes[:-2], sizes[1:-1]):
+            layers += [torch.nn.Linear(a, b), torch.nn.ReLU(), torch.nn.Dropout(self.dropout)]
+        layers.append(torch.nn.Linear(sizes[-2], sizes[-1]))
+        return torch.nn.Sequential(*layers)
+
+    def _fit(self, X: np.ndarray, y_idx: np.ndarray) -> None:
+        import torch
+
+        from engine.train.splits import stratified_split
+
+        device = resolve_device(self.device)
+        torch.manual_seed(self.seed)
+        split = stratified_split(y_idx, self.val_fraction, self.seed)
+        train, val = split.train, split.val
+        net = self._net().to(device)
+        cw = torch.from_numpy(class_weights(self.class_weight, y_idx, self.classes_)).to(device)
+        Xt, yt = torch.from_numpy(X).to(device), torch.from_numpy(y_idx).to(device)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = torch.nn.CrossEntropyLoss(weight=cw)
+        gen = torch.Generator().manual_seed(self.seed)
+        tr = torch.from_numpy(train).to(device)
+        best, best_state, stale, epochs = float("inf"), None, 0, 0
+        for epoch in range(self.max_epochs):
+            net.train()
+            for batch in tr[torch.randperm(len(tr), generator=gen).to(device)].split(self.batch_size):
+                opt.zero_grad()
+                loss_fn(net(Xt[batch]), yt[batch]).backward()
+                opt.step()
+            epochs = epoch + 1
+            if len(val) == 0:
+                continue
+            net.eval()
+            with torch.no_grad():
+                v = torch.from_numpy(val).to(device)
+                val_loss = float(loss_fn(net(Xt[v]), yt[v]))
+            if val_loss < best - 1e-4:
+                best, stale = val_loss, 0
+                best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= self.patience:
+                    break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        self.net_ = net.cpu().eval()
+        self.n_epochs_ = epochs
+        self.best_val_loss_ = best if best_state is not None else None
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return torch.softmax(self.net_(torch.from_numpy(X)), dim=1).numpy()
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {k: v.numpy() for k, v in self.net_.state_dict().items()}
+        return arrays, {"classes": self.classes_.tolist(), "n_features_in": self.n_features_in_,
+                        "n_epochs": self.n_epochs_, "best_val_loss": self.best_val_loss_}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        import torch
+
+        self.classes_ = np.asarray(meta["classes"])
+        self.n_features_in_ = int(meta["n_features_in"])
+        net = self._net()
+        net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        self.net_ = net.eval()
+        self.n_epochs_ = meta["n_epochs"]
+        self.best_val_loss_ = meta["best_val_loss"]
+
+
+@hookimpl
+def register_heads(register):
+    register(HeadSpec(
+        name="mlp",
+        factory=MLPHead,
+        description="multi-layer perceptron (PyTorch, AdamW, dropout, early stopping on validation)",
+        params={"hidden": (512,), "dropout": 0.2, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 256,
+                "max_epochs": 100, "patience": 5, "val_fraction": 0.1, "class_weight": None, "device": "cpu",
+                "seed": 0},
+    ))
