@@ -22,6 +22,7 @@ class FeatureSet:
     fingerprint: str | None = None
     backbone: str | None = None
     precision: str = "fp32"
+    stats: dict[str, Any] | None = None  # the embedding job's counts (cached, embedded, session_created, ...)
 
     @classmethod
     def from_arrays(cls, X: Any, y: Sequence[Any] | None = None, *, keys: Sequence[str] | None = None,
@@ -40,7 +41,8 @@ class FeatureSet:
             return obj
         return cls(keys=list(obj.keys), refs=list(obj.refs), labels=list(obj.labels), vectors=np.asarray(obj.vectors),
                    errors=list(getattr(obj, "errors", []) or []), fingerprint=getattr(obj, "fingerprint", None),
-                   backbone=getattr(obj, "backbone", None), precision=getattr(obj, "precision", "fp32") or "fp32")
+                   backbone=getattr(obj, "backbone", None), precision=getattr(obj, "precision", "fp32") or "fp32",
+                   stats=obj.stats.as_dict() if hasattr(getattr(obj, "stats", None), "as_dict") else None)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -49,4 +51,5 @@ class FeatureSet:
         rows = np.asarray(rows, dtype=np.int64)
         return FeatureSet(keys=[self.keys[i] for i in rows], refs=[self.refs[i] for i in rows],
                           labels=[self.labels[i] for i in rows], vectors=self.vectors[rows], errors=[],
-                          fingerprint=self.fingerprint, backbone=self.backbone, precision=self.precision)
+                          fingerprint=self.fingerprint, backbone=self.backbone, precision=self.precision,
+                          stats=self.stats)

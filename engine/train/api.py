@@ -73,7 +73,7 @@ def _training(prep: Prepared, val_fraction: float, seed: int, refit: bool) -> di
     return {"n_items": len(prep.features) + prep.n_unlabelled, "n_labelled": len(prep.y),
             "n_train": int(len(prep.split.train)), "n_val": int(len(prep.split.val)), "n_errors": prep.n_errors,
             "n_unlabelled": prep.n_unlabelled, "train_only_classes": list(prep.split.train_only_classes),
-            "val_fraction": val_fraction, "seed": seed, "refit_on_all": refit}
+            "val_fraction": val_fraction, "seed": seed, "refit_on_all": refit, "embedding": prep.features.stats}
 
 
 def _final(ref: HeadRef, head: Any, prep: Prepared, refit: bool, engine: Any) -> tuple[Any, bool]:
