@@ -54,12 +54,14 @@ def runtime_options(fn):
               help="Run on this machine, or on a Ray cluster (needs `pip install headstart[ray]`).")
 @click.option("--address", default=None, help="Ray cluster address (with --engine ray; default: start a local one).")
 @click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="GPUs per Ray worker (--engine ray).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Items read, embedded and committed as one store shard (default: 4096 texts, 256 images).")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any item failed (after committing the rest).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def embed(ctx: click.Context, source: str, backbone, precision, device, batch_size, workers, threads, text_column,
-          label_column, reader, encoding_errors, engine_name, address, gpus_per_worker, strict, progress,
+          label_column, reader, encoding_errors, engine_name, address, gpus_per_worker, chunk_size, strict, progress,
           as_json) -> None:
     """Embed SOURCE into the feature store of the backbone (cached items are skipped).
 
@@ -69,7 +71,8 @@ def embed(ctx: click.Context, source: str, backbone, precision, device, batch_si
     engine = CliState.from_ctx(ctx).engine()
     options = make_reader_options(text_column, label_column, encoding_errors)
     common = dict(backbone=backbone, engine=engine, reader=reader, reader_options=options, precision=precision,
-                  device=device, batch_size=batch_size, workers=workers, strict=strict)
+                  device=device, batch_size=batch_size, workers=workers, strict=strict,
+                  chunk_size=chunk_size)
     if engine_name == "ray":
         from ..distributed.ray_embed import embed_on_ray
 

@@ -217,6 +217,7 @@ def embed(
                     writer.add(keys, vectors, refs)
                 if chunk.errors or errors:
                     writer.add_errors([*chunk.errors, *errors])
+                writer.commit()  # one shard per chunk: a killed job loses at most the chunk in flight
                 stats.seconds["write"] += time.perf_counter() - t
                 if bar is not None:
                     bar.update(len(chunk.rows))
