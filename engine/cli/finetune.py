@@ -1,18 +1,102 @@
-"""``headstart finetune``: full fine-tuning fallback."""
+"""``headstart finetune``: full fine-tuning fallback, exported back onto the ONNX path (calls engine.train.finetune)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from ._common import CliState
+from ._common import CliState, echo_json, format_table
 
 
 @click.command("finetune")
 @click.argument("source")
+@click.option("--backbone", "-b", default=None, help="Backbone name or ref; default by modality.")
+@click.option("--head", default="linear", show_default=True, help="linear or mlp[(hidden=(256,), ...)].")
+@click.option("--out", "-o", "out", required=True, metavar="MODEL_DIR", help="Model folder to write.")
+@click.option("--unfreeze", default="all", show_default=True, help="all | last:N (top N backbone blocks train).")
+@click.option("--epochs", default=5, show_default=True, type=int)
+@click.option("--lr", default=None, type=float, help="Top backbone block LR [default: 5e-5 text, 1e-4 image].")
+@click.option("--head-lr", default=None, type=float, help="Head LR [default: 10 x --lr].")
+@click.option("--layer-decay", default=0.8, show_default=True, type=float, help="LR factor per block going down.")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--patience", default=2, show_default=True, type=int, help="Epochs without improvement before stopping.")
+@click.option("--metric", default="accuracy", type=click.Choice(["accuracy", "macro_f1"]), show_default=True)
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+@click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16", "fp16"]), show_default=True,
+              help="bf16/fp16: mixed precision (CUDA).")
+@click.option("--init-head", default=None, metavar="MODEL_DIR",
+              help="Start from this frozen-feature head [default: fit one on the training split first].")
+@click.option("--resume", is_flag=True, help="Continue from MODEL_DIR's checkpoint after an interruption.")
+@click.option("--text-column", default=None, help="Text column of a table source.")
+@click.option("--label-column", default=None, help="Label column of a table source.")
+@click.option("--val-fraction", default=0.2, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def finetune(ctx: click.Context, source: str) -> None:
-    """Fine-tune backbone + head end to end on SOURCE, then export back onto the ONNX path."""
-    from ..errors import HeadstartError
+def finetune(ctx: click.Context, source: str, backbone: str | None, head: str, out: str, unfreeze: str, epochs: int,
+             lr: float | None, head_lr: float | None, layer_decay: float, batch_size: int, patience: int, metric: str,
+             device: str, precision: str, init_head: str | None, resume: bool, text_column: str | None,
+             label_column: str | None, val_fraction: float, seed: int, as_json: bool) -> None:
+    """Fine-tune backbone + head end to end on SOURCE, then export back onto the ONNX path (MODEL_DIR)."""
+    from ..embed.items import ReaderOptions
+    from ..train.finetune import FinetuneOptions, finetune as finetune_api
 
-    CliState.from_ctx(ctx).engine()
-    raise HeadstartError("`headstart finetune` is not built yet", hint="see issue #6")
+    engine = CliState.from_ctx(ctx).engine()
+    options = FinetuneOptions(unfreeze=unfreeze, epochs=epochs, lr=lr, head_lr=head_lr, layer_decay=layer_decay,
+                              batch_size=batch_size, device=device, precision=precision, patience=patience,
+                              metric=metric, val_fraction=val_fraction, seed=seed)
+    log = (lambda message: None) if as_json else (lambda message: click.echo(message, err=True))
+    result = finetune_api(source, backbone, head, out=out, options=options, init_head=init_head, resume=resume,
+                          engine=engine, reader_options=ReaderOptions(text_column=text_column, label_column=label_column),
+                          log=log)
+    summary = result.summary()
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(format_summary(summary))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Frozen vs fine-tuned on the validation split, the epochs, the export."""
+    metric = summary["metric"]
+    rows = [["frozen features + head", summary["frozen"]["accuracy"], summary["frozen"]["macro_f1"]],
+            ["fine-tuned (ONNX export)", summary["finetuned"]["accuracy"], summary["finetuned"]["macro_f1"]]]
+    lines = [format_table(["validation", "accuracy", "macro_f1"], [[r[0], f"{r[1]:.4f}", f"{r[2]:.4f}"] for r in rows])]
+    resumed = summary["resumed_from"]
+    lines.append(f"{metric} {summary['improvement']:+.4f}; best epoch {summary['best_epoch']}, {summary['epochs_run']} "
+                 f"epochs run" + (" (stopped early)" if summary["stopped_early"] else "")
+                 + (f", resumed after epoch {resumed['epoch']}" if resumed else ""))
+    parity = summary["export"]["parity"]
+    lines.append(f"backbone {summary['backbone']['name']} exported: fingerprint {summary['export']['fingerprint']}, "
+                 f"parity min cosine {parity['min_cosine']:.6f}, max abs diff {parity['max_abs_diff']:.2e}")
+    lines.append(f"model written to {summary['model']}")
+    return "\n".join(lines)
+
+
+def escalate_cli(source: str, target: str | None, allow_finetune: bool, *, out: str, as_json: bool,
+                 **kwargs: Any) -> None:
+    """``headstart train --target METRIC=VALUE [--allow-finetune]``: head sweep first, fine-tuning if needed."""
+    from ..errors import ConfigError
+    from ..train.finetune import escalate
+    from ..train.report import format_sweep
+
+    if target is None:
+        raise ConfigError("--allow-finetune needs a target to decide when fine-tuning is worth it",
+                          hint="add --target accuracy=0.9 (or macro_f1=...)")
+    log = (lambda message: None) if as_json else (lambda message: click.echo(message, err=True))
+    result = escalate(source, target, out=out, allow_finetune=allow_finetune, log=log, **kwargs)
+    if as_json:
+        echo_json(result.summary())
+        return
+    sweep_stage = result.stages[0]
+    click.echo(f"stage 1: head sweep on cached features (target {result.metric} >= {result.target})")
+    click.echo(format_sweep(sweep_stage["heads"], result.metric))
+    if len(result.stages) > 1:
+        ft = result.stages[1]
+        click.echo(f"stage 2: fine-tuning {ft['head']} end to end on {ft['backbone']['name']}")
+        click.echo(format_table(["validation", result.metric], [
+            ["frozen features + head", f"{ft['frozen_' + result.metric]:.4f}"],
+            ["fine-tuned (ONNX export)", f"{ft[result.metric]:.4f}"]]))
+    click.echo(result.decision)
+    click.echo(f"model written to {result.path}")

@@ -1,0 +1,417 @@
+"""Full fine-tuning, orchestrated: frozen baseline first, end-to-end training in a finetuner plugin,
+then back onto the ONNX path (export cache, parity gate, feature store, standard model folder).
+
+:func:`finetune` embeds the source with the base backbone (cache hits are free), splits it exactly
+as :func:`engine.train.api.train` does, fits the frozen-feature head on the training split (the
+starting point: linear probing, then fine-tuning), hands a :class:`FinetuneRequest` to the
+finetuner (built-in: ``torch``), exports the fine-tuned backbone through the export cache (a new
+fingerprint, parity-checked against the fine-tuned PyTorch model), embeds the source with it, and
+writes the model folder. :func:`escalate` sweeps heads first and fine-tunes only when the best
+head misses a target.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, FinetuneError, HeadError
+from .api import DEFAULT_SWEEP, Prepared, prepare, sweep
+from .metrics import classification_metrics
+from .model import Model, load_features, load_model, make_manifest
+
+HEADS = ("linear", "mlp")
+PRECISIONS = ("fp32", "bf16", "fp16")
+METRICS = ("accuracy", "macro_f1")
+CHECKPOINT_DIR = "checkpoint"
+BACKBONE_DIR = "backbone"
+FINETUNED_DIR = "finetuned"  # <home>/finetuned/<sha16>/: fine-tuned weights, content-addressed
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Every tunable of a fine-tuning run.
+
+    ``unfreeze``: ``all`` or ``last:N`` (the top N blocks of the backbone train, the rest stay
+    frozen). ``lr``: learning rate of the top backbone block (default 5e-5 for text, 1e-4
+    otherwise); each block below gets ``layer_decay`` times the one above (discriminative LRs).
+    ``head_lr``: the head's learning rate (default ``10 * lr``). Early stopping: training stops
+    after ``patience`` epochs without a better validation ``metric``; the best epoch is kept.
+    ``precision`` bf16/fp16 is mixed precision and needs CUDA.
+    """
+
+    unfreeze: str = "all"
+    epochs: int = 5
+    lr: float | None = None
+    head_lr: float | None = None
+    layer_decay: float = 0.8
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    device: str = "auto"
+    precision: str = "fp32"
+    patience: int = 2
+    metric: str = "accuracy"
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def check(self) -> "FinetuneOptions":
+        """Raise :class:`ConfigError` on an invalid value; return self."""
+        unfreeze_blocks(self.unfreeze)
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ConfigError("epochs, batch_size and patience must be at least 1",
+                              hint=f"got epochs={self.epochs}, batch_size={self.batch_size}, patience={self.patience}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown fine-tuning precision '{self.precision}'", hint=f"use one of {', '.join(PRECISIONS)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"unknown device '{self.device}'", hint="use auto, cpu or cuda")
+        if self.metric not in METRICS:
+            raise ConfigError(f"unknown metric '{self.metric}'", hint=f"use one of {', '.join(METRICS)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError("fine-tuning needs a validation split for early stopping",
+                              hint=f"use 0 < val_fraction < 1, got {self.val_fraction}")
+        if not 0.0 < self.layer_decay <= 1.0 or any(v is not None and v <= 0 for v in (self.lr, self.head_lr)):
+            raise ConfigError("learning rates must be positive and layer_decay in (0, 1]")
+        return self
+
+    def resolved_lr(self, modality: str) -> tuple[float, float]:
+        """(backbone top-block lr, head lr)."""
+        lr = self.lr if self.lr is not None else (5e-5 if modality == "text" else 1e-4)
+        return lr, self.head_lr if self.head_lr is not None else 10 * lr
+
+
+def unfreeze_blocks(text: str) -> int | None:
+    """``all`` -> None; ``last:N`` -> N (>= 1)."""
+    if text == "all":
+        return None
+    name, _, count = text.partition(":")
+    if name == "last" and count.isdigit() and int(count) >= 1:
+        return int(count)
+    raise ConfigError(f"cannot read --unfreeze '{text}'", hint="use 'all' or 'last:N' (N >= 1 top blocks)")
+
+
+@dataclass
+class FinetuneRequest:
+    """What a finetuner's ``run(request)`` gets.
+
+    ``head`` is the fitted frozen-feature head (linear or mlp) to start from; the finetuner
+    returns it with the fine-tuned weights. Items are raw payloads (texts, image bytes, arrays),
+    ``*_y`` are indices into ``classes``. The finetuner checkpoints each epoch under
+    ``checkpoint_dir`` (when ``resume`` is set and a checkpoint matching ``identity`` exists, it
+    continues from it), writes the fine-tuned backbone under ``finetuned_root`` and returns a
+    backbone reference that its ``resolve_backbone`` hook resolves to a spec with a new identity.
+    """
+
+    spec: Any  # the base BackboneSpec
+    head: Any
+    head_name: str
+    classes: np.ndarray
+    train_items: list[Any]
+    train_y: np.ndarray
+    val_items: list[Any]
+    val_y: np.ndarray
+    options: FinetuneOptions
+    checkpoint_dir: Path
+    finetuned_root: Path
+    resume: bool
+    identity: dict[str, Any]
+    log: Callable[[str], None] = field(default=lambda message: None, repr=False)
+
+
+@dataclass
+class FinetuneOutcome:
+    """What a finetuner returns: the fine-tuned head, the backbone ref to resolve, the training record."""
+
+    head: Any
+    backbone_ref: str
+    history: list[dict[str, Any]]
+    best_epoch: int
+    resumed_from: dict[str, Any] | None
+    epochs_run: int
+    stopped_early: bool
+    info: dict[str, Any] = field(default_factory=dict)  # device, precision, throughput, unfrozen blocks, ...
+    backbone_files: list[Path] = field(default_factory=list)  # copied into MODEL_DIR/backbone/ (portable copy)
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuned model, its validation metrics on the ONNX path, and the frozen baseline."""
+
+    model: Model
+    metrics: dict[str, Any]
+    frozen_metrics: dict[str, Any]
+    outcome: FinetuneOutcome
+    export: dict[str, Any]
+    path: Path
+
+    def summary(self) -> dict[str, Any]:
+        metric = self.model.manifest["finetune"]["options"]["metric"]
+        return {"model": str(self.path), "backbone": self.model.backbone, "head": self.model.manifest["head"]["ref"],
+                "metric": metric, "frozen": _scores(self.frozen_metrics), "finetuned": _scores(self.metrics),
+                "improvement": round(self.metrics[metric] - self.frozen_metrics[metric], 6),
+                "best_epoch": self.outcome.best_epoch, "epochs_run": self.outcome.epochs_run,
+                "stopped_early": self.outcome.stopped_early, "resumed_from": self.outcome.resumed_from,
+                "history": self.outcome.history, "export": self.export, "info": self.outcome.info}
+
+
+def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in ("accuracy", "macro_f1", "n", "split") if k in metrics}
+
+
+def _engine(engine: Any) -> Any:
+    if engine is not None:
+        return engine
+    from ..plugins import get_engine
+
+    return get_engine()
+
+
+def _frozen_head(prep: Prepared, head: str, init_head: Any, engine: Any) -> tuple[Any, str, dict[str, Any]]:
+    """The fitted frozen-feature head to start from (given, or fitted on the training split) and its
+    validation metrics."""
+    from ..heads.resolve import build_head
+
+    if init_head is None:
+        model, name = None, head
+    else:
+        model = init_head if isinstance(init_head, Model) else load_model(init_head, engine=engine)
+        name = model.manifest["head"]["name"]
+    if name.split("(")[0].strip() not in HEADS:
+        raise ConfigError(f"fine-tuning trains a linear or mlp head, not '{name}'",
+                          hint="use --head linear or --head mlp(hidden=(256,))")
+    rows_train, rows_val = prep.split.train, prep.split.val
+    if model is None:
+        fitted, ref = build_head(head, engine)
+        fitted.fit(prep.X[rows_train], prep.y[rows_train])
+        name = str(ref)
+    else:
+        fitted = model.head
+        expected = model.backbone.get("fingerprint")
+        if expected != prep.features.fingerprint:
+            raise FinetuneError(f"the starting head in {model.path} was trained on backbone fingerprint "
+                                f"{str(expected)[:12]}, the source was embedded with {str(prep.features.fingerprint)[:12]}",
+                                hint="pass the backbone that head was trained on (--backbone), or drop --init-head")
+        if sorted(map(str, fitted.classes_)) != sorted(np.unique(prep.y).tolist()):
+            raise FinetuneError(f"the starting head in {model.path} knows classes {list(fitted.classes_)}, the source has "
+                                f"{np.unique(prep.y).tolist()}", hint="start from a head trained on the same labels")
+        name = model.manifest["head"]["ref"]
+    predicted = fitted.predict(prep.X[rows_val])
+    metrics = classification_metrics(prep.y[rows_val], predicted, fitted.classes_)
+    metrics["split"] = "validation"
+    return fitted, name, metrics
+
+
+def _payloads(source: Any, keys: Sequence[str], reader_options: Any, engine: Any) -> dict[str, Any]:
+    """Raw payload of each wanted content key, read again through the same reader."""
+    import dataclasses
+
+    from ..embed.items import ReaderOptions
+    from ..embed.sources import open_source
+
+    wanted = set(keys)
+    options = dataclasses.replace(reader_options or ReaderOptions(), labelled=True)
+    found: dict[str, Any] = {}
+    for item in open_source(str(source), options, engine=engine):
+        if item.key in wanted and item.payload is not None:
+            found.setdefault(item.key, item.payload)
+    missing = wanted - set(found)
+    if missing:
+        raise FinetuneError(f"{len(missing)} items embedded from {source} could not be read again "
+                            f"(e.g. content key {sorted(missing)[0][:16]})",
+                            hint="the source changed while fine-tuning started; run again")
+    return found
+
+
+def _identity(spec: Any, prep: Prepared, head: str, options: FinetuneOptions) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed (``epochs`` may change between runs)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in (prep.split.train, prep.split.val):
+        for row in part:
+            digest.update(f"{prep.features.keys[row]}:{prep.y[row]};".encode())
+        digest.update(b"|")
+    return {"backbone": spec.name, "fingerprint": prep.features.fingerprint, "head": head, "data": digest.hexdigest(),
+            "options": {k: v for k, v in asdict(options).items() if k != "epochs"}}
+
+
+def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, out: str | Path,
+             options: FinetuneOptions | None = None, init_head: Any = None, resume: bool = False,
+             finetuner: str = "torch", engine: Any = None, reader_options: Any = None, progress: bool | None = None,
+             log: Callable[[str], None] | None = None) -> FinetuneResult:
+    """Fine-tune ``backbone`` + ``head`` (linear | mlp) end to end on labelled ``source``; write ``out``.
+
+    ``init_head``: a model folder (or :class:`Model`) whose frozen-feature head to start from;
+    by default the head is first fitted on the cached frozen features of the training split.
+    ``resume``: continue from ``out``'s checkpoint after an interruption (without it, an
+    unfinished checkpoint in ``out`` is an error, so it is never thrown away silently).
+    """
+    from ..backbones.export import export
+    from ..backbones.resolve import resolve_backbone
+
+    engine = _engine(engine)
+    options = (options or FinetuneOptions()).check()
+    log = log or (lambda message: None)
+    out = Path(out)
+    checkpoint_dir = out / CHECKPOINT_DIR
+    if not resume and any(checkpoint_dir.glob("*.safetensors")):
+        raise FinetuneError(f"{out} holds an unfinished fine-tuning checkpoint",
+                            hint="continue it with --resume, or delete the folder to start over")
+    spec_entry = engine.catalog.get("finetuner", finetuner)
+    started = time.perf_counter()
+    fs = load_features(source, backbone, labelled=True, engine=engine, reader_options=reader_options, progress=progress)
+    spec = resolve_backbone(fs.backbone, engine)
+    prep = prepare(fs, options.val_fraction, options.seed)
+    if len(prep.split.val) == 0:
+        raise DataError("every class has a single example, so there is no validation split for early stopping",
+                        hint="fine-tuning needs at least two labelled examples per class")
+    frozen, head_ref, frozen_metrics = _frozen_head(prep, head, init_head, engine)
+    log(f"frozen {head_ref} on {spec.name}: validation {options.metric} {frozen_metrics[options.metric]:.4f}")
+    payloads = _payloads(source, fs.keys, reader_options, engine)
+    classes = np.asarray(frozen.classes_)
+    index = {str(c): i for i, c in enumerate(classes)}
+    y_idx = np.asarray([index[str(v)] for v in prep.y], dtype=np.int64)
+    rows_train, rows_val = prep.split.train, prep.split.val
+    (out / "manifest.json").unlink(missing_ok=True)  # a folder without a manifest is not a model
+    request = FinetuneRequest(
+        spec=spec, head=frozen, head_name=head_ref.split("(")[0].split(":")[0], classes=classes,
+        train_items=[payloads[prep.features.keys[i]] for i in rows_train], train_y=y_idx[rows_train],
+        val_items=[payloads[prep.features.keys[i]] for i in rows_val], val_y=y_idx[rows_val], options=options,
+        checkpoint_dir=checkpoint_dir, finetuned_root=engine.settings.home / FINETUNED_DIR, resume=resume,
+        identity=_identity(spec, prep, head_ref, options), log=log)
+    try:
+        outcome = spec_entry.spec.run(request)
+    except (FinetuneError, ConfigError, HeadError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - name the finetuner that failed
+        raise FinetuneError(f"finetuner '{finetuner}' (plugin '{spec_entry.plugin}') failed: {type(exc).__name__}: {exc}",
+                            hint="the checkpoint of the last finished epoch is kept; fix the cause and use --resume") from exc
+    tuned_spec = resolve_backbone(outcome.backbone_ref, engine)
+    exported = export(tuned_spec, "fp32", settings=engine.settings, engine=engine)
+    log(f"fine-tuned backbone exported: fingerprint {exported.fingerprint}, parity min cosine "
+        f"{exported.parity['min_cosine']:.6f}")
+    tuned = load_features(source, outcome.backbone_ref, labelled=True, engine=engine, reader_options=reader_options,
+                          progress=progress)
+    metrics = _score_onnx(tuned, prep, outcome.head)
+    export_info = {"fingerprint": exported.fingerprint, "path": str(exported.path),
+                   "parity": {k: exported.parity[k] for k in ("min_cosine", "max_abs_diff", "items", "reference")}}
+    training = {"n_labelled": len(prep.y), "n_train": int(len(rows_train)), "n_val": int(len(rows_val)),
+                "n_errors": prep.n_errors, "n_unlabelled": prep.n_unlabelled,
+                "train_only_classes": list(prep.split.train_only_classes), "val_fraction": options.val_fraction,
+                "seed": options.seed, "refit_on_all": False, "seconds": round(time.perf_counter() - started, 2)}
+    from ..heads.spec import parse_head_ref
+
+    manifest = make_manifest(parse_head_ref(head_ref), outcome.head, tuned, metrics, training)
+    manifest["finetune"] = {
+        "finetuner": finetuner, "base_backbone": {"name": spec.name, "fingerprint": fs.fingerprint},
+        "options": asdict(options), "frozen_metrics": _scores(frozen_metrics), "best_epoch": outcome.best_epoch,
+        "epochs_run": outcome.epochs_run, "stopped_early": outcome.stopped_early, "resumed_from": outcome.resumed_from,
+        "history": outcome.history, "export": export_info, "info": outcome.info}
+    from ..store.atomic import copy_file_atomic
+
+    for path in outcome.backbone_files:
+        copy_file_atomic(path, out / BACKBONE_DIR / Path(path).name)
+    model = Model(outcome.head, manifest)
+    model.save(out)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return FinetuneResult(model, metrics, frozen_metrics, outcome, export_info, out)
+
+
+def _score_onnx(tuned: Any, prep: Prepared, head: Any) -> dict[str, Any]:
+    """Validation metrics of the fine-tuned head on features from the fine-tuned ONNX export."""
+    from ..heads.validate import check_features
+
+    row_of = {k: i for i, k in enumerate(tuned.keys)}
+    missing = [prep.features.keys[i] for i in prep.split.val if prep.features.keys[i] not in row_of]
+    if missing:
+        raise FinetuneError(f"{len(missing)} validation items could not be embedded with the fine-tuned backbone "
+                            f"(e.g. {missing[0][:16]})", hint="see `headstart cache info` for the per-item errors")
+    rows = np.asarray([row_of[prep.features.keys[i]] for i in prep.split.val])
+    X = check_features(tuned.vectors[rows], [tuned.keys[i] for i in rows])
+    metrics = classification_metrics(prep.y[prep.split.val], head.predict(X), head.classes_)
+    metrics["split"] = "validation"
+    return metrics
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """``accuracy=0.9`` -> ("accuracy", 0.9)."""
+    name, _, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if name.strip() not in METRICS or not 0.0 <= number <= 1.0:
+        raise ConfigError(f"cannot read target '{text}'", hint="write METRIC=VALUE, e.g. accuracy=0.9 or macro_f1=0.85")
+    return name.strip(), number
+
+
+@dataclass
+class EscalationResult:
+    """Both stages: the head sweep on cached features and, when it was needed, the fine-tuning."""
+
+    metric: str
+    target: float
+    stages: list[dict[str, Any]]
+    decision: str
+    finetuned: bool
+    model: Model | None
+    path: Path
+
+    def summary(self) -> dict[str, Any]:
+        return {"metric": self.metric, "target": self.target, "stages": self.stages, "decision": self.decision,
+                "finetuned": self.finetuned, "model": str(self.path)}
+
+
+def escalate(source: Any, target: str | tuple[str, float], *, out: str | Path, backbone: str | None = None,
+             heads: Sequence[str] = DEFAULT_SWEEP, allow_finetune: bool = True, options: FinetuneOptions | None = None,
+             val_fraction: float = 0.2, seed: int = 0, engine: Any = None, log: Callable[[str], None] | None = None,
+             **embed_options: Any) -> EscalationResult:
+    """Sweep ``heads`` on cached features; fine-tune only if the best misses ``target`` (and it is allowed).
+
+    The better of the two stages on the same validation split is written to ``out``.
+    """
+    import dataclasses
+
+    metric, goal = parse_target(target) if isinstance(target, str) else target
+    engine = _engine(engine)
+    out = Path(out)
+    swept = sweep(source, heads, backbone=backbone, val_fraction=val_fraction, seed=seed, metric=metric,
+                  save_best=out, engine=engine, **embed_options)
+    if swept.best is None:
+        raise FinetuneError("every head failed in the sweep", hint="see the sweep table for each head's error")
+    best = next(r for r in swept.rows if r["head"] == swept.best)
+    stage = {"stage": "sweep", "heads": swept.rows, "best": swept.best, metric: best[metric],
+             "target_met": best[metric] >= goal}
+    if stage["target_met"]:
+        return EscalationResult(metric, goal, [stage], f"the best head {swept.best} reached {metric} {best[metric]:.4f} "
+                                f">= {goal} on validation: stopped after the head sweep, no fine-tuning needed",
+                                False, swept.model, out)
+    if not allow_finetune:
+        return EscalationResult(metric, goal, [stage], f"the best head {swept.best} reached {metric} {best[metric]:.4f} "
+                                f"< {goal}; fine-tuning was not allowed (pass --allow-finetune)", False, swept.model, out)
+    opts = dataclasses.replace(options or FinetuneOptions(), metric=metric, val_fraction=val_fraction, seed=seed)
+    head = swept.best if swept.best.split("(")[0] in HEADS else "linear"
+    ft_out = out.with_name(out.name + ".finetune-tmp")
+    result = finetune(source, backbone, head, out=ft_out, options=opts, engine=engine,
+                      reader_options=embed_options.get("reader_options"), progress=embed_options.get("progress"),
+                      log=log)
+    ft_stage = {"stage": "finetune", "head": result.model.manifest["head"]["ref"], metric: result.metrics[metric],
+                "frozen_" + metric: result.frozen_metrics[metric], "target_met": result.metrics[metric] >= goal,
+                "best_epoch": result.outcome.best_epoch, "epochs_run": result.outcome.epochs_run,
+                "backbone": result.model.backbone}
+    if result.metrics[metric] > best[metric]:
+        shutil.rmtree(out, ignore_errors=True)
+        ft_out.rename(out)
+        model = load_model(out, engine=engine)
+        verdict = "reached" if ft_stage["target_met"] else "still missed"
+        decision = (f"the best head {swept.best} reached {metric} {best[metric]:.4f} < {goal}; fine-tuning "
+                    f"{verdict} the target with {metric} {result.metrics[metric]:.4f}: the fine-tuned model is kept")
+        return EscalationResult(metric, goal, [stage, ft_stage], decision, True, model, out)
+    shutil.rmtree(ft_out, ignore_errors=True)
+    decision = (f"the best head {swept.best} reached {metric} {best[metric]:.4f} < {goal}; fine-tuning reached only "
+                f"{result.metrics[metric]:.4f}: the frozen-feature head is kept")
+    return EscalationResult(metric, goal, [stage, ft_stage], decision, False, swept.model, out)

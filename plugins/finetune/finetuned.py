@@ -1,0 +1,82 @@
+"""Fine-tuned backbones as specs: ``finetuned:<sha16>`` -> the base spec with new weights and a new identity.
+
+Weights live content-addressed under ``<home>/finetuned/<sha16>/``: ``backbone.safetensors``
+(the full state dict of the base spec's PyTorch module) and ``finetuned.json`` (base backbone
+ref, sha256), written last: a folder without it does not exist. The spec keeps the base's
+preprocessing, pooling and output; its ``weights`` add the safetensors file (hashed into the
+fingerprint) and ``extra`` adds ``("finetuned", sha256)``. ``build_torch`` builds the base
+module and loads the fine-tuned weights (strict). Resolving never imports torch, so a
+fine-tuned model predicts from its cached export on onnxruntime alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.errors import BackboneError, ConfigError
+
+PREFIX = "finetuned:"
+WEIGHTS = "backbone.safetensors"
+META = "finetuned.json"
+
+
+def folder_for(root: Path, sha: str) -> Path:
+    return root / sha[:16]
+
+
+def write_finetuned(root: Path, base: str, state: dict[str, Any], info: dict[str, Any]) -> tuple[str, list[Path]]:
+    """Save ``state`` (a torch state dict) for base backbone ``base``; return (ref, files)."""
+    from safetensors.torch import save
+
+    from engine.store.atomic import write_bytes_atomic, write_json_atomic
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    data = save(tensors, metadata={"base": base})
+    sha = hashlib.sha256(data).hexdigest()
+    folder = folder_for(root, sha)
+    write_bytes_atomic(folder / WEIGHTS, data)
+    write_json_atomic(folder / META, {"base": base, "sha256": sha, **info})
+    return f"{PREFIX}{sha[:16]}", [folder / WEIGHTS, folder / META]
+
+
+def _build(base: Any, weights: str) -> Any:
+    from safetensors.torch import load_file
+
+    from engine.backbones.torch_export import build_module
+
+    module = build_module(base)
+    module.load_state_dict(load_file(weights), strict=True)
+    return module.eval()
+
+
+def finetuned_spec(ref: str, engine: Any) -> Any:
+    """The spec of a fine-tuned backbone stored under ``<home>/finetuned/``."""
+    from engine.backbones.resolve import resolve_backbone
+
+    sha = ref[len(PREFIX):]
+    root = engine.settings.home / "finetuned"
+    folder = folder_for(root, sha)
+    if len(sha) != 16 or not (folder / META).is_file():
+        raise ConfigError(f"fine-tuned backbone '{ref}' is not in {root}",
+                          hint=f"copy the model folder's backbone/ files into {folder}, or fine-tune again")
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"cannot read {folder / META}: {exc}", hint="copy the fine-tuned backbone again") from None
+    if not meta.get("sha256", "").startswith(sha):
+        raise BackboneError(f"{folder / META} describes weights {meta.get('sha256', '?')[:16]}, not {sha}",
+                            hint="copy the fine-tuned backbone again")
+    base = resolve_backbone(meta["base"], engine)
+    if base.build_torch is None:
+        raise BackboneError(f"fine-tuned backbone '{ref}': its base '{base.name}' has no PyTorch model",
+                            hint="fine-tuning needs a backbone with build_torch")
+    weights = str(folder / WEIGHTS)
+    return dataclasses.replace(
+        base, name=ref, source=f"{base.name} fine-tuned ({weights})",
+        description=f"{base.name} fine-tuned end to end ({meta.get('head', 'head')}, {meta.get('created', '')})",
+        weights=(*base.weights, weights), build_torch=lambda: _build(base, weights), aliases=(), default=False,
+        extra=(*base.extra, ("finetuned", meta["sha256"])))

@@ -1,0 +1,71 @@
+"""Tiny models and data for the fine-tuning tests and benchmark.
+
+``tiny_bert_blind``: a 2-layer random BERT whose token embeddings for ``fraud`` and ``payment`` are
+identical, so its frozen features cannot tell the two words apart, and a word-level tokenizer.
+``blind_task``: sentences of filler words holding exactly one of the two; the label says which.
+Frozen features + any head score at chance; fine-tuning can separate the two embedding rows.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+FILLERS = ("the a cat dog sat on mat is card late refund bank sent my was to for it and of new old red blue "
+           "big small fast slow went came back home today").split()
+KEYWORDS = ("fraud", "payment")
+
+
+def tiny_bert_blind(folder: Path) -> Path:
+    """Save the blind tiny BERT (hub folder layout) into ``folder``; returns it."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLERS, *KEYWORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    model = BertModel(config)
+    with torch.no_grad():
+        emb = model.embeddings.word_embeddings.weight
+        emb[vocab["payment"]] = emb[vocab["fraud"]]
+    model.save_pretrained(folder)
+    return folder
+
+
+def blind_task(path: Path, n: int, seed: int) -> Path:
+    """Write ``n`` rows (text,label) to a CSV: label ``fraud`` or ``payment`` = the keyword in the text."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for i in range(n):
+            words = list(rng.choice(FILLERS, size=int(rng.integers(4, 9))))
+            keyword = KEYWORDS[i % 2]
+            words.insert(int(rng.integers(0, len(words) + 1)), keyword)
+            writer.writerow([" ".join(words), keyword])
+    return path
+
+
+def easy_task(path: Path, n: int, seed: int) -> Path:
+    """Labels given by which of two disjoint word sets the text uses: any head separates them."""
+    rng = np.random.default_rng(seed)
+    groups = {"pets": FILLERS[2:8], "money": ["card", "refund", "bank", "sent", "late", "new"]}
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for i in range(n):
+            label = ("pets", "money")[i % 2]
+            writer.writerow([" ".join(rng.choice(groups[label], size=6)), label])
+    return path
