@@ -53,16 +53,26 @@ def _source_options(fn):
               help="NAME or NAME(key=value, ...), e.g. linear, mlp(hidden=(256,)), sklearn:SVC(C=2.0).")
 @click.option("--out", "-o", "out", required=True, metavar="MODEL_DIR", help="Model folder to write.")
 @click.option("--no-refit", is_flag=True, help="Keep the head fitted on the training split (default: refit on all).")
+@click.option("--target", default=None, metavar="METRIC=VALUE",
+              help="e.g. accuracy=0.9: sweep the default heads first and keep the best; see --allow-finetune.")
+@click.option("--allow-finetune", is_flag=True,
+              help="With --target: fine-tune the backbone when the best head misses the target.")
 @_source_options
 @click.pass_context
-def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, backbone: str | None, precision: str,
-          device: str, text_column: str | None, label_column: str | None, val_fraction: float, seed: int,
-          as_json: bool) -> None:
+def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, target: str | None,
+          allow_finetune: bool, backbone: str | None, precision: str, device: str, text_column: str | None,
+          label_column: str | None, val_fraction: float, seed: int, as_json: bool) -> None:
     """Embed SOURCE (cache hits are free), fit a head, print validation metrics, write MODEL_DIR."""
     from ..train.api import train as train_api
     from ..train.report import format_metrics
 
     engine = CliState.from_ctx(ctx).engine()
+    if target is not None or allow_finetune:
+        from .finetune import escalate_cli
+
+        escalate_cli(source, target, allow_finetune, out=out, backbone=backbone, val_fraction=val_fraction, seed=seed,
+                     engine=engine, as_json=as_json, **_embed_options(precision, device, text_column, label_column))
+        return
     result = train_api(source, head, backbone=backbone, out=out, val_fraction=val_fraction, seed=seed,
                        refit=not no_refit, engine=engine,
                        **_embed_options(precision, device, text_column, label_column))
