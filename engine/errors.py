@@ -104,4 +104,8 @@ class FinetuneError(HeadstartError):
     """Fine-tuning failed or cannot start."""
 
 
+class DistributedError(HeadstartError):
+    """A distributed engine (Ray) could not be reached, or a job on it failed."""
+
+
 __all__ = [name for name in dir() if name.endswith("Error")]
