@@ -1,11 +1,13 @@
 """``linear``: multinomial logistic regression in PyTorch (full-batch L-BFGS), L2 chosen on validation.
 
-Speed comes from preconditioning, not from cutting corners: the problem is solved in
-whitened coordinates (covariance of a sample, with slight shrinkage), where L-BFGS needs
-few iterations, without ever materialising the whitened matrix (the whitening is folded
-into the weights). When ``l2`` is not given, a warm-started path of L2 strengths is fitted
-on a stratified subsample and scored on a held-out part; the final fit on all rows starts
-from the best point of that path. The fitted model is plain ``softmax(X @ coef_.T + intercept_)``.
+The objective is scikit-learn's: mean (class-weighted) cross-entropy + ``l2``/2·||W||² on the
+raw features (``l2`` = 1 / (C · n) in LogisticRegression's terms). Speed comes from
+preconditioning: L-BFGS runs on V with W = P V, P from the eigenbasis of the feature covariance
+(a sample of it) scaled for the current ``l2``, so the regularised Hessian is close to the
+identity and few iterations suffice; P is folded into the weights, never into the data. When
+``l2`` is not given, a warm-started path of strengths (relative to the mean feature variance)
+is fitted on a stratified subsample and scored on a held-out part; the final fit on all rows
+starts from the best point of that path. The model is plain ``softmax(X @ coef_.T + intercept_)``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from engine import hookimpl
 from engine.heads.base import Head, class_weights, resolve_device
 from engine.heads.spec import HeadSpec
 
-L2_PATH = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+L2_PATH = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)  # × mean feature variance
 PATH_ROWS = 10_000  # rows used to choose L2 (train part of the subsample; half as many to score it)
 PATH_ITERS = 10  # L-BFGS iterations per (warm-started) step of the path
-AUTO_ITER_SIZE = 20_000_000  # max_iter=None: 100 iterations up to this many feature values, 15 beyond
+AUTO_ITER_SIZE = 20_000_000  # max_iter=None: 100 iterations up to this many feature values, 10 beyond
 PATIENCE = 2  # path steps without a better validation score before stopping
 COV_ROWS = 20_000  # rows used to estimate the whitening
 
@@ -29,8 +31,8 @@ COV_ROWS = 20_000  # rows used to estimate the whitening
 class LinearHead(Head):
     """Multinomial logistic regression.
 
-    ``l2``: L2 strength on the mean loss, in whitened coordinates (None: chosen on validation);
-    ``max_iter``: L-BFGS iterations of the final fit (None: 100 for small data, 15 for large,
+    ``l2``: L2 strength on the mean loss (None: chosen on validation, see the module docstring);
+    ``max_iter``: L-BFGS iterations of the final fit (None: 100 for small data, 10 for large,
     which starts close to the optimum); ``class_weight``: None, 'balanced' or {label: weight}.
     """
 
@@ -56,15 +58,15 @@ class LinearHead(Head):
         yt = torch.from_numpy(y_idx).to(device)
         rng = np.random.default_rng(self.seed)
         sample = rng.choice(len(X), size=min(len(X), COV_ROWS), replace=False)
-        mu, P = _whitening(Xt[torch.from_numpy(sample).to(device)])
-        V = torch.zeros(X.shape[1], k, device=device)
+        geometry = _Geometry(Xt[torch.from_numpy(np.sort(sample)).to(device)], k)
+        W = torch.zeros(X.shape[1], k, device=device)
         b = torch.zeros(k, device=device)
         l2 = self.l2
         path: list[dict[str, float]] = []
         if l2 is None:
             split = stratified_split(y_idx, self.val_fraction, self.seed)
             if len(split.val) == 0:
-                l2 = 1e-3
+                l2 = geometry.scale * 1e-2
             else:
                 train = split.train if len(split.train) <= PATH_ROWS else np.sort(
                     rng.choice(split.train, PATH_ROWS, replace=False))
@@ -72,26 +74,25 @@ class LinearHead(Head):
                 tr, va = torch.from_numpy(train).to(device), torch.from_numpy(val).to(device)
                 Xtr, ytr, Xva, yva = Xt[tr], yt[tr], Xt[va], yt[va]
                 best, stale = None, 0
-                for strength in L2_PATH:
-                    V, b = _lbfgs(Xtr, ytr, cw, strength, V, b, mu, P, PATH_ITERS, self.tol)
-                    W, c = _fold(V, b, mu, P)
-                    z = Xva @ W + c
+                for relative in L2_PATH:
+                    strength = relative * geometry.scale
+                    W, b = _lbfgs(Xtr, ytr, cw, strength, W, b, geometry, PATH_ITERS, self.tol)
+                    z = (Xva - geometry.mu) @ W + b
                     acc = float((z.argmax(1) == yva).float().mean())
                     loss = float(torch.nn.functional.cross_entropy(z, yva))
                     path.append({"l2": strength, "val_accuracy": acc, "val_loss": loss})
                     if best is None or (acc, -loss) > (best[0], -best[1]):
-                        best, stale = (acc, loss, strength, V.clone(), b.clone()), 0
+                        best, stale = (acc, loss, strength, W.clone(), b.clone()), 0
                     else:
                         stale += 1
                         if stale >= PATIENCE:
                             break  # past the optimum
-                _, _, chosen, V, b = best
+                _, _, chosen, W, b = best
                 l2 = chosen * len(train) / len(X)  # the optimal strength shrinks as 1/n
-        iters = self.max_iter or (100 if X.size <= AUTO_ITER_SIZE else 15)
-        V, b = _lbfgs(Xt, yt, cw, l2, V, b, mu, P, iters, self.tol)
-        W, c = _fold(V, b, mu, P)
+        iters = self.max_iter or (100 if X.size <= AUTO_ITER_SIZE else 10)
+        W, b = _lbfgs(Xt, yt, cw, l2, W, b, geometry, iters, self.tol)
         self.coef_ = W.T.contiguous().cpu().numpy()
-        self.intercept_ = c.cpu().numpy()
+        self.intercept_ = (b - geometry.mu @ W).cpu().numpy()
         self.l2_ = float(l2)
         self.l2_path_ = path
 
@@ -114,29 +115,40 @@ class LinearHead(Head):
         self.l2_path_ = meta["l2_path"]
 
 
-def _whitening(sample: Any) -> tuple[Any, Any]:
-    """Mean and a whitening map P (d, d) from a sample: cov ≈ P^-T P^-1, with slight shrinkage."""
+class _Geometry:
+    """Mean and eigenbasis of the feature covariance (from a sample), for preconditioning.
+
+    For L2 strength ``l2`` the solver works on V with W = P V, P = U diag(1 / sqrt(eig + s)),
+    s = l2 * n_classes: the regularised Hessian is then close to a multiple of the identity,
+    so L-BFGS needs few iterations. The problem solved is unchanged (penalty on ||W||²).
+    """
+
+    def __init__(self, sample: Any, n_classes: int) -> None:
+        import torch
+
+        self.mu = sample.mean(0)
+        centred = sample - self.mu
+        cov = (centred.T @ centred / max(len(sample) - 1, 1)).double()
+        eig, vecs = torch.linalg.eigh(cov)
+        eig = eig.clamp_min(0)
+        self.scale = float(eig.mean()) or 1.0  # L2 strengths are relative to the mean feature variance
+        self.eig = (eig + 1e-6 * float(eig.max()) + 1e-12).float()
+        self.vecs = vecs.float()
+        self.n_classes = n_classes
+
+    def diag(self, l2: float) -> Any:
+        """sqrt(eig + s): P = U / diag, P^-1 = diag * U^T."""
+        return (self.eig + l2 * self.n_classes).sqrt()
+
+
+def _lbfgs(X: Any, y: Any, cw: Any, l2: float, W: Any, b: Any, geo: _Geometry, iters: int, tol: float):
+    """Minimise weighted mean cross-entropy of (X - mu) W + b, plus l2/2 ||W||²; warm-started at W, b."""
     import torch
 
-    mu = sample.mean(0)
-    centred = sample - mu
-    cov = (centred.T @ centred / max(len(sample) - 1, 1)).double()
-    eig, vecs = torch.linalg.eigh(cov)
-    eig = eig.clamp_min(0) + 1e-3 * eig.clamp_min(0).mean() + 1e-12
-    return mu, (vecs / eig.sqrt()).float()
-
-
-def _fold(V: Any, b: Any, mu: Any, P: Any) -> tuple[Any, Any]:
-    """Weights in the original coordinates: logits = X @ W + c."""
-    W = P @ V
-    return W, b - mu @ W
-
-
-def _lbfgs(X: Any, y: Any, cw: Any, l2: float, V: Any, b: Any, mu: Any, P: Any, iters: int, tol: float):
-    """Minimise weighted mean cross-entropy + l2/2 ||V||² over whitened weights V and bias b."""
-    import torch
-
-    V = V.clone().requires_grad_(True)
+    d = geo.diag(l2)[:, None]
+    P = geo.vecs / d.T
+    inv_eig = 1.0 / (d * d)  # P^T P
+    V = ((geo.vecs.T @ W) * d).requires_grad_(True)
     b = b.clone().requires_grad_(True)
     w = cw[y]
     w = w / w.sum()
@@ -146,20 +158,21 @@ def _lbfgs(X: Any, y: Any, cw: Any, l2: float, V: Any, b: Any, mu: Any, P: Any, 
 
     def closure() -> Any:
         with torch.no_grad():
-            W, c = _fold(V, b, mu, P)
-            z = torch.addmm(c, X, W)
+            Wc = P @ V
+            z = torch.addmm(b - geo.mu @ Wc, X, Wc)
             lse = torch.logsumexp(z, 1)
-            loss = (w * (lse - z[rows, y])).sum() + 0.5 * l2 * (V * V).sum()
+            loss = (w * (lse - z[rows, y])).sum() + 0.5 * l2 * (V * V * inv_eig).sum()
             g = torch.exp(z - lse[:, None])
             g[rows, y] -= 1
             g *= w[:, None]
             gsum = g.sum(0)
-            V.grad = P.T @ (X.T @ g - torch.outer(mu, gsum)) + l2 * V
+            V.grad = P.T @ (X.T @ g - torch.outer(geo.mu, gsum)) + l2 * inv_eig * V
             b.grad = gsum
         return loss
 
     opt.step(closure)
-    return V.detach(), b.detach()
+    with torch.no_grad():
+        return P @ V, b.detach()
 
 
 @hookimpl

@@ -1,0 +1,229 @@
+"""train / sweep / eval / predict on real MiniLM features of the shipped example, model folders, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.errors import BackboneError, DataError, SchemaError, UntrustedModelError
+from engine.heads.base import Head
+from engine.heads.features import FeatureSet
+from engine.heads.spec import HeadSpec
+from engine.train.api import evaluate, predict, sweep, train
+from engine.train.model import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "examples" / "support-tickets" / "train.csv"
+TEST = ROOT / "examples" / "support-tickets" / "test.csv"
+NEW = ROOT / "examples" / "support-tickets" / "new.txt"
+
+
+def _cli(*args: str, home: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HEADSTART_HOME": str(home or os.environ["HEADSTART_HOME"])}
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=240)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, session_home) -> Path:
+    """A linear model on MiniLM features of the shipped example (export cached in the session root)."""
+    os.environ["HEADSTART_HOME"] = str(session_home)
+    out = tmp_path_factory.mktemp("model") / "linear"
+    result = train(str(TRAIN), "linear", backbone="minilm-l6", out=out, progress=False)
+    assert result.metrics["split"] == "validation" and result.metrics["n"] == 45
+    return out
+
+
+def test_linear_matches_sklearn_baseline_on_real_features(trained: Path):
+    from sklearn.linear_model import LogisticRegression
+
+    from engine.embed.pipeline import embed
+
+    tr, te = embed(str(TRAIN), "minilm-l6", progress=False), embed(str(TEST), "minilm-l6", progress=False)
+    baseline = LogisticRegression(max_iter=1000).fit(tr.vectors, tr.labels).score(te.vectors, te.labels)
+    metrics = evaluate(trained, str(TEST), progress=False)
+    assert metrics["n"] == 75 and metrics["n_errors"] == 0 and metrics["n_unseen_labels"] == 0
+    assert metrics["accuracy"] >= baseline - 0.01, (metrics["accuracy"], baseline)
+    assert set(metrics) >= {"accuracy", "macro_f1", "n", "n_errors", "confusion", "classes"}
+    assert np.asarray(metrics["confusion"]).sum() == 75
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert manifest["backbone"]["name"] == "minilm-l6" and manifest["backbone"]["fingerprint"] == tr.fingerprint
+    assert manifest["head"]["format"] == "safetensors" and manifest["classes"] == sorted(set(tr.labels))
+    assert json.loads((trained / "metrics.json").read_text())["accuracy"] == manifest["metrics"]["accuracy"]
+
+
+def test_fresh_process_predicts_the_same_labels(trained: Path, tmp_path: Path):
+    here = predict(trained, str(TEST), progress=False)
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        out = tmp_path / f"pred{suffix}"
+        proc = _cli("predict", str(trained), str(TEST), "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+        if suffix == ".csv":
+            rows = list(csv.DictReader(out.open()))
+            probs = [json.loads(r["probabilities"]) for r in rows]
+        elif suffix == ".jsonl":
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+            probs = [r["probabilities"] for r in rows]
+        else:
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(out).to_pylist()
+            probs = [dict(r["probabilities"]) for r in rows]
+        assert [r["label"] for r in rows] == here.labels
+        assert [r["key"] for r in rows] == here.keys and rows[0]["ref"].endswith("test.csv:row 1")
+        assert abs(sum(probs[0].values()) - 1) < 1e-4
+
+
+def test_eval_cli_json_and_unlabelled_predict(trained: Path, tmp_path: Path):
+    proc = _cli("eval", str(trained), str(TEST), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["n"] == 75 and data["accuracy"] >= 0.9 and len(data["confusion"]) == len(data["classes"])
+    proc = _cli("predict", str(trained), str(NEW), "-o", str(tmp_path / "new.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(x)["label"] for x in (tmp_path / "new.jsonl").read_text().splitlines()] == \
+        ["billing", "shipping", "technical", "account", "feedback"]
+
+
+def test_sweep_on_cached_features_creates_no_session(trained: Path, tmp_path: Path):
+    heads = "linear,mlp,knn(k=5),sklearn:LogisticRegression(C=2.0),sklearn:sklearn.svm.SVC(C=1.0)"
+    proc = _cli("sweep", str(TRAIN), "--heads", heads, "--save-best", str(tmp_path / "best"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert [r["head"] for r in data["heads"]] == heads.split(",")
+    assert sum(r["best"] for r in data["heads"]) == 1
+    assert all("error" not in r and r["accuracy"] > 0.8 for r in data["heads"])
+    assert data["training"]["embedding"]["session_created"] is False
+    assert data["training"]["embedding"]["cached"] == 225
+    assert load_model(tmp_path / "best").manifest["head"]["ref"] == data["best"]
+    table = _cli("sweep", str(TRAIN), "--heads", "linear,knn").stdout
+    assert "best (accuracy)" in table and table.count("*") == 1
+
+
+def test_unseen_label_is_counted(trained: Path, tmp_path: Path):
+    source = tmp_path / "odd.csv"
+    rows = list(csv.reader(TEST.open()))
+    rows[1][1] = rows[2][1] = "legal"  # a class the model never saw
+    with source.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    metrics = evaluate(trained, str(source), progress=False)
+    assert metrics["n_unseen_labels"] == 2 and metrics["unseen_labels"] == ["legal"]
+    assert "legal" in metrics["classes"] and metrics["n"] == 75
+
+
+def test_label_column_missing_lists_columns(tmp_path: Path):
+    source = tmp_path / "nolabel.csv"
+    source.write_text("text,notes\nhello there,x\nanother one,y\n")
+    with pytest.raises(SchemaError, match="columns present"):
+        train(str(source), "linear", backbone="minilm-l6", progress=False)
+    proc = _cli("train", str(source), "-o", str(tmp_path / "m"))
+    assert proc.returncode != 0 and "columns present" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_training_data():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 8)).astype(np.float32)
+    with pytest.raises(DataError, match="only one class"):
+        train(FeatureSet.from_arrays(X, ["a"] * 40))
+    labels = ["a"] * 20 + ["b"] * 19 + ["lonely"]
+    result = train(FeatureSet.from_arrays(X, labels), "linear")
+    assert result.model.manifest["training"]["train_only_classes"] == ["lonely"]
+    assert "lonely" in result.model.classes and result.metrics["n"] == 8
+    X[5, 1], X[9, 0] = np.nan, -np.inf
+    keys = [f"k{i}" for i in range(40)]
+    with pytest.raises(DataError, match="k5, k9"):
+        train(FeatureSet.from_arrays(X, labels, keys=keys))
+
+
+class CentroidHead(Head):
+    """A third-party head: nearest class centroid."""
+
+    def __init__(self, *, shrink: float = 0.0) -> None:
+        self.shrink = shrink
+
+    def _fit(self, X, y_idx):
+        self.centroids_ = np.stack([X[y_idx == c].mean(0) for c in range(len(self.classes_))]) * (1 - self.shrink)
+
+    def _proba(self, X):
+        z = X @ self.centroids_.T * 10
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    def _state(self):
+        return {"centroids": self.centroids_.astype(np.float32)}, {"classes": self.classes_.tolist()}
+
+    def _set_state(self, arrays, meta):
+        self.centroids_, self.classes_ = arrays["centroids"], np.asarray(meta["classes"])
+        self.n_features_in_ = self.centroids_.shape[1]
+
+
+class _CentroidPlugin:
+    from engine import hookimpl
+
+    @staticmethod
+    @hookimpl
+    def register_heads(register):
+        register(HeadSpec(name="centroid", factory=CentroidHead, description="nearest centroid"))
+
+
+def test_third_party_head_works_like_a_builtin(register_plugin, tmp_path: Path):
+    from engine.testing.conformance import check_head
+
+    register_plugin(_CentroidPlugin(), name="centroid-plugin")
+    rng = np.random.default_rng(0)
+    y = np.repeat(["x", "y", "z"], 50)
+    X = (np.eye(3, 16)[np.repeat([0, 1, 2], 50)] + 0.3 * rng.standard_normal((150, 16))).astype(np.float32)
+    fs = FeatureSet.from_arrays(X, y)
+    check_head(HeadSpec(name="centroid", factory=CentroidHead))
+    result = train(fs, "centroid(shrink=0.1)", out=tmp_path / "m")
+    assert result.metrics["accuracy"] > 0.9
+    model = load_model(tmp_path / "m")
+    assert model.head.shrink == 0.1 and (model.predict(fs).labels == result.model.predict(fs).labels)
+    swept = sweep(fs, ["centroid", "linear"])
+    assert {r["head"] for r in swept.rows} == {"centroid", "linear"} and swept.best is not None
+
+
+def test_pickled_model_folder_is_refused_by_cli_and_runs_no_code(trained: Path, tmp_path: Path):
+    import hashlib
+    import pickle
+
+    model = tmp_path / "evil"
+    shutil.copytree(trained, model)
+    marker = tmp_path / "code-ran"
+    payload = pickle.dumps(_Touch(marker))
+    (model / "head.pkl").write_bytes(payload)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["head"].update(format="pickle", files={"head.pkl": hashlib.sha256(payload).hexdigest()})
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    proc = _cli("predict", str(model), str(NEW), "-o", str(tmp_path / "p.csv"))
+    assert proc.returncode != 0 and "pickle" in proc.stderr and "--trust-pickle" in proc.stderr
+    with pytest.raises(UntrustedModelError):
+        load_model(model)
+    assert not marker.exists()
+
+
+class _Touch:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_missing_backbone_export_is_remade_or_fails_clearly(trained: Path, headstart_home: Path, tmp_path: Path):
+    model = load_model(trained)
+    before = predict(model, str(NEW), progress=False).labels  # fresh root: the export is made again
+    exports = list((headstart_home / "exports").rglob("manifest.json"))
+    assert exports and model.backbone["fingerprint"] in str(exports[0])
+    assert before == ["billing", "shipping", "technical", "account", "feedback"]
+    model.manifest["backbone"]["fingerprint"] = "0" * len(model.backbone["fingerprint"])
+    with pytest.raises(BackboneError, match="retrain"):
+        predict(model, str(NEW), progress=False)
