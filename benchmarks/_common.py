@@ -1,0 +1,106 @@
+"""Shared benchmark plumbing: paths, machine facts, child processes with wall time and peak RSS, the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+HOME = RESULTS / "home"  # a HEADSTART_HOME for benchmarks (git-ignored); run concurrently, give each its own
+DATA = RESULTS / "data"
+
+
+def child_env(threads: int, home: Path = HOME) -> dict[str, str]:
+    """Environment for child processes: HEADSTART_HOME=``home``, thread counts pinned for every library."""
+    env = dict(os.environ, HEADSTART_HOME=str(home), PYTHONPATH=str(ROOT))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM"):
+        env.pop(var, None)
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on, and how busy it was (the machine is shared)."""
+    import onnxruntime
+    import torch
+
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_process(cmd: list[str], env: dict[str, str], poll_s: float = 0.2) -> dict[str, Any]:
+    """Run ``cmd`` to completion: wall seconds, exact peak RSS (wait4's ru_maxrss) and an RSS time series.
+
+    The series (psutil, every ``poll_s``) shows whether memory grows with the data; the peak is the
+    kernel's own high-water mark of that child, so short spikes between polls are not missed.
+    """
+    import psutil
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    series: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        try:
+            p = psutil.Process(proc.pid)
+            while not done.is_set():
+                series.append((round(time.perf_counter() - start, 2), round(p.memory_info().rss / 2**20, 1)))
+                done.wait(poll_s)
+        except psutil.Error:
+            pass
+
+    out: dict[str, bytes] = {}
+    readers = [threading.Thread(target=lambda n=n, s=s: out.__setitem__(n, s.read()), daemon=True)
+               for n, s in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+    poller = threading.Thread(target=poll, daemon=True)
+    for t in (*readers, poller):
+        t.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    done.set()
+    for t in (*readers, poller):
+        t.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    result = {"cmd": cmd, "rc": proc.returncode, "wall_s": round(wall, 3),
+              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "rss_series_mb": series,
+              "stdout": out["stdout"].decode(errors="replace"), "stderr": out["stderr"].decode(errors="replace")}
+    if proc.returncode != 0:
+        sys.stderr.write(result["stderr"][-3000:])
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
+    return result
+
+
+def save(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain fixed-width table of ``rows`` (missing cells blank)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 1.5 and v != 0 else f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+        return "" if v is None else str(v)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
