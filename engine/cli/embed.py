@@ -38,7 +38,7 @@ def runtime_options(fn):
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Items per encoder batch."),
         click.option("--workers", type=click.IntRange(min=0), default=None,
-                     help="Image preprocessing processes (default: CPU count; 0 = in-process)."),
+                     help="Image preprocessing processes (default: CPU count; 0 = in-process); with --engine ray, Ray actors."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads."),
     ]
     for option in reversed(options):
