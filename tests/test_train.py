@@ -32,6 +32,20 @@ def _cli(*args: str, home: Path | None = None) -> subprocess.CompletedProcess:
                           timeout=240)
 
 
+_NO_SESSION = ("import sys, onnxruntime\n"
+               "class NoSession:\n"
+               "    def __init__(self, *a, **k):\n"
+               "        raise SystemExit('an onnxruntime session was created')\n"
+               "onnxruntime.InferenceSession = NoSession\n"
+               "from engine.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+
+
+def _cli_without_sessions(*args: str) -> subprocess.CompletedProcess:
+    """Run the CLI with onnxruntime.InferenceSession replaced by a guard that exits if it is ever called."""
+    return subprocess.run([sys.executable, "-c", _NO_SESSION, *args], capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, session_home) -> Path:
     """A linear model on MiniLM features of the shipped example (export cached in the session root)."""
@@ -95,7 +109,7 @@ def test_eval_cli_json_and_unlabelled_predict(trained: Path, tmp_path: Path):
 
 def test_sweep_on_cached_features_creates_no_session(trained: Path, tmp_path: Path):
     heads = "linear,mlp,knn(k=5),sklearn:LogisticRegression(C=2.0),sklearn:sklearn.svm.SVC(C=1.0)"
-    proc = _cli("sweep", str(TRAIN), "--heads", heads, "--save-best", str(tmp_path / "best"), "--json")
+    proc = _cli_without_sessions("sweep", str(TRAIN), "--heads", heads, "--save-best", str(tmp_path / "best"), "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert [r["head"] for r in data["heads"]] == heads.split(",")
@@ -106,6 +120,26 @@ def test_sweep_on_cached_features_creates_no_session(trained: Path, tmp_path: Pa
     assert load_model(tmp_path / "best").manifest["head"]["ref"] == data["best"]
     table = _cli("sweep", str(TRAIN), "--heads", "linear,knn").stdout
     assert "best (accuracy)" in table and table.count("*") == 1
+
+
+@pytest.mark.slow
+def test_sweep_over_10000_cached_items_touches_no_backbone(tmp_path: Path):
+    from engine.embed.pipeline import embed
+
+    rows = list(csv.reader(TRAIN.open()))[1:]
+    source = tmp_path / "big.csv"
+    with source.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for i in range(10_000):
+            text, label = rows[i % len(rows)]
+            writer.writerow([f"{text} (ticket {i})", label])
+    assert len(embed(str(source), "minilm-l6", progress=False)) == 10_000
+    heads = "linear,mlp,knn,sklearn:LogisticRegression(max_iter=1000),sklearn:RidgeClassifier"
+    proc = _cli_without_sessions("sweep", str(source), "--heads", heads)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("head") and len(lines) == 2 + 5 and proc.stdout.count("*") == 1
 
 
 def test_unseen_label_is_counted(trained: Path, tmp_path: Path):
@@ -227,3 +261,18 @@ def test_missing_backbone_export_is_remade_or_fails_clearly(trained: Path, heads
     model.manifest["backbone"]["fingerprint"] = "0" * len(model.backbone["fingerprint"])
     with pytest.raises(BackboneError, match="retrain"):
         predict(model, str(NEW), progress=False)
+
+
+def test_public_api_mirrors_the_cli(tmp_path: Path):
+    import engine
+
+    rng = np.random.default_rng(0)
+    X = (np.repeat(np.eye(2, 8), 30, axis=0) + 0.2 * rng.standard_normal((60, 8))).astype(np.float32)
+    fs = FeatureSet.from_arrays(X, ["a"] * 30 + ["b"] * 30)
+    result = engine.train(fs, "linear", out=tmp_path / "m")  # callable although engine.train.api is imported
+    assert result.metrics["accuracy"] == 1.0
+    assert engine.load_model(tmp_path / "m").predict(fs).labels == fs.labels
+    assert engine.evaluate(tmp_path / "m", fs)["accuracy"] == 1.0
+    assert engine.sweep(fs, ["knn", "linear"]).best in {"knn", "linear"}
+    engine.predict(tmp_path / "m", fs, out=tmp_path / "p.jsonl")
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 60
