@@ -12,15 +12,14 @@ replaced atomically), and brings the FAISS index up to date once at the end.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DistributedError, HeadstartError, ItemError
+from ..errors import ConfigError, DistributedError, HeadstartError
 from ..embed.items import ReaderOptions
-from ..embed.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, EmbedResult, EmbedStats
+from ..embed.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, EmbedResult, EmbedStats, progress_bar, start_job
 
 
 def embed_on_ray(
@@ -50,39 +49,25 @@ def embed_on_ray(
     per core on a local cluster, or all CPU slots but one). Each actor takes ``cpus_per_worker`` CPUs
     and runs that many onnxruntime threads. ``chunk_size`` items form one Ray block and one store shard.
     """
-    from ..backbones.export import export, find_export
     from ..backbones.preprocess import make_preprocessor
-    from ..backbones.resolve import default_backbone, resolve_backbone
-    from ..embed.sources import open_source
     from ..plugins import get_engine
-    from ..store.features import FeatureStore
     from .cluster import connect, default_workers
 
-    t0 = time.perf_counter()
     engine = engine or get_engine()
-    settings = engine.settings
     device = _device(device, gpus_per_worker)
     if cpus_per_worker <= 0 or (workers is not None and workers < 1):
         raise ConfigError(f"Ray workers need at least one actor and a positive CPU share, got workers={workers}, "
                           f"cpus_per_worker={cpus_per_worker}", hint="use --workers 1 or more")
-    src = open_source(str(source), reader_options, reader=reader, engine=engine)
-    spec = resolve_backbone(backbone, engine) if backbone is not None else default_backbone(src.modality, engine)
-    if spec.modality != src.modality:
-        raise ConfigError(f"backbone '{spec.name}' embeds {spec.modality}, but {source} holds {src.modality} items",
-                          hint=f"pick a {src.modality} backbone (see `headstart backbones`)")
-    stats = EmbedStats()
-    t = time.perf_counter()
-    exported = find_export(spec, precision, settings) or export(spec, precision, settings=settings, engine=engine)
-    stats.seconds["export"] = time.perf_counter() - t
-    store = FeatureStore.open(settings.features_dir / exported.fingerprint, fingerprint=exported.fingerprint,
-                              dim=spec.dim, backbone=spec.name)
+    job = start_job(source, backbone, engine=engine, reader=reader, reader_options=reader_options,
+                    precision=precision)
+    spec, exported, store, stats = job.spec, job.exported, job.store, job.stats
     batch_size = batch_size or DEFAULT_BATCH_SIZE[spec.modality]
     chunk_size = chunk_size or DEFAULT_CHUNK_SIZE[spec.modality]
     cluster = connect(address)
     try:
         n = workers or default_workers(cluster, cpus_per_worker, gpus_per_worker)
         with store.writer() as writer:
-            plan = _plan(src, store, chunk_size, stats)
+            plan = _plan(job.source, store, chunk_size, stats)
             if plan.errors:
                 writer.add_errors(plan.errors)
                 writer.commit()
@@ -93,7 +78,7 @@ def embed_on_ray(
                 _run(plan, worker_args, n, cpus_per_worker, gpus_per_worker, writer, store.dim, stats, progress)
     finally:
         cluster.close()
-    return _result(plan, store, exported, spec, precision, stats, t0, strict)
+    return job.finish(plan.rows, plan.failed, strict)
 
 
 def _device(device: str, gpus_per_worker: float) -> str:
@@ -187,7 +172,7 @@ def _run(plan: _Plan, worker_args: dict, n: int, cpus: float, gpus: float, write
     context = DataContext.get_current()
     saved = context.enable_progress_bars, getattr(context, "print_on_execution_start", True)
     context.enable_progress_bars, context.print_on_execution_start = False, False  # our own bar instead
-    bar = _progress_bar(progress, plan.todo, f"embed [{worker_args['exported'].name} on ray x{n}]")
+    bar = progress_bar(progress, plan.todo, f"embed [{worker_args['exported'].name} on ray x{n}]")
     stats.session_created = True
     t = time.perf_counter()
     write = 0.0
@@ -213,14 +198,6 @@ def _run(plan: _Plan, worker_args: dict, n: int, cpus: float, gpus: float, write
             bar.close()
     stats.seconds["write"] = write
     stats.seconds["encode"] = time.perf_counter() - t - write
-
-
-def _progress_bar(progress: bool | None, total: int, desc: str):
-    if not (sys.stderr.isatty() if progress is None else progress):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="item", desc=desc, file=sys.stderr, dynamic_ncols=True)
 
 
 def _headstart_cause(exc: BaseException) -> HeadstartError | None:
@@ -252,29 +229,3 @@ def _commit_block(table, writer, dim: int, plan: _Plan, stats: EmbedStats) -> No
         plan.failed.update((r.key, r) for r in records)
     writer.commit()
     stats.truncated += int(np.asarray(table.column("truncated")).sum())
-
-
-def _result(plan: _Plan, store, exported, spec, precision: str, stats: EmbedStats, t0: float,
-            strict: bool) -> EmbedResult:
-    from ..store.features import ErrorRecord
-
-    keys, refs, labels, errors = [], [], [], []
-    for key, ref, label in plan.rows:
-        record = plan.failed.get(key)
-        if record is not None:
-            errors.append(ErrorRecord(key, ref, record.reason, record.stage))
-        else:
-            keys.append(key)
-            refs.append(ref)
-            labels.append(label)
-    stats.rows = len(plan.rows)
-    stats.failed = len(errors)
-    stats.seconds["total"] = time.perf_counter() - t0
-    result = EmbedResult(keys=keys, refs=refs, labels=labels, errors=errors, backbone=spec.name,
-                         fingerprint=exported.fingerprint, precision=precision, modality=spec.modality,
-                         store_path=store.path, stats=stats)
-    if strict and errors:
-        first = errors[0]
-        raise ItemError(f"{len(errors)} item(s) failed, e.g. {first.ref}: {first.reason}",
-                        hint="drop --strict to keep going past bad items; `headstart cache info --errors` lists them")
-    return result

@@ -108,29 +108,96 @@ class _Chunk:
     cached_keys: list[str]
 
 
-class _Backbone:
-    """The backbone side of a job: the export (found or made) and the encoder, created on first need."""
+@dataclass
+class Job:
+    """The parts of an embedding job every engine shares: source, backbone, export, store, stats."""
 
-    def __init__(self, spec, precision: str, settings, engine, device: str, threads: int | None,
-                 calibration: Sequence[Any] | None, stats: EmbedStats) -> None:
-        from ..backbones.export import export, find_export
+    source: Any
+    spec: Any
+    exported: Any
+    store: Any
+    precision: str
+    stats: EmbedStats = field(default_factory=EmbedStats)
+    started: float = field(default_factory=time.perf_counter)
 
-        start = time.perf_counter()
-        self.spec = spec
-        self.exported = find_export(spec, precision, settings) or export(
-            spec, precision, settings=settings, engine=engine, calibration=calibration)
-        stats.seconds["export"] += time.perf_counter() - start
-        self._device, self._threads, self._stats = device, threads, stats
+    def finish(self, rows: Sequence[tuple[str, str, str | None]], failed: dict[str, Any], strict: bool) -> EmbedResult:
+        """Assemble the result (one entry per source row, failed rows to ``errors``); apply ``strict``."""
+        keys, refs, labels, errors = [], [], [], []
+        for key, ref, label in rows:
+            record = failed.get(key)
+            if record is not None:
+                errors.append(_error_record(key, ref, record.reason, record.stage))
+            else:
+                keys.append(key)
+                refs.append(ref)
+                labels.append(label)
+        stats = self.stats
+        stats.rows, stats.failed = len(rows), len(errors)
+        stats.seconds["total"] = time.perf_counter() - self.started
+        result = EmbedResult(keys=keys, refs=refs, labels=labels, errors=errors, backbone=self.spec.name,
+                             fingerprint=self.exported.fingerprint, precision=self.precision,
+                             modality=self.spec.modality, store_path=self.store.path, stats=stats)
+        if strict and errors:
+            first = errors[0]
+            raise ItemError(f"{len(errors)} item(s) failed, e.g. {first.ref}: {first.reason}",
+                            hint="drop --strict to keep going past bad items; "
+                                 "`headstart cache info --errors` lists them")
+        return result
+
+
+def start_job(source: str | os.PathLike[str], backbone: str | Any | None, *, engine: Any, reader: str | None,
+              reader_options: ReaderOptions | None, precision: str,
+              calibration: Sequence[Any] | None = None) -> Job:
+    """Open the source (schema checked), pick the backbone, find or make its export, open its store."""
+    from ..backbones.export import export, find_export
+    from ..backbones.resolve import default_backbone, resolve_backbone
+    from ..store.features import FeatureStore
+    from .sources import open_source
+
+    started = time.perf_counter()
+    settings = engine.settings
+    src = open_source(str(source), reader_options, reader=reader, engine=engine)
+    spec = resolve_backbone(backbone, engine) if backbone is not None else default_backbone(src.modality, engine)
+    if spec.modality != src.modality:
+        raise ConfigError(
+            f"backbone '{spec.name}' embeds {spec.modality}, but {source} holds {src.modality} items",
+            hint=f"pick a {src.modality} backbone (see `headstart backbones`)")
+    stats = EmbedStats()
+    t = time.perf_counter()
+    exported = find_export(spec, precision, settings) or export(
+        spec, precision, settings=settings, engine=engine, calibration=calibration)
+    stats.seconds["export"] = time.perf_counter() - t
+    store = FeatureStore.open(settings.features_dir / exported.fingerprint, fingerprint=exported.fingerprint,
+                              dim=spec.dim, backbone=spec.name)
+    return Job(source=src, spec=spec, exported=exported, store=store, precision=precision, stats=stats,
+               started=started)
+
+
+class _LazyEncoder:
+    """The onnxruntime session, created when the first item that is not in the store arrives."""
+
+    def __init__(self, job: Job, device: str, threads: int | None) -> None:
+        self.job, self._device, self._threads = job, device, threads
         self._encoder = None
 
-    @property
-    def encoder(self):
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if self._encoder is None:
             from ..backbones.runtime import Encoder
 
-            self._encoder = Encoder(self.exported, device=self._device, threads=self._threads)
-            self._stats.session_created = True
-        return self._encoder
+            self._encoder = Encoder(self.job.exported, device=self._device, threads=self._threads)
+            self.job.stats.session_created = True
+        return self._encoder.run(inputs)
+
+
+def progress_bar(progress: bool | None, total: int | None, desc: str):
+    """A tqdm bar on stderr (default: only when stderr is a terminal), or ``None``."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="item", desc=desc, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
 
 def _error_record(key: str, ref: str, reason: str, stage: str):
@@ -148,7 +215,6 @@ def embed(
     source: str | os.PathLike[str],
     backbone: str | Any | None = None,
     *,
-    settings: Any = None,
     engine: Any = None,
     reader: str | None = None,
     reader_options: ReaderOptions | None = None,
@@ -170,46 +236,32 @@ def embed(
     ``strict=True`` raises :class:`ItemError` after the job if any item failed (everything
     that succeeded is still committed). ``progress=None`` shows a bar when stderr is a terminal.
     """
-    from ..backbones.resolve import default_backbone, resolve_backbone
+    from ..backbones.preprocess import make_preprocessor
     from ..plugins import get_engine
-    from ..store.features import FeatureStore
-    from .sources import open_source
 
-    t0 = time.perf_counter()
-    engine = engine or get_engine()
-    settings = settings or engine.settings
-    src = open_source(str(source), reader_options, reader=reader, engine=engine)
-    spec = resolve_backbone(backbone, engine) if backbone is not None else default_backbone(src.modality, engine)
-    if spec.modality != src.modality:
-        raise ConfigError(
-            f"backbone '{spec.name}' embeds {spec.modality}, but {source} holds {src.modality} items",
-            hint=f"pick a {src.modality} backbone (see `headstart backbones`)")
-    stats = EmbedStats()
-    side = _Backbone(spec, precision, settings, engine, device, threads, calibration, stats)
-    fingerprint = side.exported.fingerprint
-    store = FeatureStore.open(settings.features_dir / fingerprint, fingerprint=fingerprint, dim=spec.dim,
-                              backbone=spec.name)
+    engine = engine or get_engine()  # its settings say where the export cache and stores live
+    job = start_job(source, backbone, engine=engine, reader=reader, reader_options=reader_options,
+                    precision=precision, calibration=calibration)
+    spec, stats = job.spec, job.stats
     batch_size = batch_size or DEFAULT_BATCH_SIZE[spec.modality]
     chunk_size = chunk_size or DEFAULT_CHUNK_SIZE[spec.modality]
     if batch_size < 1 or chunk_size < 1:
         raise ConfigError(f"batch size and chunk size must be positive, got {batch_size} and {chunk_size}")
-
-    from ..backbones.preprocess import make_preprocessor
-
     preprocessor = make_preprocessor(spec)
+    encoder = _LazyEncoder(job, device, threads)
     pool = _make_pool(spec.modality, workers)
-    bar = _progress_bar(progress, src.estimate_count(), spec.name)
+    bar = progress_bar(progress, job.source.estimate_count(), f"embed [{spec.name}]")
     rows: list[tuple[str, str, str | None]] = []
     failed: dict[str, Any] = {}
     try:
-        with store.writer() as writer:
-            for chunk in _produce(src, store, preprocessor, pool, chunk_size, stats):
+        with job.store.writer() as writer:
+            for chunk in _produce(job.source, job.store, preprocessor, pool, chunk_size, stats):
                 rows.extend(chunk.rows)
                 for record in chunk.errors:
                     failed[record.key] = record
                 if chunk.cached_keys:
-                    failed.update(store.errors_for(chunk.cached_keys))
-                vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, side, batch_size, stats)
+                    failed.update(job.store.errors_for(chunk.cached_keys))
+                vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size, stats)
                 for record in errors:
                     failed[record.key] = record
                 t = time.perf_counter()
@@ -226,27 +278,7 @@ def embed(
             bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-
-    keys, refs, labels, errors = [], [], [], []
-    for key, ref, label in rows:
-        if key in failed:
-            record = failed[key]
-            errors.append(_error_record(key, ref, record.reason, record.stage))
-        else:
-            keys.append(key)
-            refs.append(ref)
-            labels.append(label)
-    stats.rows = len(rows)
-    stats.failed = len(errors)
-    stats.seconds["total"] = time.perf_counter() - t0
-    result = EmbedResult(keys=keys, refs=refs, labels=labels, errors=errors, backbone=spec.name,
-                         fingerprint=fingerprint, precision=precision, modality=spec.modality,
-                         store_path=store.path, stats=stats)
-    if strict and errors:
-        first = errors[0]
-        raise ItemError(f"{len(errors)} item(s) failed, e.g. {first.ref}: {first.reason}",
-                        hint="drop --strict to keep going past bad items; `headstart cache info --errors` lists them")
-    return result
+    return job.finish(rows, failed, strict)
 
 
 def _make_pool(modality: str, workers: int | None):
@@ -261,17 +293,6 @@ def _make_pool(modality: str, workers: int | None):
 
     # spawn: never fork a process that may already hold onnxruntime threads.
     return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
-
-
-def _progress_bar(progress: bool | None, total: int | None, name: str):
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="item", desc=f"embed [{name}]", file=sys.stderr, dynamic_ncols=True,
-                smoothing=0.1)
 
 
 def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
@@ -359,7 +380,8 @@ def _plan_chunk(items: list[Item], store, seen: set[str], preprocessor, pool, st
                   prepared=prepared, errors=errors, cached_keys=cached)
 
 
-def _encode_chunk(chunk: _Chunk, preprocessor, side: _Backbone, batch_size: int, stats: EmbedStats):
+def _encode_chunk(chunk: _Chunk, preprocessor, encoder: _LazyEncoder, spec: Any, batch_size: int,
+                  stats: EmbedStats):
     """Run the encoder over a chunk's prepared items; returns (vectors, keys, refs, error records)."""
     from .batching import length_sorted_batches
 
@@ -381,11 +403,10 @@ def _encode_chunk(chunk: _Chunk, preprocessor, side: _Backbone, batch_size: int,
     if not good:
         return None, [], [], errors
     items = [prepared[i] for i in good]
-    encoder = side.encoder
-    vectors = np.empty((len(items), side.spec.dim), dtype=np.float32)
+    vectors = np.empty((len(items), spec.dim), dtype=np.float32)
     t = time.perf_counter()
     for batch in length_sorted_batches(items, preprocessor.length, batch_size, MAX_TOKENS_PER_BATCH
-                                       if side.spec.modality == "text" else None):
+                                       if spec.modality == "text" else None):
         vectors[batch] = encoder.run(preprocessor.collate([items[i] for i in batch]))
     stats.seconds["encode"] += time.perf_counter() - t
     finite = np.isfinite(vectors).all(axis=1)
