@@ -43,25 +43,30 @@ def loadavg() -> list[float]:
 
 
 def run_process(cmd: list[str], env: dict[str, str], poll_s: float = 0.2) -> dict[str, Any]:
-    """Run ``cmd`` to completion: wall seconds, exact peak RSS (wait4's ru_maxrss) and an RSS time series.
+    """Run ``cmd`` to completion: wall seconds, peak RSS and an RSS time series (every ``poll_s``).
 
-    The series (psutil, every ``poll_s``) shows whether memory grows with the data; the peak is the
-    kernel's own high-water mark of that child, so short spikes between polls are not missed.
+    The peak is the kernel's high-water mark ``VmHWM`` of the child's own address space, read from
+    /proc at each poll (it is monotonic, so spikes between polls are not missed; only growth in the
+    last ``poll_s`` before exit could be). ``wait4``'s ``ru_maxrss`` is not used: Linux carries the
+    pre-exec (forked parent) size into it, so a large parent inflates it.
     """
     import psutil
 
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     series: list[tuple[float, float]] = []
+    hwm = [0.0]
     done = threading.Event()
 
     def poll() -> None:
         try:
             p = psutil.Process(proc.pid)
+            status = Path(f"/proc/{proc.pid}/status")
             while not done.is_set():
                 series.append((round(time.perf_counter() - start, 2), round(p.memory_info().rss / 2**20, 1)))
+                hwm[0] = max(hwm[0], _vm_hwm_mb(status))
                 done.wait(poll_s)
-        except psutil.Error:
+        except (psutil.Error, OSError):
             pass
 
     out: dict[str, bytes] = {}
@@ -70,19 +75,27 @@ def run_process(cmd: list[str], env: dict[str, str], poll_s: float = 0.2) -> dic
     poller = threading.Thread(target=poll, daemon=True)
     for t in (*readers, poller):
         t.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     done.set()
     for t in (*readers, poller):
         t.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     result = {"cmd": cmd, "rc": proc.returncode, "wall_s": round(wall, 3),
-              "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "rss_series_mb": series,
+              "peak_rss_mb": round(hwm[0], 1), "rss_series_mb": series,
               "stdout": out["stdout"].decode(errors="replace"), "stderr": out["stderr"].decode(errors="replace")}
     if proc.returncode != 0:
         sys.stderr.write(result["stderr"][-3000:])
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
     return result
+
+
+def _vm_hwm_mb(status: Path) -> float:
+    """``VmHWM`` (peak RSS of the current address space) from /proc/<pid>/status, in MiB."""
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:
@@ -96,7 +109,7 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A plain fixed-width table of ``rows`` (missing cells blank)."""
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 1.5 and v != 0 else f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+            return f"{v:.4g}"
         return "" if v is None else str(v)
 
     cells = [[cell(r.get(c)) for c in columns] for r in rows]
