@@ -202,3 +202,21 @@ def test_two_concurrent_jobs_on_one_store(tmp_path):
     again = embed(source, progress=False)
     assert (again.stats.cached, again.stats.embedded) == (400, 0)
     assert store.contains(again.keys, include_errors=False).all()
+
+
+def test_embedding_leaves_the_index_to_the_first_search(tmp_path, headstart_home, monkeypatch):
+    from engine.store import features
+
+    source = tmp_path / "few.txt"
+    texts = corpus(60, seed=11)
+    source.write_text("\n".join(texts) + "\n")
+    result = embed(source, progress=False)
+    store = FeatureStore.open(result.store_path, fingerprint=result.fingerprint, dim=384, backbone="minilm-l6")
+    assert not store.manifest.get("index")  # the job wrote shards and a manifest only
+    scores, keys = store.search(result.vectors[:3], k=1)  # exact scan of the uncovered rows
+    assert list(keys[:, 0]) == result.keys[:3]
+    monkeypatch.setattr(features, "LAZY_INDEX_ROWS", 10)
+    scores2, keys2 = store.search(result.vectors[:3], k=1)  # far behind: the index is built first
+    assert store.manifest["index"]["n_vectors"] == 60 and store.verify().ok
+    assert list(keys2[:, 0]) == result.keys[:3]
+    np.testing.assert_allclose(scores2, scores, atol=1e-5)

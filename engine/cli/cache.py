@@ -142,3 +142,37 @@ def search(ctx: click.Context, fingerprint: str, keys: tuple[str, ...], k: int, 
         echo_table(["rank", "score", "key", "ref"],
                    [[i + 1, f"{n['score']:.4f}", n["key"], n["ref"]] for i, n in enumerate(result["neighbours"])])
 
+
+
+@cache.command("index")
+@click.argument("fingerprint", required=False)
+@click.option("--kind", type=click.Choice(["auto", "flat", "ivf"]), default="auto", show_default=True,
+              help="flat: exact inner product; ivf: on-disk IVF for stores larger than RAM; auto: by size.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def index(ctx: click.Context, fingerprint: str | None, kind: str, as_json: bool) -> None:
+    """(Re)build the FAISS index of one store, or of every store, from its shards.
+
+    Embedding leaves the index to its first use (a search brings it up to date), so that a
+    long job's memory does not grow with the store; run this to build it ahead of time.
+    """
+    from ..store.catalog import store_dirs
+    from ..store.features import FeatureStore
+    from ..store.index import IndexConfig
+    from ..store.manifest import read_manifest
+
+    settings = _settings(ctx)
+    paths = [_load(settings, fingerprint).path] if fingerprint else [p for p in store_dirs(settings)
+                                                                     if read_manifest(p) is not None]
+    built = []
+    for path in paths:
+        store = FeatureStore.load(path)
+        config = IndexConfig(**{**store.index_config.as_dict(), "kind": kind})
+        entry = store.rebuild_index(config)
+        built.append({"path": str(path), "fingerprint": store.fingerprint, "type": entry.get("type"),
+                      "n_vectors": entry.get("n_vectors", 0)})
+    if as_json:
+        echo_json({"indexes": built})
+        return
+    for b in built:
+        click.echo(f"{b['type'] or '-':5}  {b['n_vectors']:>10}  {b['path']}")

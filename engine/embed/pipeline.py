@@ -27,6 +27,7 @@ from .items import Item, ReaderOptions
 DEFAULT_BATCH_SIZE = {"text": 128, "image": 32, "numeric": 256}
 DEFAULT_CHUNK_SIZE = {"text": 4096, "image": 256, "numeric": 4096}
 MAX_TOKENS_PER_BATCH = 16384
+IMAGE_SLICE = 32  # images per worker task: small, so encoding starts as soon as the first slice is decoded
 
 
 @dataclass
@@ -254,7 +255,7 @@ def embed(
     rows: list[tuple[str, str, str | None]] = []
     failed: dict[str, Any] = {}
     try:
-        with job.store.writer() as writer:
+        with job.store.writer(update_index=False) as writer:  # the index is built on first search
             for chunk in _produce(job.source, job.store, preprocessor, pool, chunk_size, stats):
                 rows.extend(chunk.rows)
                 for record in chunk.errors:
@@ -291,8 +292,18 @@ def _make_pool(modality: str, workers: int | None):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    # spawn: never fork a process that may already hold onnxruntime threads.
-    return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
+    # spawn: never fork a process that may already hold onnxruntime threads. Start the workers now
+    # (they import numpy and Pillow) so the first chunk does not wait for them.
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_warm_worker)
+    for _ in range(n):
+        pool.submit(int)
+    return pool
+
+
+def _warm_worker() -> None:
+    import numpy  # noqa: F401
+    from PIL import Image  # noqa: F401
 
 
 def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
@@ -370,7 +381,7 @@ def _plan_chunk(items: list[Item], store, seen: set[str], preprocessor, pool, st
     payloads = [it.payload for it in todo]
     t = time.perf_counter()
     if pool is not None and payloads:
-        step = max(1, -(-len(payloads) // (2 * (os.cpu_count() or 1))))
+        step = max(1, min(IMAGE_SLICE, -(-len(payloads) // (2 * (os.cpu_count() or 1)))))
         prepared: Any = [pool.submit(_prepare_slice, preprocessor, payloads[i:i + step])
                          for i in range(0, len(payloads), step)]
     else:
@@ -380,43 +391,60 @@ def _plan_chunk(items: list[Item], store, seen: set[str], preprocessor, pool, st
                   prepared=prepared, errors=errors, cached_keys=cached)
 
 
+def _prepared_slices(chunk: _Chunk, stats: EmbedStats) -> Iterator[tuple[int, list[Any]]]:
+    """(offset, prepared items) per slice: worker-pool slices as each completes, else the whole chunk."""
+    prepared = chunk.prepared
+    if not (prepared and hasattr(prepared[0], "result")):
+        yield 0, prepared
+        return
+    offset = 0
+    for future in prepared:  # futures from the worker pool, in submission order
+        t = time.perf_counter()
+        part = future.result()
+        stats.seconds["preprocess"] += time.perf_counter() - t
+        yield offset, part
+        offset += len(part)
+
+
 def _encode_chunk(chunk: _Chunk, preprocessor, encoder: _LazyEncoder, spec: Any, batch_size: int,
                   stats: EmbedStats):
-    """Run the encoder over a chunk's prepared items; returns (vectors, keys, refs, error records)."""
+    """Run the encoder over a chunk's prepared items, each worker slice as soon as it is ready.
+
+    Returns (vectors, keys, refs, error records) for the chunk.
+    """
     from .batching import length_sorted_batches
 
-    prepared = chunk.prepared
-    if prepared and hasattr(prepared[0], "result"):  # futures from the worker pool
-        t = time.perf_counter()
-        prepared = [p for future in prepared for p in future.result()]
-        stats.seconds["preprocess"] += time.perf_counter() - t
-    good: list[int] = []
+    max_tokens = MAX_TOKENS_PER_BATCH if spec.modality == "text" else None
+    keys: list[str] = []
+    refs: list[str] = []
+    parts: list[np.ndarray] = []
     errors = []
-    for i, p in enumerate(prepared):
-        if isinstance(p, BaseException):
-            reason = p.message if isinstance(p, HeadstartError) else f"{type(p).__name__}: {p}"
-            errors.append(_error_record(chunk.todo_keys[i], chunk.todo_refs[i], reason, "preprocess"))
-        else:
-            good.append(i)
-            if preprocessor.truncated(p):
-                stats.truncated += 1
-    if not good:
-        return None, [], [], errors
-    items = [prepared[i] for i in good]
-    vectors = np.empty((len(items), spec.dim), dtype=np.float32)
-    t = time.perf_counter()
-    for batch in length_sorted_batches(items, preprocessor.length, batch_size, MAX_TOKENS_PER_BATCH
-                                       if spec.modality == "text" else None):
-        vectors[batch] = encoder.run(preprocessor.collate([items[i] for i in batch]))
-    stats.seconds["encode"] += time.perf_counter() - t
-    finite = np.isfinite(vectors).all(axis=1)
-    keys, refs = [], []
-    for row, i in enumerate(good):
-        if finite[row]:
-            keys.append(chunk.todo_keys[i])
-            refs.append(chunk.todo_refs[i])
-        else:
-            errors.append(_error_record(chunk.todo_keys[i], chunk.todo_refs[i],
-                                        "the backbone produced NaN/Inf for this item", "encode"))
+    for offset, prepared in _prepared_slices(chunk, stats):
+        good = []
+        for i, p in enumerate(prepared, start=offset):
+            if isinstance(p, BaseException):
+                reason = p.message if isinstance(p, HeadstartError) else f"{type(p).__name__}: {p}"
+                errors.append(_error_record(chunk.todo_keys[i], chunk.todo_refs[i], reason, "preprocess"))
+            else:
+                good.append(i)
+                stats.truncated += bool(preprocessor.truncated(p))
+        if not good:
+            continue
+        items = [prepared[i - offset] for i in good]
+        vectors = np.empty((len(items), spec.dim), dtype=np.float32)
+        t = time.perf_counter()
+        for batch in length_sorted_batches(items, preprocessor.length, batch_size, max_tokens):
+            vectors[batch] = encoder.run(preprocessor.collate([items[i] for i in batch]))
+        stats.seconds["encode"] += time.perf_counter() - t
+        finite = np.isfinite(vectors).all(axis=1)
+        for row, i in enumerate(good):
+            if finite[row]:
+                keys.append(chunk.todo_keys[i])
+                refs.append(chunk.todo_refs[i])
+            else:
+                errors.append(_error_record(chunk.todo_keys[i], chunk.todo_refs[i],
+                                            "the backbone produced NaN/Inf for this item", "encode"))
+        parts.append(vectors[finite])
     stats.embedded += len(keys)
-    return vectors[finite], keys, refs, errors
+    vectors = np.concatenate(parts) if parts else None
+    return vectors, keys, refs, errors

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, StoreError
+from ..errors import DimensionMismatchError, StoreError, StoreLockedError
 from . import index as ix
 from . import shards as sh
 from .atomic import clean_temp_files, write_bytes_atomic
@@ -31,6 +31,9 @@ from .manifest import new_manifest, read_manifest, write_manifest
 
 DEFAULT_SHARD_SIZE = 4096
 DEFAULT_LOCK_TIMEOUT = 60.0
+#: A search finding at least this many rows not covered by the index brings the index up to date
+#: first (under the write lock); fewer are scanned exactly.
+LAZY_INDEX_ROWS = 50_000
 _LARGE_BYTES = 512 << 20  # vectors() above this go to a memory-mapped temp file
 
 
@@ -322,6 +325,7 @@ class FeatureStore:
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` inner-product neighbours: (scores (q, k) float32, keys (q, k) object; None when fewer)."""
         q = self._check_queries(queries)
+        self._refresh_index_if_far_behind()
         self._load_keys()
         index, covered = self._index()
         if self._tail is None:
@@ -345,12 +349,32 @@ class FeatureStore:
         return out_s, out_k
 
     # -- writing ---------------------------------------------------------------------
-    def writer(self, shard_size: int = DEFAULT_SHARD_SIZE, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> "StoreWriter":
-        """The store's writer (a context manager holding the write lock)."""
+    def writer(self, shard_size: int = DEFAULT_SHARD_SIZE, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+               update_index: bool = True) -> "StoreWriter":
+        """The store's writer (a context manager holding the write lock).
+
+        ``update_index=False`` leaves the index to its first use (:meth:`search` brings it up to
+        date), so a long embedding job's memory does not grow with the store at its end.
+        """
         if not self.writable:
             raise StoreError(f"feature store {self.path} was opened read-only",
                              hint="open it with FeatureStore.open(...) to write")
-        return StoreWriter(self, shard_size, lock_timeout)
+        return StoreWriter(self, shard_size, lock_timeout, update_index)
+
+    def _refresh_index_if_far_behind(self) -> None:
+        """Bring the index up to date when it misses ``LAZY_INDEX_ROWS`` or more rows (writable stores only)."""
+        entry = self._manifest.get("index") or {}
+        if not self.writable or len(self) - int(entry.get("n_vectors", 0)) < LAZY_INDEX_ROWS:
+            return
+        try:
+            with StoreLock(self.path, timeout=0.0):
+                self.refresh()
+                from .indexing import update_index
+
+                update_index(self)
+        except StoreLockedError:
+            return  # a writer is busy: scan the uncovered rows exactly this time
+        self._searcher, self._tail = None, None
 
     def rebuild_index(self, config: ix.IndexConfig | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> dict:
         """Rebuild the FAISS index from the shards (retraining IVF); return the new index entry."""
@@ -406,11 +430,12 @@ class StoreWriter:
     Keys already in the store (vectors or error records) are skipped.
     """
 
-    def __init__(self, store: FeatureStore, shard_size: int, lock_timeout: float) -> None:
+    def __init__(self, store: FeatureStore, shard_size: int, lock_timeout: float, update_index: bool = True) -> None:
         if shard_size < 1:
             raise StoreError(f"shard_size must be >= 1, got {shard_size}", hint="use the default (4096)")
         self.store = store
         self.shard_size = int(shard_size)
+        self.update_index = update_index
         self._lock = StoreLock(store.path, lock_timeout)
         self._keys: list[str] = []
         self._refs: list[str | None] = []
@@ -439,9 +464,10 @@ class StoreWriter:
         try:
             if exc_type is None:
                 self.commit()
-                from .indexing import update_index
+                if self.update_index:
+                    from .indexing import update_index
 
-                update_index(self.store)
+                    update_index(self.store)
         finally:
             self._open = False
             self._lock.release()
