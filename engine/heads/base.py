@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, HeadError, NotFittedError
+from ..errors import ConfigError, DataError, HeadError, NotFittedError
 from .validate import check_features
 
 
@@ -60,8 +60,6 @@ class Head:
             raise HeadError(f"{type(self).__name__}.fit: y has shape {y.shape}, expected ({len(X)},)")
         classes, y_idx = np.unique(y, return_inverse=True)
         if len(classes) < 2:
-            from ..errors import DataError
-
             raise DataError(f"{type(self).__name__}.fit: only one class ({classes[0]!r}) in the training data",
                             hint="a classifier needs at least two labelled classes")
         self.classes_ = classes

@@ -99,6 +99,7 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     ``embed_options`` go to :func:`engine.embed.pipeline.embed` (precision, device, batch_size,
     reader_options, progress, ...). Returns the model and its validation metrics.
     """
+    build_head(head, engine)  # fail on a bad head ref before embedding anything
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
     fitted, ref, metrics = _fit_and_score(head, prep, engine)

@@ -23,7 +23,7 @@ from engine.heads.spec import HeadSpec
 L2_PATH = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)  # × mean feature variance
 PATH_ROWS = 10_000  # rows used to choose L2 (train part of the subsample; half as many to score it)
 PATH_ITERS = 10  # L-BFGS iterations per (warm-started) step of the path
-AUTO_ITER_SIZE = 20_000_000  # max_iter=None: 100 iterations up to this many feature values, 10 beyond
+FINAL_ROW_BUDGET = 2_000_000  # max_iter=None: final-fit iterations × rows, clipped to 10..100 iterations
 PATIENCE = 2  # path steps without a better validation score before stopping
 COV_ROWS = 20_000  # rows used to estimate the whitening
 
@@ -32,8 +32,8 @@ class LinearHead(Head):
     """Multinomial logistic regression.
 
     ``l2``: L2 strength on the mean loss (None: chosen on validation, see the module docstring);
-    ``max_iter``: L-BFGS iterations of the final fit (None: 100 for small data, 10 for large,
-    which starts close to the optimum); ``class_weight``: None, 'balanced' or {label: weight}.
+    ``max_iter``: L-BFGS iterations of the final fit (None: 2,000,000 / n_rows, clipped to
+    10..100; the final fit starts close to the optimum); ``class_weight``: None, 'balanced' or {label: weight}.
     """
 
     def __init__(self, *, l2: float | None = None, class_weight: Any = None, max_iter: int | None = None,
@@ -89,7 +89,7 @@ class LinearHead(Head):
                             break  # past the optimum
                 _, _, chosen, W, b = best
                 l2 = chosen * len(train) / len(X)  # the optimal strength shrinks as 1/n
-        iters = self.max_iter or (100 if X.size <= AUTO_ITER_SIZE else 10)
+        iters = self.max_iter or int(np.clip(FINAL_ROW_BUDGET // len(X), 10, 100))
         W, b = _lbfgs(Xt, yt, cw, l2, W, b, geometry, iters, self.tol)
         self.coef_ = W.T.contiguous().cpu().numpy()
         self.intercept_ = (b - geometry.mu @ W).cpu().numpy()
@@ -151,22 +151,26 @@ def _lbfgs(X: Any, y: Any, cw: Any, l2: float, W: Any, b: Any, geo: _Geometry, i
     V = ((geo.vecs.T @ W) * d).requires_grad_(True)
     b = b.clone().requires_grad_(True)
     w = cw[y]
-    w = w / w.sum()
-    rows = torch.arange(len(y), device=X.device)
+    w = (w / w.sum())[:, None]
+    y1 = y[:, None]
+    minus_one = torch.full_like(w, -1.0)
     opt = torch.optim.LBFGS([V, b], lr=1, max_iter=iters, history_size=10, line_search_fn="strong_wolfe",
                             tolerance_grad=tol, tolerance_change=1e-9)
 
     def closure() -> Any:
         with torch.no_grad():
             Wc = P @ V
-            z = torch.addmm(b - geo.mu @ Wc, X, Wc)
-            lse = torch.logsumexp(z, 1)
-            loss = (w * (lse - z[rows, y])).sum() + 0.5 * l2 * (V * V * inv_eig).sum()
-            g = torch.exp(z - lse[:, None])
-            g[rows, y] -= 1
-            g *= w[:, None]
-            gsum = g.sum(0)
-            V.grad = P.T @ (X.T @ g - torch.outer(geo.mu, gsum)) + l2 * inv_eig * V
+            z = torch.addmm(b - geo.mu @ Wc, X, Wc)  # logits, then (in place) the loss gradient
+            z -= z.max(1, keepdim=True).values
+            target = z.gather(1, y1)
+            z.exp_()
+            total = z.sum(1, keepdim=True)
+            loss = (w * (total.log() - target)).sum() + 0.5 * l2 * (V * V * inv_eig).sum()
+            z /= total
+            z.scatter_add_(1, y1, minus_one)
+            z *= w
+            gsum = z.sum(0)
+            V.grad = P.T @ (X.T @ z - torch.outer(geo.mu, gsum)) + l2 * inv_eig * V
             b.grad = gsum
         return loss
 
@@ -180,7 +184,7 @@ def register_heads(register):
     register(HeadSpec(
         name="linear",
         factory=LinearHead,
-        description="multinomial logistic regression (PyTorch L-BFGS, whitened), L2 chosen on validation",
+        description="multinomial logistic regression (PyTorch L-BFGS, preconditioned), L2 chosen on validation",
         params={"l2": None, "class_weight": None, "max_iter": None, "tol": 1e-5, "val_fraction": 0.2,
                 "device": "cpu", "seed": 0},
     ))
