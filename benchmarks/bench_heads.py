@@ -90,16 +90,20 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--no-mlp", action="store_true", help="skip the two MLPs (slow at 200k rows)")
     parser.add_argument("--no-real", action="store_true", help="skip the MiniLM example features")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="threads for both sides (torch and numpy/scipy BLAS); 1 gives stable timings on a busy machine")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
 
     import torch
+    from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
     torch.zeros(8, 8) @ torch.zeros(8, 8)  # load torch's kernels before timing, as sklearn's are at import
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_avg_before": os.getloadavg(), "python": platform.python_version(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
+                    "torch": torch.__version__, "threads": args.threads},
         "datasets": []}
     X, y = sphere_mixture(args.n + args.n // 10, args.dim, args.classes)
     datasets = [(f"synthetic {args.n}x{args.dim}, {args.classes} classes",

@@ -42,7 +42,8 @@ def prepare(fs: FeatureSet, val_fraction: float, seed: int) -> Prepared:
     """Drop unlabelled rows, refuse NaN/Inf (naming the keys), need two classes, split stratified."""
     rows = [i for i, label in enumerate(fs.labels) if label is not None and str(label) != ""]
     if not rows:
-        raise DataError(f"none of the {len(fs)} items has a label", hint="train on a labelled source (label column / class folders)")
+        raise DataError(f"none of the {len(fs)} items has a label",
+                        hint="train on a labelled source (label column / class folders)")
     data = fs.subset(np.asarray(rows)) if len(rows) < len(fs) else fs
     X = check_features(data.vectors, data.keys)
     y = np.asarray([str(v) for v in data.labels], dtype=object)
