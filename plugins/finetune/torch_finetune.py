@@ -188,8 +188,10 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     groups, trainable = _param_groups(backbone, head, used, request)
     optimizer = torch.optim.AdamW(groups)
     scaler = torch.amp.GradScaler("cuda", enabled=opts.precision == "fp16")
-    frozen_norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                    and not any(p.requires_grad for p in m.parameters())]
+    # Frozen parts stay in eval mode while training: BatchNorm statistics and stochastic depth
+    # (EfficientNet's drop-connect reads `self.training`) must not change what frozen blocks compute.
+    frozen_parts = [m for m in backbone.modules()
+                    if any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
 
     def evaluate() -> dict[str, float]:
         from engine.train.metrics import classification_metrics
@@ -233,7 +235,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         epoch = state["epoch"] + 1
         started = time.perf_counter()
         net.train()
-        for m in frozen_norms:
+        for m in frozen_parts:
             m.eval()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(gen_seed * 100_003 + epoch)).numpy()
         losses = []
