@@ -51,7 +51,7 @@ def test_unknown_head_is_one_line_with_a_suggestion():
 
 
 def test_unknown_backbone_suggests_the_closest():
-    result = _run("backbones", "--show", "minilm")
+    result = _run("backbones", "--show", "minlm-l6")
     assert result.returncode == 2
     assert "did you mean 'minilm-l6'?" in result.stderr
 
