@@ -148,8 +148,9 @@ def _store_snapshot(path: Path) -> tuple[list[str], np.ndarray]:
     return keys, store.get(keys)
 
 
-def test_kill_9_loop_then_resume_equals_a_clean_run(tmp_path):
-    texts = corpus(1200, seed=3)
+@pytest.mark.parametrize(("attempts", "n_texts"), [(6, 1200), pytest.param(22, 12000, marks=pytest.mark.slow)])
+def test_kill_9_loop_then_resume_equals_a_clean_run(tmp_path, attempts, n_texts):
+    texts = corpus(n_texts, seed=3)
     source = tmp_path / "corpus.txt"
     source.write_text("\n".join(texts) + "\n")
     clean = embed(source, progress=False)  # also makes sure the export is cached
@@ -163,7 +164,7 @@ def test_kill_9_loop_then_resume_equals_a_clean_run(tmp_path):
     store_path = home / "features" / clean.fingerprint
     rng = random.Random(0)
     kills = 0
-    for _ in range(6):
+    for _ in range(attempts):
         proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "embed", str(source), "--chunk-size", "40",
                                  "--no-progress"], env={**os.environ, **env},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -175,7 +176,7 @@ def test_kill_9_loop_then_resume_equals_a_clean_run(tmp_path):
         if (store_path / "manifest.json").exists():
             report = FeatureStore.load(store_path).verify()
             assert report.ok, report.problems
-    assert kills >= 5
+    assert kills >= attempts - 1  # a run may finish before its kill when earlier runs did most of the work
     partial = len(FeatureStore.load(store_path)) if (store_path / "manifest.json").exists() else 0
     resumed = _cli("embed", str(source), "--json", env=env)
     assert resumed.returncode == 0, resumed.stderr
