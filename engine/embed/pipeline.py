@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import ConfigError, HeadstartError, ItemError
 from .items import Item, ReaderOptions
 
-DEFAULT_BATCH_SIZE = {"text": 128, "image": 32, "numeric": 256}
+DEFAULT_BATCH_SIZE = {"text": 32, "image": 32, "numeric": 256}  # text: 32 was fastest on CPU (16..256 measured)
 DEFAULT_CHUNK_SIZE = {"text": 4096, "image": 256, "numeric": 4096}
 MAX_TOKENS_PER_BATCH = 16384
 IMAGE_SLICE = 32  # images per worker task: small, so encoding starts as soon as the first slice is decoded
