@@ -221,3 +221,15 @@ def test_embedding_leaves_the_index_to_the_first_search(tmp_path, headstart_home
     assert store.manifest["index"]["n_vectors"] == 60 and store.verify().ok
     assert list(keys2[:, 0]) == result.keys[:3]
     np.testing.assert_allclose(scores2, scores, atol=1e-5)
+
+
+def test_spawned_workers_without_a_main_guard_fail_with_a_clear_hint(tmp_path):
+    folder = tmp_path / "imgs"
+    for i in range(3):
+        ff.write(folder / f"a{i}.jpg", ff.jpeg(64, 48, seed=i))
+    script = tmp_path / "no_guard.py"
+    script.write_text(f"from engine.embed.pipeline import embed\nembed({str(folder)!r}, workers=1, progress=False)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "HeadstartError: an image preprocessing worker process died" in result.stderr
+    assert 'if __name__ == "__main__":' in result.stderr and "workers=0" in result.stderr

@@ -397,10 +397,18 @@ def _prepared_slices(chunk: _Chunk, stats: EmbedStats) -> Iterator[tuple[int, li
     if not (prepared and hasattr(prepared[0], "result")):
         yield 0, prepared
         return
+    from concurrent.futures.process import BrokenProcessPool
+
     offset = 0
     for future in prepared:  # futures from the worker pool, in submission order
         t = time.perf_counter()
-        part = future.result()
+        try:
+            part = future.result()
+        except BrokenProcessPool:
+            raise HeadstartError(
+                "an image preprocessing worker process died (killed, out of memory, or it could not start)",
+                hint="worker processes are spawned: call embed() from a script under "
+                     "`if __name__ == \"__main__\":`, or pass workers=0 (--workers 0) to decode in-process") from None
         stats.seconds["preprocess"] += time.perf_counter() - t
         yield offset, part
         offset += len(part)
