@@ -250,7 +250,7 @@ def embed(
         raise ConfigError(f"batch size and chunk size must be positive, got {batch_size} and {chunk_size}")
     preprocessor = make_preprocessor(spec)
     encoder = _LazyEncoder(job, device, threads)
-    pool = _make_pool(spec.modality, workers)
+    pool = _LazyPool(spec.modality, workers)
     bar = progress_bar(progress, job.source.estimate_count(), f"embed [{spec.name}]")
     rows: list[tuple[str, str, str | None]] = []
     failed: dict[str, Any] = {}
@@ -277,28 +277,36 @@ def embed(
     finally:
         if bar is not None:
             bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        pool.shutdown()
     return job.finish(rows, failed, strict)
 
 
-def _make_pool(modality: str, workers: int | None):
-    """Worker processes for image decoding (CPU-bound Pillow work); text and arrays stay in-process."""
-    if modality != "image":
-        return None
-    n = (os.cpu_count() or 1) if workers is None else workers
-    if n <= 0:
-        return None
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+class _LazyPool:
+    """Worker processes for image decoding (CPU-bound Pillow work), started when the first item that is
+    not in the store needs them (a fully cached re-run starts none); text and arrays stay in-process."""
 
-    # spawn: never fork a process that may already hold onnxruntime threads. Start the workers now
-    # (they import numpy and Pillow) so the first chunk does not wait for them.
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_warm_worker)
-    for _ in range(n):
-        pool.submit(int)
-    return pool
+    def __init__(self, modality: str, workers: int | None) -> None:
+        self.size = 0 if modality != "image" else ((os.cpu_count() or 1) if workers is None else workers)
+        self._pool = None
+
+    def get(self):
+        if self.size <= 0:
+            return None
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: never fork a process that may already hold onnxruntime threads. Start every worker
+            # now (they import numpy and Pillow) so the first slices do not wait for each other's start.
+            self._pool = ProcessPoolExecutor(max_workers=self.size, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_warm_worker)
+            for _ in range(self.size):
+                self._pool.submit(int)
+        return self._pool
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
 
 
 def _warm_worker() -> None:
@@ -380,9 +388,9 @@ def _plan_chunk(items: list[Item], store, seen: set[str], preprocessor, pool, st
             todo.append(item)
     payloads = [it.payload for it in todo]
     t = time.perf_counter()
-    if pool is not None and payloads:
+    if payloads and pool.get() is not None:
         step = max(1, min(IMAGE_SLICE, -(-len(payloads) // (2 * (os.cpu_count() or 1)))))
-        prepared: Any = [pool.submit(_prepare_slice, preprocessor, payloads[i:i + step])
+        prepared: Any = [pool.get().submit(_prepare_slice, preprocessor, payloads[i:i + step])
                          for i in range(0, len(payloads), step)]
     else:
         prepared = preprocessor.prepare_many(payloads) if payloads else []
