@@ -25,5 +25,5 @@ def build_head(ref: str | HeadRef, engine: Any = None) -> tuple[Any, HeadRef]:
     except TypeError as exc:
         from ..errors import ConfigError
 
-        documented = ", ".join(spec.params) or "see `headstart heads --show " + spec.name + "`"
+        documented = ", ".join(spec.documented_params()) or "see `headstart heads --show " + spec.name + "`"
         raise ConfigError(f"head '{canonical}' cannot be built: {exc}", hint=f"parameters: {documented}") from None

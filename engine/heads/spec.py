@@ -29,7 +29,7 @@ class HeadSpec:
     name: str
     factory: Callable[..., Any] = field(compare=False, repr=False)
     description: str = ""
-    params: dict[str, Any] = field(default_factory=dict)  # documented defaults, shown by `headstart heads`
+    params: dict[str, Any] = field(default_factory=dict)  # documented defaults; empty: read from the factory
     takes_arg: bool = False
     aliases: tuple[str, ...] = ()
 
@@ -40,8 +40,21 @@ class HeadSpec:
             raise ConfigError(f"head '{self.name}' needs an argument, e.g. '{self.name}:NAME'")
         return self.factory(arg, **params) if self.takes_arg else self.factory(**params)
 
+    def documented_params(self) -> dict[str, Any]:
+        """``params`` when given, else the factory's keyword defaults (a head class's ``__init__``)."""
+        if self.params or self.takes_arg:
+            return dict(self.params)
+        import inspect
+
+        try:
+            signature = inspect.signature(self.factory)
+        except (TypeError, ValueError):
+            return {}
+        return {name: p.default for name, p in signature.parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "params": dict(self.params),
+        return {"name": self.name, "description": self.description, "params": self.documented_params(),
                 "takes_arg": self.takes_arg, "aliases": list(self.aliases)}
 
 

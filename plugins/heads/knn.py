@@ -82,5 +82,4 @@ def register_heads(register):
         name="knn",
         factory=KNNHead,
         description="k-nearest neighbours over an exact FAISS inner-product index (cosine or ip)",
-        params={"k": 10, "metric": "cosine", "weights": "distance"},
     ))

@@ -242,6 +242,4 @@ def register_heads(register):
         name="linear",
         factory=LinearHead,
         description="multinomial logistic regression (PyTorch L-BFGS, preconditioned), L2 chosen on validation",
-        params={"l2": None, "class_weight": None, "max_iter": None, "tol": 1e-5, "val_fraction": 0.2,
-                "device": "cpu", "seed": 0},
     ))

@@ -116,7 +116,4 @@ def register_heads(register):
         name="mlp",
         factory=MLPHead,
         description="multi-layer perceptron (PyTorch, AdamW, dropout, early stopping on validation)",
-        params={"hidden": (512,), "dropout": 0.2, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 256,
-                "max_epochs": 100, "patience": 5, "val_fraction": 0.1, "class_weight": None, "device": "cpu",
-                "seed": 0},
     ))
