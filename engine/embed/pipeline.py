@@ -10,6 +10,7 @@ re-run embeds only what is missing.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import sys
@@ -314,17 +315,6 @@ def _warm_worker() -> None:
     from PIL import Image  # noqa: F401
 
 
-def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
-    chunk: list[Item] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _produce(src, store, preprocessor, pool, chunk_size: int, stats: EmbedStats) -> Iterator[_Chunk]:
     """Read, deduplicate, look up and preprocess chunks in a background thread (bounded queue)."""
     out: queue.Queue = queue.Queue(maxsize=2)
@@ -337,9 +327,9 @@ def _produce(src, store, preprocessor, pool, chunk_size: int, stats: EmbedStats)
             iterator = iter(src)
             while not stop.is_set():
                 t = time.perf_counter()
-                chunk = next(_chunks(iterator, chunk_size), None)
+                chunk = list(itertools.islice(iterator, chunk_size))
                 stats.seconds["read"] += time.perf_counter() - t
-                if chunk is None:
+                if not chunk:
                     break
                 out.put(_plan_chunk(chunk, store, seen, preprocessor, pool, stats))
             out.put(done)
