@@ -213,9 +213,10 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
         elif precision == "int8":
             from .quantize import calibration_batches, int8_static
 
-            int8_static(base.path, out, calibration_batches(pre, items or []))
+            kept = int8_static(base.path, out, calibration_batches(pre, items or []), spec.int8_fp32_convs)
             info["quantization"] = {"method": "static QDQ per-channel MinMax", "calibration_items": len(items or []),
-                                    "calibration_sha256": calibration_digest(items or [])}
+                                    "calibration_sha256": calibration_digest(items or []),
+                                    "fp32_convs": spec.int8_fp32_convs, "fp32_nodes": len(kept)}
         else:
             from .quantize import fp16
 

@@ -90,7 +90,7 @@ def fingerprint_key(spec: Any, precision: str, exports_dir: Path, calibration: s
         # hash the tokenizer's content, not where it happens to be installed
         identity["preprocessing"] = {**identity["preprocessing"], "tokenizer": None}
         files.append(str(tokenizer_file(spec.preprocessing.tokenizer)))
-    return {
+    key = {
         "recipe": RECIPE,
         "identity": identity,
         "files": sorted(set(file_digests(files, exports_dir))),
@@ -99,6 +99,9 @@ def fingerprint_key(spec: Any, precision: str, exports_dir: Path, calibration: s
         "onnxruntime": onnxruntime_version(),
         "calibration": calibration,
     }
+    if precision == "int8" and spec.int8_fp32_convs:  # only then, so other fingerprints stay as they were
+        key["int8_fp32_convs"] = spec.int8_fp32_convs
+    return key
 
 
 def fingerprint_of(key: dict[str, Any]) -> str:

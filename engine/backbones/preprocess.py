@@ -121,10 +121,11 @@ class TextPreprocessor(Preprocessor):
 
 
 class ImagePreprocessor(Preprocessor):
-    """Decode + resize + normalise through :func:`engine.embed.imaging.prepare_image`."""
+    """Decode + resize to 8-bit pixels (:func:`engine.embed.imaging.decode_image`) per item; normalise
+    per batch in ``collate``."""
 
     def prepare_many(self, payloads: list[Any]) -> list[Any]:
-        from ..embed.imaging import prepare_image
+        from ..embed.imaging import decode_image
 
         out: list[Any] = []
         for p in payloads:
@@ -132,15 +133,15 @@ class ImagePreprocessor(Preprocessor):
                 out.append(ItemError(f"expected image bytes, got {type(p).__name__}", hint="give raw file bytes"))
                 continue
             try:
-                out.append(prepare_image(bytes(p), self.prep))
+                out.append(decode_image(bytes(p), self.prep))
             except ItemError as exc:
                 out.append(exc)
         return out
 
     def collate(self, batch: list["np.ndarray"]) -> dict[str, "np.ndarray"]:
-        import numpy as np
+        from ..embed.imaging import normalise_batch
 
-        return {self.prep.input_name: np.stack(batch).astype(np.float32, copy=False)}
+        return {self.prep.input_name: normalise_batch(batch, self.prep)}
 
 
 class NumericPreprocessor(Preprocessor):

@@ -68,8 +68,12 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def int8_static(src: Path, dst: Path, batches: list[dict[str, "np.ndarray"]]) -> None:
-    """Static per-channel QDQ int8 calibrated (MinMax) on ``batches`` of the user's data: for CNNs."""
+def int8_static(src: Path, dst: Path, batches: list[dict[str, "np.ndarray"]], fp32_convs: int = 0) -> list[str]:
+    """Static per-channel QDQ int8 calibrated (MinMax) on ``batches`` of the user's data: for CNNs.
+
+    The nodes up to the ``fp32_convs``-th convolution stay fp32 (see
+    ``BackboneSpec.int8_fp32_convs``); returns their names.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -87,11 +91,30 @@ def int8_static(src: Path, dst: Path, batches: list[dict[str, "np.ndarray"]]) ->
 
             prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(str(src), str(prepared))
+            kept = leading_nodes(prepared, fp32_convs)
             quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=kept)
     except Exception as exc:  # noqa: BLE001
         raise BackboneError(f"static int8 quantisation of {src} failed: {type(exc).__name__}: {exc}",
                             hint="use fp32, or check the calibration items") from exc
+    return kept
+
+
+def leading_nodes(model_path: Path, convs: int) -> list[str]:
+    """Names of the graph's nodes (topological order) before the ``convs + 1``-th Conv."""
+    import onnx
+
+    if convs <= 0:
+        return []
+    names: list[str] = []
+    seen = 0
+    for node in onnx.load(str(model_path), load_external_data=False).graph.node:
+        if node.op_type == "Conv":
+            seen += 1
+            if seen > convs:
+                break
+        names.append(node.name)
+    return names
 
 
 def fp16(src: Path) -> bytes:

@@ -28,7 +28,8 @@ class Encoder:
     """Runs collated batches through the cached ONNX graph: ``.run(inputs) -> (B, dim) float32``."""
 
     def __init__(self, exported: "ExportedBackbone", device: Device = "auto", threads: int | None = None,
-                 provider_options: dict[str, Any] | None = None) -> None:
+                 provider_options: dict[str, Any] | None = None, spin: bool = True) -> None:
+        """``spin=False`` when other processes need the cores between runs (image decode workers)."""
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"unknown device {device!r}", hint="use auto, cpu or cuda")
         precision = exported.precision
@@ -44,7 +45,7 @@ class Encoder:
                                    hint=f"delete {folder} and export again")
         self.exported = exported
         self.dim = int(exported.manifest.get("dim", exported.spec.dim))
-        self._session = self._create(device if precision != "int8" else "cpu", threads, provider_options)
+        self._session = self._create(device if precision != "int8" else "cpu", threads, provider_options, spin)
         self.providers: list[str] = self._session.get_providers()
         self.device = "cuda" if self.providers and self.providers[0] == CUDA else "cpu"
         if device == "cuda" and self.device != "cuda":
@@ -64,7 +65,7 @@ class Encoder:
 
         return ort.get_available_providers()
 
-    def _create(self, device: str, threads: int | None, provider_options: dict[str, Any] | None):
+    def _create(self, device: str, threads: int | None, provider_options: dict[str, Any] | None, spin: bool):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -72,6 +73,8 @@ class Encoder:
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        if not spin:  # idle threads sleep instead of spinning (keeps the cores for decode workers)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         want_cuda = device == "cuda" or (device == "auto" and CUDA in self._available())
         # onnxruntime-gpu without CUDA libraries logs an error and falls back; we check providers ourselves
         opts.log_severity_level = 3 if device != "cuda" else 2

@@ -86,7 +86,9 @@ class BackboneSpec:
     ``weights`` lists the files whose bytes identify the pretrained weights (hashed into
     the fingerprint). ``probe`` returns raw probe items (texts, image bytes or arrays)
     for the parity check; when ``None`` the export step uses its default probe set for
-    the modality.
+    the modality. ``int8_fp32_convs``: for static int8, how many leading convolutions stay
+    fp32 (in depthwise CNNs the first layers carry channels whose small ranges a shared
+    int8 activation scale rounds to zero; EfficientNet-Lite0 needs 6).
     """
 
     name: str
@@ -105,6 +107,7 @@ class BackboneSpec:
     aliases: tuple[str, ...] = ()
     default: bool = False
     extra: tuple[tuple[str, str], ...] = ()  # anything else that changes the vectors, as (key, value)
+    int8_fp32_convs: int = 0
 
     def __post_init__(self) -> None:
         if (self.build_torch is None) == (self.onnx_file is None):
