@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     quick = args.quick
     args.texts = args.texts or (400 if quick else 5000)
-    args.images = args.images or (40 if quick else 320)
+    args.images = args.images or (40 if quick else 1000)
     args.warm = args.warm or (1000 if quick else 10000)
     args.rss_sizes = args.rss_sizes or ([5000, 20000] if quick else [50000, 200000])
     sections = args.sections or [s for s in SECTIONS if s != "rss" or args.rss]

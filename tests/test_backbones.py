@@ -58,6 +58,54 @@ def test_int8_minilm_has_its_own_fingerprint_and_passes(session_home: Path) -> N
     assert enc.device == "cpu"
 
 
+def _photo_crops(n: int, seed: int) -> list[bytes]:
+    """JPEG crops of scikit-learn's two sample photos: real photographs, varied in size and content."""
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        photo = photos[i % 2]
+        side = int(rng.integers(120, 400))
+        y, x = int(rng.integers(0, photo.shape[0] - side)), int(rng.integers(0, photo.shape[1] - side))
+        crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((int(rng.integers(200, 700)), int(rng.integers(200, 700))))
+        buf = io.BytesIO()
+        crop.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def test_int8_efficientnet_keeps_its_first_convs_fp32_and_holds_parity(session_home: Path, tmp_path: Path) -> None:
+    """Static int8 calibrated on a sample of the embedded folder; all-int8 would fail the gate (min cosine ~0.9)."""
+    import dataclasses
+
+    from engine.embed.pipeline import embed
+    from engine.errors import ExportParityError
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, data in enumerate(_photo_crops(24, seed=1)):
+        (folder / f"p{i}.jpg").write_bytes(data)
+    result = embed(folder, precision="int8", workers=0, progress=False)  # no calibration given: the folder's own
+    int8 = find_export(resolve_backbone("efficientnet-lite0"), "int8")
+    assert result.fingerprint == int8.fingerprint and len(result) == 24
+    quant = int8.manifest["quantization"]
+    assert quant["calibration_items"] == 24 and quant["fp32_convs"] == 6 and quant["fp32_nodes"] >= 6
+    assert int8.parity["min_cosine"] >= 0.98
+    held_out = _photo_crops(16, seed=2)
+    pre = make_preprocessor(int8.spec)
+    batch = pre.collate(pre.prepare_many(held_out))
+    a, b = Encoder(int8, device="cpu").run(batch), Encoder(export("efficientnet-lite0"), device="cpu").run(batch)
+    assert (a * b).sum(axis=1).min() >= 0.98
+    all_int8 = dataclasses.replace(int8.spec, int8_fp32_convs=0)
+    with pytest.raises(ExportParityError):
+        export(all_int8, "int8", calibration=[p.read_bytes() for p in sorted(folder.iterdir())])
+
+
 VARIED = [
     "", " ", "ok", "The cat sat on the mat.", "¿Dónde está la biblioteca?", "Ünïcödé wörds ñ", "数据科学很有趣",
     "🙂🙃 emoji only", "ﷺ Arabic ligature", "tab\tseparated\tvalues", "UPPER lower MiXeD", "1234567890",

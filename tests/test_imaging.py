@@ -13,7 +13,7 @@ from PIL import Image
 
 import fixtures_faults as F
 from engine.backbones.spec import ImagePreprocessing
-from engine.embed.imaging import prepare_image, sniff_format
+from engine.embed.imaging import decode_image, normalise_batch, prepare_image, sniff_format
 from engine.errors import ConfigError, ItemError
 
 RAW = ImagePreprocessing(size=32, resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # output = pixels / 255
@@ -34,6 +34,18 @@ def test_default_normalisation_and_shape():
     raw = pixels(F.jpeg(640, 480), ImagePreprocessing(mean=(0, 0, 0), std=(1, 1, 1))) / 255
     expect = (raw - np.array(prep.mean)) / np.array(prep.std)
     np.testing.assert_allclose(out.transpose(1, 2, 0), expect, atol=1e-5)
+
+
+def test_workers_send_8_bit_pixels_and_the_batch_normalisation_is_bit_identical():
+    """decode_image gives uint8 (what the decode workers send); the table lookup equals float32 arithmetic."""
+    prep = ImagePreprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    decoded = [decode_image(F.jpeg(300 + 40 * i, 200, seed=i), prep) for i in range(3)]
+    assert all(d.dtype == np.uint8 and d.shape == (224, 224, 3) for d in decoded)
+    batch = normalise_batch(decoded, prep)
+    assert batch.shape == (3, 3, 224, 224) and batch.dtype == np.float32
+    for d, out in zip(decoded, batch):
+        direct = (d.astype(np.float32) * np.float32(1 / 255) - np.float32(prep.mean)) / np.float32(prep.std)
+        assert np.array_equal(out, direct.transpose(2, 0, 1))
 
 
 def test_matches_full_resize_then_centre_crop():

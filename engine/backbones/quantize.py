@@ -126,6 +126,14 @@ def fp16(src: Path) -> bytes:
     return model.SerializeToString()
 
 
+def split_calibration(items: list[Any], every: int = 5, min_items: int = 20) -> tuple[list[Any], list[Any]]:
+    """(items to calibrate on, items to check parity on): every ``every``-th item is held out; with fewer
+    than ``min_items`` all items do both (too few to spare)."""
+    if len(items) < min_items:
+        return items, items
+    return [x for i, x in enumerate(items) if i % every], items[::every]
+
+
 def calibration_batches(preprocessor: Any, items: Iterable[Any], batch_size: int = 16) -> list[dict[str, "np.ndarray"]]:
     """Prepare and collate calibration items, skipping bad ones; error if none is usable."""
     prepared = [p for p in preprocessor.prepare_many(list(items)) if not isinstance(p, Exception)]
