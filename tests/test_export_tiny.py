@@ -13,7 +13,7 @@ from engine.backbones.preprocess import make_preprocessor
 from engine.backbones.probes import probe_images
 from engine.backbones.resolve import resolve_backbone
 from engine.backbones.runtime import Encoder
-from engine.backbones.spec import BackboneSpec, ImagePreprocessing, NumericPreprocessing
+from engine.backbones.spec import BackboneSpec, ImagePreprocessing, Int8Recipe, NumericPreprocessing
 from engine.errors import ExportParityError, UnsafeModelError
 
 
@@ -51,6 +51,19 @@ def test_tiny_bert_from_config_exports_with_chosen_pooling(tiny_bert: Path, head
     out = Encoder(mean, device="cpu").run(pre.collate(pre.prepare_many(["the cat sat", "refund " * 100])))
     assert out.shape == (2, 32) and np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     assert pre.prepare_many(["refund " * 100])[0].ids.shape[0] == 64  # truncated at max_position_embeddings
+
+
+def test_int8_recipe_falls_back_to_the_next_when_it_misses_the_gate(tiny_bert: Path, headstart_home: Path) -> None:
+    import dataclasses
+
+    spec = resolve_backbone(f"hf:{tiny_bert}")
+    careful = Int8Recipe(fp32_nodes=(".",))  # every node stays fp32: parity is exact
+    int8 = export(dataclasses.replace(spec, int8=Int8Recipe(fallback=careful)), "int8", min_cosine=0.9999999999)
+    quant = int8.manifest["quantization"]
+    assert [r["min_cosine"] < 0.9999999999 for r in quant["refused_recipes"]] == [True]
+    assert quant["fp32_nodes"] and int8.parity["min_cosine"] >= 0.9999999999
+    with pytest.raises(ExportParityError):  # without the fallback the same gate refuses the export
+        export(dataclasses.replace(spec, int8=Int8Recipe()), "int8", min_cosine=0.9999999999)
 
 
 def _tiny_cnn(diverge: bool = False):

@@ -185,6 +185,7 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
     folder.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {}
     module = None
+    parity: dict[str, Any] | None = None
     if precision == "fp32" and spec.build_torch is not None:
         from .torch_export import build_module, export_module
 
@@ -207,36 +208,64 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
     else:
         base = export(spec, "fp32", settings=settings, engine=engine)
         info["graph"] = {"from_fp32": base.fingerprint}
-        if precision == "int8" and spec.modality == "text":
-            from .quantize import int8_dynamic
-
-            int8_dynamic(base.path, out)
-            info["quantization"] = {"method": "dynamic", "weights": "int8"}
-        elif precision == "int8":
-            from .quantize import calibration_batches, int8_static, split_calibration
-
-            fit, held_out = split_calibration(items or [])
-            kept = int8_static(base.path, out, calibration_batches(pre, fit), spec.int8_fp32_convs)
-            info["quantization"] = {"method": "static QDQ per-channel MinMax", "calibration_items": len(items or []),
-                                    "calibration_sha256": calibration_digest(items or []),
-                                    "fp32_convs": spec.int8_fp32_convs, "fp32_nodes": len(kept)}
-            # Static int8 ranges are fitted to the user's data, so that is what the gate measures on; the
-            # synthetic probe set (noise, one-pixel images) is reported beside it, not gated.
-            probe_figures = _parity_on(spec, probe, module, folder, out, precision, settings, engine)[0]
-            info["probe_parity"] = {k: probe_figures[k] for k in ("min_cosine", "mean_cosine", "items")}
-            probe = _prepared_singles(spec, pre, held_out, "held-out calibration item")
+        if precision == "int8":
+            quantized, probe, parity = _build_int8(spec, base.path, out, pre, probe, items, module, folder, settings,
+                                                   engine, min_cosine)
+            info.update(quantized)
         else:
             from .quantize import fp16
 
             write_bytes_atomic(out, fp16(base.path))
-    figures, ref_kind = _parity_on(spec, probe, module, folder, out, precision, settings, engine)
-    parity = check_parity(figures, spec.name, precision, min_cosine)
-    if "probe_parity" in info:
-        parity["items_from"] = "held-out calibration items"
+    if parity is None:
+        figures, ref_kind = _parity_on(spec, probe, module, folder, out, precision, settings, engine)
+        parity = {**check_parity(figures, spec.name, precision, min_cosine), "reference": ref_kind}
     files = {p.name: _sha(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
     files.pop(MANIFEST, None)
-    return {**info, "parity": {**parity, "reference": ref_kind}, "files": files, "inputs": list(probe[0]),
+    return {**info, "parity": parity, "files": files, "inputs": list(probe[0]),
             "output": spec.output_name, "opset": _opset(out)}
+
+
+def _build_int8(spec: "BackboneSpec", base: Path, out: Path, pre: Any, probe: list[Any], items: list[Any] | None,
+                module: Any, folder: Path, settings: "Settings", engine: Any,
+                min_cosine: float | None) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
+    """Quantise ``base`` into ``out`` with the spec's int8 recipe, or its fallbacks in turn, until one
+    passes the parity gate. Returns (manifest info, the items parity was measured on, parity)."""
+    from ..errors import ExportParityError
+    from .parity import check_parity
+    from .quantize import calibration_batches, int8_dynamic, int8_static, split_calibration
+
+    recipe, refused = spec.int8, []
+    while True:
+        info: dict[str, Any] = {}
+        checked = probe
+        if spec.modality == "text":
+            kept = int8_dynamic(base, out, recipe)
+            info["quantization"] = {"method": "dynamic per-channel", "ops": list(recipe.ops), "fp32_nodes": kept}
+        else:
+            fit, held_out = split_calibration(items or [])
+            kept = int8_static(base, out, calibration_batches(pre, fit), recipe)
+            info["quantization"] = {"method": "static QDQ per-channel MinMax", "calibration_items": len(items or []),
+                                    "calibration_sha256": calibration_digest(items or []),
+                                    "fp32_convs": recipe.fp32_convs, "fp32_nodes": kept}
+            # Static int8 ranges are fitted to the user's data, so that is what the gate measures on; the
+            # synthetic probe set (noise, one-pixel images) is reported beside it, not gated.
+            probe_figures = _parity_on(spec, probe, module, folder, out, "int8", settings, engine)[0]
+            info["probe_parity"] = {k: probe_figures[k] for k in ("min_cosine", "mean_cosine", "items")}
+            checked = _prepared_singles(spec, pre, held_out, "held-out calibration item")
+        figures, ref_kind = _parity_on(spec, checked, module, folder, out, "int8", settings, engine)
+        try:
+            parity = {**check_parity(figures, spec.name, "int8", min_cosine), "reference": ref_kind}
+        except ExportParityError as exc:
+            if recipe.fallback is None:
+                raise
+            refused.append({"ops": list(recipe.ops), "fp32_nodes": kept, "min_cosine": figures["min_cosine"],
+                            "reason": exc.message})
+            recipe = recipe.fallback
+            continue
+        if "probe_parity" in info:
+            parity["items_from"] = "held-out calibration items"
+        info["quantization"]["refused_recipes"] = refused
+        return info, checked, parity
 
 
 def _sha(path: Path) -> str:
@@ -248,10 +277,10 @@ def _sha(path: Path) -> str:
 def _finish_graph(spec: "BackboneSpec", traced: Path, out: Path) -> dict[str, Any]:
     """Apply the transformer fusions when the spec asks for them; write ``out`` atomically."""
     optimizer = dict(spec.extra).get("graph_optimizer")
-    if optimizer == "bert":
+    if optimizer in ("bert", "bert-layernorm"):  # bert-layernorm: residual Add + LayerNormalization kept apart
         from .quantize import fuse_transformer
 
-        fused = fuse_transformer(traced)
+        fused = fuse_transformer(traced, skip_layernorm=optimizer == "bert")
         if fused is not None:
             write_bytes_atomic(out, fused)
             return {"exporter": "torch.onnx (TorchScript)", "optimizer": "onnxruntime.transformers bert fusions"}
@@ -279,7 +308,13 @@ def _parity_on(spec: "BackboneSpec", singles: list[Any], module: Any, folder: Pa
     from .parity import parity_figures
 
     reference, ref_kind = _reference(spec, singles, module, folder, precision, settings, engine)
-    candidate = _run_onnx(candidate_path, singles, spec.name, precision, batch_size=PARITY_BATCH)
+    order = list(range(len(singles)))
+    if precision == "int8" and spec.modality == "text":
+        # Dynamic int8 scales each batch by its own range (padding included), so it is measured the way
+        # the pipeline runs text: length-sorted batches. Padding bugs were gated on the fp32 graph.
+        order.sort(key=lambda i: max(a.shape[-1] for a in singles[i].values()))
+    candidate = _run_onnx(candidate_path, [singles[i] for i in order], spec.name, precision, batch_size=PARITY_BATCH)
+    candidate[order] = candidate.copy()
     return parity_figures(reference, candidate), ref_kind
 
 
@@ -333,6 +368,8 @@ def _run_onnx(path: Path, singles: list[dict[str, "np.ndarray"]], name: str, pre
     import numpy as np
     import onnxruntime as ort
 
+    from .runtime import CPU_DISABLED_OPTIMIZERS
+
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -340,7 +377,8 @@ def _run_onnx(path: Path, singles: list[dict[str, "np.ndarray"]], name: str, pre
     if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        disabled = list(CPU_DISABLED_OPTIMIZERS) if providers[0] == "CPUExecutionProvider" else []
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers, disabled_optimizers=disabled)
         output = session.get_outputs()[0].name
         outs = [session.run([output], b)[0] for b in _merge(singles, batch_size)]
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types

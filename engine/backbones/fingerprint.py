@@ -99,8 +99,10 @@ def fingerprint_key(spec: Any, precision: str, exports_dir: Path, calibration: s
         "onnxruntime": onnxruntime_version(),
         "calibration": calibration,
     }
-    if precision == "int8" and spec.int8_fp32_convs:  # only then, so other fingerprints stay as they were
-        key["int8_fp32_convs"] = spec.int8_fp32_convs
+    if precision == "int8" and spec.int8 != type(spec.int8)():  # only then: other fingerprints stay as they were
+        from dataclasses import asdict
+
+        key["int8"] = asdict(spec.int8)
     return key
 
 

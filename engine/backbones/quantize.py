@@ -13,25 +13,32 @@ from ..errors import BackboneError
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from .spec import Int8Recipe
 
-def fuse_transformer(model_path: Path) -> bytes | None:
+
+def fuse_transformer(model_path: Path, skip_layernorm: bool = True) -> bytes | None:
     """onnxruntime's BERT optimiser (Attention, LayerNorm, Gelu fusions); ``None`` if it cannot fuse.
 
+    ``skip_layernorm=False`` keeps each residual Add apart from its LayerNormalization (onnxruntime's
+    CPU SkipLayerNormalization kernel is the slower one; see ``runtime.CPU_DISABLED_OPTIMIZERS``).
     Offline fusions only (``opt_level=0``): the session applies its own hardware-specific
     optimisations at load time.
     """
     import logging
 
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = skip_layernorm
     try:
         optimized = optimize_model(str(model_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
-                                   use_gpu=False)
+                                   use_gpu=False, optimization_options=options)
     except Exception:  # noqa: BLE001 - the graph is still valid unfused; parity gates the result either way
         return None
     fused = optimized.get_fused_operator_statistics()
-    if not any(fused.get(op, 0) for op in ("Attention", "MultiHeadAttention", "SkipLayerNormalization")):
+    if not any(fused.get(op, 0) for op in ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "BiasGelu")):
         return None
     model = optimized.model
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
@@ -39,19 +46,34 @@ def fuse_transformer(model_path: Path) -> bytes | None:
     return model.SerializeToString()
 
 
-def int8_dynamic(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantisation of the MatMuls, per channel: for transformers.
+def int8_dynamic(src: Path, dst: Path, recipe: "Int8Recipe") -> list[str]:
+    """Dynamic int8 quantisation, weights per channel, of ``recipe.ops``: for transformers.
 
-    Measured on MiniLM's probe set: all ops per tensor gave min cosine 0.90, all ops per
-    channel 0.979, MatMul only per channel 0.982 (the fused Attention stays fp32).
+    Returns the names of the nodes kept fp32 (``recipe.fp32_nodes``).
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    kept = matching_nodes(src, recipe.fp32_nodes)
     with _quiet_root_logger():
         # fused com.microsoft ops defeat onnx shape inference; their float tensors are FLOAT
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                         op_types_to_quantize=list(recipe.ops), nodes_to_exclude=kept,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return kept
+
+
+def matching_nodes(model_path: Path, patterns: tuple[str, ...]) -> list[str]:
+    """Names of the graph's nodes that match one of the regular expressions ``patterns``."""
+    import re
+
+    import onnx
+
+    if not patterns:
+        return []
+    compiled = [re.compile(p) for p in patterns]
+    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    return [n.name for n in nodes if any(c.search(n.name) for c in compiled)]
 
 
 @contextmanager
@@ -68,11 +90,11 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def int8_static(src: Path, dst: Path, batches: list[dict[str, "np.ndarray"]], fp32_convs: int = 0) -> list[str]:
+def int8_static(src: Path, dst: Path, batches: list[dict[str, "np.ndarray"]], recipe: "Int8Recipe") -> list[str]:
     """Static per-channel QDQ int8 calibrated (MinMax) on ``batches`` of the user's data: for CNNs.
 
-    The nodes up to the ``fp32_convs``-th convolution stay fp32 (see
-    ``BackboneSpec.int8_fp32_convs``); returns their names.
+    The nodes up to the ``recipe.fp32_convs``-th convolution and those matching
+    ``recipe.fp32_nodes`` stay fp32; returns their names.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -91,7 +113,8 @@ def int8_static(src: Path, dst: Path, batches: list[dict[str, "np.ndarray"]], fp
 
             prepared = Path(tmp) / "prepared.onnx"
             quant_pre_process(str(src), str(prepared))
-            kept = leading_nodes(prepared, fp32_convs)
+            kept = leading_nodes(prepared, recipe.fp32_convs)
+            kept += [n for n in matching_nodes(prepared, recipe.fp32_nodes) if n not in kept]
             quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=kept)
     except Exception as exc:  # noqa: BLE001

@@ -76,6 +76,24 @@ Preprocessing = Union[TextPreprocessing, ImagePreprocessing, NumericPreprocessin
 
 
 @dataclass(frozen=True)
+class Int8Recipe:
+    """How the int8 export of a backbone is quantised (text: dynamic; images and arrays: static).
+
+    ``ops``: the op types quantised (dynamic int8). ``fp32_nodes``: regular expressions; graph
+    nodes whose name matches one stay fp32. ``fp32_convs``: the nodes up to the N-th convolution
+    stay fp32 (static int8; in depthwise CNNs the first layers carry channels whose small ranges a
+    shared int8 activation scale rounds to zero). ``fallback``: the recipe tried next when this one
+    misses the parity gate (list the fast recipe first, the careful one after). The default
+    quantises MatMuls only, per channel, and keeps nothing back.
+    """
+
+    ops: tuple[str, ...] = ("MatMul",)
+    fp32_nodes: tuple[str, ...] = ()
+    fp32_convs: int = 0
+    fallback: "Int8Recipe | None" = None
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """A frozen backbone: where its weights come from, how inputs are prepared, what comes out.
 
@@ -86,9 +104,7 @@ class BackboneSpec:
     ``weights`` lists the files whose bytes identify the pretrained weights (hashed into
     the fingerprint). ``probe`` returns raw probe items (texts, image bytes or arrays)
     for the parity check; when ``None`` the export step uses its default probe set for
-    the modality. ``int8_fp32_convs``: for static int8, how many leading convolutions stay
-    fp32 (in depthwise CNNs the first layers carry channels whose small ranges a shared
-    int8 activation scale rounds to zero; EfficientNet-Lite0 needs 6).
+    the modality. ``int8`` says how the int8 export is quantised (:class:`Int8Recipe`).
     """
 
     name: str
@@ -107,7 +123,7 @@ class BackboneSpec:
     aliases: tuple[str, ...] = ()
     default: bool = False
     extra: tuple[tuple[str, str], ...] = ()  # anything else that changes the vectors, as (key, value)
-    int8_fp32_convs: int = 0
+    int8: Int8Recipe = Int8Recipe()
 
     def __post_init__(self) -> None:
         if (self.build_torch is None) == (self.onnx_file is None):

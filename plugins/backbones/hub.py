@@ -89,7 +89,7 @@ def hf_spec(ref: str) -> BackboneSpec:
         description=f"{config.get('model_type', 'transformer')} encoder from {target}, {pooling} pooling",
         weights=weights,
         build_torch=lambda: _build(str(folder), pooling, normalize, inputs),
-        extra=(("graph_optimizer", "bert"),),
+        extra=(("graph_optimizer", "bert-layernorm"),),
     )
 
 
