@@ -25,7 +25,9 @@ import numpy as np
 from ..errors import ConfigError, HeadstartError, ItemError
 from .items import Item, ReaderOptions
 
-DEFAULT_BATCH_SIZE = {"text": 32, "image": 32, "numeric": 256}  # text: 32 was fastest on CPU (16..256 measured)
+# text 16: int8 ran 5-8% faster than at 32 (fp32 within noise; 16..256 measured) and dynamic int8, which
+# scales each batch by its own range, couples fewer texts
+DEFAULT_BATCH_SIZE = {"text": 16, "image": 32, "numeric": 256}
 DEFAULT_CHUNK_SIZE = {"text": 4096, "image": 256, "numeric": 4096}
 CALIBRATION_SAMPLE = 128  # items of the source that calibrate a static int8 export when none are given
 MAX_TOKENS_PER_BATCH = 16384
