@@ -95,10 +95,12 @@ def _cnn_spec(name: str, diverge: bool = False) -> BackboneSpec:
 def test_tiny_cnn_exports_and_static_int8_is_calibrated(headstart_home: Path) -> None:
     fp32 = export(_cnn_spec("tiny-cnn"))
     assert fp32.parity["min_cosine"] >= 0.9999 and fp32.parity["items"] >= 16
-    images = probe_images()
+    images = probe_images() + [b"<html>not an image</html>", b"\xff\xd8\xff\xe0 truncated jpeg"]  # bad items skipped
+    images = images[-1:] + images[:-1]  # one bad item lands in the held-out fifth
     int8 = export(_cnn_spec("tiny-cnn"), "int8", calibration=images, min_cosine=0.95)
     assert int8.fingerprint != fp32.fingerprint and int8.manifest["quantization"]["calibration_items"] == len(images)
-    assert int8.parity["min_cosine"] >= 0.95
+    assert int8.parity["min_cosine"] >= 0.95 and int8.parity["items_from"] == "held-out calibration items"
+    assert int8.parity["items"] == len(images[::5]) - 1 and "min_cosine" in int8.manifest["probe_parity"]
     assert find_export(_cnn_spec("tiny-cnn"), "int8").fingerprint == int8.fingerprint
     other = export(_cnn_spec("tiny-cnn"), "int8", calibration=images[:6], min_cosine=0.9)
     assert other.fingerprint != int8.fingerprint  # calibration data is part of the identity

@@ -251,7 +251,13 @@ def _build_int8(spec: "BackboneSpec", base: Path, out: Path, pre: Any, probe: li
             # synthetic probe set (noise, one-pixel images) is reported beside it, not gated.
             probe_figures = _parity_on(spec, probe, module, folder, out, "int8", settings, engine)[0]
             info["probe_parity"] = {k: probe_figures[k] for k in ("min_cosine", "mean_cosine", "items")}
-            checked = _prepared_singles(spec, pre, held_out, "held-out calibration item")
+            readable = [x for x, p in zip(held_out, pre.prepare_many(held_out)) if not isinstance(p, Exception)]
+            if len(readable) < 2:
+                raise BackboneError(f"backbone '{spec.name}': only {len(readable)} of {len(held_out)} held-out "
+                                    "calibration items could be prepared, too few to check int8 parity on",
+                                    hint="pass a few hundred readable, representative items (calibration=..., "
+                                         "--calibrate DIR)")
+            checked = _prepared_singles(spec, pre, readable, "held-out calibration item")
         figures, ref_kind = _parity_on(spec, checked, module, folder, out, "int8", settings, engine)
         try:
             parity = {**check_parity(figures, spec.name, "int8", min_cosine), "reference": ref_kind}
