@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from ..errors import BackboneError, ConfigError
+from ..errors import ConfigError
 from ..store.atomic import copy_file_atomic, write_bytes_atomic, write_json_atomic
 from .fingerprint import PRECISIONS, fingerprint_key, fingerprint_of, safe_dirname
 
@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MODEL_FILE = "model.onnx"
 MANIFEST = "manifest.json"
-PARITY_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -176,11 +175,11 @@ def export(backbone: "str | BackboneSpec", precision: str = "fp32", *, settings:
 def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settings", engine: Any,
            items: list[Any] | None, min_cosine: float | None) -> dict[str, Any]:
     """Write the graph into ``folder``, check parity, return the manifest's content (no identity yet)."""
-    from .parity import check_parity
+    from .parity import check_parity, parity_on, probe_batches
     from .preprocess import make_preprocessor
 
     pre = make_preprocessor(spec)
-    probe = _probe_batches(spec, pre)
+    probe = probe_batches(spec, pre)
     out = folder / MODEL_FILE
     folder.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {}
@@ -209,69 +208,22 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
         base = export(spec, "fp32", settings=settings, engine=engine)
         info["graph"] = {"from_fp32": base.fingerprint}
         if precision == "int8":
-            quantized, probe, parity = _build_int8(spec, base.path, out, pre, probe, items, module, folder, settings,
-                                                   engine, min_cosine)
+            from .int8 import build_int8
+
+            quantized, probe, parity = build_int8(spec, base.path, out, pre, probe, items, module, folder, settings,
+                                                  engine, min_cosine)
             info.update(quantized)
         else:
             from .quantize import fp16
 
             write_bytes_atomic(out, fp16(base.path))
     if parity is None:
-        figures, ref_kind = _parity_on(spec, probe, module, folder, out, precision, settings, engine)
+        figures, ref_kind = parity_on(spec, probe, module, folder, out, precision, settings, engine)
         parity = {**check_parity(figures, spec.name, precision, min_cosine), "reference": ref_kind}
     files = {p.name: _sha(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
     files.pop(MANIFEST, None)
     return {**info, "parity": parity, "files": files, "inputs": list(probe[0]),
             "output": spec.output_name, "opset": _opset(out)}
-
-
-def _build_int8(spec: "BackboneSpec", base: Path, out: Path, pre: Any, probe: list[Any], items: list[Any] | None,
-                module: Any, folder: Path, settings: "Settings", engine: Any,
-                min_cosine: float | None) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
-    """Quantise ``base`` into ``out`` with the spec's int8 recipe, or its fallbacks in turn, until one
-    passes the parity gate. Returns (manifest info, the items parity was measured on, parity)."""
-    from ..errors import ExportParityError
-    from .parity import check_parity
-    from .quantize import calibration_batches, int8_dynamic, int8_static, split_calibration
-
-    recipe, refused = spec.int8, []
-    while True:
-        info: dict[str, Any] = {}
-        checked = probe
-        if spec.modality == "text":
-            kept = int8_dynamic(base, out, recipe)
-            info["quantization"] = {"method": "dynamic per-channel", "ops": list(recipe.ops), "fp32_nodes": kept}
-        else:
-            fit, held_out = split_calibration(items or [])
-            kept = int8_static(base, out, calibration_batches(pre, fit), recipe)
-            info["quantization"] = {"method": "static QDQ per-channel MinMax", "calibration_items": len(items or []),
-                                    "calibration_sha256": calibration_digest(items or []),
-                                    "fp32_convs": recipe.fp32_convs, "fp32_nodes": kept}
-            # Static int8 ranges are fitted to the user's data, so that is what the gate measures on; the
-            # synthetic probe set (noise, one-pixel images) is reported beside it, not gated.
-            probe_figures = _parity_on(spec, probe, module, folder, out, "int8", settings, engine)[0]
-            info["probe_parity"] = {k: probe_figures[k] for k in ("min_cosine", "mean_cosine", "items")}
-            readable = [x for x, p in zip(held_out, pre.prepare_many(held_out)) if not isinstance(p, Exception)]
-            if len(readable) < 2:
-                raise BackboneError(f"backbone '{spec.name}': only {len(readable)} of {len(held_out)} held-out "
-                                    "calibration items could be prepared, too few to check int8 parity on",
-                                    hint="pass a few hundred readable, representative items (calibration=..., "
-                                         "--calibrate DIR)")
-            checked = _prepared_singles(spec, pre, readable, "held-out calibration item")
-        figures, ref_kind = _parity_on(spec, checked, module, folder, out, "int8", settings, engine)
-        try:
-            parity = {**check_parity(figures, spec.name, "int8", min_cosine), "reference": ref_kind}
-        except ExportParityError as exc:
-            if recipe.fallback is None:
-                raise
-            refused.append({"ops": list(recipe.ops), "fp32_nodes": kept, "min_cosine": figures["min_cosine"],
-                            "reason": exc.message})
-            recipe = recipe.fallback
-            continue
-        if "probe_parity" in info:
-            parity["items_from"] = "held-out calibration items"
-        info["quantization"]["refused_recipes"] = refused
-        return info, checked, parity
 
 
 def _sha(path: Path) -> str:
@@ -294,117 +246,13 @@ def _finish_graph(spec: "BackboneSpec", traced: Path, out: Path) -> dict[str, An
     return {"exporter": "torch.onnx (TorchScript)", "optimizer": None}
 
 
-def _probe_items(spec: "BackboneSpec") -> list[Any]:
-    from .probes import default_probe, probe_arrays
-
-    if spec.probe is not None:
-        return list(spec.probe())
-    if spec.modality == "numeric":
-        shape = spec.preprocessing.shape
-        if not shape:
-            raise ConfigError(f"numeric backbone '{spec.name}' declares no item shape, so no probe can be made",
-                              hint="set preprocessing.shape (None for dynamic axes) or give the spec a probe")
-        return probe_arrays(shape, spec.preprocessing.dtype)
-    return default_probe(spec.modality)
-
-
-def _parity_on(spec: "BackboneSpec", singles: list[Any], module: Any, folder: Path, candidate_path: Path,
-               precision: str, settings: "Settings", engine: Any) -> tuple[dict[str, Any], str]:
-    """Parity figures of the graph at ``candidate_path`` against the reference on ``singles``."""
-    from .parity import parity_figures
-
-    reference, ref_kind = _reference(spec, singles, module, folder, precision, settings, engine)
-    order = list(range(len(singles)))
-    if precision == "int8" and spec.modality == "text":
-        # Dynamic int8 scales each batch by its own range (padding included), so it is measured the way
-        # the pipeline runs text: length-sorted batches. Padding bugs were gated on the fp32 graph.
-        order.sort(key=lambda i: max(a.shape[-1] for a in singles[i].values()))
-    candidate = _run_onnx(candidate_path, [singles[i] for i in order], spec.name, precision, batch_size=PARITY_BATCH)
-    candidate[order] = candidate.copy()
-    return parity_figures(reference, candidate), ref_kind
-
-
-def _probe_batches(spec: "BackboneSpec", pre: Any) -> list[Any]:
-    """The prepared probe items (bad items are a bug in the probe set: raise)."""
-    return _prepared_singles(spec, pre, _probe_items(spec), "probe item")
-
-
-def _prepared_singles(spec: "BackboneSpec", pre: Any, items: list[Any], what: str) -> list[Any]:
-    """Each item prepared and collated alone; a bad item raises (probe items must all be good)."""
-    prepared = pre.prepare_many(items)
-    bad = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Exception)]
-    if bad:
-        raise BackboneError(f"backbone '{spec.name}': {what} {bad[0][0]} could not be prepared: {bad[0][1]}",
-                            hint="fix the backbone's probe set or preprocessing, or drop the bad calibration item")
-    if len(prepared) < 2:
-        raise BackboneError(f"backbone '{spec.name}': the parity probe needs at least 2 items",
-                            hint="give the spec a probe with 16 or more items")
-    return [pre.collate([p]) for p in prepared]
-
-
 def _dummy(spec: "BackboneSpec", pre: Any) -> dict[str, "np.ndarray"]:
     """A 2-item batch to trace with."""
     if spec.modality == "text":
         return pre.collate(pre.prepare_many(["hello world", "a slightly longer sentence to trace the exporter"]))
-    return pre.collate(pre.prepare_many(_probe_items(spec)[:2]))
+    from .parity import probe_items
 
-
-def _merge(singles: list[dict[str, "np.ndarray"]], size: int) -> list[dict[str, "np.ndarray"]]:
-    """Group single-item batches into padded batches of ``size`` (right-padding with zeros)."""
-    import numpy as np
-
-    merged = []
-    for start in range(0, len(singles), size):
-        group = singles[start:start + size]
-        batch = {}
-        for name in group[0]:
-            arrs = [g[name] for g in group]
-            shape = tuple(max(a.shape[d] for a in arrs) for d in range(1, arrs[0].ndim))
-            out = np.zeros((sum(a.shape[0] for a in arrs), *shape), dtype=arrs[0].dtype)
-            for row, a in enumerate(arrs):
-                out[(slice(row, row + 1), *(slice(0, n) for n in a.shape[1:]))] = a
-            batch[name] = out
-        merged.append(batch)
-    return merged
-
-
-def _run_onnx(path: Path, singles: list[dict[str, "np.ndarray"]], name: str, precision: str,
-              batch_size: int) -> "np.ndarray":
-    """Run the graph at ``path`` on the probe (CUDA for fp16 when present, else CPU)."""
-    import numpy as np
-    import onnxruntime as ort
-
-    from .runtime import CPU_DISABLED_OPTIMIZERS
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    try:
-        disabled = list(CPU_DISABLED_OPTIMIZERS) if providers[0] == "CPUExecutionProvider" else []
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers, disabled_optimizers=disabled)
-        output = session.get_outputs()[0].name
-        outs = [session.run([output], b)[0] for b in _merge(singles, batch_size)]
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        hint = ("fp16 exports need the CUDA provider (onnxruntime-gpu with CUDA libraries)" if precision == "fp16"
-                else "check the graph's inputs against the backbone's preprocessing")
-        raise BackboneError(f"backbone '{name}' ({precision}): onnxruntime could not run the exported graph: {exc}",
-                            hint=hint) from exc
-    return np.concatenate(outs).astype(np.float32)
-
-
-def _reference(spec: "BackboneSpec", singles: list[Any], module: Any, folder: Path, precision: str,
-               settings: "Settings", engine: Any) -> tuple["np.ndarray", str]:
-    """What the candidate must reproduce: PyTorch when there is a model, else the fp32 graph item by item."""
-    if spec.build_torch is not None:
-        from .torch_export import build_module, run_module
-
-        module = module if module is not None else build_module(spec)
-        return run_module(module, _merge(singles, len(singles))), "pytorch"
-    source = folder / MODEL_FILE if precision == "fp32" else export(spec, "fp32", settings=settings, engine=engine).path
-    return _run_onnx(source, singles, spec.name, "fp32", batch_size=1), "onnx fp32, one item per batch"
+    return pre.collate(pre.prepare_many(probe_items(spec)[:2]))
 
 
 def _opset(path: Path) -> int | None:

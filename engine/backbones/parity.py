@@ -1,13 +1,21 @@
-"""The parity gate: compare exported-graph outputs with the reference, item by item."""
+"""The parity gate: run the probe (or held-out items) through the reference and the exported graph,
+compare item by item, refuse what misses the tolerance."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ExportParityError
+from ..errors import BackboneError, ConfigError, ExportParityError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+
+    from ..config import Settings
+    from .spec import BackboneSpec
+
+#: Items per batch when the candidate graph runs the probe (small, so padding bugs show up).
+PARITY_BATCH = 4
 
 #: Default acceptance per precision: (min cosine, max abs diff or None).
 TOLERANCES = {"fp32": (0.9999, 1e-4), "fp16": (0.999, None), "int8": (0.98, None)}
@@ -50,3 +58,110 @@ def check_parity(figures: dict[str, Any], name: str, precision: str, min_cosine:
                  "use fp32 or lower the accepted min cosine deliberately (--min-cosine)",
         )
     return result
+
+
+def probe_items(spec: "BackboneSpec") -> list[Any]:
+    """The spec's own probe items, else the default probe set of its modality."""
+    from .probes import default_probe, probe_arrays
+
+    if spec.probe is not None:
+        return list(spec.probe())
+    if spec.modality == "numeric":
+        shape = spec.preprocessing.shape
+        if not shape:
+            raise ConfigError(f"numeric backbone '{spec.name}' declares no item shape, so no probe can be made",
+                              hint="set preprocessing.shape (None for dynamic axes) or give the spec a probe")
+        return probe_arrays(shape, spec.preprocessing.dtype)
+    return default_probe(spec.modality)
+
+
+def probe_batches(spec: "BackboneSpec", pre: Any) -> list[Any]:
+    """The prepared probe items (bad items are a bug in the probe set: raise)."""
+    return prepared_singles(spec, pre, probe_items(spec), "probe item")
+
+
+def prepared_singles(spec: "BackboneSpec", pre: Any, items: list[Any], what: str) -> list[Any]:
+    """Each item prepared and collated alone; a bad item raises (probe items must all be good)."""
+    prepared = pre.prepare_many(items)
+    bad = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Exception)]
+    if bad:
+        raise BackboneError(f"backbone '{spec.name}': {what} {bad[0][0]} could not be prepared: {bad[0][1]}",
+                            hint="fix the backbone's probe set or preprocessing, or drop the bad calibration item")
+    if len(prepared) < 2:
+        raise BackboneError(f"backbone '{spec.name}': the parity probe needs at least 2 items",
+                            hint="give the spec a probe with 16 or more items")
+    return [pre.collate([p]) for p in prepared]
+
+
+def parity_on(spec: "BackboneSpec", singles: list[Any], module: Any, folder: Path, candidate_path: Path,
+              precision: str, settings: "Settings", engine: Any) -> tuple[dict[str, Any], str]:
+    """Parity figures of the graph at ``candidate_path`` against the reference on ``singles``."""
+    reference, ref_kind = reference_outputs(spec, singles, module, folder, precision, settings, engine)
+    order = list(range(len(singles)))
+    if precision == "int8" and spec.modality == "text":
+        # Dynamic int8 scales each batch by its own range (padding included), so it is measured the way
+        # the pipeline runs text: length-sorted batches. Padding bugs were gated on the fp32 graph.
+        order.sort(key=lambda i: max(a.shape[-1] for a in singles[i].values()))
+    candidate = run_onnx(candidate_path, [singles[i] for i in order], spec.name, precision, batch_size=PARITY_BATCH)
+    candidate[order] = candidate.copy()
+    return parity_figures(reference, candidate), ref_kind
+
+
+def reference_outputs(spec: "BackboneSpec", singles: list[Any], module: Any, folder: Path, precision: str,
+                      settings: "Settings", engine: Any) -> tuple["np.ndarray", str]:
+    """What the candidate must reproduce: PyTorch when there is a model, else the fp32 graph item by item."""
+    from .export import MODEL_FILE, export
+
+    if spec.build_torch is not None:
+        from .torch_export import build_module, run_module
+
+        module = module if module is not None else build_module(spec)
+        return run_module(module, merge_singles(singles, len(singles))), "pytorch"
+    source = folder / MODEL_FILE if precision == "fp32" else export(spec, "fp32", settings=settings, engine=engine).path
+    return run_onnx(source, singles, spec.name, "fp32", batch_size=1), "onnx fp32, one item per batch"
+
+
+def merge_singles(singles: list[dict[str, "np.ndarray"]], size: int) -> list[dict[str, "np.ndarray"]]:
+    """Group single-item batches into padded batches of ``size`` (right-padding with zeros)."""
+    import numpy as np
+
+    merged = []
+    for start in range(0, len(singles), size):
+        group = singles[start:start + size]
+        batch = {}
+        for name in group[0]:
+            arrs = [g[name] for g in group]
+            shape = tuple(max(a.shape[d] for a in arrs) for d in range(1, arrs[0].ndim))
+            out = np.zeros((sum(a.shape[0] for a in arrs), *shape), dtype=arrs[0].dtype)
+            for row, a in enumerate(arrs):
+                out[(slice(row, row + 1), *(slice(0, n) for n in a.shape[1:]))] = a
+            batch[name] = out
+        merged.append(batch)
+    return merged
+
+
+def run_onnx(path: Path, singles: list[dict[str, "np.ndarray"]], name: str, precision: str,
+              batch_size: int) -> "np.ndarray":
+    """Run the graph at ``path`` on the probe (CUDA for fp16 when present, else CPU)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from .runtime import CPU_DISABLED_OPTIMIZERS
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    try:
+        disabled = list(CPU_DISABLED_OPTIMIZERS) if providers[0] == "CPUExecutionProvider" else []
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers, disabled_optimizers=disabled)
+        output = session.get_outputs()[0].name
+        outs = [session.run([output], b)[0] for b in merge_singles(singles, batch_size)]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        hint = ("fp16 exports need the CUDA provider (onnxruntime-gpu with CUDA libraries)" if precision == "fp16"
+                else "check the graph's inputs against the backbone's preprocessing")
+        raise BackboneError(f"backbone '{name}' ({precision}): onnxruntime could not run the exported graph: {exc}",
+                            hint=hint) from exc
+    return np.concatenate(outs).astype(np.float32)
