@@ -29,7 +29,8 @@ from .items import Item, ReaderOptions
 # scales each batch by its own range, couples fewer texts
 DEFAULT_BATCH_SIZE = {"text": 16, "image": 32, "numeric": 256}
 DEFAULT_CHUNK_SIZE = {"text": 4096, "image": 256, "numeric": 4096}
-CALIBRATION_SAMPLE = 128  # items of the source that calibrate a static int8 export when none are given
+CALIBRATION_SAMPLE = 128  # items of the source that calibrate a static int8 export when none are given,
+CALIBRATION_WINDOW = 4096  # spread over at most this many of its first items
 MAX_TOKENS_PER_BATCH = 16384
 IMAGE_SLICE = 32  # images per worker task: small, so encoding starts as soon as the first slice is decoded
 
@@ -181,11 +182,11 @@ def start_job(source: str | os.PathLike[str], backbone: str | Any | None, *, eng
                started=started)
 
 
-def calibration_sample(source: Any, size: int = CALIBRATION_SAMPLE) -> list[Any]:
-    """Up to ``size`` readable items spread evenly over ``source``: static int8's calibration data
-    when the caller gave none."""
-    stride = max(1, (source.estimate_count() or size) // size)
-    readable = (item.payload for item in source if item.error is None)
+def calibration_sample(source: Any, size: int = CALIBRATION_SAMPLE, window: int = CALIBRATION_WINDOW) -> list[Any]:
+    """Up to ``size`` readable items spread evenly over the first ``window`` of ``source``: static int8's
+    calibration data when the caller gave none (the window bounds the extra read on huge sources)."""
+    stride = max(1, min(source.estimate_count() or size, window) // size)
+    readable = (item.payload for item in itertools.islice(source, window) if item.error is None)
     return list(itertools.islice(itertools.islice(readable, 0, None, stride), size))
 
 
