@@ -115,12 +115,17 @@ def test_cli_text_matches_local_engine(tmp_path, ray_address, session_home, monk
 
 
 def test_images_match_local_engine_with_errors_and_blocks(tmp_path, ray_address, session_home, monkeypatch):
+    from engine.distributed import ray_embed
     from engine.distributed.ray_embed import embed_on_ray
 
     source = image_folder(tmp_path / "images")
     reference, ref_vectors = local_embed(source)
     home = make_ray_home(tmp_path, session_home, monkeypatch)
+    waves, run = [], ray_embed._run
+    monkeypatch.setattr(ray_embed, "WAVE_BLOCKS", 2)  # the object store holds 2 blocks at a time, not the source
+    monkeypatch.setattr(ray_embed, "_run", lambda blocks, *a: (waves.append(len(blocks)), run(blocks, *a)))
     result = embed_on_ray(source, workers=2, chunk_size=8, progress=False)
+    assert waves == [2, 2]
     assert result.fingerprint == reference.fingerprint
     assert result.keys == reference.keys and result.labels == reference.labels
     assert [(e.ref, e.reason) for e in result.errors] == [(e.ref, e.reason) for e in reference.errors]

@@ -2,24 +2,29 @@
 
 The driver reads the source with the same reader plugins, skips every content key already
 in the store (so a re-run after a crash embeds only what is missing), and puts the rest in
-Ray's object store as Arrow blocks of ``chunk_size`` items. ``map_batches`` runs them
-through an :class:`~engine.distributed.worker.EmbedWorker` actor pool (one onnxruntime
-session per actor); Ray restarts an actor that dies and retries its block. The driver
-commits every finished block as one store shard (vectors + error records, manifest
-replaced atomically), and brings the FAISS index up to date once at the end.
+Ray's object store as Arrow blocks of ``chunk_size`` items, a wave at a time (at most
+``WAVE_BLOCKS`` blocks or ``WAVE_BYTES`` of payload, so the object store holds a bounded part of
+the source, never all of it). ``map_batches`` runs each wave through an
+:class:`~engine.distributed.worker.EmbedWorker` actor pool (one onnxruntime session per actor);
+Ray restarts an actor that dies and retries its block. The driver commits every finished block
+as one store shard (vectors + error records, manifest replaced atomically), and brings the
+FAISS index up to date once at the end.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..errors import ConfigError, DistributedError, HeadstartError
 from ..embed.items import ReaderOptions
 from ..embed.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, EmbedResult, EmbedStats, progress_bar, start_job
+
+WAVE_BLOCKS = 64  # blocks in Ray's object store at once (a wave), at most ...
+WAVE_BYTES = 512 * 2**20  # ... and at most this much payload
 
 
 def embed_on_ray(
@@ -64,19 +69,27 @@ def embed_on_ray(
     batch_size = batch_size or DEFAULT_BATCH_SIZE[spec.modality]
     chunk_size = chunk_size or DEFAULT_CHUNK_SIZE[spec.modality]
     cluster = connect(address)
+    plan = _Plan()
+    bar = progress_bar(progress, job.source.estimate_count(), f"embed [{exported.name} on ray]")
     try:
         n = workers or default_workers(cluster, cpus_per_worker, gpus_per_worker)
+        worker_args = None
         with store.writer() as writer:
-            plan = _plan(job.source, store, chunk_size, stats)
-            if plan.errors:
-                writer.add_errors(plan.errors)
-                writer.commit()
-            if plan.blocks:
-                worker_args = dict(exported=exported, preprocessor=make_preprocessor(spec), modality=spec.modality,
-                                   device=device, threads=max(1, int(cpus_per_worker)), batch_size=batch_size,
-                                   shipped=_ship(exported) if cluster.nodes > 1 else None)
-                _run(plan, worker_args, n, cpus_per_worker, gpus_per_worker, writer, store.dim, stats, progress)
+            for wave in _waves(job.source, store, chunk_size, stats, plan, bar):
+                if plan.errors:
+                    writer.add_errors(plan.errors)
+                    writer.commit()
+                    plan.errors.clear()
+                if not wave:
+                    continue
+                if worker_args is None:
+                    worker_args = dict(exported=exported, preprocessor=make_preprocessor(spec), modality=spec.modality,
+                                       device=device, threads=max(1, int(cpus_per_worker)), batch_size=batch_size,
+                                       shipped=_ship(exported) if cluster.nodes > 1 else None)
+                _run(wave, plan, worker_args, n, cpus_per_worker, gpus_per_worker, writer, store.dim, stats, bar)
     finally:
+        if bar is not None:
+            bar.close()
         cluster.close()
     return job.finish(plan.rows, plan.failed, strict)
 
@@ -96,28 +109,35 @@ def _device(device: str, gpus_per_worker: float) -> str:
 
 
 class _Plan:
-    """What the driver read: every source row, the error records so far, the Ray blocks to embed."""
+    """What the driver read so far: every source row, the failed items, the read errors not yet committed."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, str, str | None]] = []
         self.failed: dict[str, Any] = {}
         self.errors: list[Any] = []
-        self.blocks: list[Any] = []
-        self.todo = 0
 
 
-def _plan(src, store, chunk_size: int, stats: EmbedStats) -> _Plan:
-    """Read the source; skip stored keys and duplicates; put the rest in the object store in blocks."""
+def _waves(src, store, chunk_size: int, stats: EmbedStats, plan: _Plan, bar: Any,
+           max_blocks: int | None = None, max_bytes: int | None = None) -> Iterator[list[Any]]:
+    """Read the source; skip stored keys and duplicates; yield the rest as waves of object-store blocks.
+
+    A wave is yielded (and must be embedded before reading goes on) once it holds ``max_blocks``
+    blocks or ``max_bytes`` of payload; rows, failures and read errors accumulate in ``plan``.
+    """
     import pyarrow as pa
     import ray
 
     from ..store.features import ErrorRecord
     from .worker import payload_array
 
-    t = time.perf_counter()
-    plan, seen, pending = _Plan(), set(), []
+    max_blocks = max_blocks or WAVE_BLOCKS
+    max_bytes = max_bytes or WAVE_BYTES
+    seen: set[str] = set()
+    pending: list[Any] = []
+    wave: list[Any] = []
+    wave_bytes = 0
 
-    def flush() -> None:
+    def flush() -> int:
         present = store.contains([it.key for it in pending])
         todo = []
         for item, have in zip(pending, present):
@@ -130,27 +150,39 @@ def _plan(src, store, chunk_size: int, stats: EmbedStats) -> _Plan:
                 plan.failed[item.key] = record
             else:
                 todo.append(item)
-        if todo:
-            table = pa.table({"key": pa.array([it.key for it in todo], type=pa.string()),
-                              "ref": pa.array([it.ref for it in todo], type=pa.string()),
-                              "payload": payload_array(todo[0].modality, [it.payload for it in todo])})
-            plan.blocks.append(ray.put(table))
-            plan.todo += len(todo)
+        if bar is not None:
+            bar.update(len(pending) - len(todo))
         pending.clear()
+        if not todo:
+            return 0
+        table = pa.table({"key": pa.array([it.key for it in todo], type=pa.string()),
+                          "ref": pa.array([it.ref for it in todo], type=pa.string()),
+                          "payload": payload_array(todo[0].modality, [it.payload for it in todo])})
+        wave.append(ray.put(table))
+        return table.nbytes
 
+    t = time.perf_counter()
     for item in src:
         plan.rows.append((item.key, item.ref, item.label))
         if item.key in seen:
             stats.duplicates += 1
+            if bar is not None:
+                bar.update(1)
             continue
         seen.add(item.key)
         pending.append(item)
         if len(pending) >= chunk_size:
-            flush()
+            wave_bytes += flush()
+            if len(wave) >= max_blocks or wave_bytes >= max_bytes:
+                stats.seconds["read"] += time.perf_counter() - t
+                yield list(wave)
+                wave.clear()
+                wave_bytes = 0
+                t = time.perf_counter()
     if pending:
         flush()
-    stats.seconds["read"] = time.perf_counter() - t
-    return plan
+    stats.seconds["read"] += time.perf_counter() - t
+    yield list(wave)
 
 
 def _ship(exported) -> Any:
@@ -161,9 +193,9 @@ def _ship(exported) -> Any:
     return ray.put({name: (folder / name).read_bytes() for name in exported.manifest.get("files", {})})
 
 
-def _run(plan: _Plan, worker_args: dict, n: int, cpus: float, gpus: float, writer, dim: int, stats: EmbedStats,
-         progress: bool | None) -> None:
-    """Run the blocks through the actor pool; commit each finished block as one shard."""
+def _run(blocks: list[Any], plan: _Plan, worker_args: dict, n: int, cpus: float, gpus: float, writer, dim: int,
+         stats: EmbedStats, bar: Any) -> None:
+    """Run one wave of blocks through an actor pool; commit each finished block as one shard."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -172,13 +204,12 @@ def _run(plan: _Plan, worker_args: dict, n: int, cpus: float, gpus: float, write
     context = DataContext.get_current()
     saved = context.enable_progress_bars, getattr(context, "print_on_execution_start", True)
     context.enable_progress_bars, context.print_on_execution_start = False, False  # our own bar instead
-    bar = progress_bar(progress, plan.todo, f"embed [{worker_args['exported'].name} on ray x{n}]")
     stats.session_created = True
     t = time.perf_counter()
     write = 0.0
     try:
-        dataset = ray.data.from_arrow_refs(plan.blocks).map_batches(
-            EmbedWorker, batch_size=None, batch_format="pyarrow", compute=ActorPoolStrategy(size=n),
+        dataset = ray.data.from_arrow_refs(blocks).map_batches(
+            EmbedWorker, batch_size=None, batch_format="pyarrow", compute=ActorPoolStrategy(size=min(n, len(blocks))),
             fn_constructor_kwargs=worker_args, num_cpus=cpus, num_gpus=gpus or None)
         for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             w = time.perf_counter()
@@ -194,10 +225,8 @@ def _run(plan: _Plan, worker_args: dict, n: int, cpus: float, gpus: float, write
                                hint="committed blocks are kept; fix the cause and re-run to embed the rest") from exc
     finally:
         context.enable_progress_bars, context.print_on_execution_start = saved
-        if bar is not None:
-            bar.close()
-    stats.seconds["write"] = write
-    stats.seconds["encode"] = time.perf_counter() - t - write
+    stats.seconds["write"] = stats.seconds.get("write", 0.0) + write
+    stats.seconds["encode"] = stats.seconds.get("encode", 0.0) + time.perf_counter() - t - write
 
 
 def _headstart_cause(exc: BaseException) -> HeadstartError | None:
