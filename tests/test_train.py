@@ -101,11 +101,33 @@ def test_eval_cli_json_and_unlabelled_predict(trained: Path, tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["n"] == 75 and data["accuracy"] >= 0.9 and len(data["confusion"]) == len(data["classes"])
+    assert data["n_seen_in_training"] == 0  # the held-out split shares no item with training
     proc = _cli("predict", str(trained), str(NEW), "-o", str(tmp_path / "new.jsonl"))
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(x)["label"] for x in (tmp_path / "new.jsonl").read_text().splitlines()] == \
         ["billing", "shipping", "technical", "account", "feedback"]
 
+
+def test_eval_flags_items_the_model_was_trained_on(trained: Path, tmp_path: Path):
+    """Scores on training data are optimistic: eval counts the evaluation items seen in training, by content."""
+    rows = list(csv.DictReader(TRAIN.open()))[:10] + list(csv.DictReader(TEST.open()))[:20]
+    mixed = tmp_path / "mixed.csv"
+    with mixed.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    proc = _cli("eval", str(trained), str(mixed))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: 10 of the 30 evaluation items were in the model's training data" in proc.stdout
+    texts = {row["text"] for row in csv.DictReader(TRAIN.open())}
+    assert load_model(trained).manifest["training_keys"]["n"] == len(texts)  # refit on all: every training text
+    record = trained / "training_keys.npy"
+    kept = record.read_bytes()
+    record.write_bytes(b"damaged")  # a damaged record means unknown, not zero
+    try:
+        assert evaluate(trained, str(mixed), progress=False)["n_seen_in_training"] is None
+    finally:
+        record.write_bytes(kept)  # the folder is shared by the module's tests
 
 def test_sweep_on_cached_features_creates_no_session(trained: Path, tmp_path: Path):
     heads = "linear,mlp,knn(k=5),sklearn:LogisticRegression(C=2.0),sklearn:sklearn.svm.SVC(C=1.0)"

@@ -84,6 +84,14 @@ def _final(ref: HeadRef, head: Any, prep: Prepared, refit: bool, engine: Any) ->
     return final.fit(prep.X, prep.y), True
 
 
+def _training_keys(prep: Prepared, refitted: bool) -> np.ndarray:
+    """Digests of the keys the final head was fitted on (all labelled rows after a refit)."""
+    from .overlap import training_digests
+
+    keys = prep.features.keys
+    return training_digests(keys if refitted else [keys[i] for i in prep.split.train])
+
+
 @dataclass
 class TrainResult:
     model: Model
@@ -105,7 +113,8 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     prep = prepare(fs, val_fraction, seed)
     fitted, ref, metrics = _fit_and_score(head, prep, engine)
     final, refitted = _final(ref, fitted, prep, refit, engine)
-    model = Model(final, make_manifest(ref, final, prep.features, metrics, _training(prep, val_fraction, seed, refitted)))
+    model = Model(final, make_manifest(ref, final, prep.features, metrics, _training(prep, val_fraction, seed, refitted)),
+                  training_keys=_training_keys(prep, refitted))
     path = model.save(out) if out is not None else None
     return TrainResult(model, metrics, path)
 
@@ -160,7 +169,8 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
         canonical, head, metrics = fitted[best]
         final, refitted = _final(canonical, head, prep, True, engine)
         result.model = Model(final, make_manifest(canonical, final, prep.features, metrics,
-                                                  _training(prep, val_fraction, seed, refitted)))
+                                                  _training(prep, val_fraction, seed, refitted)),
+                             training_keys=_training_keys(prep, refitted))
         result.model.save(save_best)
     return result
 
@@ -172,7 +182,8 @@ def _model(model: Model | str | Path, trust: bool, engine: Any) -> Model:
 def evaluate(model_dir: Model | str | Path, source: Any, *, trust: bool = False, engine: Any = None,
              **embed_options: Any) -> dict[str, Any]:
     """Score a model on labelled ``source``: accuracy, macro_f1, n, n_errors (items that could not be
-    embedded), confusion (rows true, columns predicted, in ``classes`` order), classes, n_unseen_labels."""
+    embedded), confusion (rows true, columns predicted, in ``classes`` order), classes, n_unseen_labels,
+    n_seen_in_training (evaluation items the head was fitted on; None for models without the record)."""
     return _model(model_dir, trust, engine).evaluate(source, engine=engine, **embed_options)
 
 

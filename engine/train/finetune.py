@@ -315,7 +315,9 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
 
     for path in outcome.backbone_files:
         copy_file_atomic(path, out / BACKBONE_DIR / Path(path).name)
-    model = Model(outcome.head, manifest)
+    from .overlap import training_digests
+
+    model = Model(outcome.head, manifest, training_keys=training_digests(prep.features.keys[i] for i in rows_train))
     model.save(out)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return FinetuneResult(model, metrics, frozen_metrics, outcome, export_info, out)

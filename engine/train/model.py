@@ -7,6 +7,7 @@ Layout (``manifest.json`` is written last; a folder without it is not a model)::
                           format, files + sha256), classes, metrics, versions, training summary
       metrics.json        validation metrics of the training run
       head.safetensors + head.json | head.skops | head.pkl (pickle: loads only with trust=True)
+      training_keys.npy   digests of the training items' content keys (see :mod:`engine.train.overlap`)
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Model:
     head: Any
     manifest: dict[str, Any]
     path: Path | None = None
+    training_keys: np.ndarray | None = None  # sorted digests of the training items' keys (None: unknown)
 
     @property
     def classes(self) -> list[Any]:
@@ -161,7 +163,12 @@ class Model:
             raise DataError("the evaluation source has no labelled items", hint="evaluate on labelled data")
         labelled = fs.subset(np.asarray(rows))
         metrics = classification_metrics(labelled.labels, self.predict(labelled).labels, self.classes)
-        return {**metrics, "n_errors": n_errors, "n_unlabelled": len(fs) - len(rows)}
+        seen = None
+        if self.training_keys is not None:
+            from .overlap import count_seen
+
+            seen = count_seen(self.training_keys, labelled.keys)
+        return {**metrics, "n_errors": n_errors, "n_unlabelled": len(fs) - len(rows), "n_seen_in_training": seen}
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -170,6 +177,8 @@ class Model:
         path.mkdir(parents=True, exist_ok=True)
         record = save_head(self.head, path)
         manifest = {**self.manifest, "head": {**self.manifest["head"], **record}}
+        if self.training_keys is not None:
+            manifest["training_keys"] = _save_training_keys(path, self.training_keys)
         write_json_atomic(path / "metrics.json", manifest.get("metrics", {}))
         write_json_atomic(path / "manifest.json", manifest)
         self.manifest, self.path = manifest, path
@@ -242,4 +251,37 @@ def load_model(path: str | Path, trust: bool = False, *, engine: Any = None) -> 
         return spec.build(record.get("arg"), **record.get("params", {}))
 
     head = load_head(path, record, build=build, trust=trust)
-    return Model(head=head, manifest=manifest, path=path)
+    return Model(head=head, manifest=manifest, path=path, training_keys=_load_training_keys(path, manifest))
+
+
+def _save_training_keys(path: Path, digests: np.ndarray) -> dict[str, Any]:
+    import io
+
+    from ..store.atomic import write_bytes_atomic
+    from .overlap import FILE
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(digests, dtype="S16"), allow_pickle=False)
+    data = buffer.getvalue()
+    write_bytes_atomic(path / FILE, data)
+    import hashlib
+
+    return {"file": FILE, "n": int(len(digests)), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _load_training_keys(path: Path, manifest: dict[str, Any]) -> np.ndarray | None:
+    """The training digests, or None when the folder has none (older models) or they do not check out."""
+    import hashlib
+
+    record = manifest.get("training_keys")
+    if not record:
+        return None
+    try:
+        data = (path / record["file"]).read_bytes()
+    except OSError:
+        return None
+    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        return None
+    import io
+
+    return np.load(io.BytesIO(data), allow_pickle=False)

@@ -31,6 +31,9 @@ def format_metrics(metrics: dict[str, Any], *, confusion: bool = False) -> str:
         extra.append(f"fit {metrics['fit_seconds']:.3f}s  predict {metrics['predict_seconds']:.3f}s")
     if extra:
         lines.append("  ".join(extra))
+    if metrics.get("n_seen_in_training"):
+        lines.append(f"warning: {metrics['n_seen_in_training']} of the {metrics['n']} evaluation items were in the "
+                     "model's training data, so these scores are optimistic; evaluate on held-out data")
     if metrics.get("unseen_labels"):
         lines.append("labels the model never saw: " + ", ".join(map(str, metrics["unseen_labels"])))
     per_class = metrics.get("per_class", {})
