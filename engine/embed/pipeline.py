@@ -191,18 +191,41 @@ def calibration_sample(source: Any, size: int = CALIBRATION_SAMPLE, window: int 
 
 
 class _LazyEncoder:
-    """The onnxruntime session, created when the first item that is not in the store arrives."""
+    """The onnxruntime session, created when the first item that is not in the store arrives.
+
+    ``start()`` begins creating it in a background thread (while the first images decode);
+    ``run()`` waits for it.
+    """
 
     def __init__(self, job: Job, device: str, threads: int | None, spin: bool = True) -> None:
         self.job, self._device, self._threads, self._spin = job, device, threads, spin
         self._encoder = None
+        self._starting: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def start(self) -> None:
+        if self._encoder is None and self._starting is None:
+            self._starting = threading.Thread(target=self._create, name="headstart-session", daemon=True)
+            self._starting.start()
+
+    def _create(self) -> None:
+        from ..backbones.runtime import Encoder
+
+        try:
+            self._encoder = Encoder(self.job.exported, device=self._device, threads=self._threads, spin=self._spin)
+            self.job.stats.session_created = True
+        except BaseException as exc:  # noqa: BLE001 - re-raised by run() in the caller's thread
+            self._failure = exc
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if self._encoder is None:
-            from ..backbones.runtime import Encoder
-
-            self._encoder = Encoder(self.job.exported, device=self._device, threads=self._threads, spin=self._spin)
-            self.job.stats.session_created = True
+            if self._starting is None:
+                self._create()
+            else:
+                self._starting.join()
+            if self._failure is not None:
+                failure, self._failure, self._starting = self._failure, None, None
+                raise failure
         return self._encoder.run(inputs)
 
 
@@ -278,6 +301,8 @@ def embed(
                     failed[record.key] = record
                 if chunk.cached_keys:
                     failed.update(job.store.errors_for(chunk.cached_keys))
+                if chunk.todo_keys:
+                    encoder.start()  # the session loads while the first slices decode
                 vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size, stats)
                 for record in errors:
                     failed[record.key] = record
