@@ -14,7 +14,7 @@ from engine.backbones.probes import probe_images
 from engine.backbones.resolve import resolve_backbone
 from engine.backbones.runtime import Encoder
 from engine.backbones.spec import BackboneSpec, ImagePreprocessing, Int8Recipe, NumericPreprocessing
-from engine.errors import ExportParityError, UnsafeModelError
+from engine.errors import ExportParityError, IntegrityError, UnsafeModelError
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,20 @@ def test_int8_recipe_falls_back_to_the_next_when_it_misses_the_gate(tiny_bert: P
     assert quant["fp32_nodes"] and int8.parity["min_cosine"] >= 0.9999999999
     with pytest.raises(ExportParityError):  # without the fallback the same gate refuses the export
         export(dataclasses.replace(spec, int8=Int8Recipe()), "int8", min_cosine=0.9999999999)
+
+
+def test_damaged_export_fails_the_embed_job_from_the_session_thread(tiny_bert: Path, headstart_home: Path,
+                                                                    tmp_path: Path) -> None:
+    from engine.embed.pipeline import embed
+
+    exported = export(f"hf:{tiny_bert}")
+    data = bytearray(exported.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    exported.path.write_bytes(bytes(data))
+    source = tmp_path / "t.csv"
+    source.write_text("text\nthe cat sat\na dog\n")
+    with pytest.raises(IntegrityError):  # raised where the session is first used, not lost in its thread
+        embed(source, backbone=f"hf:{tiny_bert}", progress=False)
 
 
 def _tiny_cnn(diverge: bool = False):
