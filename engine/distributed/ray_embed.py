@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import ConfigError, DistributedError, HeadstartError
 from ..embed.items import ReaderOptions
-from ..embed.pipeline import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, EmbedResult, EmbedStats, progress_bar, start_job
+from ..embed.pipeline import (DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE_CUDA, DEFAULT_CHUNK_SIZE, EmbedResult, EmbedStats,
+                              progress_bar, start_job)
 
 WAVE_BLOCKS = 64  # blocks in Ray's object store at once (a wave), at most ...
 WAVE_BYTES = 512 * 2**20  # ... and at most this much payload
@@ -66,7 +67,7 @@ def embed_on_ray(
     job = start_job(source, backbone, engine=engine, reader=reader, reader_options=reader_options,
                     precision=precision)
     spec, exported, store, stats = job.spec, job.exported, job.store, job.stats
-    batch_size = batch_size or DEFAULT_BATCH_SIZE[spec.modality]
+    batch_size = batch_size or (DEFAULT_BATCH_SIZE_CUDA if device == "cuda" else DEFAULT_BATCH_SIZE)[spec.modality]
     chunk_size = chunk_size or DEFAULT_CHUNK_SIZE[spec.modality]
     cluster = connect(address)
     plan = _Plan()

@@ -15,8 +15,6 @@ from typing import Any
 
 from ..errors import HeadstartError
 
-MAX_TOKENS_PER_BATCH = 16384
-
 
 def payload_array(modality: str, payloads: list[Any]):
     """The ``payload`` column for a block of items of ``modality``."""
@@ -109,7 +107,9 @@ class EmbedWorker:
                 good.append(i)
         items = [prepared[i] for i in good]
         t = time.perf_counter()
-        limit = MAX_TOKENS_PER_BATCH if self.modality == "text" else None
+        from ..embed.pipeline import MAX_TOKENS_PER_BATCH
+
+        limit = MAX_TOKENS_PER_BATCH[self.encoder.device] if self.modality == "text" else None
         for batch in length_sorted_batches(items, self.preprocessor.length, self.batch_size, limit):
             rows = [good[i] for i in batch]
             vectors[rows] = self.encoder.run(self.preprocessor.collate([items[i] for i in batch]))

@@ -28,10 +28,12 @@ from .items import Item, ReaderOptions
 # text 16: int8 ran 5-8% faster than at 32 (fp32 within noise; 16..256 measured) and dynamic int8, which
 # scales each batch by its own range, couples fewer texts
 DEFAULT_BATCH_SIZE = {"text": 16, "image": 32, "numeric": 256}
+# on CUDA the host work per batch is what limits, so batches are large (not measured here: no GPU)
+DEFAULT_BATCH_SIZE_CUDA = {"text": 512, "image": 256, "numeric": 4096}
 DEFAULT_CHUNK_SIZE = {"text": 4096, "image": 256, "numeric": 4096}
 CALIBRATION_SAMPLE = 128  # items of the source that calibrate a static int8 export when none are given,
 CALIBRATION_WINDOW = 4096  # spread over at most this many of its first items
-MAX_TOKENS_PER_BATCH = 16384
+MAX_TOKENS_PER_BATCH = {"cpu": 16384, "cuda": 131072}  # padded tokens per text batch, at most
 IMAGE_SLICE = 32  # images per worker task: small, so encoding starts as soon as the first slice is decoded
 
 
@@ -217,7 +219,15 @@ class _LazyEncoder:
         except BaseException as exc:  # noqa: BLE001 - re-raised by run() in the caller's thread
             self._failure = exc
 
+    @property
+    def device(self) -> str:
+        """``cuda`` or ``cpu``: the device the session got (waits for it)."""
+        return self._session().device
+
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self._session().run(inputs)
+
+    def _session(self):
         if self._encoder is None:
             if self._starting is None:
                 self._create()
@@ -226,7 +236,7 @@ class _LazyEncoder:
             if self._failure is not None:
                 failure, self._failure, self._starting = self._failure, None, None
                 raise failure
-        return self._encoder.run(inputs)
+        return self._encoder
 
 
 def progress_bar(progress: bool | None, total: int | None, desc: str):
@@ -283,9 +293,8 @@ def embed(
     job = start_job(source, backbone, engine=engine, reader=reader, reader_options=reader_options,
                     precision=precision, calibration=calibration)
     spec, stats = job.spec, job.stats
-    batch_size = batch_size or DEFAULT_BATCH_SIZE[spec.modality]
     chunk_size = chunk_size or DEFAULT_CHUNK_SIZE[spec.modality]
-    if batch_size < 1 or chunk_size < 1:
+    if (batch_size is not None and batch_size < 1) or chunk_size < 1:
         raise ConfigError(f"batch size and chunk size must be positive, got {batch_size} and {chunk_size}")
     preprocessor = make_preprocessor(spec)
     pool = _LazyPool(spec.modality, workers)
@@ -452,7 +461,7 @@ def _prepared_slices(chunk: _Chunk, stats: EmbedStats) -> Iterator[tuple[int, li
         offset += len(part)
 
 
-def _encode_chunk(chunk: _Chunk, preprocessor, encoder: _LazyEncoder, spec: Any, batch_size: int,
+def _encode_chunk(chunk: _Chunk, preprocessor, encoder: _LazyEncoder, spec: Any, batch_size: int | None,
                   stats: EmbedStats):
     """Run the encoder over a chunk's prepared items, each worker slice as soon as it is ready.
 
@@ -460,7 +469,11 @@ def _encode_chunk(chunk: _Chunk, preprocessor, encoder: _LazyEncoder, spec: Any,
     """
     from .batching import length_sorted_batches
 
-    max_tokens = MAX_TOKENS_PER_BATCH if spec.modality == "text" else None
+    device = "cpu"
+    if chunk.todo_keys and (batch_size is None or spec.modality == "text"):
+        device = encoder.device  # the defaults differ by device
+    batch_size = batch_size or (DEFAULT_BATCH_SIZE_CUDA if device == "cuda" else DEFAULT_BATCH_SIZE)[spec.modality]
+    max_tokens = MAX_TOKENS_PER_BATCH[device] if spec.modality == "text" else None
     keys: list[str] = []
     refs: list[str] = []
     parts: list[np.ndarray] = []
