@@ -39,7 +39,7 @@ def runtime_options(fn):
                           "`headstart export --calibrate` made one. fp16: CUDA."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Items per encoder batch (default on CPU: 16 text, 32 images, 256 arrays; "
+                     help="Items per encoder batch (default on CPU: 16 text, 4 images, 256 arrays; "
                           "on CUDA: 512, 256, 4096)."),
         click.option("--workers", type=click.IntRange(min=0), default=None,
                      help="Image preprocessing processes (default: CPU count; 0 = in-process); with --engine ray, Ray actors."),
