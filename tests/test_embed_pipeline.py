@@ -243,3 +243,29 @@ def test_spawned_workers_without_a_main_guard_fail_with_a_clear_hint(tmp_path):
     assert result.returncode != 0
     assert "HeadstartError: an image preprocessing worker process died" in result.stderr
     assert 'if __name__ == "__main__":' in result.stderr and "workers=0" in result.stderr
+
+
+def test_calibration_sample_spreads_over_a_bounded_window():
+    """Static int8 without calibration items samples the source: evenly, skipping unreadable items, and
+    reading no further than the window (a huge folder is not read twice)."""
+    from engine.embed.items import Item
+    from engine.embed.pipeline import calibration_sample
+
+    class Source:
+        read = 0
+
+        def estimate_count(self):
+            return 100_000
+
+        def __iter__(self):
+            for i in range(100_000):
+                Source.read += 1
+                yield (Item.failed(f"r{i}", "unreadable", "text") if i % 10 == 3 else
+                       Item.make(f"r{i}", f"text {i}", "text"))
+
+    sample = calibration_sample(Source(), size=128, window=4096)
+    assert len(sample) == 128 and len(set(sample)) == 128
+    assert Source.read == 4096  # the window, not the whole source
+    numbers = [int(t.split()[1]) for t in sample]
+    assert numbers == sorted(numbers) and numbers[0] == 0 and numbers[-1] > 3500  # spread over the window
+    assert all(n % 10 != 3 for n in numbers)  # unreadable items are never calibration data

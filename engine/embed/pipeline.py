@@ -187,11 +187,22 @@ def start_job(source: str | os.PathLike[str], backbone: str | Any | None, *, eng
 
 
 def calibration_sample(source: Any, size: int = CALIBRATION_SAMPLE, window: int = CALIBRATION_WINDOW) -> list[Any]:
-    """Up to ``size`` readable items spread evenly over the first ``window`` of ``source``: static int8's
-    calibration data when the caller gave none (the window bounds the extra read on huge sources)."""
-    stride = max(1, min(source.estimate_count() or size, window) // size)
+    """``size`` readable items spread evenly over the first ``window`` items of ``source`` (fewer if it has
+    fewer): static int8's calibration data when the caller gave none. The window bounds the extra read on
+    a huge source, and at most ``2 * size`` payloads are held at once (every other one is dropped and the
+    stride doubled when the buffer fills)."""
+    kept: list[Any] = []
+    stride = 1
     readable = (item.payload for item in itertools.islice(source, window) if item.error is None)
-    return list(itertools.islice(itertools.islice(readable, 0, None, stride), size))
+    for i, payload in enumerate(readable):
+        if i % stride == 0:
+            kept.append(payload)
+            if len(kept) == 2 * size:
+                kept, stride = kept[::2], stride * 2
+    if len(kept) <= size:
+        return kept
+    picks = np.unique(np.linspace(0, len(kept) - 1, size).round().astype(int))
+    return [kept[i] for i in picks]
 
 
 class _LazyEncoder:
