@@ -17,6 +17,7 @@ Results: ``benchmarks/results/<section>.json`` (with the load average: the machi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -170,7 +171,7 @@ def bench_text(args) -> dict[str, Any]:
         t = time.perf_counter()
         model = _st_load(kind, args.threads)
         load_s = time.perf_counter() - t
-        row, vectors[name] = _best_of(args.repeat, lambda: _timed_encode(model, texts))
+        row, vectors[name] = _best_of(args.repeat, functools.partial(_timed_encode, model, texts))
         rows.append({"name": name, **row, "load_s": round(load_s, 2)})
         print(f"  {name}: {row['items_per_s']} texts/s", flush=True)
         del model
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=2, help="in-process text runs per engine; the fastest counts")
     p.add_argument("--texts", type=int, default=None, help="corpus size for text sections (default 5000)")
-    p.add_argument("--images", type=int, default=None, help="number of JPEGs (default 320)")
+    p.add_argument("--images", type=int, default=None, help="number of JPEGs (default 1000)")
     p.add_argument("--warm", type=int, default=None, help="items for the warm/cold section (default 10000)")
     p.add_argument("--rss-sizes", type=int, nargs="+", default=None, help="default 50000 200000")
     p.add_argument("--rss-precision", choices=["fp32", "int8"], default="fp32")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackboneError, ExportParityError
-from .parity import check_parity, parity_on, prepared_singles
+from .parity import check_parity, parity_on
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Settings
@@ -39,13 +39,13 @@ def build_int8(spec: "BackboneSpec", base: Path, out: Path, pre: Any, probe: lis
             # synthetic probe set (noise, one-pixel images) is reported beside it, not gated.
             probe_figures = parity_on(spec, probe, module, folder, out, "int8", settings, engine)[0]
             info["probe_parity"] = {k: probe_figures[k] for k in ("min_cosine", "mean_cosine", "items")}
-            readable = [x for x, p in zip(held_out, pre.prepare_many(held_out)) if not isinstance(p, Exception)]
+            readable = [p for p in pre.prepare_many(held_out) if not isinstance(p, Exception)]
             if len(readable) < 2:
                 raise BackboneError(f"backbone '{spec.name}': only {len(readable)} of {len(held_out)} held-out "
                                     "calibration items could be prepared, too few to check int8 parity on",
                                     hint="pass a few hundred readable, representative items (calibration=..., "
                                          "--calibrate DIR)")
-            checked = prepared_singles(spec, pre, readable, "held-out calibration item")
+            checked = [pre.collate([p]) for p in readable]
         figures, ref_kind = parity_on(spec, checked, module, folder, out, "int8", settings, engine)
         try:
             parity = {**check_parity(figures, spec.name, "int8", min_cosine), "reference": ref_kind}

@@ -76,17 +76,12 @@ def probe_items(spec: "BackboneSpec") -> list[Any]:
 
 
 def probe_batches(spec: "BackboneSpec", pre: Any) -> list[Any]:
-    """The prepared probe items (bad items are a bug in the probe set: raise)."""
-    return prepared_singles(spec, pre, probe_items(spec), "probe item")
-
-
-def prepared_singles(spec: "BackboneSpec", pre: Any, items: list[Any], what: str) -> list[Any]:
-    """Each item prepared and collated alone; a bad item raises (probe items must all be good)."""
-    prepared = pre.prepare_many(items)
+    """The prepared probe items, each collated alone (bad items are a bug in the probe set: raise)."""
+    prepared = pre.prepare_many(probe_items(spec))
     bad = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Exception)]
     if bad:
-        raise BackboneError(f"backbone '{spec.name}': {what} {bad[0][0]} could not be prepared: {bad[0][1]}",
-                            hint="fix the backbone's probe set or preprocessing, or drop the bad calibration item")
+        raise BackboneError(f"backbone '{spec.name}': probe item {bad[0][0]} could not be prepared: {bad[0][1]}",
+                            hint="fix the backbone's probe set or preprocessing")
     if len(prepared) < 2:
         raise BackboneError(f"backbone '{spec.name}': the parity probe needs at least 2 items",
                             hint="give the spec a probe with 16 or more items")

@@ -12,6 +12,8 @@ Layout (``manifest.json`` is written last; a folder without it is not a model)::
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import platform
 import time
@@ -255,8 +257,6 @@ def load_model(path: str | Path, trust: bool = False, *, engine: Any = None) -> 
 
 
 def _save_training_keys(path: Path, digests: np.ndarray) -> dict[str, Any]:
-    import io
-
     from ..store.atomic import write_bytes_atomic
     from .overlap import FILE
 
@@ -264,15 +264,11 @@ def _save_training_keys(path: Path, digests: np.ndarray) -> dict[str, Any]:
     np.save(buffer, np.asarray(digests, dtype="S16"), allow_pickle=False)
     data = buffer.getvalue()
     write_bytes_atomic(path / FILE, data)
-    import hashlib
-
     return {"file": FILE, "n": int(len(digests)), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _load_training_keys(path: Path, manifest: dict[str, Any]) -> np.ndarray | None:
     """The training digests, or None when the folder has none (older models) or they do not check out."""
-    import hashlib
-
     record = manifest.get("training_keys")
     if not record:
         return None
@@ -282,6 +278,4 @@ def _load_training_keys(path: Path, manifest: dict[str, Any]) -> np.ndarray | No
         return None
     if hashlib.sha256(data).hexdigest() != record.get("sha256"):
         return None
-    import io
-
     return np.load(io.BytesIO(data), allow_pickle=False)
