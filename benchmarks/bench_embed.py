@@ -98,8 +98,8 @@ def _st_load(kind: str, threads: int):
 
 
 def _export(backbone: str, precision: str, calibration=None) -> dict[str, Any]:
-    from engine.backbones.export import export, find_export
-    from engine.backbones.resolve import resolve_backbone
+    from headstart.engine.backbones.export import export, find_export
+    from headstart.engine.backbones.resolve import resolve_backbone
 
     spec = resolve_backbone(backbone)
     t = time.perf_counter()
@@ -111,7 +111,7 @@ def _export(backbone: str, precision: str, calibration=None) -> dict[str, Any]:
 
 
 def _headstart(source: Path, backbone: str, precision: str, threads: int, **kw) -> tuple[dict[str, Any], Any]:
-    from engine.embed.pipeline import embed
+    from headstart.engine.embed.pipeline import embed
 
     _clear_stores()
     load = C.loadavg()
@@ -298,7 +298,7 @@ def _torch_image_loop(paths: list[Path], threads: int, batch_size: int = 32) -> 
 
 
 def bench_images(args) -> dict[str, Any]:
-    from engine.errors import ExportParityError
+    from headstart.engine.errors import ExportParityError
 
     folder = C.DATA / f"images_{args.images}"
     paths = sorted(make_images(folder, args.images))
@@ -340,7 +340,7 @@ def _by_path(result, paths: list[Path]):
     """A headstart result's vectors in ``paths`` order (looked up by content key)."""
     import numpy as np
 
-    from engine.embed.items import content_key
+    from headstart.engine.embed.items import content_key
 
     by_key = dict(zip(result.keys, result.vectors))
     return np.stack([by_key[content_key(p.read_bytes())] for p in paths])
@@ -364,7 +364,7 @@ def bench_warm(args) -> dict[str, Any]:
                       "session_created": inner["session_created"]}
         print(f"  {name}: {res['wall_s']:.2f}s wall, {inner['seconds']['total']:.2f}s in embed(), "
               f"session_created={inner['session_created']}", flush=True)
-    from engine.embed.pipeline import embed
+    from headstart.engine.embed.pipeline import embed
 
     t = time.perf_counter()
     api = embed(str(csv), backbone="minilm-l6", threads=args.threads, progress=False)

@@ -131,8 +131,8 @@ def main() -> None:
     test_dir = write_mirror_task(data / "test", args.test, 1)
     stages = {"generate_s": round(time.perf_counter() - started, 1)}
 
-    from engine.train.api import evaluate, train
-    from engine.train.finetune import FinetuneOptions, finetune
+    from headstart.engine.train.api import evaluate, train
+    from headstart.engine.train.finetune import FinetuneOptions, finetune
 
     rows: list[dict[str, Any]] = []
     for head in HEADS:

@@ -63,8 +63,8 @@ def _models(mlp: bool) -> list[tuple[str, Callable[[], Any]]]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
 
-    from plugins.heads.linear import LinearHead
-    from plugins.heads.mlp import MLPHead
+    from headstart.plugins.heads.linear import LinearHead
+    from headstart.plugins.heads.mlp import MLPHead
 
     models = [("headstart linear", LinearHead), ("sklearn LogisticRegression(lbfgs, defaults)", LogisticRegression)]
     if mlp:
@@ -75,7 +75,7 @@ def _models(mlp: bool) -> list[tuple[str, Callable[[], Any]]]:
 
 
 def _example_features() -> tuple[np.ndarray, ...] | None:
-    from engine.embed.pipeline import embed
+    from headstart.engine.embed.pipeline import embed
 
     data = ROOT / "examples" / "support-tickets"
     tr, te = embed(str(data / "train.csv"), "minilm-l6", progress=False), embed(str(data / "test.csv"), "minilm-l6",

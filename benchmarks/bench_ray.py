@@ -31,8 +31,8 @@ def fresh_store(fingerprint: str | None) -> None:
 
 
 def run(kind: str, source: Path, workers: int, chunk_size: int, fingerprint: str | None) -> dict:
-    from engine.distributed.ray_embed import embed_on_ray
-    from engine.embed.pipeline import embed
+    from headstart.engine.distributed.ray_embed import embed_on_ray
+    from headstart.engine.embed.pipeline import embed
 
     fresh_store(fingerprint)
     start = time.perf_counter()

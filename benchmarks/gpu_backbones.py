@@ -28,7 +28,7 @@ def _texts(n: int) -> list[str]:
 
 
 def _images(n: int) -> list[bytes]:
-    from engine.backbones.probes import probe_images
+    from headstart.engine.backbones.probes import probe_images
 
     base = probe_images()
     return [base[i % len(base)] for i in range(n)]
@@ -38,10 +38,10 @@ def check(name: str, precision: str, items: list, batch: int) -> dict:
     import numpy as np
     import torch
 
-    from engine.backbones.export import export
-    from engine.backbones.preprocess import make_preprocessor
-    from engine.backbones.runtime import Encoder
-    from engine.backbones.torch_export import build_module
+    from headstart.engine.backbones.export import export
+    from headstart.engine.backbones.preprocess import make_preprocessor
+    from headstart.engine.backbones.runtime import Encoder
+    from headstart.engine.backbones.torch_export import build_module
 
     exported = export(name, precision)
     pre = make_preprocessor(exported.spec)

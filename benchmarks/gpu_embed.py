@@ -6,7 +6,7 @@ its site folder first on PYTHONPATH):
     PYTHONPATH=~/.hs-gpu/ortsite:. HEADSTART_HOME=$OUT/home python benchmarks/gpu_embed.py --out $OUT/gpu_embed.json
 
 Side by side on the same texts (a CSV written first): ``SentenceTransformer(...).half().encode`` on CUDA,
-timed after a warm-up, against ``engine.embed(csv, precision="fp16", device="cuda")`` from an empty store
+timed after a warm-up, against ``headstart.embed(csv, precision="fp16", device="cuda")`` from an empty store
 (reading, hashing, tokenising, encoding and committing the store all inside the timing; the export is
 made before). Prints the providers the headstart session got, sentences/s of both, the ratio and the min
 cosine between them; exits non-zero when CUDA was not really used. ``--device cpu --precision fp32``
@@ -48,10 +48,10 @@ def _sentence_transformers(texts: list[str], device: str, half: bool, batch_size
 
 
 def _headstart(csv: Path, precision: str, device: str, batch_size: int | None):
-    from engine.backbones.export import export
-    from engine.backbones.runtime import Encoder
-    from engine.embed.pipeline import embed
-    from engine.plugins import get_engine
+    from headstart.engine.backbones.export import export
+    from headstart.engine.backbones.runtime import Encoder
+    from headstart.engine.embed.pipeline import embed
+    from headstart.engine.plugins import get_engine
 
     exported = export("minilm-l6", precision)
     providers = Encoder(exported, device=device).providers  # what the job's session will get

@@ -27,9 +27,9 @@ from pathlib import Path
 def step_throughput(precision: str, batch: int, steps: int, seq: int) -> dict:
     import torch
 
-    from engine.backbones.preprocess import make_preprocessor
-    from engine.backbones.resolve import resolve_backbone
-    from engine.backbones.torch_export import build_module
+    from headstart.engine.backbones.preprocess import make_preprocessor
+    from headstart.engine.backbones.resolve import resolve_backbone
+    from headstart.engine.backbones.torch_export import build_module
 
     spec = resolve_backbone("minilm-l6")
     backbone = build_module(spec).cuda().train()
@@ -70,8 +70,8 @@ def finetune_check(work: Path) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_finetune import write_task
 
-    from engine.train.api import evaluate
-    from engine.train.finetune import FinetuneOptions, finetune
+    from headstart.engine.train.api import evaluate
+    from headstart.engine.train.finetune import FinetuneOptions, finetune
 
     train = write_task(work / "train.csv", 2000, 0)
     test = write_task(work / "test.csv", 500, 1)

@@ -3,7 +3,7 @@
 A plugin is a module (or object) named by an entry point in group ``headstart``;
 its functions are marked with :data:`engine.hookimpl`. Each hook receives
 ``register`` (a callable that adds one item to the catalog) and ``engine`` (the
-running :class:`engine.plugins.Engine`, for settings and other plugins). A hookimpl
+running :class:`headstart.engine.plugins.Engine`, for settings and other plugins). A hookimpl
 may accept only the arguments it needs, but must not give them defaults:
 pluggy silently passes nothing to an argument with a default (pluggy#522), so
 the plugin manager rejects such hookimpls at load time.
@@ -24,12 +24,12 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def register_backbones(register: Callable[..., None], engine: Any) -> None:
     """Add backbones: call ``register(spec, aliases=())`` with an
-    :class:`engine.backbones.spec.BackboneSpec` for each one."""
+    :class:`headstart.engine.backbones.spec.BackboneSpec` for each one."""
 
 
 @hookspec
 def register_heads(register: Callable[..., None], engine: Any) -> None:
-    """Add heads: call ``register(spec)`` with an :class:`engine.heads.spec.HeadSpec`.
+    """Add heads: call ``register(spec)`` with an :class:`headstart.engine.heads.spec.HeadSpec`.
 
     A head is a scikit-learn style classifier trained on cached feature vectors."""
 
@@ -37,14 +37,14 @@ def register_heads(register: Callable[..., None], engine: Any) -> None:
 @hookspec
 def register_readers(register: Callable[..., None], engine: Any) -> None:
     """Add source readers: call ``register(spec)`` with an
-    :class:`engine.embed.items.ReaderSpec` (chosen by path prefix, extension or a
+    :class:`headstart.engine.embed.items.ReaderSpec` (chosen by path prefix, extension or a
     ``can_read`` check)."""
 
 
 @hookspec
 def register_finetuners(register: Callable[..., None], engine: Any) -> None:
     """Add full fine-tuning implementations: call ``register(spec)`` with an
-    :class:`engine.train.finetune_spec.FinetunerSpec`."""
+    :class:`headstart.engine.train.finetune_spec.FinetunerSpec`."""
 
 
 @hookspec
@@ -55,7 +55,7 @@ def register_commands(cli: Any, engine: Any) -> None:
 
 @hookspec(firstresult=True)
 def resolve_backbone(ref: str, engine: Any) -> Any:
-    """Build a :class:`~engine.backbones.spec.BackboneSpec` on demand for a reference
+    """Build a :class:`~headstart.engine.backbones.spec.BackboneSpec` on demand for a reference
     that is not a registered name (``hf:<id or folder>``, ``onnx:<path>``, ...).
 
     Return ``None`` when the reference is not yours; the first non-``None`` wins."""

@@ -203,7 +203,7 @@ class Engine:
 
     # -- the catalog ---------------------------------------------------------------
     @property
-    def catalog(self):  # -> engine.registry.Catalog
+    def catalog(self):  # -> headstart.engine.registry.Catalog
         with self._lock:
             if self._catalog is None:
                 from .registry import Catalog

@@ -24,6 +24,6 @@ def _default_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point HEADSTART_HOME at the session root unless a test picks its own."""
     if "HEADSTART_HOME" not in os.environ or not os.environ["HEADSTART_HOME"].startswith(str(session_home.parent)):
         monkeypatch.setenv("HEADSTART_HOME", str(session_home))
-    from engine.plugins import set_engine
+    from headstart.engine.plugins import set_engine
 
     set_engine(None)

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.backbones.export import export, find_export
-from engine.backbones.preprocess import make_preprocessor
-from engine.backbones.resolve import default_backbone, resolve_backbone
-from engine.backbones.runtime import Encoder
-from engine.errors import IntegrityError, UnknownNameError
+from headstart.engine.backbones.export import export, find_export
+from headstart.engine.backbones.preprocess import make_preprocessor
+from headstart.engine.backbones.resolve import default_backbone, resolve_backbone
+from headstart.engine.backbones.runtime import Encoder
+from headstart.engine.errors import IntegrityError, UnknownNameError
 
 CACHE_HIT = r"""
 import json, sys, time
 t = time.perf_counter()
-from engine.cli import main
+from headstart.engine.cli import main
 code = main(["export", sys.argv[1], "--json"])
 print(json.dumps({"code": code, "seconds": time.perf_counter() - t, "torch": "torch" in sys.modules}))
 """
@@ -83,8 +83,8 @@ def test_int8_efficientnet_keeps_its_first_convs_fp32_and_holds_parity(session_h
     """Static int8 calibrated on a sample of the embedded folder; all-int8 would fail the gate (min cosine ~0.9)."""
     import dataclasses
 
-    from engine.embed.pipeline import embed
-    from engine.errors import ExportParityError
+    from headstart.engine.embed.pipeline import embed
+    from headstart.engine.errors import ExportParityError
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -144,7 +144,7 @@ def test_minilm_matches_sentence_transformers_on_200_texts(session_home: Path) -
 def test_editing_cached_onnx_is_detected_at_load(session_home: Path, tmp_path: Path) -> None:
     import shutil
 
-    from engine.config import Settings
+    from headstart.engine.config import Settings
 
     original = export("minilm-l6")
     home = tmp_path / "home"

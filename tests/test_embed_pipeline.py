@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import fixtures_faults as ff
-from engine.embed.pipeline import embed
-from engine.errors import ItemError
-from engine.store.features import FeatureStore
+from headstart.engine.embed.pipeline import embed
+from headstart.engine.errors import ItemError
+from headstart.engine.store.features import FeatureStore
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
          "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
@@ -43,7 +43,7 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def _cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "headstart", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=300, **kwargs)
 
 
@@ -63,10 +63,10 @@ def test_rows_duplicates_and_batch_independence(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
 
     # The same texts embedded one by one with another thread count give the same vectors.
-    from engine.backbones.export import export
-    from engine.backbones.preprocess import make_preprocessor
-    from engine.backbones.resolve import resolve_backbone
-    from engine.backbones.runtime import Encoder
+    from headstart.engine.backbones.export import export
+    from headstart.engine.backbones.preprocess import make_preprocessor
+    from headstart.engine.backbones.resolve import resolve_backbone
+    from headstart.engine.backbones.runtime import Encoder
 
     spec = resolve_backbone("minilm-l6")
     encoder = Encoder(export(spec), device="cpu", threads=1)
@@ -169,7 +169,7 @@ def test_kill_9_loop_then_resume_equals_a_clean_run(tmp_path, attempts, n_texts)
     rng = random.Random(0)
     kills = 0
     for _ in range(attempts):
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "embed", str(source), "--chunk-size", "40",
+        proc = subprocess.Popen([sys.executable, "-m", "headstart", "embed", str(source), "--chunk-size", "40",
                                  "--no-progress"], env={**os.environ, **env},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Kill at a random point after this run has committed at least one new shard, so every kill lands
@@ -201,7 +201,7 @@ def test_kill_9_loop_then_resume_equals_a_clean_run(tmp_path, attempts, n_texts)
 def test_two_concurrent_jobs_on_one_store(tmp_path):
     source = tmp_path / "shared.txt"
     source.write_text("\n".join(corpus(400, seed=5)) + "\n")
-    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", "embed", str(source), "--chunk-size", "50",
+    procs = [subprocess.Popen([sys.executable, "-m", "headstart", "embed", str(source), "--chunk-size", "50",
                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
@@ -216,7 +216,7 @@ def test_two_concurrent_jobs_on_one_store(tmp_path):
 
 
 def test_embedding_leaves_the_index_to_the_first_search(tmp_path, headstart_home, monkeypatch):
-    from engine.store import features
+    from headstart.engine.store import features
 
     source = tmp_path / "few.txt"
     texts = corpus(60, seed=11)
@@ -238,7 +238,7 @@ def test_spawned_workers_without_a_main_guard_fail_with_a_clear_hint(tmp_path):
     for i in range(3):
         ff.write(folder / f"a{i}.jpg", ff.jpeg(64, 48, seed=i))
     script = tmp_path / "no_guard.py"
-    script.write_text(f"from engine.embed.pipeline import embed\nembed({str(folder)!r}, workers=1, progress=False)\n")
+    script.write_text(f"from headstart.engine.embed.pipeline import embed\nembed({str(folder)!r}, workers=1, progress=False)\n")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "HeadstartError: an image preprocessing worker process died" in result.stderr
@@ -248,8 +248,8 @@ def test_spawned_workers_without_a_main_guard_fail_with_a_clear_hint(tmp_path):
 def test_calibration_sample_spreads_over_a_bounded_window():
     """Static int8 without calibration items samples the source: evenly, skipping unreadable items, and
     reading no further than the window (a huge folder is not read twice)."""
-    from engine.embed.items import Item
-    from engine.embed.pipeline import calibration_sample
+    from headstart.engine.embed.items import Item
+    from headstart.engine.embed.pipeline import calibration_sample
 
     class Source:
         read = 0

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.backbones.export import export, find_export
-from engine.backbones.preprocess import make_preprocessor
-from engine.backbones.probes import probe_images
-from engine.backbones.resolve import resolve_backbone
-from engine.backbones.runtime import Encoder
-from engine.backbones.spec import BackboneSpec, ImagePreprocessing, Int8Recipe, NumericPreprocessing
-from engine.errors import ExportParityError, IntegrityError, UnsafeModelError
+from headstart.engine.backbones.export import export, find_export
+from headstart.engine.backbones.preprocess import make_preprocessor
+from headstart.engine.backbones.probes import probe_images
+from headstart.engine.backbones.resolve import resolve_backbone
+from headstart.engine.backbones.runtime import Encoder
+from headstart.engine.backbones.spec import BackboneSpec, ImagePreprocessing, Int8Recipe, NumericPreprocessing
+from headstart.engine.errors import ExportParityError, IntegrityError, UnsafeModelError
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_int8_recipe_falls_back_to_the_next_when_it_misses_the_gate(tiny_bert: P
 
 def test_damaged_export_fails_the_embed_job_from_the_session_thread(tiny_bert: Path, headstart_home: Path,
                                                                     tmp_path: Path) -> None:
-    from engine.embed.pipeline import embed
+    from headstart.engine.embed.pipeline import embed
 
     exported = export(f"hf:{tiny_bert}")
     data = bytearray(exported.path.read_bytes())
@@ -83,7 +83,7 @@ def test_damaged_export_fails_the_embed_job_from_the_session_thread(tiny_bert: P
 def _tiny_cnn(diverge: bool = False):
     import torch
 
-    from engine.backbones.torch_modules import image_encoder
+    from headstart.engine.backbones.torch_modules import image_encoder
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:

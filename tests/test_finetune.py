@@ -47,9 +47,9 @@ def tuned(data: dict[str, Path], home: Path) -> dict:
     """Fine-tune once (module scope): the best frozen head of a sweep, the fine-tuned model, both on test."""
     mp = pytest.MonkeyPatch()
     mp.setenv("HEADSTART_HOME", str(home))
-    from engine.plugins import set_engine
-    from engine.train.api import evaluate, sweep
-    from engine.train.finetune import FinetuneOptions, finetune
+    from headstart.engine.plugins import set_engine
+    from headstart.engine.train.api import evaluate, sweep
+    from headstart.engine.train.finetune import FinetuneOptions, finetune
 
     set_engine(None)
     backbone = f"hf:{data['bert']}"
@@ -77,10 +77,10 @@ def test_finetuning_beats_the_best_frozen_head_on_held_out_data(tuned: dict) -> 
 
 def test_export_is_parity_checked_against_the_finetuned_model_and_predicts_without_torch(
         tuned: dict, data: dict[str, Path], env_home: Path) -> None:
-    from engine.backbones.export import export, find_export
-    from engine.backbones.preprocess import make_preprocessor
-    from engine.backbones.resolve import resolve_backbone
-    from engine.backbones.runtime import Encoder
+    from headstart.engine.backbones.export import export, find_export
+    from headstart.engine.backbones.preprocess import make_preprocessor
+    from headstart.engine.backbones.resolve import resolve_backbone
+    from headstart.engine.backbones.runtime import Encoder
 
     result = tuned["result"]
     manifest = result.model.manifest
@@ -100,7 +100,7 @@ def test_export_is_parity_checked_against_the_finetuned_model_and_predicts_witho
     assert np.allclose(outs["base"][0], outs["base"][1], atol=1e-6)
     assert not np.allclose(outs["tuned"][0], outs["tuned"][1], atol=1e-3)
     fresh = blind_task(data["root"] / "fresh.csv", 40, 7)  # not in any feature store yet: the session must run
-    code = ("import json, sys\nfrom engine.train.api import predict\n"
+    code = ("import json, sys\nfrom headstart.engine.train.api import predict\n"
             f"p = predict({str(result.path)!r}, {str(fresh)!r})\n"
             "print(json.dumps({'torch': 'torch' in sys.modules, 'ort': 'onnxruntime' in sys.modules, "
             "'labels': p.labels}))")
@@ -114,14 +114,14 @@ def test_export_is_parity_checked_against_the_finetuned_model_and_predicts_witho
 
 
 def _cli(*args: str, home: Path) -> list[str]:
-    return [sys.executable, "-m", "engine.cli", "--store", str(home), *args]
+    return [sys.executable, "-m", "headstart", "--store", str(home), *args]
 
 
 def test_kill_9_then_resume_continues_from_the_last_checkpoint(data: dict[str, Path], env_home: Path,
                                                                 tmp_path: Path) -> None:
-    from engine.plugins import set_engine
-    from engine.train.finetune import FinetuneOptions, finetune
-    from plugins.finetune.checkpoint import read_meta
+    from headstart.engine.plugins import set_engine
+    from headstart.engine.train.finetune import FinetuneOptions, finetune
+    from headstart.plugins.finetune.checkpoint import read_meta
 
     out = tmp_path / "model"
     args = ["finetune", str(data["small"]), "-b", f"hf:{data['bert']}", "-o", str(out), "--epochs", "5",
@@ -166,7 +166,7 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(data: dict[str, P
 
 def test_target_met_by_the_head_sweep_stops_before_finetuning(data: dict[str, Path], env_home: Path,
                                                              tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from engine.cli import main
+    from headstart.engine.cli import main
 
     out = tmp_path / "easy-model"
     code = main(["train", str(data["easy"]), "-b", f"hf:{data['bert']}", "-o", str(out), "--target",

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import get_engine
-from engine.errors import ConfigError, DataError, HeadError, IntegrityError, NotFittedError, UntrustedModelError
-from engine.heads.base import Head
-from engine.heads.persist import load_head, save_head
-from engine.heads.resolve import build_head
-from engine.heads.spec import HeadSpec
-from engine.testing.conformance import check_head, conformance_data
+from headstart import get_engine
+from headstart.engine.errors import ConfigError, DataError, HeadError, IntegrityError, NotFittedError, UntrustedModelError
+from headstart.engine.heads.base import Head
+from headstart.engine.heads.persist import load_head, save_head
+from headstart.engine.heads.resolve import build_head
+from headstart.engine.heads.spec import HeadSpec
+from headstart.engine.testing.conformance import check_head, conformance_data
 
 
 def _spec(name: str) -> HeadSpec:
@@ -79,7 +79,7 @@ def test_plugin_modules_import_cheaply():
     import subprocess
     import sys
 
-    code = ("import sys, plugins.heads.linear, plugins.heads.mlp, plugins.heads.knn, plugins.heads.sklearn_head;"
+    code = ("import sys, headstart.plugins.heads.linear, headstart.plugins.heads.mlp, headstart.plugins.heads.knn, headstart.plugins.heads.sklearn_head;"
             "print(sorted(m for m in ('torch','sklearn','faiss','onnxruntime','scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 import fixtures_faults as F
-from engine.backbones.spec import ImagePreprocessing
-from engine.embed.imaging import decode_image, normalise_batch, prepare_image, sniff_format
-from engine.errors import ConfigError, ItemError
+from headstart.engine.backbones.spec import ImagePreprocessing
+from headstart.engine.embed.imaging import decode_image, normalise_batch, prepare_image, sniff_format
+from headstart.engine.errors import ConfigError, ItemError
 
 RAW = ImagePreprocessing(size=32, resize=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # output = pixels / 255
 
@@ -110,8 +110,8 @@ def test_extreme_strip_memory_stays_small():
         import resource, sys
         sys.path.insert(0, "tests")
         import fixtures_faults as F
-        from engine.backbones.spec import ImagePreprocessing
-        from engine.embed.imaging import prepare_image
+        from headstart.engine.backbones.spec import ImagePreprocessing
+        from headstart.engine.embed.imaging import prepare_image
         data = F.strip_png(3, 100_000)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         prepare_image(data, ImagePreprocessing())
@@ -194,7 +194,7 @@ def test_draft_mode_close_to_full_decode_for_large_jpeg():
 
 
 def test_folder_of_fault_images_gives_a_vector_or_an_item_error_each(tmp_path):
-    from engine.embed.sources import open_source
+    from headstart.engine.embed.sources import open_source
 
     faults = {"corrupt.jpg": F.corrupt_jpeg(), "cut.jpg": F.truncated(F.jpeg(200, 150)), "cmyk.jpg": F.cmyk_jpeg(),
               "p16.png": F.png16_gray(), "pal.png": F.palette_transparent_png(), "rgba.png": F.rgba_png(),

@@ -8,16 +8,16 @@ import textwrap
 import numpy as np
 import pytest
 
-from engine import hookimpl
-from engine.config import Settings
-from engine.errors import PluginError, PluginLoadError, UnknownNameError
-from engine.heads.spec import HeadSpec
-from engine.plugins import Engine
+from headstart import hookimpl
+from headstart.engine.config import Settings
+from headstart.engine.errors import PluginError, PluginLoadError, UnknownNameError
+from headstart.engine.heads.spec import HeadSpec
+from headstart.engine.plugins import Engine
 
 CENTROID_HEAD = '''
 import numpy as np
-from engine import hookimpl
-from engine.heads.spec import HeadSpec
+from headstart import hookimpl
+from headstart.engine.heads.spec import HeadSpec
 
 
 class NearestCentroid:
@@ -57,7 +57,7 @@ def register_heads(register):
 
 IMPORT_ERROR = "import headstart_no_such_module_xyz\n"
 WRONG_ARGUMENT = '''
-from engine import hookimpl
+from headstart import hookimpl
 
 @hookimpl
 def register_heads(register, no_such_argument):
@@ -68,7 +68,7 @@ def register_heads(register, no_such_argument):
 @pytest.fixture(scope="module")
 def third_party_env(tmp_path_factory):
     """A venv that sees headstart, with one working and three broken plugin distributions pip-installed."""
-    from engine.testing.distributions import PluginVenv, build_plugin_distribution
+    from headstart.engine.testing.distributions import PluginVenv, build_plugin_distribution
 
     root = tmp_path_factory.mktemp("plugins")
     dists = [
@@ -93,7 +93,7 @@ def test_third_party_head_is_listed_and_works(third_party_env):
     # The head really works inside that environment, reached through the catalog like a built-in.
     code = textwrap.dedent("""
         import numpy as np
-        from engine.plugins import get_engine
+        from headstart.engine.plugins import get_engine
         rng = np.random.default_rng(0)
         X = np.concatenate([rng.normal(0, 1, (50, 8)), rng.normal(4, 1, (50, 8))])
         y = np.array(["a"] * 50 + ["b"] * 50)

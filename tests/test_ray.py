@@ -39,7 +39,7 @@ def ray_address() -> str:
 
 def make_ray_home(tmp_path: Path, session_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty store root sharing the session's exports (same fingerprints, no second export)."""
-    from engine.plugins import set_engine
+    from headstart.engine.plugins import set_engine
 
     home = tmp_path / "ray-home"
     home.mkdir()
@@ -76,7 +76,7 @@ def image_folder(root: Path, n: int = 30) -> Path:
 
 
 def local_embed(source: Path):
-    from engine.embed.pipeline import embed
+    from headstart.engine.embed.pipeline import embed
 
     result = embed(source, progress=False, workers=0)
     return result, dict(zip(result.keys, result.vectors))
@@ -96,8 +96,8 @@ def store_path_of(home: Path, fingerprint: str) -> Path:
 def test_cli_text_matches_local_engine(tmp_path, ray_address, session_home, monkeypatch):
     from click.testing import CliRunner
 
-    from engine.cli import cli
-    from engine.store.features import FeatureStore
+    from headstart.engine.cli import cli
+    from headstart.engine.store.features import FeatureStore
 
     source = texts_csv(tmp_path / "texts.csv", 200)
     reference, ref_vectors = local_embed(source)
@@ -115,8 +115,8 @@ def test_cli_text_matches_local_engine(tmp_path, ray_address, session_home, monk
 
 
 def test_images_match_local_engine_with_errors_and_blocks(tmp_path, ray_address, session_home, monkeypatch):
-    from engine.distributed import ray_embed
-    from engine.distributed.ray_embed import embed_on_ray
+    from headstart.engine.distributed import ray_embed
+    from headstart.engine.distributed.ray_embed import embed_on_ray
 
     source = image_folder(tmp_path / "images")
     reference, ref_vectors = local_embed(source)
@@ -157,9 +157,9 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 
 def test_worker_sigkill_is_retried_and_store_is_complete(tmp_path, ray_address, ray_home):
-    from engine.backbones.resolve import resolve_backbone
-    from engine.distributed.ray_embed import embed_on_ray
-    from engine.store.features import FeatureStore
+    from headstart.engine.backbones.resolve import resolve_backbone
+    from headstart.engine.distributed.ray_embed import embed_on_ray
+    from headstart.engine.store.features import FeatureStore
 
     source = texts_csv(tmp_path / "texts.csv", 800, seed=1)
     outcome: dict = {}
@@ -192,11 +192,11 @@ def test_worker_sigkill_is_retried_and_store_is_complete(tmp_path, ray_address, 
 
 
 def test_driver_sigkill_then_rerun_embeds_only_missing(tmp_path, ray_address, ray_home):
-    from engine.distributed.ray_embed import embed_on_ray
-    from engine.store.features import FeatureStore
+    from headstart.engine.distributed.ray_embed import embed_on_ray
+    from headstart.engine.store.features import FeatureStore
 
     source = texts_csv(tmp_path / "texts.csv", 800, seed=2)
-    script = ("import sys; from engine.distributed.ray_embed import embed_on_ray; "
+    script = ("import sys; from headstart.engine.distributed.ray_embed import embed_on_ray; "
               "embed_on_ray(sys.argv[1], address=sys.argv[2], workers=2, chunk_size=20, progress=False)")
     driver = subprocess.Popen([sys.executable, "-c", script, str(source), ray_address], env=dict(os.environ),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -223,8 +223,8 @@ def test_driver_sigkill_then_rerun_embeds_only_missing(tmp_path, ray_address, ra
 
 
 def test_config_errors_before_any_work(tmp_path, ray_address):
-    from engine.distributed.ray_embed import embed_on_ray
-    from engine.errors import ConfigError
+    from headstart.engine.distributed.ray_embed import embed_on_ray
+    from headstart.engine.errors import ConfigError
 
     source = texts_csv(tmp_path / "texts.csv", 3)
     with pytest.raises(ConfigError, match="needs GPUs"):
@@ -237,10 +237,10 @@ def test_config_errors_before_any_work(tmp_path, ray_address):
 
 def test_shipped_export_is_materialised_and_verified(tmp_path, ray_home):
     """A node without the driver's export cache gets the files shipped; a damaged copy is refused."""
-    from engine.backbones.export import export
-    from engine.backbones.runtime import Encoder
-    from engine.distributed.worker import materialize_export
-    from engine.errors import IntegrityError
+    from headstart.engine.backbones.export import export
+    from headstart.engine.backbones.runtime import Encoder
+    from headstart.engine.distributed.worker import materialize_export
+    from headstart.engine.errors import IntegrityError
 
     exported = export("minilm-l6")
     files = {name: (exported.path.parent / name).read_bytes() for name in exported.manifest["files"]}

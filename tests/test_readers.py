@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import fixtures_faults as F
-from engine.embed.items import ReaderOptions, content_key
-from engine.embed.sources import open_source
-from engine.errors import ConfigError, SchemaError, UnknownNameError
+from headstart.engine.embed.items import ReaderOptions, content_key
+from headstart.engine.embed.sources import open_source
+from headstart.engine.errors import ConfigError, SchemaError, UnknownNameError
 
 
 def write(path: Path, data: bytes | str) -> Path:
@@ -26,7 +26,7 @@ def write(path: Path, data: bytes | str) -> Path:
 # -- choosing a reader ----------------------------------------------------------------
 
 def test_builtin_readers_come_from_the_entry_point():
-    from engine.plugins import get_engine
+    from headstart.engine.plugins import get_engine
 
     engine = get_engine()
     assert {"csv", "folder", "jsonl", "npy", "parquet", "text"} <= set(engine.catalog.names("reader"))
@@ -142,7 +142,7 @@ def test_csv_streams_with_bounded_memory(tmp_path):
             fh.write(f"sentence number {i} with some padding text to make it longer than short,{i % 7}\n")
     code = textwrap.dedent(f"""
         import resource
-        from engine.embed.sources import open_source
+        from headstart.engine.embed.sources import open_source
         src = open_source({str(path)!r})
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         n = sum(1 for _ in src)

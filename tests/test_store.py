@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import DimensionMismatchError, StoreError
-from engine.store.features import ErrorRecord, FeatureStore
-from engine.store.index import IndexConfig
+from headstart.engine.errors import DimensionMismatchError, StoreError
+from headstart.engine.store.features import ErrorRecord, FeatureStore
+from headstart.engine.store.index import IndexConfig
 
 DIM = 16
 
@@ -182,7 +182,7 @@ def test_verify_detects_damage_and_cli_exits_non_zero(store: FeatureStore, heads
     with store.writer(shard_size=40) as w:
         w.add(keys(100), vecs(100))
     env = dict(os.environ, HEADSTART_HOME=str(headstart_home))
-    cmd = [sys.executable, "-m", "engine.cli", "cache", "verify", "--json"]
+    cmd = [sys.executable, "-m", "headstart", "cache", "verify", "--json"]
     ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["ok"] is True
@@ -210,9 +210,9 @@ def test_rebuild_index_repairs_a_damaged_index(store: FeatureStore) -> None:
 
 
 def test_gc_removes_garbage_but_not_live_files(store: FeatureStore, headstart_home: Path) -> None:
-    from engine.config import Settings
-    from engine.store.catalog import gc, list_stores
-    from engine.store.lock import StoreLock
+    from headstart.engine.config import Settings
+    from headstart.engine.store.catalog import gc, list_stores
+    from headstart.engine.store.lock import StoreLock
 
     with store.writer() as w:
         w.add(keys(20), vecs(20))
@@ -242,7 +242,7 @@ def test_gc_removes_garbage_but_not_live_files(store: FeatureStore, headstart_ho
 def test_cli_info_search_and_gc(store: FeatureStore) -> None:
     from click.testing import CliRunner
 
-    from engine.cli import cli
+    from headstart.engine.cli import cli
 
     with store.writer() as w:
         w.add(keys(30), vecs(30), [f"r{i}" for i in range(30)])
@@ -268,7 +268,7 @@ def test_cli_info_search_and_gc(store: FeatureStore) -> None:
 
 def test_empty_store_search_and_large_vectors_memory_mapped(store: FeatureStore,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.store.features as features
+    import headstart.engine.store.features as features
 
     scores, found = store.search(vecs(2), k=3)
     assert found.shape == (2, 3) and (found == None).all() and np.isneginf(scores).all()  # noqa: E711

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import engine.store.atomic as atomic
-from engine.errors import StoreError, StoreLockedError
-from engine.store.features import FeatureStore
+import headstart.engine.store.atomic as atomic
+from headstart.engine.errors import StoreError, StoreLockedError
+from headstart.engine.store.features import FeatureStore
 
 DIM = 8
 
@@ -27,7 +27,7 @@ DIM = 8
 WORKER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from engine.store.features import FeatureStore, ErrorRecord
+    from headstart.engine.store.features import FeatureStore, ErrorRecord
     path, start, stop, session, shard, pause = sys.argv[1:7]
     start, stop, session, shard, pause = int(start), int(stop), int(session), int(shard), float(pause)
     store = FeatureStore.open(path, fingerprint="fp-w", dim=8, backbone="toy")
@@ -244,7 +244,7 @@ def test_a_held_lock_times_out_with_a_hint(headstart_home: Path) -> None:
     store = new_store(headstart_home)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from engine.store.features import FeatureStore
+        from headstart.engine.store.features import FeatureStore
         store = FeatureStore.open({str(path)!r}, fingerprint="fp-w", dim=8, backbone="toy")
         with store.writer():
             print("locked", flush=True)

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import BackboneError, DataError, SchemaError, UntrustedModelError
-from engine.heads.base import Head
-from engine.heads.features import FeatureSet
-from engine.heads.spec import HeadSpec
-from engine.train.api import evaluate, predict, sweep, train
-from engine.train.model import load_model
+from headstart.engine.errors import BackboneError, DataError, SchemaError, UntrustedModelError
+from headstart.engine.heads.base import Head
+from headstart.engine.heads.features import FeatureSet
+from headstart.engine.heads.spec import HeadSpec
+from headstart.engine.train.api import evaluate, predict, sweep, train
+from headstart.engine.train.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "examples" / "support-tickets" / "train.csv"
@@ -28,7 +28,7 @@ NEW = ROOT / "examples" / "support-tickets" / "new.txt"
 
 def _cli(*args: str, home: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HEADSTART_HOME": str(home or os.environ["HEADSTART_HOME"])}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "headstart", *args], capture_output=True, text=True, env=env,
                           timeout=240)
 
 
@@ -37,7 +37,7 @@ _NO_SESSION = ("import sys, onnxruntime\n"
                "    def __init__(self, *a, **k):\n"
                "        raise SystemExit('an onnxruntime session was created')\n"
                "onnxruntime.InferenceSession = NoSession\n"
-               "from engine.cli import main\n"
+               "from headstart.engine.cli import main\n"
                "sys.exit(main(sys.argv[1:]))\n")
 
 
@@ -59,7 +59,7 @@ def trained(tmp_path_factory, session_home) -> Path:
 def test_linear_matches_sklearn_baseline_on_real_features(trained: Path):
     from sklearn.linear_model import LogisticRegression
 
-    from engine.embed.pipeline import embed
+    from headstart.engine.embed.pipeline import embed
 
     tr, te = embed(str(TRAIN), "minilm-l6", progress=False), embed(str(TEST), "minilm-l6", progress=False)
     baseline = LogisticRegression(max_iter=1000).fit(tr.vectors, tr.labels).score(te.vectors, te.labels)
@@ -146,7 +146,7 @@ def test_sweep_on_cached_features_creates_no_session(trained: Path, tmp_path: Pa
 
 @pytest.mark.slow
 def test_sweep_over_10000_cached_items_touches_no_backbone(tmp_path: Path):
-    from engine.embed.pipeline import embed
+    from headstart.engine.embed.pipeline import embed
 
     rows = list(csv.reader(TRAIN.open()))[1:]
     source = tmp_path / "big.csv"
@@ -222,7 +222,7 @@ class CentroidHead(Head):
 
 
 class _CentroidPlugin:
-    from engine import hookimpl
+    from headstart import hookimpl
 
     @staticmethod
     @hookimpl
@@ -231,7 +231,7 @@ class _CentroidPlugin:
 
 
 def test_third_party_head_works_like_a_builtin(register_plugin, tmp_path: Path):
-    from engine.testing.conformance import check_head
+    from headstart.engine.testing.conformance import check_head
 
     register_plugin(_CentroidPlugin(), name="centroid-plugin")
     rng = np.random.default_rng(0)
@@ -286,15 +286,16 @@ def test_missing_backbone_export_is_remade_or_fails_clearly(trained: Path, heads
 
 
 def test_public_api_mirrors_the_cli(tmp_path: Path):
-    import engine
+    import headstart
+    import headstart.engine.train.api  # noqa: F401 - importing the submodule must not shadow headstart.train
 
     rng = np.random.default_rng(0)
     X = (np.repeat(np.eye(2, 8), 30, axis=0) + 0.2 * rng.standard_normal((60, 8))).astype(np.float32)
     fs = FeatureSet.from_arrays(X, ["a"] * 30 + ["b"] * 30)
-    result = engine.train(fs, "linear", out=tmp_path / "m")  # callable although engine.train.api is imported
+    result = headstart.train(fs, "linear", out=tmp_path / "m")
     assert result.metrics["accuracy"] == 1.0
-    assert engine.load_model(tmp_path / "m").predict(fs).labels == fs.labels
-    assert engine.evaluate(tmp_path / "m", fs)["accuracy"] == 1.0
-    assert engine.sweep(fs, ["knn", "linear"]).best in {"knn", "linear"}
-    engine.predict(tmp_path / "m", fs, out=tmp_path / "p.jsonl")
+    assert headstart.load_model(tmp_path / "m").predict(fs).labels == fs.labels
+    assert headstart.evaluate(tmp_path / "m", fs)["accuracy"] == 1.0
+    assert headstart.sweep(fs, ["knn", "linear"]).best in {"knn", "linear"}
+    headstart.predict(tmp_path / "m", fs, out=tmp_path / "p.jsonl")
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 60

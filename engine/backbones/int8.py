@@ -1,4 +1,4 @@
-"""Build an int8 export: quantise with the backbone's :class:`~engine.backbones.spec.Int8Recipe`, gate it,
+"""Build an int8 export: quantise with the backbone's :class:`~headstart.engine.backbones.spec.Int8Recipe`, gate it,
 fall back to the next recipe when the gate refuses it."""
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ class TextPreprocessor(Preprocessor):
 
 
 class ImagePreprocessor(Preprocessor):
-    """Decode + resize to 8-bit pixels (:func:`engine.embed.imaging.decode_image`) per item; normalise
+    """Decode + resize to 8-bit pixels (:func:`headstart.engine.embed.imaging.decode_image`) per item; normalise
     per batch in ``collate``."""
 
     def prepare_many(self, payloads: list[Any]) -> list[Any]:

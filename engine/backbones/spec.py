@@ -3,7 +3,7 @@
 A :class:`BackboneSpec` holds no heavy objects: building the PyTorch module is a
 callable (``build_torch``) that the export step calls, once, when no cached ONNX
 export exists. Everything that changes the output vectors is part of the spec and
-therefore of the fingerprint (see :mod:`engine.backbones.fingerprint`).
+therefore of the fingerprint (see :mod:`headstart.engine.backbones.fingerprint`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``headstart finetune``: full fine-tuning fallback, exported back onto the ONNX path (calls engine.train.finetune)."""
+"""``headstart finetune``: full fine-tuning fallback, exported back onto the ONNX path (calls headstart.engine.train.finetune)."""
 
 from __future__ import annotations
 

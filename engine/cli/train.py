@@ -1,4 +1,4 @@
-"""``headstart train|sweep|eval|predict``: heads on cached features (thin wrappers over engine.train.api)."""
+"""``headstart train|sweep|eval|predict``: heads on cached features (thin wrappers over headstart.engine.train.api)."""
 
 from __future__ import annotations
 

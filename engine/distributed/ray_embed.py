@@ -5,7 +5,7 @@ in the store (so a re-run after a crash embeds only what is missing), and puts t
 Ray's object store as Arrow blocks of ``chunk_size`` items, a wave at a time (at most
 ``WAVE_BLOCKS`` blocks or ``WAVE_BYTES`` of payload, so the object store holds a bounded part of
 the source, never all of it). ``map_batches`` runs each wave through an
-:class:`~engine.distributed.worker.EmbedWorker` actor pool (one onnxruntime session per actor);
+:class:`~headstart.engine.distributed.worker.EmbedWorker` actor pool (one onnxruntime session per actor);
 Ray restarts an actor that dies and retries its block. The driver commits every finished block
 as one store shard (vectors + error records, manifest replaced atomically), and brings the
 FAISS index up to date once at the end.

@@ -17,7 +17,7 @@ def open_source(source: str | os.PathLike, options: ReaderOptions | None = None,
     matches wins, then one claiming the extension or passing ``can_read``, the highest
     ``priority`` first (ties by name). Raises :class:`ConfigError` when the path does not exist
     or no reader accepts it, :class:`ReaderError` when it cannot be read, and the reader's
-    :class:`~engine.errors.SchemaError` when columns or labels are wrong.
+    :class:`~headstart.engine.errors.SchemaError` when columns or labels are wrong.
     """
     if engine is None:
         from ..plugins import get_engine

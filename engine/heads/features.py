@@ -1,6 +1,6 @@
 """``FeatureSet``: aligned keys, refs, labels and vectors — what heads train and predict on.
 
-:func:`engine.embed.pipeline.embed` returns an object of the same shape (an ``EmbedResult``);
+:func:`headstart.engine.embed.pipeline.embed` returns an object of the same shape (an ``EmbedResult``);
 ``FeatureSet.from_arrays`` wraps features you computed yourself.
 """
 

@@ -1,6 +1,6 @@
 """Save and load fitted heads in safe formats.
 
-* headstart heads (:class:`engine.heads.base.Head`) → ``head.safetensors`` + ``head.json``;
+* headstart heads (:class:`headstart.engine.heads.base.Head`) → ``head.safetensors`` + ``head.json``;
 * scikit-learn estimators → ``head.skops``, loaded with a trusted-type list: only types from
   ``sklearn``, ``numpy`` and ``scipy`` (anything else needs ``trust=True``);
 * anything else → ``head.pkl``, which is never opened unless ``trust=True``.

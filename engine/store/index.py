@@ -1,7 +1,7 @@
 """The FAISS index over a store's shards: derived, rebuildable, written atomically.
 
 * ``flat``: exact inner product (``IndexFlatIP``), ids = row positions; serialised with
-  ``faiss.serialize_index`` and written through :mod:`engine.store.atomic`.
+  ``faiss.serialize_index`` and written through :mod:`headstart.engine.store.atomic`.
 * ``ivf``: an on-disk ``IndexIVFFlat`` (inner product). The coarse quantizer is trained
   once on a sample; each new shard becomes a temporary *block* index holding its rows
   (ids = global row positions); the previous generation's lists and the new blocks are

@@ -9,7 +9,7 @@ gets the fixtures just by installing headstart:
 * ``plugin_dist`` — builds a throw-away plugin distribution (``pyproject.toml`` + module) on disk;
 * ``plugin_venv`` — a virtual environment that sees headstart, to pip-install such distributions into.
 
-Conformance checks live in :mod:`engine.testing.conformance`.
+Conformance checks live in :mod:`headstart.engine.testing.conformance`.
 """
 
 from .distributions import PluginDistribution, PluginVenv, build_plugin_distribution

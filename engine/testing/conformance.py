@@ -2,7 +2,7 @@
 
 Use it in a plugin's own tests::
 
-    from engine.testing.conformance import check_head
+    from headstart.engine.testing.conformance import check_head
     check_head(my_plugin_spec)            # a HeadSpec (``arg=`` for heads that take one)
     check_head(lambda: MyHead(k=3))       # or any factory of unfitted estimators
 
@@ -87,7 +87,7 @@ def check_head(head: HeadSpec | Callable[..., Any], *, arg: str | None = None, p
         raise AssertionError(f"{name}.predict() must refuse features of another dimension")
     with tempfile.TemporaryDirectory() as tmp:
         record = save_head(est, tmp)
-        assert record["format"] != "pickle", f"{name} is only persistable as pickle; subclass engine.heads.base.Head " \
+        assert record["format"] != "pickle", f"{name} is only persistable as pickle; subclass headstart.engine.heads.base.Head " \
                                              "or use a scikit-learn estimator (skops)"
         loaded = load_head(tmp, record, build=make, trust=False)
     assert (np.asarray(loaded.predict(X)) == predicted).all(), f"{name} predicts differently after save/load"

@@ -95,7 +95,7 @@ class PluginVenv:
         subprocess.run(cmd, check=True, capture_output=True, text=True)
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        """Run ``python -m engine.cli ARGS`` inside the venv."""
+        """Run ``python -m headstart ARGS`` inside the venv."""
         full_env = {**os.environ, **(env or {})}
-        return subprocess.run([str(self.python), "-m", "engine.cli", *args], capture_output=True, text=True,
+        return subprocess.run([str(self.python), "-m", "headstart", *args], capture_output=True, text=True,
                               env=full_env, timeout=timeout)

@@ -20,8 +20,8 @@ def headstart_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def headstart_engine(headstart_home: Path) -> Iterator[Any]:
     """A fresh engine (entry points loaded) over ``headstart_home``, the process default for the test."""
-    from engine.config import Settings
-    from engine.plugins import Engine, set_engine
+    from headstart.engine.config import Settings
+    from headstart.engine.plugins import Engine, set_engine
 
     engine = Engine(Settings.from_env(home=headstart_home))
     previous = set_engine(engine)

@@ -1,7 +1,7 @@
 """The training API: ``train``, ``sweep``, ``evaluate``, ``predict`` (the CLI calls exactly these).
 
-A ``source`` is anything :func:`engine.embed.pipeline.embed` reads (embedded through the feature
-store: cached items cost nothing), an ``EmbedResult``, or a :class:`~engine.heads.features.FeatureSet`
+A ``source`` is anything :func:`headstart.engine.embed.pipeline.embed` reads (embedded through the feature
+store: cached items cost nothing), an ``EmbedResult``, or a :class:`~headstart.engine.heads.features.FeatureSet`
 (your own vectors). Training data needs labels; rows without one are left out and counted.
 """
 
@@ -105,7 +105,7 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     """Embed ``source`` (cache hits are free), fit ``head`` on a stratified train split, score it on the
     validation split, refit on all labelled rows (``refit``), and write the model folder to ``out``.
 
-    ``embed_options`` go to :func:`engine.embed.pipeline.embed` (precision, device, batch_size,
+    ``embed_options`` go to :func:`headstart.engine.embed.pipeline.embed` (precision, device, batch_size,
     reader_options, progress, ...). Returns the model and its validation metrics.
     """
     build_head(head, engine)  # fail on a bad head ref before embedding anything

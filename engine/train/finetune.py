@@ -2,7 +2,7 @@
 then back onto the ONNX path (export cache, parity gate, feature store, standard model folder).
 
 :func:`finetune` embeds the source with the base backbone (cache hits are free), splits it exactly
-as :func:`engine.train.api.train` does, fits the frozen-feature head on the training split (the
+as :func:`headstart.engine.train.api.train` does, fits the frozen-feature head on the training split (the
 starting point: linear probing, then fine-tuning), hands a :class:`FinetuneRequest` to the
 finetuner (built-in: ``torch``), exports the fine-tuned backbone through the export cache (a new
 fingerprint, parity-checked against the fine-tuned PyTorch model), embeds the source with it, and

@@ -7,7 +7,7 @@ Layout (``manifest.json`` is written last; a folder without it is not a model)::
                           format, files + sha256), classes, metrics, versions, training summary
       metrics.json        validation metrics of the training run
       head.safetensors + head.json | head.skops | head.pkl (pickle: loads only with trust=True)
-      training_keys.npy   digests of the training items' content keys (see :mod:`engine.train.overlap`)
+      training_keys.npy   digests of the training items' content keys (see :mod:`headstart.engine.train.overlap`)
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Predictions:
 
 @dataclass
 class Model:
-    """A fitted head and what it was trained on. Build with :func:`load_model` or :func:`engine.train`."""
+    """A fitted head and what it was trained on. Build with :func:`load_model` or :func:`headstart.engine.train`."""
 
     head: Any
     manifest: dict[str, Any]

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from engine import hookimpl
-from engine.backbones.spec import BackboneSpec, TextPreprocessing
-from engine.errors import BackboneError, ConfigError
+from headstart import hookimpl
+from headstart.engine.backbones.spec import BackboneSpec, TextPreprocessing
+from headstart.engine.errors import BackboneError, ConfigError
 
 PREFIX = "hf:"
 
@@ -53,7 +53,7 @@ def _folder(target: str) -> Path:
 def _build(folder: str, pooling: str, normalize: bool, inputs: tuple[str, ...]) -> Any:
     from transformers import AutoModel
 
-    from engine.backbones.torch_modules import text_encoder
+    from headstart.engine.backbones.torch_modules import text_encoder
 
     model = AutoModel.from_pretrained(folder, attn_implementation="eager")
     return text_encoder(model, pooling, normalize, inputs)

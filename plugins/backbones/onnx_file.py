@@ -21,9 +21,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine import hookimpl
-from engine.backbones.spec import BackboneSpec, ImagePreprocessing, NumericPreprocessing, TextPreprocessing
-from engine.errors import ConfigError
+from headstart import hookimpl
+from headstart.engine.backbones.spec import BackboneSpec, ImagePreprocessing, NumericPreprocessing, TextPreprocessing
+from headstart.engine.errors import ConfigError
 
 PREFIX = "onnx:"
 _PREP = {"text": TextPreprocessing, "image": ImagePreprocessing, "numeric": NumericPreprocessing}

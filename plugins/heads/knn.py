@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from engine import hookimpl
-from engine.errors import ConfigError
-from engine.heads.base import Head
-from engine.heads.spec import HeadSpec
+from headstart import hookimpl
+from headstart.engine.errors import ConfigError
+from headstart.engine.heads.base import Head
+from headstart.engine.heads.spec import HeadSpec
 
 
 class KNNHead(Head):

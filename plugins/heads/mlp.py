@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from engine import hookimpl
-from engine.heads.base import Head, class_weights, resolve_device
-from engine.heads.spec import HeadSpec
+from headstart import hookimpl
+from headstart.engine.heads.base import Head, class_weights, resolve_device
+from headstart.engine.heads.spec import HeadSpec
 
 
 class MLPHead(Head):
@@ -47,7 +47,7 @@ class MLPHead(Head):
     def _fit(self, X: np.ndarray, y_idx: np.ndarray) -> None:
         import torch
 
-        from engine.train.splits import stratified_split
+        from headstart.engine.train.splits import stratified_split
 
         device = resolve_device(self.device)
         torch.manual_seed(self.seed)

@@ -2,7 +2,7 @@
 ``sklearn:LogisticRegression(C=2.0)`` or ``sklearn:sklearn.svm.SVC(probability=True)``.
 
 Resolved safely: the path must lie in a ``sklearn`` module, the name must be public and
-must be a classifier class; parameters are literals (parsed by :func:`engine.heads.parse_head_ref`).
+must be a classifier class; parameters are literals (parsed by :func:`headstart.engine.heads.parse_head_ref`).
 Nothing is evaluated. Models are saved with skops and loaded with a trusted-type list.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from engine import hookimpl
-from engine.errors import ConfigError
-from engine.heads.spec import HeadSpec
+from headstart import hookimpl
+from headstart.engine.errors import ConfigError
+from headstart.engine.heads.spec import HeadSpec
 
 
 def resolve_classifier(name: str) -> type:
@@ -34,7 +34,7 @@ def resolve_classifier(name: str) -> type:
 
         found = dict(all_estimators(type_filter="classifier"))
         if name not in found:
-            from engine.registry import did_you_mean
+            from headstart.engine.registry import did_you_mean
 
             guess = did_you_mean(name, found)
             raise ConfigError(f"sklearn head '{name}': not a scikit-learn classifier"

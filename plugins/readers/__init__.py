@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from engine import hookimpl
-from engine.embed.items import ReaderSpec
+from headstart import hookimpl
+from headstart.engine.embed.items import ReaderSpec
 
 from .csv_reader import open_csv
 from .folder import open_folder

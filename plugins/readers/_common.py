@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Iterable, Iterator, Literal
 
-from engine.errors import SchemaError
-from engine.registry import did_you_mean
+from headstart.engine.errors import SchemaError
+from headstart.engine.registry import did_you_mean
 
 #: Column names tried, case-insensitively and in this order, when no column is given.
 TEXT_DEFAULTS = ("text", "sentence", "sentences", "content", "body", "document", "review", "input")

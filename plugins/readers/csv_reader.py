@@ -12,8 +12,8 @@ import csv
 import os
 from typing import Iterator
 
-from engine.embed.items import Item, ReaderOptions
-from engine.errors import SchemaError
+from headstart.engine.embed.items import Item, ReaderOptions
+from headstart.engine.errors import SchemaError
 
 from ._common import (all_empty_labels, bad_utf8, choose_columns, count_lines, display_path, new_stats,
                       read_lines)

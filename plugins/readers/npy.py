@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from engine.embed.items import Item, ReaderOptions
-from engine.errors import SchemaError
+from headstart.engine.embed.items import Item, ReaderOptions
+from headstart.engine.errors import SchemaError
 
 from ._common import display_path, new_stats
 
