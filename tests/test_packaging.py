@@ -62,7 +62,7 @@ def test_every_package_folder_is_installed():
 
 
 def test_the_wheel_installs_only_headstart_at_the_top_level(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                     str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
     wheel, = tmp_path.glob("headstart-*.whl")
     with zipfile.ZipFile(wheel) as zf:
