@@ -13,10 +13,18 @@ class HeadstartError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, details: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details  # extra machine-readable context (``--json`` prints it with the error)
+
+    def as_dict(self) -> dict:
+        """What ``--json`` prints on a failure: error class, message, hint, exit code (and details)."""
+        data = {"error": type(self).__name__, "message": self.message, "hint": self.hint, "exit_code": self.exit_code}
+        if self.details:
+            data.update(self.details)
+        return data
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} (hint: {self.hint})"

@@ -6,6 +6,7 @@ Kept cheap to import: no torch, onnxruntime, faiss or sklearn at module level
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -75,36 +76,52 @@ def cli(ctx: click.Context, store: str | None, strict_plugins: bool | None, debu
       headstart eval model/ data/test.csv
       headstart predict model/ data/new.csv -o predictions.csv
     """
-    ctx.obj = CliState(store=store, strict_plugins=strict_plugins or None, debug=debug)
+    state = CliState.from_ctx(ctx)  # main() passes one in, so a failure can be reported as --json asked
+    state.store, state.strict_plugins, state.debug = store, strict_plugins or None, debug
 
 
 for _command in (embed, train, sweep, eval_cmd, predict, finetune, export, backbones, heads, plugins, cache):
     cli.add_command(_command)
 
 
+def _fail(as_json: bool, error: str, message: str, hint: str | None, exit_code: int, extra: dict | None = None) -> int:
+    """Report a failure: ``error:``/``hint:`` lines on stderr, or with ``--json`` one JSON object on stdout."""
+    if as_json:
+        click.echo(json.dumps({"error": error, "message": message, "hint": hint, "exit_code": exit_code,
+                               **(extra or {})}, indent=2, default=str))
+    else:
+        click.secho(f"error: {message}", fg="red", err=True)
+        if hint:
+            click.echo(f"hint: {hint}", err=True)
+    return exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: run the CLI, turning :class:`HeadstartError` into one clear line."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    """Console entry point: run the CLI, turning every failure into one clear report (``--json``: a JSON object
+    ``{"error", "message", "hint", "exit_code"}`` on stdout) and that exit code."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args
+    state = CliState()
+    as_json = lambda: state.json or "--json" in (args[: args.index("--")] if "--" in args else args)  # noqa: E731
     try:
-        cli.main(args=argv, prog_name="headstart", standalone_mode=False)
+        cli.main(args=args, prog_name="headstart", standalone_mode=False, obj=state)
     except HeadstartError as exc:
         if debug:
             raise
-        click.secho(f"error: {exc.message}", fg="red", err=True)
-        if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
-        return exc.exit_code
+        data = exc.as_dict()
+        extra = {k: v for k, v in data.items() if k not in ("error", "message", "hint", "exit_code")}
+        return _fail(as_json(), data["error"], exc.message, exc.hint, exc.exit_code, extra)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
+        return _fail(as_json(), "Aborted", "aborted", None, 130)
     except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+        if not as_json():
+            exc.show()
+            return exc.exit_code
+        return _fail(True, type(exc).__name__, exc.format_message(), None, exc.exit_code)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        return 130
+        return _fail(as_json(), "KeyboardInterrupt", "interrupted", None, 130)
     return 0
 
 

@@ -1,10 +1,12 @@
-"""Shared CLI plumbing: the engine for this invocation, JSON output, tables."""
+"""Shared CLI plumbing: the engine for this invocation, JSON output, tables, and every option that more than
+one command takes (defined once here, so each command that reads a source, picks a device or a backbone
+accepts the same options with the same help)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import click
 
@@ -14,6 +16,7 @@ class CliState:
     store: str | None = None
     strict_plugins: bool | None = None
     debug: bool = False
+    json: bool = False  # set by --json: failures are printed as a JSON object on stdout
     _engine: Any = field(default=None, repr=False)
 
     @classmethod
@@ -52,3 +55,87 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def echo_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     click.echo(format_table(headers, rows))
+
+
+# -- options shared by several commands (one definition each) -----------------------------------------
+
+def _apply(options: list[Callable]) -> Callable:
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        CliState.from_ctx(ctx).json = True
+    return value
+
+
+#: ``--json``: the result as JSON on stdout, and a failure as ``{"error", "message", "hint", "exit_code"}``.
+json_option = click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_remember_json,
+                           help="Print the result as JSON; a failure prints {error, message, hint, exit_code}.")
+
+#: ``--device``: where the backbone (or fine-tuning) runs.
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True, help="Where the backbone runs (auto: CUDA when available).")
+
+backbone_option = click.option(
+    "--backbone", "-b", default=None,
+    help="Backbone name or ref (hf:..., onnx:...); default: minilm-l6 for text, efficientnet-lite0 for images.")
+
+precision_option = click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+    help="int8: CPU; image int8 is calibrated on 128 items of the source unless `headstart export --calibrate` "
+         "made one. fp16: CUDA.")
+
+trust_option = click.option("--trust-pickle", is_flag=True,
+                            help="Allow a pickled head (runs code from the model folder).")
+
+progress_option = click.option("--progress/--no-progress", default=None,
+                               help="Progress bar with items/s and ETA on stderr (default: when stderr is a terminal).")
+
+#: The reader options: every command that reads a source takes exactly these.
+reader_options = _apply([
+    click.option("--text-column", default=None,
+                 help="Column holding the input (csv/jsonl/parquet; default: text/sentence/content/..., else the "
+                      "only column that is not the label)."),
+    click.option("--label-column", default=None,
+                 help="Column holding the label (default: label/class/target/...); embed and predict ignore labels, "
+                      "but a named label column is never taken for the input."),
+    click.option("--reader", default=None, metavar="NAME",
+                 help="Force a reader by name (see docs/readers.md) instead of choosing by path."),
+    click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
+                 help="Non-UTF-8 bytes: fail that item (strict) or replace them and count (replace)."),
+])
+
+#: How the backbone embeds: device, batch size, workers, threads, progress (embed, train, sweep, eval, predict).
+embed_runtime_options = _apply([
+    device_option,
+    click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                 help="Items per encoder batch (default on CPU: 16 text, 4 images, 256 arrays; on CUDA: 512, 256, 4096)."),
+    click.option("--workers", type=click.IntRange(min=0), default=None,
+                 help="Image preprocessing processes (default: CPU count; 0 = in-process); with --engine ray, Ray actors."),
+    click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads."),
+    progress_option,
+])
+
+
+def make_reader_options(text_column: str | None, label_column: str | None, reader: str | None,
+                        encoding_errors: str, labelled: bool | None = None):
+    """The :class:`ReaderOptions` of the shared reader options (``labelled=False``: labels are ignored)."""
+    from ..embed.items import ReaderOptions
+
+    return ReaderOptions(text_column=text_column, label_column=label_column, reader=reader,
+                         encoding_errors=encoding_errors, labelled=labelled)
+
+
+def embed_kwargs(*, text_column: str | None, label_column: str | None, reader: str | None, encoding_errors: str,
+                 device: str, batch_size: int | None, workers: int | None, threads: int | None,
+                 progress: bool | None, labelled: bool | None = None, **extra: Any) -> dict[str, Any]:
+    """The keyword arguments the training API passes on to ``embed`` from the shared options."""
+    return {"reader_options": make_reader_options(text_column, label_column, reader, encoding_errors, labelled),
+            "device": device, "batch_size": batch_size, "workers": workers, "threads": threads,
+            "progress": progress, **extra}

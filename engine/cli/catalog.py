@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ._common import CliState, echo_json, echo_table
+from ._common import CliState, echo_json, echo_table, json_option
 
 
 def _catalog_command(kind: str, describe):
     """Build a listing command for one catalog kind (``--json``, ``--show NAME``)."""
 
-    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @json_option
     @click.option("--show", metavar="NAME", help=f"Show one {kind} in full (unknown names suggest the closest).")
     @click.pass_context
     def command(ctx: click.Context, as_json: bool, show: str | None) -> None:
@@ -50,7 +50,7 @@ heads = click.command("heads", help="List the heads the plugins register.")(_cat
 
 
 @click.command("plugins")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
     """List every plugin: distribution, version, hooks, and status (with the stage and message of a failure)."""

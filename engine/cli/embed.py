@@ -4,55 +4,18 @@ from __future__ import annotations
 
 import click
 
-from ._common import CliState, echo_json
+from ..errors import ItemError
+from ._common import (CliState, backbone_option, echo_json, embed_runtime_options, json_option, make_reader_options,
+                      precision_option, reader_options)
 
 SOURCE_HELP = "A folder of images, a CSV/TSV/JSONL/Parquet file, a text file (one item a line) or a .npy array."
 
 
-def reader_options(fn):
-    """The options every command that reads a source accepts."""
-    options = [
-        click.option("--text-column", default=None, help="Column holding the text (default: text/sentence/content/...)."),
-        click.option("--label-column", default=None, help="Column holding the label (default: label/class/target/...)."),
-        click.option("--reader", default=None, help="Force a reader by name instead of choosing by path."),
-        click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
-                     help="Non-UTF-8 bytes: fail that item (strict) or replace them and count (replace)."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def make_reader_options(text_column, label_column, encoding_errors):
-    from ..embed.items import ReaderOptions
-
-    return ReaderOptions(text_column=text_column, label_column=label_column, encoding_errors=encoding_errors)
-
-
-def runtime_options(fn):
-    """Backbone and runtime options shared by embed/train/sweep/eval/predict."""
-    options = [
-        click.option("--backbone", "-b", default=None,
-                     help="Backbone name or ref (hf:..., onnx:...); default: minilm-l6 for text, efficientnet-lite0 for images."),
-        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-                     help="int8: CPU; image int8 is calibrated on 128 items of the source unless "
-                          "`headstart export --calibrate` made one. fp16: CUDA."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Items per encoder batch (default on CPU: 16 text, 4 images, 256 arrays; "
-                          "on CUDA: 512, 256, 4096)."),
-        click.option("--workers", type=click.IntRange(min=0), default=None,
-                     help="Image preprocessing processes (default: CPU count; 0 = in-process); with --engine ray, Ray actors."),
-        click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
 @click.command("embed")
 @click.argument("source")
-@runtime_options
+@backbone_option
+@precision_option
+@embed_runtime_options
 @reader_options
 @click.option("--engine", "engine_name", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Run on this machine, or on a Ray cluster (needs `pip install headstart[ray]`).")
@@ -61,34 +24,45 @@ def runtime_options(fn):
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Items read, embedded and committed as one store shard (default: 4096 texts, 256 images).")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any item failed (after committing the rest).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option
 @click.pass_context
-def embed(ctx: click.Context, source: str, backbone, precision, device, batch_size, workers, threads, text_column,
-          label_column, reader, encoding_errors, engine_name, address, gpus_per_worker, chunk_size, strict, progress,
-          as_json) -> None:
-    """Embed SOURCE into the feature store of the backbone (cached items are skipped).
+def embed(ctx: click.Context, source: str, backbone, precision, device, batch_size, workers, threads, progress,
+          text_column, label_column, reader, encoding_errors, engine_name, address, gpus_per_worker, chunk_size,
+          strict, as_json) -> None:
+    """Embed SOURCE into the feature store of the backbone (cached items are skipped; labels are ignored).
 
     SOURCE is a folder of images (class sub-folders become labels), a CSV/TSV/JSONL/Parquet file,
     a text file (one item a line) or a .npy array. Bad items get an error record and the job goes on.
     """
     engine = CliState.from_ctx(ctx).engine()
-    options = make_reader_options(text_column, label_column, encoding_errors)
-    common = dict(backbone=backbone, engine=engine, reader=reader, reader_options=options, precision=precision,
-                  device=device, batch_size=batch_size, workers=workers, strict=strict,
-                  chunk_size=chunk_size)
-    if engine_name == "ray":
-        from ..distributed.ray_embed import embed_on_ray
+    options = make_reader_options(text_column, label_column, reader, encoding_errors, labelled=False)
+    common = dict(backbone=backbone, engine=engine, reader_options=options, precision=precision,
+                  device=device, batch_size=batch_size, workers=workers, strict=strict, chunk_size=chunk_size)
+    try:
+        if engine_name == "ray":
+            from ..distributed.cluster import check_reachable
+            from ..distributed.ray_embed import embed_on_ray
 
-        result = embed_on_ray(source, address=address, gpus_per_worker=gpus_per_worker, progress=progress, **common)
-    else:
-        from ..embed.pipeline import embed as run_embed
+            if address is not None:
+                check_reachable(address)  # fail in seconds, before opening the source or exporting
 
-        result = run_embed(source, threads=threads, progress=progress, **common)
-    summary = result.summary()
+            result = embed_on_ray(source, address=address, gpus_per_worker=gpus_per_worker, progress=progress,
+                                  **common)
+        else:
+            from ..embed.pipeline import embed as run_embed
+
+            result = run_embed(source, threads=threads, progress=progress, **common)
+    except ItemError as exc:  # --strict: the summary still shows (with --json it is part of the error object)
+        if getattr(exc, "result", None) is not None and not as_json:
+            _echo_summary(exc.result)
+        raise
     if as_json:
-        echo_json(summary)
+        echo_json(result.summary())
         return
+    _echo_summary(result)
+
+
+def _echo_summary(result) -> None:
     s = result.stats
     click.echo(f"embedded {s.embedded}, cached {s.cached}, failed {s.failed}, duplicates {s.duplicates}"
                f" of {s.rows} rows with {result.backbone} ({result.precision}) in {s.seconds['total']:.2f}s"
@@ -98,6 +72,9 @@ def embed(ctx: click.Context, source: str, backbone, precision, device, batch_si
         click.echo(f"stages: {stages}")
     if s.truncated:
         click.echo(f"{s.truncated} text(s) were truncated at the backbone's maximum length")
+    if s.skipped:
+        click.echo(f"skipped {s.skipped} entr{'y' if s.skipped == 1 else 'ies'} of the source that are not items: "
+                   + "; ".join(s.skipped_examples), err=True)
     click.echo(f"store: {result.store_path}")
     for record in result.errors[:10]:
         click.echo(f"  failed {record.ref}: {record.reason}", err=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import CliState, echo_json
+from ._common import CliState, device_option, echo_json, json_option
 
 
 def _calibration_items(path: str | None) -> list[bytes | str] | None:
@@ -23,17 +23,19 @@ def _calibration_items(path: str | None) -> list[bytes | str] | None:
 @click.argument("backbone")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="fp32 everywhere, int8 for the CPU provider, fp16 for CUDA.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Also open an onnxruntime session on this device and report the providers it really got.")
+@device_option
 @click.option("--calibrate", "calibrate", metavar="PATH", default=None,
               help="Your data for static int8 of image/numeric backbones: a folder of files or a text file.")
 @click.option("--min-cosine", type=float, default=None, help="Accepted min cosine vs PyTorch (int8 default 0.98).")
 @click.option("--force", is_flag=True, help="Export again even if a cached export exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def export(ctx: click.Context, backbone: str, precision: str, device: str, calibrate: str | None,
            min_cosine: float | None, force: bool, as_json: bool) -> None:
-    """Export BACKBONE to ONNX once, check parity against PyTorch, and cache it."""
+    """Export BACKBONE to ONNX once, check parity against PyTorch, and cache it.
+
+    With --device given, also open an onnxruntime session there and report the providers it really got.
+    """
     import time
 
     from ..backbones.export import export as do_export

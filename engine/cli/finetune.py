@@ -6,12 +6,13 @@ from typing import Any
 
 import click
 
-from ._common import CliState, echo_json, format_table
+from ._common import (CliState, backbone_option, device_option, echo_json, format_table, json_option,
+                      make_reader_options, progress_option, reader_options)
 
 
 @click.command("finetune")
 @click.argument("source")
-@click.option("--backbone", "-b", default=None, help="Backbone name or ref; default by modality.")
+@backbone_option
 @click.option("--head", default="linear", show_default=True, help="linear or mlp[(hidden=(256,), ...)].")
 @click.option("--out", "-o", "out", required=True, metavar="MODEL_DIR", help="Model folder to write.")
 @click.option("--unfreeze", default="all", show_default=True, help="all | last:N (top N backbone blocks train).")
@@ -22,33 +23,36 @@ from ._common import CliState, echo_json, format_table
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--patience", default=2, show_default=True, type=int, help="Epochs without improvement before stopping.")
 @click.option("--metric", default="accuracy", type=click.Choice(["accuracy", "macro_f1"]), show_default=True)
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+@device_option
 @click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16", "fp16"]), show_default=True,
               help="bf16/fp16: mixed precision (CUDA).")
 @click.option("--init-head", default=None, metavar="MODEL_DIR",
               help="Start from this frozen-feature head [default: fit one on the training split first].")
 @click.option("--resume", is_flag=True, help="Continue from MODEL_DIR's checkpoint after an interruption.")
-@click.option("--text-column", default=None, help="Text column of a table source.")
-@click.option("--label-column", default=None, help="Label column of a table source.")
+@reader_options
+@progress_option
 @click.option("--val-fraction", default=0.2, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.pass_context
 def finetune(ctx: click.Context, source: str, backbone: str | None, head: str, out: str, unfreeze: str, epochs: int,
              lr: float | None, head_lr: float | None, layer_decay: float, batch_size: int, patience: int, metric: str,
              device: str, precision: str, init_head: str | None, resume: bool, text_column: str | None,
-             label_column: str | None, val_fraction: float, seed: int, as_json: bool) -> None:
+             label_column: str | None, reader: str | None, encoding_errors: str, progress: bool | None,
+             val_fraction: float, seed: int, as_json: bool) -> None:
     """Fine-tune backbone + head end to end on SOURCE, then export back onto the ONNX path (MODEL_DIR)."""
-    from ..embed.items import ReaderOptions
+    from ..embed.sources import refuse_output_over_inputs
     from ..train.finetune import FinetuneOptions, finetune as finetune_api
 
+    refuse_output_over_inputs(out, [source, init_head])
     engine = CliState.from_ctx(ctx).engine()
     options = FinetuneOptions(unfreeze=unfreeze, epochs=epochs, lr=lr, head_lr=head_lr, layer_decay=layer_decay,
                               batch_size=batch_size, device=device, precision=precision, patience=patience,
                               metric=metric, val_fraction=val_fraction, seed=seed)
     log = (lambda message: None) if as_json else (lambda message: click.echo(message, err=True))
     result = finetune_api(source, backbone, head, out=out, options=options, init_head=init_head, resume=resume,
-                          engine=engine, reader_options=ReaderOptions(text_column=text_column, label_column=label_column),
+                          engine=engine, progress=progress,
+                          reader_options=make_reader_options(text_column, label_column, reader, encoding_errors),
                           log=log)
     summary = result.summary()
     if as_json:

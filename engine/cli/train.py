@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from ._common import CliState, echo_json
+from ._common import (CliState, backbone_option, echo_json, embed_kwargs, embed_runtime_options, json_option,
+                      precision_option, reader_options, trust_option)
 
 
 def split_heads(text: str) -> list[str]:
@@ -24,25 +25,17 @@ def split_heads(text: str) -> list[str]:
     return [h for h in heads if h]
 
 
-def _embed_options(precision: str, device: str, text_column: str | None, label_column: str | None) -> dict[str, Any]:
-    from ..embed.items import ReaderOptions
-
-    return {"precision": precision, "device": device,
-            "reader_options": ReaderOptions(text_column=text_column, label_column=label_column)}
+_val_options = [
+    click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+                 help="Stratified validation share (classes with one example stay in training)."),
+    click.option("--seed", default=0, show_default=True, type=int, help="Seed of the validation split."),
+]
 
 
 def _source_options(fn):
-    for option in reversed([
-        click.option("--backbone", "-b", default=None, help="Backbone name or ref; default by modality."),
-        click.option("--precision", default="fp32", type=click.Choice(["fp32", "fp16", "int8"]), show_default=True),
-        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda (embedding)."),
-        click.option("--text-column", default=None, help="Text column of a table source."),
-        click.option("--label-column", default=None, help="Label column of a table source."),
-        click.option("--val-fraction", default=0.2, show_default=True, type=float,
-                     help="Stratified validation share (classes with one example stay in training)."),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON."),
-    ]):
+    """What train and sweep take: backbone and precision, the shared embedding and reader options, the split."""
+    for option in reversed([backbone_option, precision_option, embed_runtime_options, reader_options, *_val_options,
+                            json_option]):
         fn = option(fn)
     return fn
 
@@ -60,8 +53,8 @@ def _source_options(fn):
 @_source_options
 @click.pass_context
 def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, target: str | None,
-          allow_finetune: bool, backbone: str | None, precision: str, device: str, text_column: str | None,
-          label_column: str | None, val_fraction: float, seed: int, as_json: bool) -> None:
+          allow_finetune: bool, backbone: str | None, precision: str, val_fraction: float, seed: int, as_json: bool,
+          **options: Any) -> None:
     """Embed SOURCE (cache hits are free), fit a head, print validation metrics, write MODEL_DIR."""
     from ..train.api import train as train_api
     from ..train.report import format_metrics
@@ -71,11 +64,10 @@ def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, 
         from .finetune import escalate_cli
 
         escalate_cli(source, target, allow_finetune, out=out, backbone=backbone, val_fraction=val_fraction, seed=seed,
-                     engine=engine, as_json=as_json, **_embed_options(precision, device, text_column, label_column))
+                     engine=engine, as_json=as_json, **embed_kwargs(precision=precision, **options))
         return
     result = train_api(source, head, backbone=backbone, out=out, val_fraction=val_fraction, seed=seed,
-                       refit=not no_refit, engine=engine,
-                       **_embed_options(precision, device, text_column, label_column))
+                       refit=not no_refit, engine=engine, **embed_kwargs(precision=precision, **options))
     manifest = result.model.manifest
     if as_json:
         echo_json({"model": str(result.path), "head": manifest["head"]["ref"], "backbone": manifest["backbone"],
@@ -98,8 +90,7 @@ def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, 
 @_source_options
 @click.pass_context
 def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: str | None, backbone: str | None,
-          precision: str, device: str, text_column: str | None, label_column: str | None, val_fraction: float,
-          seed: int, as_json: bool) -> None:
+          precision: str, val_fraction: float, seed: int, as_json: bool, **options: Any) -> None:
     """Fit several heads on the same cached features and compare them in one table (best marked)."""
     from ..train.api import sweep as sweep_api
     from ..train.report import format_sweep
@@ -107,7 +98,7 @@ def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: s
     engine = CliState.from_ctx(ctx).engine()
     result = sweep_api(source, split_heads(heads), backbone=backbone, val_fraction=val_fraction, seed=seed,
                        metric=metric, save_best=save_best, engine=engine,
-                       **_embed_options(precision, device, text_column, label_column))
+                       **embed_kwargs(precision=precision, **options))
     if as_json:
         echo_json({"metric": metric, "best": result.best, "heads": result.rows, "training": result.training,
                    "saved": str(result.model.path) if result.model else None})
@@ -120,21 +111,18 @@ def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: s
 @click.command("eval")
 @click.argument("model_dir")
 @click.argument("source")
-@click.option("--text-column", default=None, help="Text column of a table source.")
-@click.option("--label-column", default=None, help="Label column of a table source.")
-@click.option("--trust-pickle", is_flag=True, help="Allow a pickled head (runs code from the model folder).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@embed_runtime_options
+@reader_options
+@trust_option
+@json_option
 @click.pass_context
-def eval_cmd(ctx: click.Context, model_dir: str, source: str, text_column: str | None, label_column: str | None,
-             trust_pickle: bool, as_json: bool) -> None:
+def eval_cmd(ctx: click.Context, model_dir: str, source: str, trust_pickle: bool, as_json: bool, **options: Any) -> None:
     """Evaluate the model in MODEL_DIR on labelled SOURCE (accuracy, macro-F1, confusion matrix)."""
-    from ..embed.items import ReaderOptions
     from ..train.api import evaluate
     from ..train.report import format_metrics
 
     engine = CliState.from_ctx(ctx).engine()
-    metrics = evaluate(model_dir, source, trust=trust_pickle, engine=engine,
-                       reader_options=ReaderOptions(text_column=text_column, label_column=label_column))
+    metrics = evaluate(model_dir, source, trust=trust_pickle, engine=engine, **embed_kwargs(**options))
     if as_json:
         echo_json(metrics)
         return
@@ -145,17 +133,25 @@ def eval_cmd(ctx: click.Context, model_dir: str, source: str, text_column: str |
 @click.argument("model_dir")
 @click.argument("source")
 @click.option("--out", "-o", "out", required=True, metavar="OUT", help="OUT.csv, OUT.jsonl or OUT.parquet.")
-@click.option("--text-column", default=None, help="Text column of a table source.")
-@click.option("--trust-pickle", is_flag=True, help="Allow a pickled head (runs code from the model folder).")
+@embed_runtime_options
+@reader_options
+@trust_option
+@json_option
 @click.pass_context
-def predict(ctx: click.Context, model_dir: str, source: str, out: str, text_column: str | None,
-            trust_pickle: bool) -> None:
-    """Predict labels for SOURCE with the model in MODEL_DIR; write key, ref, label, probabilities."""
-    from ..embed.items import ReaderOptions
+def predict(ctx: click.Context, model_dir: str, source: str, out: str, trust_pickle: bool, as_json: bool,
+            **options: Any) -> None:
+    """Predict labels for SOURCE with the model in MODEL_DIR; write key, ref, label, probabilities.
+
+    Labels in SOURCE are ignored (a blank label column is the normal case for new data).
+    """
     from ..train.api import predict as predict_api
 
     engine = CliState.from_ctx(ctx).engine()
     result = predict_api(model_dir, source, out, trust=trust_pickle, engine=engine,
-                         reader_options=ReaderOptions(text_column=text_column))
+                         **embed_kwargs(labelled=False, **options))
+    if as_json:
+        echo_json({"out": out, "predictions": len(result.labels), "errors": len(result.errors),
+                   "classes": [str(c) for c in result.classes]})
+        return
     click.echo(f"{len(result.labels)} predictions written to {out}" +
                (f" ({len(result.errors)} items could not be read)" if result.errors else ""))

@@ -9,12 +9,43 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, DistributedError
 
 INSTALL_HINT = "install the extra: pip install 'headstart[ray]'"
+CONNECT_TIMEOUT_S = 3.0  # a cluster address that accepts no TCP connection within this fails at once
+START_HINT = ("start one with `ray start --head` and pass its address (e.g. --address 127.0.0.1:6379), "
+              "or omit --address for a local one")
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``host:port`` / ``ray://host:port`` / ``[v6]:port``; ``None`` for ``auto``/``local``."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    if rest in ("auto", "local", ""):
+        return None
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DistributedError(f"Ray cluster address '{address}' is not host:port", hint=START_HINT)
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """:class:`DistributedError` naming ``address`` when nothing accepts a TCP connection there within
+    ``timeout`` seconds (Ray itself would retry for minutes, printing reconnect warnings)."""
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise DistributedError(f"cannot reach the Ray cluster at {address}: {reason} "
+                               f"(TCP connect to {target[0]}:{target[1]}, {timeout:g}s timeout)",
+                               hint=START_HINT) from None
 
 
 def import_ray() -> Any:
@@ -51,18 +82,19 @@ def local_cpus() -> int:
 
 def connect(address: str | None) -> Cluster:
     """Join ``address`` (``auto``, ``ray://host:port`` or ``host:port``), reuse an initialised Ray, or start one."""
+    os.environ.setdefault("RAY_gcs_server_request_timeout_seconds", "20")  # Ray's own GCS wait (default 60 s)
     ray = import_ray()
     started = False
     if not ray.is_initialized():
+        if address is not None:
+            check_reachable(address)
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         if address is None:
             kwargs.update(num_cpus=local_cpus(), include_dashboard=False)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise DistributedError(f"cannot connect to the Ray cluster at {address}: {exc}",
-                                   hint="start one with `ray start --head` and pass its address "
-                                        "(e.g. --address 127.0.0.1:6379), or omit --address for a local one") from None
+            raise DistributedError(f"cannot connect to the Ray cluster at {address}: {exc}", hint=START_HINT) from None
         started = True
     resources = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))

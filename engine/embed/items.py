@@ -59,13 +59,18 @@ class Item:
 
 @dataclass(frozen=True)
 class ReaderOptions:
-    """Options every reader understands (readers ignore those that do not apply)."""
+    """Options every reader understands (readers ignore those that do not apply).
+
+    ``reader`` forces a reader by name (else one is chosen by path); ``labelled=False`` ignores labels
+    (a named or default label column is still never taken for the input column).
+    """
 
     text_column: str | None = None
     label_column: str | None = None
     encoding_errors: Literal["strict", "replace"] = "strict"
     labelled: bool | None = None  # None: labels if the source has them
     follow_symlinks: bool = True
+    reader: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

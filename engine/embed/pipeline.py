@@ -37,6 +37,7 @@ CALIBRATION_SAMPLE = 128  # items of the source that calibrate a static int8 exp
 CALIBRATION_WINDOW = 4096  # spread over at most this many of its first items
 MAX_TOKENS_PER_BATCH = {"cpu": 16384, "cuda": 131072}  # padded tokens per text batch, at most
 IMAGE_SLICE = 32  # images per worker task: small, so encoding starts as soon as the first slice is decoded
+PROGRESS_REFRESH_SECONDS = 1.0  # the bar is redrawn at least this often (elapsed time, rate, ETA), even when idle
 
 
 @dataclass
@@ -49,6 +50,8 @@ class EmbedStats:
     failed: int = 0
     duplicates: int = 0
     truncated: int = 0
+    skipped: int = 0  # entries of the source that are not items (e.g. non-image files in a folder)
+    skipped_examples: list[str] = field(default_factory=list)  # the first few, each with the reason
     seconds: dict[str, float] = field(default_factory=lambda: {
         "read": 0.0, "preprocess": 0.0, "encode": 0.0, "write": 0.0, "export": 0.0, "total": 0.0})
     session_created: bool = False
@@ -59,7 +62,8 @@ class EmbedStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "embedded": self.embedded, "cached": self.cached, "failed": self.failed,
-                "duplicates": self.duplicates, "truncated": self.truncated,
+                "duplicates": self.duplicates, "truncated": self.truncated, "skipped": self.skipped,
+                "skipped_examples": list(self.skipped_examples),
                 "items_per_second": round(self.items_per_second, 1), "session_created": self.session_created,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
@@ -129,13 +133,24 @@ class Job:
     precision: str
     stats: EmbedStats = field(default_factory=EmbedStats)
     started: float = field(default_factory=time.perf_counter)
+    read_errors: dict[str, str] = field(default_factory=dict)  # ref -> this row's own read error (see finish)
+
+    def __post_init__(self) -> None:
+        self.source = _RecordReadErrors(self.source, self.read_errors)
 
     def finish(self, rows: Sequence[tuple[str, str, str | None]], failed: dict[str, Any], strict: bool) -> EmbedResult:
-        """Assemble the result (one entry per source row, failed rows to ``errors``); apply ``strict``."""
+        """Assemble the result (one entry per source row, failed rows to ``errors``); apply ``strict``.
+
+        A row the reader could not read gets the reason the reader gave for *that* row now, never the stored
+        record of its content key (which names the row of another file, or of an earlier run, that failed first).
+        """
         keys, refs, labels, errors = [], [], [], []
         for key, ref, label in rows:
             record = failed.get(key)
-            if record is not None:
+            own = self.read_errors.get(ref)
+            if own is not None:
+                errors.append(_error_record(key, ref, own, "read"))
+            elif record is not None:
                 errors.append(_error_record(key, ref, record.reason, record.stage))
             else:
                 keys.append(key)
@@ -143,16 +158,37 @@ class Job:
                 labels.append(label)
         stats = self.stats
         stats.rows, stats.failed = len(rows), len(errors)
+        stats.skipped = int(getattr(self.source, "stats", {}).get("skipped", 0))
+        stats.skipped_examples = list(getattr(self.source, "skipped_examples", []))
         stats.seconds["total"] = time.perf_counter() - self.started
         result = EmbedResult(keys=keys, refs=refs, labels=labels, errors=errors, backbone=self.spec.name,
                              fingerprint=self.exported.fingerprint, precision=self.precision,
                              modality=self.spec.modality, store_path=self.store.path, stats=stats)
         if strict and errors:
             first = errors[0]
-            raise ItemError(f"{len(errors)} item(s) failed, e.g. {first.ref}: {first.reason}",
-                            hint="drop --strict to keep going past bad items; "
-                                 "`headstart cache info --errors` lists them")
+            failure = ItemError(f"{len(errors)} item(s) failed, e.g. {first.ref}: {first.reason}",
+                                hint="drop --strict to keep going past bad items; "
+                                     "`headstart cache info --errors` lists them",
+                                details={"summary": result.summary()})
+            failure.result = result  # everything else was committed: callers may still report it
+            raise failure
         return result
+
+
+class _RecordReadErrors:
+    """A source whose iteration also records each failed item's reason by ref (the rest is delegated)."""
+
+    def __init__(self, source: Any, read_errors: dict[str, str]) -> None:
+        self._source, self._read_errors = source, read_errors
+
+    def __iter__(self) -> Iterator[Item]:
+        for item in self._source:
+            if item.error is not None:
+                self._read_errors[item.ref] = item.error
+            yield item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
 
 
 def start_job(source: str | os.PathLike[str], backbone: str | Any | None, *, engine: Any, reader: str | None,
@@ -260,7 +296,24 @@ def progress_bar(progress: bool | None, total: int | None, desc: str):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="item", desc=desc, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(total=total, unit="item", desc=desc, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    stop = threading.Event()
+
+    def tick() -> None:  # redraw (elapsed, rate, ETA) even while a batch or the session start takes long
+        while not stop.wait(PROGRESS_REFRESH_SECONDS):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, name="headstart-progress", daemon=True)
+    ticker.start()
+    close = bar.close
+
+    def close_bar() -> None:
+        stop.set()
+        ticker.join()
+        close()
+
+    bar.close = close_bar  # type: ignore[method-assign]
+    return bar
 
 
 def _error_record(key: str, ref: str, reason: str, stage: str):
@@ -325,7 +378,11 @@ def embed(
                     failed.update(job.store.errors_for(chunk.cached_keys))
                 if chunk.todo_keys:
                     encoder.start()  # the session loads while the first slices decode
-                vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size, stats)
+                done = bar.n if bar is not None else 0
+                if bar is not None:  # cached, duplicate and unreadable rows are done already
+                    bar.update(len(chunk.rows) - len(chunk.todo_keys))
+                vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size, stats,
+                                                            advance=bar.update if bar is not None else None)
                 for record in errors:
                     failed[record.key] = record
                 t = time.perf_counter()
@@ -335,8 +392,8 @@ def embed(
                     writer.add_errors([*chunk.errors, *errors])
                 writer.commit()  # one shard per chunk: a killed job loses at most the chunk in flight
                 stats.seconds["write"] += time.perf_counter() - t
-                if bar is not None:
-                    bar.update(len(chunk.rows))
+                if bar is not None:  # the rest of the chunk (items that failed before encoding)
+                    bar.update(done + len(chunk.rows) - bar.n)
     finally:
         if bar is not None:
             bar.close()
@@ -475,8 +532,9 @@ def _prepared_slices(chunk: _Chunk, stats: EmbedStats) -> Iterator[tuple[int, li
 
 
 def _encode_chunk(chunk: _Chunk, preprocessor, encoder: _LazyEncoder, spec: Any, batch_size: int | None,
-                  stats: EmbedStats):
-    """Run the encoder over a chunk's prepared items, each worker slice as soon as it is ready.
+                  stats: EmbedStats, advance: Any = None):
+    """Run the encoder over a chunk's prepared items, each worker slice as soon as it is ready;
+    ``advance(n)`` is called after each encoded batch (the progress bar moves per batch, not per chunk).
 
     Returns (vectors, keys, refs, error records) for the chunk.
     """
@@ -507,6 +565,8 @@ def _encode_chunk(chunk: _Chunk, preprocessor, encoder: _LazyEncoder, spec: Any,
         t = time.perf_counter()
         for batch in length_sorted_batches(items, preprocessor.length, batch_size, max_tokens):
             vectors[batch] = encoder.run(preprocessor.collate([items[i] for i in batch]))
+            if advance is not None:
+                advance(len(batch))
         stats.seconds["encode"] += time.perf_counter() - t
         finite = np.isfinite(vectors).all(axis=1)
         for row, i in enumerate(good):

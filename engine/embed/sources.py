@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
 from ..errors import ConfigError, HeadstartError, PluginError, ReaderError
 from .items import ReaderOptions, ReaderSpec, Source
@@ -13,7 +14,7 @@ def open_source(source: str | os.PathLike, options: ReaderOptions | None = None,
                 engine: Any = None) -> Source:
     """Open ``source`` (path or prefixed ref) with a registered reader; its schema is checked now.
 
-    The reader is ``reader`` (a name or alias) when given; otherwise a reader whose prefix
+    The reader is ``reader`` (a name or alias) when given, else ``options.reader``; otherwise a reader whose prefix
     matches wins, then one claiming the extension or passing ``can_read``, the highest
     ``priority`` first (ties by name). Raises :class:`ConfigError` when the path does not exist
     or no reader accepts it, :class:`ReaderError` when it cannot be read, and the reader's
@@ -26,13 +27,15 @@ def open_source(source: str | os.PathLike, options: ReaderOptions | None = None,
     catalog = engine.catalog
     ref = os.fspath(source)
     options = options or ReaderOptions()
+    reader = reader if reader is not None else options.reader
     entries = catalog.items("reader")
     if reader is not None:
         entry = catalog.get("reader", reader)
     else:
         prefixed = [e for e in entries if any(ref.startswith(p) for p in e.spec.prefixes)]
         if not prefixed and not os.path.exists(ref):
-            raise ConfigError(f"source '{ref}' does not exist", hint="check the path (or use a reader prefix)")
+            raise ConfigError(f"source '{ref}' does not exist",
+                              hint=f"check the path; readers: {describe_readers(entries)}")
         claimed = prefixed or [e for e in entries if _claims(e.spec, ref)]
         if not claimed:
             raise ConfigError(f"no reader accepts '{ref}'",
@@ -65,3 +68,48 @@ def describe_readers(entries: list[Any]) -> str:
         parts.append(f"{e.name} ({', '.join(accepts)}: {e.spec.description})" if e.spec.description
                      else f"{e.name} ({', '.join(accepts)})")
     return "; ".join(parts) or "none registered"
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` names after following symlinks; ``None`` when it does not exist."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def refuse_output_over_inputs(output: str | os.PathLike, inputs: Iterable[Any], *, option: str = "-o") -> None:
+    """:class:`ConfigError` when writing ``output`` would replace or delete one of ``inputs``.
+
+    Refused: ``output`` is the same file as an input (compared by device and inode, so symlinks and hard
+    links count), or an input lies inside ``output`` when that is an existing folder (a model folder is
+    replaced as a unit). Inputs that are not paths on disk (prefixed refs, arrays) are ignored.
+    """
+    out_id = _identity(output)
+    if out_id is None:
+        return
+    for source in inputs:
+        if not isinstance(source, (str, os.PathLike)) or _identity(source) is None:
+            continue
+        if _identity(source) == out_id:
+            raise ConfigError(f"{option} {os.fspath(output)} is the input {os.fspath(source)} (the same file); "
+                              "writing it would replace the input",
+                              hint=f"write {option} to another path")
+        for parent in Path(os.path.realpath(source)).parents:
+            if _identity(parent) == out_id:
+                raise ConfigError(f"the input {os.fspath(source)} lies inside the output folder {os.fspath(output)}; "
+                                  "writing the output would delete it",
+                                  hint=f"move the input out of that folder or write {option} elsewhere")
+
+
+def check_model_folder_path(path: str | os.PathLike, option: str) -> None:
+    """A model folder will be written to ``path``: refuse a file, or a non-empty folder that is not a model,
+    before any work (:class:`ConfigError` naming ``option``)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{option} {p} is a file; a model is written as a folder",
+                          hint=f"pass a folder path for {option} (a new one, or an existing model folder to replace)")
+    if p.is_dir() and not (p / "manifest.json").is_file() and any(p.iterdir()):
+        raise ConfigError(f"{option} {p} is a folder that is not empty and is not a headstart model",
+                          hint=f"pass a new folder for {option}, or an existing model folder to replace")

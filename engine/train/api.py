@@ -109,6 +109,10 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     reader_options, progress, ...). Returns the model and its validation metrics.
     """
     build_head(head, engine)  # fail on a bad head ref before embedding anything
+    if out is not None:
+        from ..embed.sources import refuse_output_over_inputs
+
+        refuse_output_over_inputs(out, [source])
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
     fitted, ref, metrics = _fit_and_score(head, prep, engine)
@@ -143,8 +147,17 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
     if val_fraction <= 0:
         raise ConfigError("a sweep compares heads on a validation split", hint="use val_fraction > 0")
     refs = [parse_head_ref(h) if isinstance(h, str) else h for h in heads]
+    twice = sorted({str(r) for r in refs if [str(x) for x in refs].count(str(r)) > 1})
+    if twice:
+        raise ConfigError(f"the sweep lists {', '.join(repr(t) for t in twice)} more than once",
+                          hint="name each head once (give the same head other parameters to compare them)")
     for ref in refs:  # fail on a typo before any fitting
         build_head(ref, engine)
+    if save_best is not None:  # a bad output path fails now, not after the fitting
+        from ..embed.sources import check_model_folder_path, refuse_output_over_inputs
+
+        check_model_folder_path(save_best, "--save-best")
+        refuse_output_over_inputs(save_best, [source], option="--save-best")
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
     rows, fitted = [], {}
@@ -187,15 +200,24 @@ def evaluate(model_dir: Model | str | Path, source: Any, *, trust: bool = False,
     return _model(model_dir, trust, engine).evaluate(source, engine=engine, **embed_options)
 
 
+def _files_of(model: Model | str | Path) -> list[Path]:
+    """The files of a model folder (outputs must not replace them)."""
+    folder = model.path if isinstance(model, Model) else Path(model)
+    return [p for p in folder.iterdir() if p.is_file()] if folder is not None and folder.is_dir() else []
+
+
 def predict(model_dir: Model | str | Path, source: Any, out: str | Path | None = None, *, trust: bool = False,
             engine: Any = None, **embed_options: Any) -> Predictions:
     """Predict ``source`` with a model; with ``out`` (.csv, .jsonl or .parquet) also write one row per
     item: key, ref, label, probabilities (and, for items that could not be embedded, error)."""
-    model = _model(model_dir, trust, engine)
     if out is not None:
+        from ..embed.sources import refuse_output_over_inputs
         from .report import output_format
 
         output_format(out)  # refuse an unknown extension before embedding
+        refuse_output_over_inputs(out, [source, *_files_of(model_dir)])
+    model = _model(model_dir, trust, engine)
+    embed_options.setdefault("labelled", False)  # new data: labels (often a blank column) are ignored
     predictions = model.predict(source, engine=engine, **embed_options)
     if out is not None:
         from .report import write_predictions

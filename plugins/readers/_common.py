@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 from headstart.engine.errors import SchemaError
 from headstart.engine.registry import did_you_mean
@@ -34,15 +34,14 @@ def choose_columns(columns: list[str], text_column: str | None, label_column: st
 
     The input column is ``text_column``, else a default name, else the only column that is not the label.
     """
-    label = pick_column(columns, label_column, LABEL_DEFAULTS, "label", where, "--label-column")
-    if labelled is False:
-        label = None
-    elif labelled and label is None:
+    named_label = pick_column(columns, label_column, LABEL_DEFAULTS, "label", where, "--label-column")
+    label = None if labelled is False else named_label
+    if labelled and label is None:
         raise SchemaError(f"no label column in {where}; columns present: {_listing(columns)}",
                           hint=f"pass --label-column (defaults tried: {', '.join(LABEL_DEFAULTS)})")
     text = pick_column(columns, text_column, TEXT_DEFAULTS, "text", where, "--text-column")
-    if text is None:
-        rest = [c for c in columns if c != label]
+    if text is None:  # a label column is never taken for the input, even when labels are ignored
+        rest = [c for c in columns if c != named_label]
         if len(rest) != 1:
             raise SchemaError(f"no text column in {where}; columns present: {_listing(columns)}",
                               hint=f"pass --text-column (defaults tried: {', '.join(TEXT_DEFAULTS)})")
@@ -55,7 +54,27 @@ def choose_columns(columns: list[str], text_column: str | None, label_column: st
 
 def all_empty_labels(label: str, where: str) -> SchemaError:
     return SchemaError(f"label column '{label}' of {where} is empty in every row",
-                       hint="fill the labels, pass --label-column with the right column, or embed without labels")
+                       hint="fill the labels or pass --label-column with the right column; `headstart predict` and "
+                            "`headstart embed` ignore labels (Python: ReaderOptions(labelled=False))")
+
+
+def read_label(value: Any, column: str, ref: str) -> tuple[str | None, str | None]:
+    """The one label-value rule of every reader: ``(label, None)`` or ``(None, reason)`` for a bad value.
+
+    ``None`` and blank text mean unlabelled; strings are stripped; numbers and booleans become their
+    string form; bytes are decoded as UTF-8 (bad bytes replaced). A list, tuple, dict, set or array is
+    refused with a reason naming ``ref`` and ``column`` (one label per item is supported).
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "replace")
+    elif isinstance(value, (list, tuple, dict, set, frozenset)) or hasattr(value, "__array__"):
+        kind = type(value).__name__
+        return None, f"{ref}: label '{column}' is a {kind}; one label per item is supported"
+    else:
+        text = str(value)
+    return text.strip() or None, None
 
 
 def _listing(columns: list[str]) -> str:
@@ -75,7 +94,7 @@ def decode(raw: bytes, errors: Literal["strict", "replace"]) -> tuple[str, bool]
 def bad_utf8(exc: UnicodeDecodeError, where: str) -> str:
     bad = exc.object[exc.start:exc.end]
     return (f"{where}: not valid UTF-8 (byte {bad[:4].hex()} at offset {exc.start}); "
-            "re-encode the file as UTF-8 or use encoding_errors='replace'")
+            "re-encode the file as UTF-8, or pass --encoding-errors replace (encoding_errors='replace')")
 
 
 def strip_eol(line: bytes) -> bytes:
@@ -116,3 +135,9 @@ def display_path(path: str) -> str:
 def new_stats() -> dict[str, int]:
     """Counters a source exposes as ``source.stats``, reset at each iteration."""
     return {"items": 0, "failed": 0, "replaced": 0, "skipped": 0}
+
+
+def has_label(value: Any) -> bool:
+    """``value`` is not an empty label (a bad one counts: it fails its item instead)."""
+    label, bad = read_label(value, "", "")
+    return label is not None or bad is not None

@@ -16,7 +16,7 @@ from headstart.engine.embed.items import Item, ReaderOptions
 from headstart.engine.errors import SchemaError
 
 from ._common import (all_empty_labels, bad_utf8, choose_columns, count_lines, display_path, new_stats,
-                      read_lines)
+                      read_label, read_lines)
 
 #: Largest field accepted (characters); the csv module's default (128 KiB) would reject 1 MB texts.
 FIELD_LIMIT = 64 << 20
@@ -90,8 +90,7 @@ class CsvSource:
 def _label(fields: list[str], index: int) -> str | None:
     if index >= len(fields):
         return None
-    value = fields[index].encode("utf-8", "surrogateescape").decode("utf-8", "replace").strip()
-    return value or None
+    return read_label(fields[index].encode("utf-8", "surrogateescape"), "", "")[0]
 
 
 def open_csv(source: str, options: ReaderOptions) -> CsvSource:

@@ -15,8 +15,8 @@ from typing import Any, Iterator
 from headstart.engine.embed.items import Item, ReaderOptions
 from headstart.engine.errors import SchemaError
 
-from ._common import (all_empty_labels, bad_utf8, choose_columns, count_lines, decode, display_path, new_stats,
-                      read_lines, strip_eol)
+from ._common import (all_empty_labels, bad_utf8, choose_columns, count_lines, decode, display_path, has_label,
+                      new_stats, read_label, read_lines, strip_eol)
 
 
 class JsonlSource:
@@ -35,7 +35,7 @@ class JsonlSource:
         self.text_column, self.label_column = choose_columns(
             self.columns, options.text_column, options.label_column, options.labelled, self.name)
         if self.label_column and not any(
-                isinstance(o, dict) and _label(o.get(self.label_column)) for _, o in self._objects()):
+                isinstance(o, dict) and has_label(o.get(self.label_column)) for _, o in self._objects()):
             raise all_empty_labels(self.label_column, self.name)
         self.has_labels = self.label_column is not None
 
@@ -74,11 +74,9 @@ class JsonlSource:
             return Item.failed(ref, f"{ref}: invalid JSON ({exc})", "text", raw=raw)
         if not isinstance(obj, dict):
             return Item.failed(ref, f"{ref}: expected a JSON object, got {type(obj).__name__}", "text", raw=raw)
-        value = obj.get(self.label_column) if self.label_column else None
-        if isinstance(value, (dict, list)):
-            return Item.failed(ref, f"{ref}: label '{self.label_column}' is a {type(value).__name__}; "
-                               "one label per item is supported", "text", raw=raw)
-        label = _label(value)
+        label, bad = read_label(obj.get(self.label_column), self.label_column, ref) if self.label_column else (None, None)
+        if bad is not None:
+            return Item.failed(ref, bad, "text", raw=raw)
         text = obj.get(self.text_column)
         if not isinstance(text, str):
             what = "missing" if self.text_column not in obj else f"{type(text).__name__}, not a string"
@@ -88,13 +86,6 @@ class JsonlSource:
 
     def estimate_count(self) -> int | None:
         return count_lines(self.path)
-
-
-def _label(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
 
 
 def open_jsonl(source: str, options: ReaderOptions) -> JsonlSource:

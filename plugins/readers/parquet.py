@@ -18,8 +18,8 @@ from typing import Any, Iterator
 from headstart.engine.embed.items import Item, ReaderOptions
 from headstart.engine.errors import SchemaError
 
-from ._common import (LABEL_DEFAULTS, TEXT_DEFAULTS, all_empty_labels, bad_utf8, decode, display_path, new_stats,
-                      pick_column)
+from ._common import (LABEL_DEFAULTS, TEXT_DEFAULTS, all_empty_labels, bad_utf8, decode, display_path, has_label,
+                      new_stats, pick_column, read_label)
 
 BATCH_ROWS = 1024
 
@@ -42,12 +42,13 @@ class ParquetSource:
         self.columns = list(schema.names)
         self.label_column = self._label(options)
         self.inputs, self.modality = self._inputs(schema, options)
-        if self.label_column and not any(any(v is not None for v in labels) for labels in self._labels_only()):
+        if self.label_column and not any(any(has_label(v) for v in values) for values in self._labels_only()):
             raise all_empty_labels(self.label_column, self.name)
         self.has_labels = self.label_column is not None
 
     def _label(self, options: ReaderOptions) -> str | None:
         label = pick_column(self.columns, options.label_column, LABEL_DEFAULTS, "label", self.name, "--label-column")
+        self.named_label = label  # never taken for the input, even when labels are ignored
         if options.labelled is False:
             return None
         if options.labelled and label is None:
@@ -67,7 +68,7 @@ class ParquetSource:
             return "scalar" if _numeric(t) else None
 
         text = pick_column(self.columns, options.text_column, TEXT_DEFAULTS, "text", self.name, "--text-column")
-        rest = [c for c in self.columns if c != self.label_column]
+        rest = [c for c in self.columns if c != self.named_label]
         if text is None and len(rest) == 1:
             text = rest[0]
         if text is not None:
@@ -85,16 +86,15 @@ class ParquetSource:
     def _batches(self, columns: list[str]) -> Iterator[Any]:
         yield from self.file.iter_batches(batch_size=BATCH_ROWS, columns=list(dict.fromkeys(columns)))
 
-    def _labels_only(self) -> Iterator[list[str | None]]:
+    def _labels_only(self) -> Iterator[list[Any]]:
         for batch in self._batches([self.label_column]):
-            yield [_label(v) for v in batch.column(self.label_column).to_pylist()]
+            yield batch.column(self.label_column).to_pylist()
 
     def __iter__(self) -> Iterator[Item]:
         self.stats = stats = new_stats()
         row = 0
         for batch in self._batches(self.inputs + ([self.label_column] if self.label_column else [])):
-            labels = ([_label(v) for v in batch.column(self.label_column).to_pylist()] if self.label_column
-                      else [None] * batch.num_rows)
+            labels = batch.column(self.label_column).to_pylist() if self.label_column else [None] * batch.num_rows
             values = self._values(batch)
             for value, label in zip(values, labels):
                 row += 1
@@ -119,7 +119,10 @@ class ParquetSource:
         matrix = np.column_stack([c.to_numpy(zero_copy_only=False) for c in cols])
         return [matrix[i].copy() if valid[i] else None for i in range(batch.num_rows)]
 
-    def _item(self, ref: str, value: Any, label: str | None, stats: dict[str, int]) -> Item:
+    def _item(self, ref: str, value: Any, raw_label: Any, stats: dict[str, int]) -> Item:
+        label, bad = read_label(raw_label, self.label_column, ref) if self.label_column else (None, None)
+        if bad is not None:
+            return Item.failed(ref, bad, self.modality)
         if value is None:
             return Item.failed(ref, f"{ref}: '{'/'.join(self.inputs)}' is null", self.modality, label=label)
         if self.modality == "numeric":
@@ -140,13 +143,6 @@ def _numeric(t: Any) -> bool:
     import pyarrow.types as pt
 
     return pt.is_integer(t) or pt.is_floating(t) or pt.is_boolean(t)
-
-
-def _label(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return text.strip() or None
 
 
 def open_parquet(source: str, options: ReaderOptions) -> ParquetSource:
