@@ -117,7 +117,7 @@ embed_runtime_options = _apply([
     click.option("--batch-size", type=click.IntRange(min=1), default=None,
                  help="Items per encoder batch (default on CPU: 16 text, 4 images, 256 arrays; on CUDA: 512, 256, 4096)."),
     click.option("--workers", type=click.IntRange(min=0), default=None,
-                 help="Image preprocessing processes (default: CPU count; 0 = in-process); with --engine ray, Ray actors."),
+                 help="Image preprocessing processes (default: CPU count; 0 = in-process); `embed --engine ray`: Ray actors."),
     click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads."),
     progress_option,
 ])

@@ -82,12 +82,12 @@ def local_cpus() -> int:
 
 def connect(address: str | None) -> Cluster:
     """Join ``address`` (``auto``, ``ray://host:port`` or ``host:port``), reuse an initialised Ray, or start one."""
-    os.environ.setdefault("RAY_gcs_server_request_timeout_seconds", "20")  # Ray's own GCS wait (default 60 s)
+    if address is not None:
+        check_reachable(address)
+        os.environ.setdefault("RAY_gcs_server_request_timeout_seconds", "20")  # Ray's own GCS wait (default 60 s)
     ray = import_ray()
     started = False
     if not ray.is_initialized():
-        if address is not None:
-            check_reachable(address)
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
         if address is None:
             kwargs.update(num_cpus=local_cpus(), include_dashboard=False)
