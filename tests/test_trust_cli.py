@@ -258,7 +258,7 @@ def test_json_failures_are_one_object_on_stdout_with_the_exit_code(tmp_path: Pat
         data = _json(result)
         assert data["error"] == error and data["exit_code"] == code, data
         assert data["message"] and "hint" in data
-        assert "error:" not in result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr  # people read stderr
     plain = _cli("embed", str(tmp_path / "missing.csv"))
     assert plain.stdout == "" and plain.stderr.startswith("error: source")
 

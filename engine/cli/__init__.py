@@ -85,14 +85,14 @@ for _command in (embed, train, sweep, eval_cmd, predict, finetune, export, backb
 
 
 def _fail(as_json: bool, error: str, message: str, hint: str | None, exit_code: int, extra: dict | None = None) -> int:
-    """Report a failure: ``error:``/``hint:`` lines on stderr, or with ``--json`` one JSON object on stdout."""
+    """Report a failure: ``error:``/``hint:`` lines on stderr (for people), and with ``--json`` also one JSON
+    object on stdout (for programs; nothing else is printed there after it)."""
     if as_json:
         click.echo(json.dumps({"error": error, "message": message, "hint": hint, "exit_code": exit_code,
                                **(extra or {})}, indent=2, default=str))
-    else:
-        click.secho(f"error: {message}", fg="red", err=True)
-        if hint:
-            click.echo(f"hint: {hint}", err=True)
+    click.secho(f"error: {message}", fg="red", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
     return exit_code
 
 
