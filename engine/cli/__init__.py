@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in args
     state = CliState()
-    as_json = lambda: state.json or "--json" in (args[: args.index("--")] if "--" in args else args)  # noqa: E731
+    # stdout holds one JSON document: a command that printed its result and then fails (cache verify) adds none
+    as_json = lambda: not state.json_printed and (  # noqa: E731
+        state.json or "--json" in (args[: args.index("--")] if "--" in args else args))
     try:
         cli.main(args=args, prog_name="headstart", standalone_mode=False, obj=state)
     except HeadstartError as exc:

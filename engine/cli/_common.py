@@ -17,6 +17,7 @@ class CliState:
     strict_plugins: bool | None = None
     debug: bool = False
     json: bool = False  # set by --json: failures are printed as a JSON object on stdout
+    json_printed: bool = False  # the command already printed its JSON document (a failure adds no second one)
     _engine: Any = field(default=None, repr=False)
 
     @classmethod
@@ -41,7 +42,11 @@ pass_state = click.make_pass_decorator(CliState, ensure=True)
 
 
 def echo_json(data: Any) -> None:
+    """Print ``data`` as the command's one JSON document on stdout."""
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        CliState.from_ctx(ctx).json_printed = True
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
