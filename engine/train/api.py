@@ -109,6 +109,10 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     reader_options, progress, ...). Returns the model and its validation metrics.
     """
     build_head(head, engine)  # fail on a bad head ref before embedding anything
+    if out is not None:
+        from .model_folder import check_target
+
+        check_target(out)  # never a file or someone else's folder; refused before any work
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
     fitted, ref, metrics = _fit_and_score(head, prep, engine)
@@ -145,6 +149,10 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
     refs = [parse_head_ref(h) if isinstance(h, str) else h for h in heads]
     for ref in refs:  # fail on a typo before any fitting
         build_head(ref, engine)
+    if save_best is not None:
+        from .model_folder import check_target
+
+        check_target(save_best)
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
     rows, fitted = [], {}
