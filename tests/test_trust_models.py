@@ -584,3 +584,23 @@ def test_finetune_resume_without_a_checkpoint_refuses_and_keeps_the_model(skops_
     _refused(_cli("finetune", str(TRAIN), "-b", "minilm-l6", "-o", str(empty), "--resume", "--epochs", "1"),
              "no fine-tuning checkpoint")
     assert not empty.exists()
+
+
+def test_cli_train_killed_at_each_rename_keeps_the_old_model(skops_model: Path, tmp_path: Path) -> None:
+    """`headstart train -o EXISTING` under strace, SIGKILLed on entry to the N-th rename (files inside the
+    staging folder) and to the exchange that swaps the folder in: the old model stays whole each time."""
+    model = _copy(skops_model, tmp_path / "m")
+    old = sorted(os.listdir(model))
+    env = {**os.environ}
+    base = [sys.executable, "-m", "headstart", "train", str(TRAIN), "-b", "minilm-l6", "--head", "knn(k=3)",
+            "-o", str(model)]
+    for syscall, when in (("rename", 1), ("rename", 3), ("renameat2", 1)):
+        proc = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
+                               "-e", f"inject={syscall}:signal=KILL:when={when}", *base],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode != 0 and "model written" not in proc.stdout, (syscall, when, proc.stdout)
+        assert sorted(os.listdir(model)) == old and load_model(model).manifest["head"]["format"] == "skops"
+    proc = subprocess.run(base, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert load_model(model).manifest["head"]["name"] == "knn" and "head.skops" not in os.listdir(model)
+    assert sorted(os.listdir(tmp_path)) == ["m"]  # the killed runs' staging folders are gone
