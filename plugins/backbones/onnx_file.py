@@ -61,9 +61,7 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    return True
+    return isinstance(value, hint) if isinstance(hint, type) else True
 
 
 def _preprocessing(modality: str, data: dict[str, Any], base: Path, side: Path) -> Any:
@@ -126,11 +124,13 @@ def onnx_spec(ref: str) -> BackboneSpec:
     except ValueError as exc:
         raise ConfigError(f"cannot read the preprocessing sidecar {side}: {exc}", hint=hint) from None
     except HeadstartError as exc:
-        raise ConfigError(exc.message, hint=hint) if "does not exist" in exc.message else exc from None
+        if "does not exist" in exc.message:
+            raise ConfigError(f"the preprocessing sidecar {side} does not exist", hint=hint) from None
+        raise
     if not isinstance(meta, dict):
         raise ConfigError(f"{side} must hold a JSON object", hint=hint)
     for key, kind in _TOP.items():
-        if meta.get(key) is not None and not (isinstance(meta[key], kind) and not (kind is int and isinstance(meta[key], bool))):
+        if meta.get(key) is not None and not _fits(meta[key], kind):
             raise ConfigError(f"{side}: field '{key}' must be a {kind.__name__}, got {meta[key]!r}", hint=hint)
     modality = meta.get("modality")
     if modality not in _PREP:
@@ -141,10 +141,11 @@ def onnx_spec(ref: str) -> BackboneSpec:
         raise ConfigError(f"{side}: bad preprocessing: {exc}", hint=hint) from None
     output, graph_dim = _graph_output(model)
     declared = meta.get("dim")
-    if declared is not None and (declared <= 0 or (graph_dim and declared != graph_dim)):
-        raise ConfigError(f"{side}: \"dim\" is {declared}, but the graph's output '{output}' has dimension "
-                          f"{graph_dim or 'dynamic'}" if declared > 0 else f"{side}: \"dim\" must be positive",
-                          hint="set \"dim\" to the graph's output dimension, or leave it out when the graph's is static")
+    if declared is not None and declared <= 0:
+        raise ConfigError(f"{side}: \"dim\" must be positive, got {declared}", hint=hint)
+    if declared is not None and graph_dim and declared != graph_dim:
+        raise ConfigError(f"{side}: \"dim\" is {declared}, but the graph's output '{output}' has dimension {graph_dim}",
+                          hint="set \"dim\" to the graph's output dimension, or leave it out (the graph's is static)")
     dim = int(declared or graph_dim or 0)
     if dim <= 0:
         raise ConfigError(f"{side}: the graph's output dim is dynamic; set \"dim\"", hint=hint)
