@@ -21,8 +21,10 @@ def verify_files(folder: Path, files: dict[str, str]) -> None:
             raise UnsafeModelError(f"{path} is a symbolic link; cached model files must be regular files",
                                    hint=f"delete {folder} and export again")
         _check_inside(root, name, folder)
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise IntegrityError(f"cached model file {path} is missing", hint=f"delete {folder} and export again")
+        kind = "onnx" if name.endswith(".onnx") else "manifest" if name.endswith(".json") else "external_data"
+        confined_file(folder, name, kind=kind, what="cached model file")  # a regular file of bounded size
         actual = sha256_file(path)
         if actual != expected:
             raise IntegrityError(

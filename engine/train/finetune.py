@@ -261,7 +261,8 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     from .model_folder import check_target
 
     check_target(out, allow_checkpoint=True)
-    has_checkpoint = checkpoint_dir.is_dir() and any(checkpoint_dir.glob("*.safetensors"))
+    has_checkpoint = checkpoint_dir.is_dir() and any(
+        p.is_file() and not p.is_symlink() for p in checkpoint_dir.glob("*.safetensors"))
     if not resume and has_checkpoint:
         raise FinetuneError(f"{out} holds an unfinished fine-tuning checkpoint",
                             hint="continue it with --resume, or delete the folder to start over")
