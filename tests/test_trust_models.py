@@ -122,6 +122,7 @@ def _ran(marker: Path) -> bool:
     return any(marker.parent.glob(marker.name + "*"))
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("kind", ["builtins", "numpy", "scipy", "sklearn"])
 def test_skops_gadget_is_refused_by_eval_and_predict_and_runs_nothing(kind: str, skops_model: Path,
                                                                         tmp_path: Path) -> None:
@@ -226,6 +227,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.timeout(900)
 def test_training_keys_path_must_be_a_bounded_regular_file_inside(skops_model: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside.npy"
     outside.write_bytes((skops_model / "training_keys.npy").read_bytes())
@@ -386,6 +388,8 @@ def test_onnx_file_errors_name_the_file(tmp_path: Path, headstart_home: Path) ->
 
 # -- 3. a model folder changes as a unit --------------------------------------------------------------
 KILLER = textwrap.dedent("""
+    # Imports once, then for each N read from stdin forks a writer that SIGKILLs itself on entry to
+    # its N-th filesystem step of the save (every write, fsync, file rename, folder exchange/rename/rmtree).
     import os, signal, sys
     import numpy as np
     import headstart.engine.store.atomic as atomic
@@ -393,13 +397,12 @@ KILLER = textwrap.dedent("""
     from headstart.engine.heads.features import FeatureSet
     from headstart.engine.train.api import train
 
-    path, head, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    steps = [0]
+    path, head = sys.argv[1], sys.argv[2]
+    steps, kill_at = [0], [0]
 
     def step(name):
         steps[0] += 1
-        if steps[0] == kill_at:
-            print(f"killed at {name}", flush=True)
+        if steps[0] == kill_at[0]:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def wrap(obj, names):
@@ -410,37 +413,65 @@ KILLER = textwrap.dedent("""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((120, 8)).astype(np.float32)
     y = np.array(["a", "b", "c"])[(X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5).astype(int)]
+    features = FeatureSet.from_arrays(X, y)
+    train(features, head)  # warm up (plugins, imports) without saving, so each forked writer starts at once
     wrap(atomic.FS, ["write", "fsync", "replace"])
     wrap(model_folder.OPS, ["exchange", "rename", "rmtree"])
-    train(FeatureSet.from_arrays(X, y), head, out=path)
-    print(f"done after {steps[0]} steps", flush=True)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        kill_at[0] = int(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                train(features, head, out=path)
+                code = 0
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(f"{kill_at[0]} {status}", flush=True)
 """)
 
 
+@pytest.mark.timeout(900)
 def test_kill_at_every_step_of_a_save_leaves_the_old_or_the_new_model(tmp_path: Path) -> None:
     fs = _features()
     path = tmp_path / "models" / "m"
     train(fs, "sklearn:LogisticRegression", out=path)
     old_files = sorted(os.listdir(path))
     old_pred = load_model(path).head.predict(fs.vectors)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    writer = subprocess.Popen([sys.executable, "-c", KILLER, str(path), "knn(k=3)"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
     seen, kill_at = set(), 1
-    while True:
-        proc = subprocess.run([sys.executable, "-c", KILLER, str(path), "knn(k=3)", str(kill_at)],
-                              capture_output=True, text=True, timeout=180)
-        model = load_model(path)  # always loadable
-        files = sorted(os.listdir(path))
-        if model.manifest["head"]["format"] == "skops":
-            assert files == old_files and (model.head.predict(fs.vectors) == old_pred).all()
-            seen.add("old")
-        else:
-            assert model.manifest["head"]["format"] == "safetensors" and "head.skops" not in files, files
-            assert model.manifest["head"]["name"] == "knn"
-            seen.add("new")
-        if proc.returncode == 0:
-            break
-        assert proc.returncode == -signal.SIGKILL and "killed at" in proc.stdout, proc.stderr
-        kill_at += 1
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        while True:
+            writer.stdin.write(f"{kill_at}\n")
+            writer.stdin.flush()
+            reported, status = map(int, writer.stdout.readline().split())
+            assert reported == kill_at
+            model = load_model(path)  # always loadable
+            files = sorted(os.listdir(path))
+            if model.manifest["head"]["format"] == "skops":
+                assert files == old_files and (model.head.predict(fs.vectors) == old_pred).all()
+                seen.add("old")
+            else:
+                assert model.manifest["head"]["format"] == "safetensors" and "head.skops" not in files, files
+                assert model.manifest["head"]["name"] == "knn"
+                seen.add("new")
+            if os.WIFEXITED(status):
+                assert os.WEXITSTATUS(status) == 0 and model.manifest["head"]["name"] == "knn"
+                break
+            assert os.WTERMSIG(status) == signal.SIGKILL
+            kill_at += 1
+    finally:
+        writer.stdin.close()
+        writer.wait(60)
     assert seen == {"old", "new"} and kill_at > 10, (seen, kill_at)
+    print(f"killed at each of {kill_at - 1} steps, then saved")
     # the last (clean) run removed what killed writers left behind
     assert os.listdir(tmp_path / "models") == ["m"], os.listdir(tmp_path / "models")
 
@@ -487,6 +518,7 @@ BAD_HEADS = [("sklearn:LogisticRegression(C=-1)", "'C'"),
              ("knn(k=0)", "'k'")]
 
 
+@pytest.mark.timeout(900)
 def test_bad_head_values_are_refused_before_any_work(tmp_path: Path) -> None:
     home = tmp_path / "home"
     for ref, needle in BAD_HEADS:
@@ -586,6 +618,7 @@ def test_finetune_resume_without_a_checkpoint_refuses_and_keeps_the_model(skops_
     assert not empty.exists()
 
 
+@pytest.mark.timeout(900)
 def test_cli_train_killed_at_each_rename_keeps_the_old_model(skops_model: Path, tmp_path: Path) -> None:
     """`headstart train -o EXISTING` under strace, SIGKILLed on entry to the N-th rename (files inside the
     staging folder) and to the exchange that swaps the folder in: the old model stays whole each time."""
