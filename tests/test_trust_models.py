@@ -637,3 +637,11 @@ def test_cli_train_killed_at_each_rename_keeps_the_old_model(skops_model: Path, 
     assert proc.returncode == 0, proc.stderr
     assert load_model(model).manifest["head"]["name"] == "knn" and "head.skops" not in os.listdir(model)
     assert sorted(os.listdir(tmp_path)) == ["m"]  # the killed runs' staging folders are gone
+
+
+def test_finetune_refuses_bad_head_values_before_embedding(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    proc = _cli("finetune", str(TRAIN), "-b", "minilm-l6", "--head", "mlp(dropout=1.5)", "-o", str(tmp_path / "m"),
+                home=home)
+    _refused(proc, "'dropout'")
+    assert not (home / "features").exists() and not (tmp_path / "m").exists()

@@ -271,6 +271,10 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
                             + (" (it is a finished model)" if (out / "manifest.json").is_file() else ""),
                             hint="drop --resume to start a new run (into a new folder to keep this one)")
     spec_entry = engine.catalog.get("finetuner", finetuner)
+    if init_head is None:
+        from ..heads.resolve import build_head
+
+        build_head(head, engine)  # bad head values are refused before any embedding
     started = time.perf_counter()
     fs = load_features(source, backbone, labelled=True, engine=engine, reader_options=reader_options, progress=progress)
     spec = resolve_backbone(fs.backbone, engine)
