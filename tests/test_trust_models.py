@@ -491,6 +491,11 @@ def test_train_refuses_a_file_or_a_foreign_folder_before_any_work(tmp_path: Path
     assert os.listdir(folder) == ["holiday.jpg"] and a_file.read_text() == "keep me"
     with pytest.raises(ConfigError, match="not a headstart model"):
         train(_features(), "knn", out=folder)
+    from headstart.engine.train.api import sweep
+
+    with pytest.raises(ConfigError, match="is a file"):
+        sweep(_features(), ["knn", "linear"], save_best=a_file)
+    assert a_file.read_text() == "keep me"
 
 
 def test_long_output_names_work(tmp_path: Path) -> None:
