@@ -1,4 +1,5 @@
-"""Checks that run before onnxruntime loads a model: file hashes and external-data paths."""
+"""Checks that run before onnxruntime loads a model: file hashes and external-data paths
+(confined, regular files of bounded size: :mod:`headstart.engine.safepaths`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import IntegrityError, UnsafeModelError
+from ..safepaths import confined_file
 from ..store.atomic import sha256_file
 
 
@@ -19,8 +21,10 @@ def verify_files(folder: Path, files: dict[str, str]) -> None:
             raise UnsafeModelError(f"{path} is a symbolic link; cached model files must be regular files",
                                    hint=f"delete {folder} and export again")
         _check_inside(root, name, folder)
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise IntegrityError(f"cached model file {path} is missing", hint=f"delete {folder} and export again")
+        kind = "onnx" if name.endswith(".onnx") else "manifest" if name.endswith(".json") else "external_data"
+        confined_file(folder, name, kind=kind, what="cached model file")  # a regular file of bounded size
         actual = sha256_file(path)
         if actual != expected:
             raise IntegrityError(
@@ -36,7 +40,13 @@ def external_data_files(model_path: Path) -> list[str]:
     """
     import onnx
 
-    model = onnx.load(str(model_path), load_external_data=False)
+    from ..errors import BackboneError
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - empty, truncated or not ONNX
+        raise BackboneError(f"{model_path} is not a readable ONNX model ({type(exc).__name__}: {exc})".replace("\n", " "),
+                            hint="pass the path of an ONNX graph saved with onnx.save or torch.onnx.export") from None
     folder = model_path.parent
     root = folder.resolve()
     found: list[str] = []
@@ -55,6 +65,7 @@ def external_data_files(model_path: Path) -> list[str]:
             if step.is_symlink():
                 raise UnsafeModelError(f"{where} points at external data '{location}' through a symbolic link",
                                        hint="copy the data file next to the model instead of linking it")
+        confined_file(folder, location, kind="external_data", what=f"external data of {where}")
         if location not in found:
             found.append(location)
     return found

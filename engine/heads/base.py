@@ -41,6 +41,25 @@ class Head:
             setattr(self, name, value)
         return self
 
+    @classmethod
+    def _param_constraints(cls) -> dict[str, list[Any]]:
+        """scikit-learn-style constraints per parameter (``Interval``, ``StrOptions``, types, None);
+        override to declare them. Checked by :meth:`_validate_params` before any work."""
+        return {}
+
+    def _validate_params(self) -> None:
+        """Check the parameters against :meth:`_param_constraints` with scikit-learn's own checker,
+        then :meth:`_check_params`; raises ``ValueError``/``TypeError`` naming the parameter."""
+        constraints = self._param_constraints()
+        if constraints:
+            from sklearn.utils._param_validation import validate_parameter_constraints
+
+            validate_parameter_constraints(constraints, self.get_params(deep=False), caller_name=type(self).__name__)
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Checks constraints cannot express (override; raise ValueError naming the parameter)."""
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
@@ -54,6 +73,9 @@ class Head:
     # -- fit / predict --------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> "Head":
         """Fit on ``X`` (n, d) and labels ``y`` (n,); returns ``self``."""
+        from .params import check_memory, validate_head
+
+        validate_head(self)
         X = check_features(X)
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != len(X):
@@ -62,6 +84,7 @@ class Head:
         if len(classes) < 2:
             raise DataError(f"{type(self).__name__}.fit: only one class ({classes[0]!r}) in the training data",
                             hint="a classifier needs at least two labelled classes")
+        check_memory(self, X.shape[1], len(classes))
         self.classes_ = classes
         self.n_features_in_ = X.shape[1]
         self._fit(X, y_idx.astype(np.int64))

@@ -20,10 +20,13 @@ def build_head(ref: str | HeadRef, engine: Any = None) -> tuple[Any, HeadRef]:
     """An unfitted estimator for ``ref``; the returned ref carries the canonical head name."""
     spec, parsed = head_spec(ref, engine)
     canonical = HeadRef(spec.name, parsed.arg, dict(parsed.params))
-    try:
-        return spec.build(parsed.arg, **parsed.params), canonical
-    except TypeError as exc:
-        from ..errors import ConfigError
+    from ..errors import ConfigError
+    from .params import validate_head
 
-        documented = ", ".join(spec.documented_params()) or "see `headstart heads --show " + spec.name + "`"
-        raise ConfigError(f"head '{canonical}' cannot be built: {exc}", hint=f"parameters: {documented}") from None
+    documented = ", ".join(spec.documented_params()) or "see `headstart heads --show " + spec.name + "`"
+    try:
+        estimator = spec.build(parsed.arg, **parsed.params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"head '{canonical}' cannot be built: {exc}".replace("\n", " "),
+                          hint=f"parameters: {documented}") from None
+    return validate_head(estimator, str(canonical)), canonical

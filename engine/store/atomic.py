@@ -48,8 +48,19 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+NAME_MAX = 255  # bytes in one path component (ext4, xfs, btrfs, tmpfs)
+
+
 def temp_path_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    """A sibling temp name for ``path``; a long name is shortened (and made unique by its hash) so the
+    temp name stays within :data:`NAME_MAX` bytes whenever ``path``'s own name does."""
+    suffix = f"{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    name = path.name
+    if len(f".{name}{suffix}".encode()) > NAME_MAX:
+        tag = "~" + hashlib.sha256(name.encode()).hexdigest()[:12]
+        room = NAME_MAX - len(f".{tag}{suffix}".encode())
+        name = name.encode()[:room].decode(errors="ignore") + tag
+    return path.with_name(f".{name}{suffix}")
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], chunks: bytes | Iterable[bytes]) -> str:

@@ -111,7 +111,9 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     build_head(head, engine)  # fail on a bad head ref before embedding anything
     if out is not None:
         from ..embed.sources import refuse_output_over_inputs
+        from .model_folder import check_target
 
+        check_target(out)  # never a file or someone else's folder; refused before any work
         refuse_output_over_inputs(out, [source])
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
@@ -154,9 +156,10 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
     for ref in refs:  # fail on a typo before any fitting
         build_head(ref, engine)
     if save_best is not None:  # a bad output path fails now, not after the fitting
-        from ..embed.sources import check_model_folder_path, refuse_output_over_inputs
+        from ..embed.sources import refuse_output_over_inputs
+        from .model_folder import check_target
 
-        check_model_folder_path(save_best, "--save-best")
+        check_target(save_best)
         refuse_output_over_inputs(save_best, [source], option="--save-best")
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)

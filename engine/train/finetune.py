@@ -258,10 +258,23 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     log = log or (lambda message: None)
     out = Path(out)
     checkpoint_dir = out / CHECKPOINT_DIR
-    if not resume and any(checkpoint_dir.glob("*.safetensors")):
+    from .model_folder import check_target
+
+    check_target(out, allow_checkpoint=True)
+    has_checkpoint = checkpoint_dir.is_dir() and any(
+        p.is_file() and not p.is_symlink() for p in checkpoint_dir.glob("*.safetensors"))
+    if not resume and has_checkpoint:
         raise FinetuneError(f"{out} holds an unfinished fine-tuning checkpoint",
                             hint="continue it with --resume, or delete the folder to start over")
+    if resume and not has_checkpoint:
+        raise FinetuneError(f"{out} holds no fine-tuning checkpoint to resume"
+                            + (" (it is a finished model)" if (out / "manifest.json").is_file() else ""),
+                            hint="drop --resume to start a new run (into a new folder to keep this one)")
     spec_entry = engine.catalog.get("finetuner", finetuner)
+    if init_head is None:
+        from ..heads.resolve import build_head
+
+        build_head(head, engine)  # bad head values are refused before any embedding
     started = time.perf_counter()
     fs = load_features(source, backbone, labelled=True, engine=engine, reader_options=reader_options, progress=progress)
     spec = resolve_backbone(fs.backbone, engine)
@@ -276,7 +289,6 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     index = {str(c): i for i, c in enumerate(classes)}
     y_idx = np.asarray([index[str(v)] for v in prep.y], dtype=np.int64)
     rows_train, rows_val = prep.split.train, prep.split.val
-    (out / "manifest.json").unlink(missing_ok=True)  # a folder without a manifest is not a model
     request = FinetuneRequest(
         spec=spec, head=frozen, head_name=head_ref.split("(")[0].split(":")[0], classes=classes,
         train_items=[payloads[prep.features.keys[i]] for i in rows_train], train_y=y_idx[rows_train],
@@ -311,14 +323,10 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
         "options": asdict(options), "frozen_metrics": _scores(frozen_metrics), "best_epoch": outcome.best_epoch,
         "epochs_run": outcome.epochs_run, "stopped_early": outcome.stopped_early, "resumed_from": outcome.resumed_from,
         "history": outcome.history, "export": export_info, "info": outcome.info}
-    from ..store.atomic import copy_file_atomic
-
-    for path in outcome.backbone_files:
-        copy_file_atomic(path, out / BACKBONE_DIR / Path(path).name)
     from .overlap import training_digests
 
     model = Model(outcome.head, manifest, training_keys=training_digests(prep.features.keys[i] for i in rows_train))
-    model.save(out)
+    model.save(out, extra_files={f"{BACKBONE_DIR}/{Path(path).name}": path for path in outcome.backbone_files})
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return FinetuneResult(model, metrics, frozen_metrics, outcome, export_info, out)
 

@@ -8,6 +8,11 @@ Layout (``manifest.json`` is written last; a folder without it is not a model)::
       metrics.json        validation metrics of the training run
       head.safetensors + head.json | head.skops | head.pkl (pickle: loads only with trust=True)
       training_keys.npy   digests of the training items' content keys (see :mod:`headstart.engine.train.overlap`)
+      backbone/           fine-tuned models only: the fine-tuned backbone's weights
+
+The folder is written as a unit (:mod:`headstart.engine.train.model_folder`). Loading reads only
+the paths the manifest names, each confined to the folder, a regular file of bounded size
+(:mod:`headstart.engine.safepaths`) and checked against its sha256.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -23,13 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackboneError, DimensionMismatchError, HeadError, IntegrityError
+from ..errors import BackboneError, DimensionMismatchError, HeadError, HeadstartError, IntegrityError
 from ..heads.features import FeatureSet
 from ..heads.persist import load_head, save_head
 from ..heads.spec import HeadRef
-from ..store.atomic import write_json_atomic
+from ..safepaths import read_confined
+from ..store.atomic import copy_file_atomic, write_json_atomic
+from .model_folder import MODEL_FORMAT, write_model_folder
 
-MODEL_FORMAT = "headstart-model"
 MODEL_FORMAT_VERSION = 1
 
 
@@ -173,17 +180,26 @@ class Model:
         return {**metrics, "n_errors": n_errors, "n_unlabelled": len(fs) - len(rows), "n_seen_in_training": seen}
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write the model folder (head files first, manifest last)."""
+    def save(self, path: str | Path, extra_files: dict[str, str | Path] | None = None) -> Path:
+        """Write the model folder as a unit: every file into a sibling temp folder, then swapped in
+        (a folder that is neither empty nor a headstart model is refused). ``extra_files`` maps
+        names inside the folder (``backbone/x.safetensors``) to files to copy there."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        record = save_head(self.head, path)
-        manifest = {**self.manifest, "head": {**self.manifest["head"], **record}}
-        if self.training_keys is not None:
-            manifest["training_keys"] = _save_training_keys(path, self.training_keys)
-        write_json_atomic(path / "metrics.json", manifest.get("metrics", {}))
-        write_json_atomic(path / "manifest.json", manifest)
-        self.manifest, self.path = manifest, path
+        written: dict[str, Any] = {}
+
+        def fill(staging: Path) -> None:
+            record = save_head(self.head, staging)
+            manifest = {**self.manifest, "head": {**self.manifest["head"], **record}}
+            if self.training_keys is not None:
+                manifest["training_keys"] = _save_training_keys(staging, self.training_keys)
+            for name, src in (extra_files or {}).items():
+                copy_file_atomic(src, staging / name)
+            write_json_atomic(staging / "metrics.json", manifest.get("metrics", {}))
+            write_json_atomic(staging / "manifest.json", manifest)
+            written["manifest"] = manifest
+
+        write_model_folder(path, fill)
+        self.manifest, self.path = written["manifest"], path
         return path
 
 
@@ -237,20 +253,30 @@ def load_model(path: str | Path, trust: bool = False, *, engine: Any = None) -> 
 
     path = Path(path)
     manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
+    hint = "copy the model folder again or retrain"
+    if not path.is_dir() or not os.path.lexists(manifest_path):
         raise IntegrityError(f"{path} is not a headstart model folder (no manifest.json)",
                              hint="pass the folder written by `headstart train -o DIR`")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise IntegrityError(f"cannot read {manifest_path}: {exc}", hint="copy the model folder again or retrain") from None
-    if manifest.get("format") != MODEL_FORMAT:
-        raise IntegrityError(f"{manifest_path} is not a headstart model manifest")
-    record = manifest["head"]
+        manifest = json.loads(read_confined(path, "manifest.json", kind="manifest"))
+    except ValueError as exc:
+        raise IntegrityError(f"cannot read {manifest_path}: {exc}", hint=hint) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FORMAT:
+        raise IntegrityError(f"{manifest_path} is not a headstart model manifest", hint=hint)
+    record = manifest.get("head")
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+        raise IntegrityError(f"{manifest_path} has no 'head' record (or it is not an object with a 'name')",
+                             hint=hint)
+    for key, kind in (("classes", list), ("backbone", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise IntegrityError(f"{manifest_path}: '{key}' is missing or not a {kind.__name__}", hint=hint)
 
     def build() -> Any:
+        params = record.get("params", {})
+        if not isinstance(params, dict):
+            raise IntegrityError(f"{manifest_path}: head.params must be an object", hint=hint)
         spec, _ = head_spec(HeadRef(record["name"], record.get("arg")), engine)
-        return spec.build(record.get("arg"), **record.get("params", {}))
+        return spec.build(record.get("arg"), **params)
 
     head = load_head(path, record, build=build, trust=trust)
     return Model(head=head, manifest=manifest, path=path, training_keys=_load_training_keys(path, manifest))
@@ -268,14 +294,26 @@ def _save_training_keys(path: Path, digests: np.ndarray) -> dict[str, Any]:
 
 
 def _load_training_keys(path: Path, manifest: dict[str, Any]) -> np.ndarray | None:
-    """The training digests, or None when the folder has none (older models) or they do not check out."""
+    """The training digests, or None when the folder has none (older models) or they do not check out.
+
+    The file is read only where the manifest's path is confined to the folder, a regular file of
+    bounded size; anything else (``..``, an absolute path, a FIFO, a device) is an error."""
     record = manifest.get("training_keys")
     if not record:
         return None
+    if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+        raise IntegrityError(f"{path / 'manifest.json'}: training_keys must be an object with a 'file'",
+                             hint="copy the model folder again or retrain")
     try:
-        data = (path / record["file"]).read_bytes()
-    except OSError:
-        return None
+        data = read_confined(path, record["file"], kind="training_keys", what="training_keys.file")
+    except HeadstartError as exc:
+        if not os.path.lexists(path / record["file"]) and not os.path.isabs(record["file"]) \
+                and ".." not in Path(record["file"]).parts:
+            return None  # a missing record file only loses the overlap count
+        raise exc
     if hashlib.sha256(data).hexdigest() != record.get("sha256"):
         return None
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception:  # noqa: BLE001 - a damaged record only loses the overlap count
+        return None

@@ -26,6 +26,15 @@ class KNNHead(Head):
         self.metric = metric
         self.weights = weights
 
+    @classmethod
+    def _param_constraints(cls) -> dict[str, list[Any]]:
+        from numbers import Integral
+
+        from sklearn.utils._param_validation import Interval, StrOptions
+
+        return {"k": [Interval(Integral, 1, None, closed="left")], "metric": [StrOptions({"cosine", "ip"})],
+                "weights": [StrOptions({"uniform", "distance"})]}
+
     def _prepare(self, X: np.ndarray) -> np.ndarray:
         if self.metric == "cosine":
             norms = np.linalg.norm(X, axis=1, keepdims=True)

@@ -47,6 +47,19 @@ class LinearHead(Head):
         self.device = device
         self.seed = seed
 
+    @classmethod
+    def _param_constraints(cls) -> dict[str, list[Any]]:
+        from numbers import Integral, Real
+
+        from sklearn.utils._param_validation import Interval, StrOptions
+
+        return {"l2": [Interval(Real, 0, None, closed="left"), None],
+                "class_weight": [None, StrOptions({"balanced"}), dict],
+                "max_iter": [Interval(Integral, 1, None, closed="left"), None],
+                "tol": [Interval(Real, 0, None, closed="left")],
+                "val_fraction": [Interval(Real, 0, 1, closed="left")], "device": [str],
+                "seed": [Interval(Integral, 0, None, closed="left")]}
+
     def _fit(self, X: np.ndarray, y_idx: np.ndarray) -> None:
         import torch
 

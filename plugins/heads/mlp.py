@@ -30,6 +30,36 @@ class MLPHead(Head):
         self.device = device
         self.seed = seed
 
+    @classmethod
+    def _param_constraints(cls) -> dict[str, list[Any]]:
+        from numbers import Integral, Real
+
+        from sklearn.utils._param_validation import Interval, StrOptions
+
+        return {"dropout": [Interval(Real, 0, 1, closed="left")], "lr": [Interval(Real, 0, None, closed="neither")],
+                "weight_decay": [Interval(Real, 0, None, closed="left")],
+                "batch_size": [Interval(Integral, 1, None, closed="left")],
+                "max_epochs": [Interval(Integral, 1, None, closed="left")],
+                "patience": [Interval(Integral, 1, None, closed="left")],
+                "val_fraction": [Interval(Real, 0, 1, closed="left")],
+                "class_weight": [None, StrOptions({"balanced"}), dict], "device": [str],
+                "seed": [Interval(Integral, 0, None, closed="left")]}
+
+    def _check_params(self) -> None:
+        hidden = [self.hidden] if isinstance(self.hidden, int) else self.hidden
+        if not isinstance(hidden, (list, tuple)) or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+            raise ValueError(f"The 'hidden' parameter of MLPHead must be a positive int or a tuple of positive "
+                             f"ints (layer widths). Got {self.hidden!r} instead.")
+
+    def memory_estimate(self, n_features: int, n_classes: int) -> int:
+        """Bytes training needs: weights, gradients, two AdamW moments and the best-epoch copy (5 float32
+        copies of every parameter) plus a batch's activations (forward and backward)."""
+        hidden = [self.hidden] if isinstance(self.hidden, int) else list(self.hidden)
+        sizes = [int(n_features), *[int(h) for h in hidden], int(n_classes)]
+        n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        return 4 * (5 * n_params + 3 * int(self.batch_size) * sum(sizes))
+
     def _layers(self) -> list[int]:
         hidden = [self.hidden] if isinstance(self.hidden, int) else list(self.hidden)
         return [self.n_features_in_, *[int(h) for h in hidden], len(self.classes_)]
