@@ -333,7 +333,7 @@ def test_sweep_refuses_duplicate_heads_and_a_file_save_best_before_any_work(tmp_
     target.write_text("keep me")
     to_file = _cli("sweep", str(source), "--heads", "linear,knn", "--save-best", str(target),
                    env={"HEADSTART_HOME": str(home)})
-    assert to_file.returncode == 2 and "is a file; a model is written as a folder" in to_file.stderr
+    assert to_file.returncode == 2 and "is a file, not a model folder" in to_file.stderr
     assert "Traceback" not in to_file.stderr and target.read_text() == "keep me"
     stranger = tmp_path / "photos"
     stranger.mkdir()

@@ -101,15 +101,3 @@ def refuse_output_over_inputs(output: str | os.PathLike, inputs: Iterable[Any], 
                 raise ConfigError(f"the input {os.fspath(source)} lies inside the output folder {os.fspath(output)}; "
                                   "writing the output would delete it",
                                   hint=f"move the input out of that folder or write {option} elsewhere")
-
-
-def check_model_folder_path(path: str | os.PathLike, option: str) -> None:
-    """A model folder will be written to ``path``: refuse a file, or a non-empty folder that is not a model,
-    before any work (:class:`ConfigError` naming ``option``)."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"{option} {p} is a file; a model is written as a folder",
-                          hint=f"pass a folder path for {option} (a new one, or an existing model folder to replace)")
-    if p.is_dir() and not (p / "manifest.json").is_file() and any(p.iterdir()):
-        raise ConfigError(f"{option} {p} is a folder that is not empty and is not a headstart model",
-                          hint=f"pass a new folder for {option}, or an existing model folder to replace")
