@@ -17,6 +17,7 @@ from .catalog import backbones, heads, plugins
 from .embed import embed
 from .export import export
 from .finetune import finetune
+from .plugin import plugin
 from .train import eval_cmd, predict, sweep, train
 
 
@@ -78,7 +79,7 @@ def cli(ctx: click.Context, store: str | None, strict_plugins: bool | None, debu
     ctx.obj = CliState(store=store, strict_plugins=strict_plugins or None, debug=debug)
 
 
-for _command in (embed, train, sweep, eval_cmd, predict, finetune, export, backbones, heads, plugins, cache):
+for _command in (embed, train, sweep, eval_cmd, predict, finetune, export, backbones, heads, plugins, plugin, cache):
     cli.add_command(_command)
 
 
