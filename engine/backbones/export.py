@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import ConfigError
 from ..store.atomic import copy_file_atomic, write_bytes_atomic, write_json_atomic
-from .fingerprint import PRECISIONS, fingerprint_key, fingerprint_of, safe_dirname
+from .fingerprint import PRECISIONS, calibration_digest, fingerprint_key, fingerprint_of, safe_dirname
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -68,16 +68,6 @@ def _settings(settings: "Settings | None", engine: Any) -> "Settings":
 
 def _static_int8(spec: "BackboneSpec", precision: str) -> bool:
     return precision == "int8" and spec.modality != "text"
-
-
-def calibration_digest(items: Iterable[Any]) -> str:
-    """A hash of the calibration items (statically quantised exports depend on them)."""
-    from ..embed.items import content_key
-
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(content_key(item).encode())
-    return digest.hexdigest()[:24]
 
 
 def entry_dir(spec: "BackboneSpec", fingerprint: str, settings: "Settings") -> Path:
@@ -185,6 +175,7 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
     info: dict[str, Any] = {}
     module = None
     parity: dict[str, Any] | None = None
+    reference_graph = out  # without a PyTorch model, parity compares with the fp32 graph item by item
     if precision == "fp32" and spec.build_torch is not None:
         from .torch_export import build_module, export_module
 
@@ -206,19 +197,19 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
         info["graph"] = {"source": str(src), "external_data": data}
     else:
         base = export(spec, "fp32", settings=settings, engine=engine)
+        reference_graph = base.path
         info["graph"] = {"from_fp32": base.fingerprint}
         if precision == "int8":
             from .int8 import build_int8
 
-            quantized, probe, parity = build_int8(spec, base.path, out, pre, probe, items, module, folder, settings,
-                                                  engine, min_cosine)
+            quantized, probe, parity = build_int8(spec, base.path, out, pre, probe, items, module, min_cosine)
             info.update(quantized)
         else:
             from .quantize import fp16
 
             write_bytes_atomic(out, fp16(base.path))
     if parity is None:
-        figures, ref_kind = parity_on(spec, probe, module, folder, out, precision, settings, engine)
+        figures, ref_kind = parity_on(spec, probe, module, out, precision, reference_graph)
         parity = {**check_parity(figures, spec.name, precision, min_cosine), "reference": ref_kind}
     files = {p.name: _sha(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
     files.pop(MANIFEST, None)
