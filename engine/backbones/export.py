@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from ..errors import ConfigError
+from ..errors import BackboneError, ConfigError
 from ..store.atomic import copy_file_atomic, write_bytes_atomic, write_json_atomic
 from .fingerprint import PRECISIONS, calibration_digest, fingerprint_key, fingerprint_of, safe_dirname
 
@@ -182,8 +182,13 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
         module = build_module(spec)
         tmp = folder / f".{MODEL_FILE}.tmp-trace"
         try:
-            export_module(module, spec, _dummy(spec, pre), tmp)
-            info["graph"] = _finish_graph(spec, tmp, out)
+            if spec.export_onnx is not None:
+                _run_exporter(spec, tmp)
+                exporter = dict(spec.extra).get("exporter", "the backbone's own exporter")
+            else:
+                export_module(module, spec, _dummy(spec, pre), tmp)
+                exporter = "torch.onnx (TorchScript)"
+            info["graph"] = _finish_graph(spec, tmp, out, exporter)
         finally:
             tmp.unlink(missing_ok=True)
     elif precision == "fp32":
@@ -223,7 +228,20 @@ def _sha(path: Path) -> str:
     return sha256_file(path)
 
 
-def _finish_graph(spec: "BackboneSpec", traced: Path, out: Path) -> dict[str, Any]:
+def _run_exporter(spec: "BackboneSpec", path: Path) -> None:
+    """Let the spec's own exporter write the fp32 graph; its failures become a BackboneError."""
+    try:
+        spec.export_onnx(path)
+    except BackboneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - exporters fail in many ways
+        raise BackboneError(f"backbone '{spec.name}': exporting to ONNX failed: {type(exc).__name__}: {exc}",
+                            hint="see the traceback with --debug; the architecture may not be supported") from exc
+    if not path.is_file():
+        raise BackboneError(f"backbone '{spec.name}': the exporter wrote no graph", hint="report it to its authors")
+
+
+def _finish_graph(spec: "BackboneSpec", traced: Path, out: Path, exporter: str) -> dict[str, Any]:
     """Apply the transformer fusions when the spec asks for them; write ``out`` atomically."""
     optimizer = dict(spec.extra).get("graph_optimizer")
     if optimizer in ("bert", "bert-layernorm"):  # bert-layernorm: residual Add + LayerNormalization kept apart
@@ -232,9 +250,9 @@ def _finish_graph(spec: "BackboneSpec", traced: Path, out: Path) -> dict[str, An
         fused = fuse_transformer(traced, skip_layernorm=optimizer == "bert")
         if fused is not None:
             write_bytes_atomic(out, fused)
-            return {"exporter": "torch.onnx (TorchScript)", "optimizer": "onnxruntime.transformers bert fusions"}
+            return {"exporter": exporter, "optimizer": "onnxruntime.transformers bert fusions"}
     copy_file_atomic(traced, out)
-    return {"exporter": "torch.onnx (TorchScript)", "optimizer": None}
+    return {"exporter": exporter, "optimizer": None}
 
 
 def _dummy(spec: "BackboneSpec", pre: Any) -> dict[str, "np.ndarray"]:

@@ -24,7 +24,8 @@ from headstart.engine.backbones.spec import (BackboneSpec, ImagePreprocessing, I
 from headstart.engine.backbones.resolve import resolve_backbone
 from headstart.engine.backbones.preprocess import make_preprocessor
 from headstart.engine.backbones.torch_export import build_module
-from headstart.engine.backbones.torch_modules import image_encoder, text_encoder
+from headstart.engine.backbones.torch_modules import image_encoder, text_encoder, vision_transformer_encoder
+from headstart.engine.backbones.graph_pooling import append_pooling
 # heads
 from headstart.engine.heads.base import Head, class_weights, resolve_device
 from headstart.engine.heads.spec import HeadSpec
@@ -47,6 +48,7 @@ __all__ = [
     "NotFittedError", "DataError", "FinetuneError",
     "BackboneSpec", "TextPreprocessing", "ImagePreprocessing", "NumericPreprocessing", "Int8Recipe",
     "resolve_backbone", "make_preprocessor", "build_module", "text_encoder", "image_encoder",
+    "vision_transformer_encoder", "append_pooling",
     "Head", "HeadSpec", "class_weights", "resolve_device", "stratified_split", "classification_metrics",
     "Item", "ReaderOptions", "ReaderSpec", "content_key",
     "FinetunerSpec", "FinetuneRequest", "FinetuneOutcome", "unfreeze_blocks",
