@@ -171,3 +171,36 @@ def test_check_backbone_catches_a_false_normalisation_claim(tmp_path: Path):
                                          preprocessing=NumericPreprocessing(input_name="values", shape=(4,))),
                             home=str(tmp_path))
     assert report["probes"] == 16 and report["parity"]["min_cosine"] >= 0.9999
+
+
+def _doc_example(section: str) -> dict:
+    """Run the first python block under ``## <section>`` of docs/plugins.md; return its namespace."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", body, re.S).group(1)
+    namespace: dict = {"__name__": f"docs_example_{section.replace(' ', '_')}"}
+    exec(compile(code, f"docs/plugins.md ({section})", "exec"), namespace)
+    return namespace
+
+
+def test_the_docs_head_example_passes_the_kit():
+    from headstart.sdk import check_head
+
+    assert check_head(_doc_example("A head")["CentroidHead"])["format"] == "safetensors"
+
+
+def test_the_docs_reader_example_passes_the_kit(tmp_path: Path):
+    namespace = _doc_example("A reader")
+    specs = []
+    namespace["register_readers"](register=specs.append)
+    sample = tmp_path / "sample.tab"
+    sample.write_text("greeting\thello\nfarewell\tbye\nbroken line\n")
+    report = check_reader(specs[0], str(sample), expect_items=3, expect_labels=True)
+    assert report["errors"] == 1 and report["labels"] == ["farewell", "greeting"]
+
+
+def test_the_docs_backbone_example_passes_the_kit(tmp_path: Path):
+    report = check_backbone(_doc_example("A backbone")["SPEC"], home=str(tmp_path))
+    assert report["dim"] == 32
