@@ -20,6 +20,7 @@ import pluggy
 from . import hookspecs
 from .config import Settings
 from .errors import PluginError, PluginLoadError
+from .registry import REGISTER_HOOKS, Catalog
 
 ENTRY_POINT_GROUP = "headstart"
 BUILTIN_DISTRIBUTION = "headstart"
@@ -203,13 +204,24 @@ class Engine:
 
     # -- the catalog ---------------------------------------------------------------
     @property
-    def catalog(self):  # -> headstart.engine.registry.Catalog
+    def catalog(self) -> Catalog:
         with self._lock:
             if self._catalog is None:
-                from .registry import Catalog
-
-                self._catalog = Catalog.collect(self)
+                self._catalog = self._collect_catalog()
             return self._catalog
+
+    def _collect_catalog(self) -> Catalog:
+        """Call every ``register_*`` hook; a plugin that raises is recorded and what it registered dropped."""
+        catalog = Catalog()
+        for kind, hook in REGISTER_HOOKS.items():
+            for record, impl in self._impls(hook):
+                register = catalog.registrar(kind, record.name)
+                try:
+                    impl.function(**{k: {"register": register, "engine": self}[k] for k in impl.argnames})
+                except Exception as exc:  # noqa: BLE001 - isolate the plugin, keep the rest
+                    self._fail(record, "hook", f"{hook} raised {type(exc).__name__}: {exc}")
+                    catalog.drop_plugin(record.name)
+        return catalog
 
     def plugin_records(self) -> list[PluginRecord]:
         return sorted(self.records.values(), key=lambda r: (not r.builtin, r.name))

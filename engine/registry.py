@@ -1,6 +1,6 @@
 """The catalog of what the plugins registered: backbones, heads, readers, finetuners.
 
-Built from the ``register_*`` hooks the first time it is needed. Lookups of unknown
+The engine fills it from the ``register_*`` hooks (:attr:`REGISTER_HOOKS`) the first time it is needed. Lookups of unknown
 names raise :class:`UnknownNameError` with the closest registered name.
 """
 
@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from .errors import UnknownNameError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .plugins import Engine
-
 KINDS = ("backbone", "head", "reader", "finetuner")
-_PLURAL_HOOK = {
+REGISTER_HOOKS = {
     "backbone": "register_backbones",
     "head": "register_heads",
     "reader": "register_readers",
@@ -47,20 +44,8 @@ class Catalog:
     aliases: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in KINDS})
     conflicts: list[str] = field(default_factory=list)
 
-    @classmethod
-    def collect(cls, engine: "Engine") -> "Catalog":
-        catalog = cls()
-        for kind, hook in _PLURAL_HOOK.items():
-            for record, impl in engine._impls(hook):
-                register = catalog._registrar(kind, record.name)
-                try:
-                    impl.function(**{k: {"register": register, "engine": engine}[k] for k in impl.argnames})
-                except Exception as exc:  # noqa: BLE001 - isolate the plugin, keep the rest
-                    engine._fail(record, "hook", f"{hook} raised {type(exc).__name__}: {exc}")
-                    catalog._drop_plugin(record.name)
-        return catalog
-
-    def _registrar(self, kind: str, plugin: str):
+    def registrar(self, kind: str, plugin: str):
+        """The ``register`` function a ``register_*`` hook of ``plugin`` receives for ``kind``."""
         def register(spec: Any, aliases: Iterable[str] = ()) -> None:
             name = getattr(spec, "name", None)
             if not isinstance(name, str) or not name:
@@ -77,7 +62,8 @@ class Catalog:
 
         return register
 
-    def _drop_plugin(self, plugin: str) -> None:
+    def drop_plugin(self, plugin: str) -> None:
+        """Forget everything ``plugin`` registered (its hook raised half-way)."""
         for kind in KINDS:
             for name in [n for n, e in self.entries[kind].items() if e.plugin == plugin]:
                 del self.entries[kind][name]

@@ -17,9 +17,13 @@ def _pyproject() -> dict:
 
 
 def _imported_names(path: Path) -> set[str]:
-    """Every module name a file imports: import statements (any depth, relative ones resolved) and string
-    arguments to importlib.import_module / __import__."""
+    """Every module name a file imports at run time: import statements (any depth, function-level ones
+    included, relative ones resolved) and string arguments to importlib.import_module / __import__; imports
+    under ``if TYPE_CHECKING:`` never run and are left out."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
     package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else _module_name(path)
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -101,3 +105,62 @@ def test_the_import_checker_sees_every_form(tmp_path, monkeypatch):
     finally:
         probe.unlink()
     assert {"headstart.plugins", "headstart.plugins.heads", "headstart.plugins.heads.linear"} <= names
+
+
+def _engine_import_graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in (ROOT / "engine").rglob("*.py")}
+    return {name: {n for n in _imported_names(path) if n in modules and n != name}
+            for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_engine_has_no_import_cycles():
+    """Function-level imports count: a cycle hidden inside a function is still a cycle in the design."""
+    assert _cycles(_engine_import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_built_in_plugins_import_only_the_sdk():
+    """The built-ins prove the SDK is enough: they import headstart.sdk and their own modules, nothing else."""
+    offenders = {}
+    for path in (ROOT / "plugins").rglob("*.py"):
+        bad = sorted(n for n in _imported_names(path) if n.startswith("headstart")
+                     and not n.startswith(("headstart.sdk", "headstart.plugins")))
+        if bad:
+            offenders[str(path.relative_to(ROOT))] = bad
+    assert not offenders

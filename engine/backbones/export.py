@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from ..errors import ConfigError
+from ..errors import BackboneError, ConfigError
 from ..store.atomic import copy_file_atomic, write_bytes_atomic, write_json_atomic
-from .fingerprint import PRECISIONS, fingerprint_key, fingerprint_of, safe_dirname
+from .fingerprint import PRECISIONS, calibration_digest, fingerprint_key, fingerprint_of, safe_dirname
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -68,16 +68,6 @@ def _settings(settings: "Settings | None", engine: Any) -> "Settings":
 
 def _static_int8(spec: "BackboneSpec", precision: str) -> bool:
     return precision == "int8" and spec.modality != "text"
-
-
-def calibration_digest(items: Iterable[Any]) -> str:
-    """A hash of the calibration items (statically quantised exports depend on them)."""
-    from ..embed.items import content_key
-
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(content_key(item).encode())
-    return digest.hexdigest()[:24]
 
 
 def entry_dir(spec: "BackboneSpec", fingerprint: str, settings: "Settings") -> Path:
@@ -185,14 +175,20 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
     info: dict[str, Any] = {}
     module = None
     parity: dict[str, Any] | None = None
+    reference_graph = out  # without a PyTorch model, parity compares with the fp32 graph item by item
     if precision == "fp32" and spec.build_torch is not None:
         from .torch_export import build_module, export_module
 
         module = build_module(spec)
         tmp = folder / f".{MODEL_FILE}.tmp-trace"
         try:
-            export_module(module, spec, _dummy(spec, pre), tmp)
-            info["graph"] = _finish_graph(spec, tmp, out)
+            if spec.export_onnx is not None:
+                _run_exporter(spec, tmp)
+                exporter = dict(spec.extra).get("exporter", "the backbone's own exporter")
+            else:
+                export_module(module, spec, _dummy(spec, pre), tmp)
+                exporter = "torch.onnx (TorchScript)"
+            info["graph"] = _finish_graph(spec, tmp, out, exporter)
         finally:
             tmp.unlink(missing_ok=True)
     elif precision == "fp32":
@@ -206,19 +202,19 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
         info["graph"] = {"source": str(src), "external_data": data}
     else:
         base = export(spec, "fp32", settings=settings, engine=engine)
+        reference_graph = base.path
         info["graph"] = {"from_fp32": base.fingerprint}
         if precision == "int8":
             from .int8 import build_int8
 
-            quantized, probe, parity = build_int8(spec, base.path, out, pre, probe, items, module, folder, settings,
-                                                  engine, min_cosine)
+            quantized, probe, parity = build_int8(spec, base.path, out, pre, probe, items, module, min_cosine)
             info.update(quantized)
         else:
             from .quantize import fp16
 
             write_bytes_atomic(out, fp16(base.path))
     if parity is None:
-        figures, ref_kind = parity_on(spec, probe, module, folder, out, precision, settings, engine)
+        figures, ref_kind = parity_on(spec, probe, module, out, precision, reference_graph)
         parity = {**check_parity(figures, spec.name, precision, min_cosine), "reference": ref_kind}
     files = {p.name: _sha(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
     files.pop(MANIFEST, None)
@@ -232,7 +228,20 @@ def _sha(path: Path) -> str:
     return sha256_file(path)
 
 
-def _finish_graph(spec: "BackboneSpec", traced: Path, out: Path) -> dict[str, Any]:
+def _run_exporter(spec: "BackboneSpec", path: Path) -> None:
+    """Let the spec's own exporter write the fp32 graph; its failures become a BackboneError."""
+    try:
+        spec.export_onnx(path)
+    except BackboneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - exporters fail in many ways
+        raise BackboneError(f"backbone '{spec.name}': exporting to ONNX failed: {type(exc).__name__}: {exc}",
+                            hint="see the traceback with --debug; the architecture may not be supported") from exc
+    if not path.is_file():
+        raise BackboneError(f"backbone '{spec.name}': the exporter wrote no graph", hint="report it to its authors")
+
+
+def _finish_graph(spec: "BackboneSpec", traced: Path, out: Path, exporter: str) -> dict[str, Any]:
     """Apply the transformer fusions when the spec asks for them; write ``out`` atomically."""
     optimizer = dict(spec.extra).get("graph_optimizer")
     if optimizer in ("bert", "bert-layernorm"):  # bert-layernorm: residual Add + LayerNormalization kept apart
@@ -241,9 +250,9 @@ def _finish_graph(spec: "BackboneSpec", traced: Path, out: Path) -> dict[str, An
         fused = fuse_transformer(traced, skip_layernorm=optimizer == "bert")
         if fused is not None:
             write_bytes_atomic(out, fused)
-            return {"exporter": "torch.onnx (TorchScript)", "optimizer": "onnxruntime.transformers bert fusions"}
+            return {"exporter": exporter, "optimizer": "onnxruntime.transformers bert fusions"}
     copy_file_atomic(traced, out)
-    return {"exporter": "torch.onnx (TorchScript)", "optimizer": None}
+    return {"exporter": exporter, "optimizer": None}
 
 
 def _dummy(spec: "BackboneSpec", pre: Any) -> dict[str, "np.ndarray"]:

@@ -14,7 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..store.atomic import sha256_file, write_json_atomic
 
@@ -108,3 +108,13 @@ def fingerprint_key(spec: Any, precision: str, exports_dir: Path, calibration: s
 
 def fingerprint_of(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def calibration_digest(items: Iterable[Any]) -> str:
+    """A hash of the calibration items (statically quantised exports depend on them)."""
+    from ..embed.items import content_key
+
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(content_key(item).encode())
+    return digest.hexdigest()[:24]

@@ -10,16 +10,15 @@ from ..errors import BackboneError, ExportParityError
 from .parity import check_parity, parity_on
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..config import Settings
     from .spec import BackboneSpec
 
 
 def build_int8(spec: "BackboneSpec", base: Path, out: Path, pre: Any, probe: list[Any], items: list[Any] | None,
-               module: Any, folder: Path, settings: "Settings", engine: Any,
+               module: Any,
                min_cosine: float | None) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
     """Quantise ``base`` into ``out`` with the spec's int8 recipe, or its fallbacks in turn, until one
     passes the parity gate. Returns (manifest info, the items parity was measured on, parity)."""
-    from .export import calibration_digest
+    from .fingerprint import calibration_digest
     from .quantize import calibration_batches, int8_dynamic, int8_static, split_calibration
 
     recipe, refused = spec.int8, []
@@ -37,7 +36,7 @@ def build_int8(spec: "BackboneSpec", base: Path, out: Path, pre: Any, probe: lis
                                     "fp32_convs": recipe.fp32_convs, "fp32_nodes": kept}
             # Static int8 ranges are fitted to the user's data, so that is what the gate measures on; the
             # synthetic probe set (noise, one-pixel images) is reported beside it, not gated.
-            probe_figures = parity_on(spec, probe, module, folder, out, "int8", settings, engine)[0]
+            probe_figures = parity_on(spec, probe, module, out, "int8", base)[0]
             info["probe_parity"] = {k: probe_figures[k] for k in ("min_cosine", "mean_cosine", "items")}
             readable = [p for p in pre.prepare_many(held_out) if not isinstance(p, Exception)]
             if len(readable) < 2:
@@ -46,7 +45,7 @@ def build_int8(spec: "BackboneSpec", base: Path, out: Path, pre: Any, probe: lis
                                     hint="pass a few hundred readable, representative items (calibration=..., "
                                          "--calibrate DIR)")
             checked = [pre.collate([p]) for p in readable]
-        figures, ref_kind = parity_on(spec, checked, module, folder, out, "int8", settings, engine)
+        figures, ref_kind = parity_on(spec, checked, module, out, "int8", base)
         try:
             parity = {**check_parity(figures, spec.name, "int8", min_cosine), "reference": ref_kind}
         except ExportParityError as exc:

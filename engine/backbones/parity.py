@@ -11,7 +11,6 @@ from ..errors import BackboneError, ConfigError, ExportParityError
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from ..config import Settings
     from .spec import BackboneSpec
 
 #: Items per batch when the candidate graph runs the probe (small, so padding bugs show up).
@@ -88,10 +87,13 @@ def probe_batches(spec: "BackboneSpec", pre: Any) -> list[Any]:
     return [pre.collate([p]) for p in prepared]
 
 
-def parity_on(spec: "BackboneSpec", singles: list[Any], module: Any, folder: Path, candidate_path: Path,
-              precision: str, settings: "Settings", engine: Any) -> tuple[dict[str, Any], str]:
-    """Parity figures of the graph at ``candidate_path`` against the reference on ``singles``."""
-    reference, ref_kind = reference_outputs(spec, singles, module, folder, precision, settings, engine)
+def parity_on(spec: "BackboneSpec", singles: list[Any], module: Any, candidate_path: Path, precision: str,
+              reference_graph: Path) -> tuple[dict[str, Any], str]:
+    """Parity figures of the graph at ``candidate_path`` against the reference on ``singles``.
+
+    The reference is the PyTorch model when the spec has one (``module``, built if ``None``), else the fp32
+    graph at ``reference_graph`` run one item at a time."""
+    reference, ref_kind = reference_outputs(spec, singles, module, reference_graph)
     order = list(range(len(singles)))
     if precision == "int8" and spec.modality == "text":
         # Dynamic int8 scales each batch by its own range (padding included), so it is measured the way
@@ -102,18 +104,15 @@ def parity_on(spec: "BackboneSpec", singles: list[Any], module: Any, folder: Pat
     return parity_figures(reference, candidate), ref_kind
 
 
-def reference_outputs(spec: "BackboneSpec", singles: list[Any], module: Any, folder: Path, precision: str,
-                      settings: "Settings", engine: Any) -> tuple["np.ndarray", str]:
+def reference_outputs(spec: "BackboneSpec", singles: list[Any], module: Any,
+                      reference_graph: Path) -> tuple["np.ndarray", str]:
     """What the candidate must reproduce: PyTorch when there is a model, else the fp32 graph item by item."""
-    from .export import MODEL_FILE, export
-
     if spec.build_torch is not None:
         from .torch_export import build_module, run_module
 
         module = module if module is not None else build_module(spec)
         return run_module(module, merge_singles(singles, len(singles))), "pytorch"
-    source = folder / MODEL_FILE if precision == "fp32" else export(spec, "fp32", settings=settings, engine=engine).path
-    return run_onnx(source, singles, spec.name, "fp32", batch_size=1), "onnx fp32, one item per batch"
+    return run_onnx(reference_graph, singles, spec.name, "fp32", batch_size=1), "onnx fp32, one item per batch"
 
 
 def merge_singles(singles: list[dict[str, "np.ndarray"]], size: int) -> list[dict[str, "np.ndarray"]]:

@@ -99,7 +99,9 @@ class BackboneSpec:
 
     Exactly one of ``build_torch`` (returns a ``torch.nn.Module`` whose forward takes the
     ONNX inputs, by keyword, and returns the final pooled, normalised embedding) or
-    ``onnx_file`` (a ready ONNX graph whose output is already the embedding) is set.
+    ``onnx_file`` (a ready ONNX graph whose output is already the embedding) is set. With ``build_torch``,
+    ``export_onnx(path)`` may write the fp32 graph instead of tracing the module with ``torch.onnx`` (e.g.
+    through optimum's exporter); the module stays the parity reference.
 
     ``weights`` lists the files whose bytes identify the pretrained weights (hashed into
     the fingerprint). ``probe`` returns raw probe items (texts, image bytes or arrays)
@@ -118,6 +120,7 @@ class BackboneSpec:
     weights: tuple[str, ...] = ()
     build_torch: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
     onnx_file: str | None = None
+    export_onnx: Callable[[Path], None] | None = field(default=None, compare=False, repr=False)
     output_name: str = "embedding"
     probe: Callable[[], list[Any]] | None = field(default=None, compare=False, repr=False)
     aliases: tuple[str, ...] = ()
@@ -128,6 +131,8 @@ class BackboneSpec:
     def __post_init__(self) -> None:
         if (self.build_torch is None) == (self.onnx_file is None):
             raise ValueError(f"backbone '{self.name}': set exactly one of build_torch or onnx_file")
+        if self.export_onnx is not None and self.build_torch is None:
+            raise ValueError(f"backbone '{self.name}': export_onnx needs build_torch (the parity reference)")
         if self.preprocessing.kind != self.modality:
             raise ValueError(
                 f"backbone '{self.name}': modality {self.modality!r} does not match preprocessing {self.preprocessing.kind!r}"

@@ -54,3 +54,24 @@ def image_encoder(net: Any, normalize: bool, method: str = "forward") -> Any:
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1) if normalize else pooled
 
     return ImageEncoder().eval()
+
+
+def vision_transformer_encoder(model: Any, pooling: str, normalize: bool) -> Any:
+    """Wrap a Hugging Face vision transformer (ViT-style, ``pixel_values`` in, token states out): the CLS token
+    or the mean of all tokens, optional L2 norm."""
+    import torch
+
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"image token pooling must be 'mean' or 'cls', got {pooling!r}")
+
+    class VisionTransformerEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            hidden = self.model(pixel_values=pixel_values).last_hidden_state
+            pooled = hidden[:, 0] if pooling == "cls" else hidden.mean(dim=1)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1) if normalize else pooled
+
+    return VisionTransformerEncoder().eval()

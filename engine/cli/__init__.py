@@ -18,6 +18,7 @@ from .catalog import backbones, heads, plugins
 from .embed import embed
 from .export import export
 from .finetune import finetune
+from .plugin import plugin
 from .train import eval_cmd, predict, sweep, train
 
 
@@ -80,7 +81,7 @@ def cli(ctx: click.Context, store: str | None, strict_plugins: bool | None, debu
     state.store, state.strict_plugins, state.debug = store, strict_plugins or None, debug
 
 
-for _command in (embed, train, sweep, eval_cmd, predict, finetune, export, backbones, heads, plugins, cache):
+for _command in (embed, train, sweep, eval_cmd, predict, finetune, export, backbones, heads, plugins, plugin, cache):
     cli.add_command(_command)
 
 

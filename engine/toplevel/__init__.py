@@ -37,6 +37,7 @@ _LAZY = {
     "BackboneSpec": "headstart.engine.backbones.spec:BackboneSpec",
     "HeadSpec": "headstart.engine.heads.spec:HeadSpec",
     "ReaderSpec": "headstart.engine.embed.items:ReaderSpec",
+    "FeatureSet": "headstart.engine.heads.features:FeatureSet",
     "Settings": "headstart.engine.config:Settings",
 }
 

@@ -79,4 +79,5 @@ def finetuned_spec(ref: str, engine: Any) -> Any:
         base, name=ref, source=f"{base.name} fine-tuned ({weights})",
         description=f"{base.name} fine-tuned end to end ({meta.get('head', 'head')}, {meta.get('created', '')})",
         weights=(*base.weights, weights), build_torch=lambda: _build(base, weights), aliases=(), default=False,
+        export_onnx=None,  # the tuned module is traced with torch.onnx; the base's exporter knows only its weights
         extra=(*base.extra, ("finetuned", meta["sha256"])))

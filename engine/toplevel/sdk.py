@@ -1,0 +1,57 @@
+"""``headstart.sdk``: everything a plugin needs, and nothing else.
+
+A plugin imports only from here (headstart's own built-in plugins do, and a test enforces it), so this
+module is the stable surface between headstart and its plugins::
+
+    from headstart.sdk import Head, HeadSpec, hookimpl
+
+Stability: the names in ``__all__`` keep their meaning within a major version; new optional fields and new
+names may appear in minor versions. Everything under ``headstart.engine`` is internal and may change in any
+release. Importing this module is cheap (numpy at most): heavy libraries load inside the functions that need
+them.
+"""
+
+from __future__ import annotations
+
+# hooks
+from headstart.engine.hookspecs import hookimpl
+# errors a plugin raises (messages say what happened, to which item, and what to do next: ``hint=``)
+from headstart.engine.errors import (BackboneError, ConfigError, DataError, FinetuneError, HeadError,
+                                     HeadstartError, ItemError, NotFittedError, ReaderError, SchemaError)
+# backbones
+from headstart.engine.backbones.spec import (BackboneSpec, ImagePreprocessing, Int8Recipe, NumericPreprocessing,
+                                             TextPreprocessing)
+from headstart.engine.backbones.resolve import resolve_backbone
+from headstart.engine.backbones.preprocess import make_preprocessor
+from headstart.engine.backbones.torch_export import build_module
+from headstart.engine.backbones.torch_modules import image_encoder, text_encoder, vision_transformer_encoder
+from headstart.engine.backbones.graph_pooling import append_pooling
+# heads
+from headstart.engine.heads.base import Head, class_weights, resolve_device
+from headstart.engine.heads.spec import HeadSpec
+from headstart.engine.train.splits import stratified_split
+from headstart.engine.train.metrics import classification_metrics
+# readers
+from headstart.engine.embed.items import Item, ReaderOptions, ReaderSpec, content_key
+# fine-tuners
+from headstart.engine.train.finetune_spec import FinetunerSpec
+from headstart.engine.train.finetune import FinetuneOutcome, FinetuneRequest, unfreeze_blocks
+# small helpers plugins share with the engine
+from headstart.engine.registry import did_you_mean
+from headstart.engine.store.atomic import write_bytes_atomic, write_json_atomic
+# conformance kits, for a plugin's own tests
+from headstart.engine.testing.conformance import check_backbone, check_head, check_reader, conformance_data
+
+__all__ = [
+    "hookimpl",
+    "HeadstartError", "ConfigError", "SchemaError", "ReaderError", "ItemError", "BackboneError", "HeadError",
+    "NotFittedError", "DataError", "FinetuneError",
+    "BackboneSpec", "TextPreprocessing", "ImagePreprocessing", "NumericPreprocessing", "Int8Recipe",
+    "resolve_backbone", "make_preprocessor", "build_module", "text_encoder", "image_encoder",
+    "vision_transformer_encoder", "append_pooling",
+    "Head", "HeadSpec", "class_weights", "resolve_device", "stratified_split", "classification_metrics",
+    "Item", "ReaderOptions", "ReaderSpec", "content_key",
+    "FinetunerSpec", "FinetuneRequest", "FinetuneOutcome", "unfreeze_blocks",
+    "did_you_mean", "write_bytes_atomic", "write_json_atomic",
+    "check_head", "check_reader", "check_backbone", "conformance_data",
+]
