@@ -38,6 +38,7 @@ from headstart.engine.train.finetune_spec import FinetunerSpec
 from headstart.engine.train.finetune import FinetuneOutcome, FinetuneRequest, unfreeze_blocks
 # small helpers plugins share with the engine
 from headstart.engine.registry import did_you_mean
+from headstart.engine.safepaths import check_regular_file, confined_file, read_confined
 from headstart.engine.store.atomic import write_bytes_atomic, write_json_atomic
 # conformance kits, for a plugin's own tests
 from headstart.engine.testing.conformance import check_backbone, check_head, check_reader, conformance_data
@@ -52,6 +53,6 @@ __all__ = [
     "Head", "HeadSpec", "class_weights", "resolve_device", "stratified_split", "classification_metrics",
     "Item", "ReaderOptions", "ReaderSpec", "content_key",
     "FinetunerSpec", "FinetuneRequest", "FinetuneOutcome", "unfreeze_blocks",
-    "did_you_mean", "write_bytes_atomic", "write_json_atomic",
+    "did_you_mean", "write_bytes_atomic", "write_json_atomic", "confined_file", "read_confined", "check_regular_file",
     "check_head", "check_reader", "check_backbone", "conformance_data",
 ]

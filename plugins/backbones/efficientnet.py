@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headstart import hookimpl
-from headstart.engine.backbones.spec import BackboneSpec, ImagePreprocessing, Int8Recipe
+from headstart.sdk import BackboneSpec, hookimpl, ImagePreprocessing, Int8Recipe
 
 TF_LITE_MEAN = (127.0 / 255.0,) * 3
 TF_LITE_STD = (128.0 / 255.0,) * 3
@@ -32,7 +31,7 @@ def _build(weights: str) -> Any:
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    from headstart.engine.backbones.torch_modules import image_encoder
+    from headstart.sdk import image_encoder
 
     net = EfficientNet.from_name("efficientnet-lite0")
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headstart import hookimpl
-from headstart.engine.backbones.spec import BackboneSpec, Int8Recipe, TextPreprocessing
+from headstart.sdk import BackboneSpec, hookimpl, Int8Recipe, TextPreprocessing
 
 
 def _model_dir() -> str:
@@ -22,7 +21,7 @@ def _model_dir() -> str:
 def _build(folder: str) -> Any:
     from transformers import AutoModel
 
-    from headstart.engine.backbones.torch_modules import text_encoder
+    from headstart.sdk import text_encoder
 
     model = AutoModel.from_pretrained(folder, attn_implementation="eager")
     return text_encoder(model, "mean", True, ("input_ids", "attention_mask"))

@@ -24,10 +24,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from headstart import hookimpl
-from headstart.engine.backbones.spec import BackboneSpec, ImagePreprocessing, NumericPreprocessing, TextPreprocessing
-from headstart.engine.errors import BackboneError, ConfigError, HeadstartError
-from headstart.engine.safepaths import check_regular_file, confined_file, read_confined
+from headstart.sdk import (BackboneError, BackboneSpec, check_regular_file, ConfigError, confined_file,
+                           HeadstartError, hookimpl, ImagePreprocessing, NumericPreprocessing, read_confined,
+                           TextPreprocessing)
 
 PREFIX = "onnx:"
 _PREP = {"text": TextPreprocessing, "image": ImagePreprocessing, "numeric": NumericPreprocessing}

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from headstart.engine.errors import FinetuneError
+from headstart.sdk import FinetuneError
 
 FILE = "last.safetensors"
 FORMAT = "headstart-finetune-checkpoint-1"
@@ -25,7 +25,7 @@ def save_checkpoint(folder: Path, *, model: Any, best: dict[str, Any], optimizer
     import torch
     from safetensors.torch import save
 
-    from headstart.engine.store.atomic import write_bytes_atomic
+    from headstart.sdk import write_bytes_atomic
 
     tensors: dict[str, Any] = {}
     for name, value in model.state_dict().items():

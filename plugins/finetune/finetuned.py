@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from headstart.engine.errors import BackboneError, ConfigError
+from headstart.sdk import BackboneError, ConfigError
 
 PREFIX = "finetuned:"
 WEIGHTS = "backbone.safetensors"
@@ -32,7 +32,7 @@ def write_finetuned(root: Path, base: str, state: dict[str, Any], info: dict[str
     """Save ``state`` (a torch state dict) for base backbone ``base``; return (ref, files)."""
     from safetensors.torch import save
 
-    from headstart.engine.store.atomic import write_bytes_atomic, write_json_atomic
+    from headstart.sdk import write_bytes_atomic, write_json_atomic
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     data = save(tensors, metadata={"base": base})
@@ -46,7 +46,7 @@ def write_finetuned(root: Path, base: str, state: dict[str, Any], info: dict[str
 def _build(base: Any, weights: str) -> Any:
     from safetensors.torch import load_file
 
-    from headstart.engine.backbones.torch_export import build_module
+    from headstart.sdk import build_module
 
     module = build_module(base)
     module.load_state_dict(load_file(weights), strict=True)
@@ -55,7 +55,7 @@ def _build(base: Any, weights: str) -> Any:
 
 def finetuned_spec(ref: str, engine: Any) -> Any:
     """The spec of a fine-tuned backbone stored under ``<home>/finetuned/``."""
-    from headstart.engine.backbones.resolve import resolve_backbone
+    from headstart.sdk import resolve_backbone
 
     sha = ref[len(PREFIX):]
     root = engine.settings.home / "finetuned"

@@ -21,16 +21,14 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
-from headstart import hookimpl
-from headstart.engine.errors import ConfigError, FinetuneError
-from headstart.engine.train.finetune_spec import FinetunerSpec
+from headstart.sdk import ConfigError, FinetuneError, FinetunerSpec, hookimpl
 
 from .blocks import block_label, group_blocks
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .finetuned import PREFIX, finetuned_spec, write_finetuned
 
 if TYPE_CHECKING:  # pragma: no cover
-    from headstart.engine.train.finetune import FinetuneOutcome, FinetuneRequest
+    from headstart.sdk import FinetuneOutcome, FinetuneRequest
 
 IMAGE_CACHE_BYTES = 1 << 30  # prepared images are kept in memory up to this size, else decoded per batch
 
@@ -123,7 +121,7 @@ class _Data:
 
 def _param_groups(backbone: Any, head: Any, used: set[str], request: "FinetuneRequest") -> tuple[list[dict], list[str]]:
     """AdamW groups (top block first) and the names of the trainable blocks; freezes the rest."""
-    from headstart.engine.train.finetune import unfreeze_blocks
+    from headstart.sdk import unfreeze_blocks
 
     opts = request.options
     lr, head_lr = opts.resolved_lr(request.spec.modality)
@@ -155,9 +153,9 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     """Train, checkpoint every epoch, keep the best epoch, write the fine-tuned backbone."""
     import torch
 
-    from headstart.engine.backbones.preprocess import make_preprocessor
-    from headstart.engine.backbones.torch_export import build_module
-    from headstart.engine.train.finetune import FinetuneOutcome
+    from headstart.sdk import make_preprocessor
+    from headstart.sdk import build_module
+    from headstart.sdk import FinetuneOutcome
 
     opts = request.options
     device = _device(opts.device)
@@ -194,7 +192,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
                     if any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
 
     def evaluate() -> dict[str, float]:
-        from headstart.engine.train.metrics import classification_metrics
+        from headstart.sdk import classification_metrics
 
         net.eval()
         logits = []

@@ -12,10 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart import hookimpl
-from headstart.engine.errors import ConfigError
-from headstart.engine.heads.base import Head
-from headstart.engine.heads.spec import HeadSpec
+from headstart.sdk import ConfigError, Head, HeadSpec, hookimpl
 
 
 class KNNHead(Head):

@@ -17,9 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from headstart import hookimpl
-from headstart.engine.heads.base import Head, class_weights, resolve_device
-from headstart.engine.heads.spec import HeadSpec
+from headstart.sdk import class_weights, Head, HeadSpec, hookimpl, resolve_device
 
 L2_PATH = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)  # × mean feature variance
 PATH_ROWS = 5_000  # rows used to choose L2 (train part of the subsample; half as many to score it)
@@ -63,7 +61,7 @@ class LinearHead(Head):
     def _fit(self, X: np.ndarray, y_idx: np.ndarray) -> None:
         import torch
 
-        from headstart.engine.train.splits import stratified_split
+        from headstart.sdk import stratified_split
 
         device = resolve_device(self.device)
         k = len(self.classes_)

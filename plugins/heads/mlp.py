@@ -6,9 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart import hookimpl
-from headstart.engine.heads.base import Head, class_weights, resolve_device
-from headstart.engine.heads.spec import HeadSpec
+from headstart.sdk import class_weights, Head, HeadSpec, hookimpl, resolve_device
 
 
 class MLPHead(Head):
@@ -77,7 +75,7 @@ class MLPHead(Head):
     def _fit(self, X: np.ndarray, y_idx: np.ndarray) -> None:
         import torch
 
-        from headstart.engine.train.splits import stratified_split
+        from headstart.sdk import stratified_split
 
         device = resolve_device(self.device)
         torch.manual_seed(self.seed)

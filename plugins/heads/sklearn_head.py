@@ -11,9 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from headstart import hookimpl
-from headstart.engine.errors import ConfigError
-from headstart.engine.heads.spec import HeadSpec
+from headstart.sdk import ConfigError, HeadSpec, hookimpl
 
 
 def resolve_classifier(name: str) -> type:
@@ -34,7 +32,7 @@ def resolve_classifier(name: str) -> type:
 
         found = dict(all_estimators(type_filter="classifier"))
         if name not in found:
-            from headstart.engine.registry import did_you_mean
+            from headstart.sdk import did_you_mean
 
             guess = did_you_mean(name, found)
             raise ConfigError(f"sklearn head '{name}': not a scikit-learn classifier"

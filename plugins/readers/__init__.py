@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from headstart import hookimpl
-from headstart.engine.embed.items import ReaderSpec
+from headstart.sdk import hookimpl, ReaderSpec
 
 from .csv_reader import open_csv
 from .folder import open_folder

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Iterator, Literal
 
-from headstart.engine.errors import SchemaError
-from headstart.engine.registry import did_you_mean
+from headstart.sdk import did_you_mean, SchemaError
 
 #: Column names tried, case-insensitively and in this order, when no column is given.
 TEXT_DEFAULTS = ("text", "sentence", "sentences", "content", "body", "document", "review", "input")

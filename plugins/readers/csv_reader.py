@@ -12,8 +12,7 @@ import csv
 import os
 from typing import Iterator
 
-from headstart.engine.embed.items import Item, ReaderOptions
-from headstart.engine.errors import SchemaError
+from headstart.sdk import Item, ReaderOptions, SchemaError
 
 from ._common import (all_empty_labels, bad_utf8, choose_columns, count_lines, display_path, new_stats,
                       read_label, read_lines)

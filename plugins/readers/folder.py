@@ -22,8 +22,7 @@ import os
 import unicodedata
 from typing import Iterator
 
-from headstart.engine.embed.items import Item, ReaderOptions
-from headstart.engine.errors import SchemaError
+from headstart.sdk import Item, ReaderOptions, SchemaError
 
 from ._common import display_path, new_stats
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
-from headstart.engine.embed.items import Item, ReaderOptions
-from headstart.engine.errors import SchemaError
+from headstart.sdk import Item, ReaderOptions, SchemaError
 
 from ._common import (LABEL_DEFAULTS, TEXT_DEFAULTS, all_empty_labels, bad_utf8, decode, display_path, has_label,
                       new_stats, pick_column, read_label)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from headstart.engine.embed.items import Item, ReaderOptions
+from headstart.sdk import Item, ReaderOptions
 
 from ._common import bad_utf8, count_lines, decode, display_path, new_stats, read_lines, strip_eol
 
