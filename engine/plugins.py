@@ -221,6 +221,7 @@ class Engine:
                 except Exception as exc:  # noqa: BLE001 - isolate the plugin, keep the rest
                     self._fail(record, "hook", f"{hook} raised {type(exc).__name__}: {exc}")
                     catalog.drop_plugin(record.name)
+        catalog.failed_plugins = [f"{r.label}: {r.stage}: {r.error}" for r in self.failed_plugins()]
         return catalog
 
     def plugin_records(self) -> list[PluginRecord]:

@@ -43,6 +43,7 @@ class Catalog:
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
     aliases: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in KINDS})
     conflicts: list[str] = field(default_factory=list)
+    failed_plugins: list[str] = field(default_factory=list)  # "name (dist version): stage: message", for errors
 
     def registrar(self, kind: str, plugin: str):
         """The ``register`` function a ``register_*`` hook of ``plugin`` receives for ``kind``."""
@@ -93,4 +94,9 @@ class Catalog:
         listing = ", ".join(self.names(kind)) or "none"
         message = f"unknown {kind} '{name}'" + (f"; did you mean '{guess}'?" if guess else "")
         command = f"headstart {kind}s" if kind in ("backbone", "head") else "headstart plugins"
-        return UnknownNameError(message, hint=f"registered {kind}s: {listing} (see `{command}`)")
+        hint = f"registered {kind}s: {listing} (see `{command}`)"
+        if self.failed_plugins:
+            message += (f"; {len(self.failed_plugins)} plugin(s) failed to load and may be the one that provides it: "
+                        + "; ".join(self.failed_plugins))
+            hint = "fix or reinstall the failed plugin (`headstart plugins` shows why it failed); " + hint
+        return UnknownNameError(message, hint=hint)

@@ -98,12 +98,11 @@ class $cls(Head):
         return e / e.sum(axis=1, keepdims=True)
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict]:
-        return {"centroids": self.centroids_}, {"classes": self.classes_.tolist()}
+        """Fitted attributes to save (classes_ and n_features_in_ are saved by Head itself)."""
+        return {"centroids": self.centroids_}, {}
 
     def _set_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         self.centroids_ = np.asarray(arrays["centroids"], dtype=np.float32)
-        self.classes_ = np.asarray(meta["classes"])
-        self.n_features_in_ = int(self.centroids_.shape[1])
 
 
 @hookimpl

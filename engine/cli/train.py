@@ -32,10 +32,15 @@ _val_options = [
 ]
 
 
+_allow_pickle_option = click.option(
+    "--allow-pickle", is_flag=True,
+    help="Save a head that has no safe form (safetensors/skops) as pickle; loading it then needs --trust-pickle.")
+
+
 def _source_options(fn):
     """What train and sweep take: backbone and precision, the shared embedding and reader options, the split."""
     for option in reversed([backbone_option, precision_option, embed_runtime_options, reader_options, *_val_options,
-                            json_option]):
+                            _allow_pickle_option, json_option]):
         fn = option(fn)
     return fn
 
@@ -54,7 +59,7 @@ def _source_options(fn):
 @click.pass_context
 def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, target: str | None,
           allow_finetune: bool, backbone: str | None, precision: str, val_fraction: float, seed: int, as_json: bool,
-          **options: Any) -> None:
+          allow_pickle: bool, **options: Any) -> None:
     """Embed SOURCE (cache hits are free), fit a head, print validation metrics, write MODEL_DIR."""
     from ..train.api import train as train_api
     from ..train.report import format_metrics
@@ -67,7 +72,7 @@ def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, 
                      engine=engine, as_json=as_json, **embed_kwargs(precision=precision, **options))
         return
     result = train_api(source, head, backbone=backbone, out=out, val_fraction=val_fraction, seed=seed,
-                       refit=not no_refit, engine=engine, **embed_kwargs(precision=precision, **options))
+                       refit=not no_refit, engine=engine, allow_pickle=allow_pickle, **embed_kwargs(precision=precision, **options))
     manifest = result.model.manifest
     if as_json:
         echo_json({"model": str(result.path), "head": manifest["head"]["ref"], "backbone": manifest["backbone"],
@@ -90,14 +95,14 @@ def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, 
 @_source_options
 @click.pass_context
 def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: str | None, backbone: str | None,
-          precision: str, val_fraction: float, seed: int, as_json: bool, **options: Any) -> None:
+          precision: str, val_fraction: float, seed: int, as_json: bool, allow_pickle: bool, **options: Any) -> None:
     """Fit several heads on the same cached features and compare them in one table (best marked)."""
     from ..train.api import sweep as sweep_api
     from ..train.report import format_sweep
 
     engine = CliState.from_ctx(ctx).engine()
     result = sweep_api(source, split_heads(heads), backbone=backbone, val_fraction=val_fraction, seed=seed,
-                       metric=metric, save_best=save_best, engine=engine,
+                       metric=metric, save_best=save_best, engine=engine, allow_pickle=allow_pickle,
                        **embed_kwargs(precision=precision, **options))
     if as_json:
         echo_json({"metric": metric, "best": result.best, "heads": result.rows, "training": result.training,

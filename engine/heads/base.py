@@ -3,7 +3,8 @@
 ``__init__`` only stores its keyword arguments; ``fit(X, y)`` sets ``classes_`` and
 ``n_features_in_`` (fitted attributes end in ``_``) and returns ``self``; ``get_params``,
 ``set_params`` and ``sklearn.base.clone`` work. Subclasses implement ``_fit(X, y_idx)``,
-``_proba(X)`` and, for safe persistence, ``_state()`` / ``_set_state(arrays, meta)``.
+``_proba(X)`` and, for safe persistence, ``_state()`` / ``_set_state(arrays, meta)`` over their own fitted
+attributes (``classes_`` and ``n_features_in_`` are saved and restored by the base class).
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, HeadError, NotFittedError
 from .validate import check_features
+
+
+#: Key under which :meth:`Head.saved_state` keeps the base attributes in a head's metadata.
+BASE_STATE_KEY = "headstart_head"
 
 
 class Head:
@@ -118,8 +123,41 @@ class Head:
         raise NotImplementedError
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Fitted state as named arrays (saved as safetensors) and JSON-able metadata."""
+        """Fitted state as named arrays (saved as safetensors) and JSON-able metadata.
+
+        Only the subclass's own fitted attributes: ``classes_`` and ``n_features_in_`` are saved and
+        restored by :meth:`saved_state` / :meth:`restore_state` for every head."""
         raise NotImplementedError
+
+    @classmethod
+    def has_safe_state(cls) -> bool:
+        """Whether this class implements ``_state``/``_set_state`` (so it saves as safetensors, not pickle)."""
+        return cls._state is not Head._state and cls._set_state is not Head._set_state
+
+    def saved_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What :func:`~headstart.engine.heads.persist.save_head` writes: ``_state()`` plus the base attributes."""
+        if not hasattr(self, "classes_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; there is nothing to save",
+                                 hint="call fit(X, y) first")
+        arrays, meta = self._state()
+        if BASE_STATE_KEY in meta:
+            raise HeadError(f"{type(self).__name__}._state() uses the reserved metadata key {BASE_STATE_KEY!r}",
+                            hint="rename that key in the head's _state/_set_state")
+        base = {"classes": np.asarray(self.classes_).tolist(), "n_features_in": int(self.n_features_in_)}
+        return arrays, {**meta, BASE_STATE_KEY: base}
+
+    def restore_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """The inverse of :meth:`saved_state`: base attributes first, then ``_set_state`` for the rest."""
+        meta = dict(meta)
+        base = meta.pop(BASE_STATE_KEY, None)
+        if base is not None:
+            self.classes_ = np.asarray(base["classes"])
+            self.n_features_in_ = int(base["n_features_in"])
+        self._set_state(arrays, meta)
+        missing = [a for a in ("classes_", "n_features_in_") if not hasattr(self, a)]
+        if missing:
+            raise HeadError(f"the saved {type(self).__name__} does not restore {', '.join(missing)}",
+                            hint="it was saved by an older headstart; retrain it")
 
     def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         raise NotImplementedError

@@ -35,23 +35,45 @@ def _is_sklearn(obj: Any) -> bool:
     return isinstance(obj, BaseEstimator)
 
 
-def save_head(head: Any, directory: str | Path) -> dict[str, Any]:
-    """Write ``head`` into ``directory``; return ``{"format": ..., "files": {name: sha256}}``."""
+def safe_format(head: Any) -> str | None:
+    """The safe format ``head`` saves as (``safetensors`` or ``skops``), or ``None`` when only pickle would do."""
+    if isinstance(head, Head):
+        return "safetensors" if type(head).has_safe_state() else None
+    return "skops" if _is_sklearn(head) else None
+
+
+def no_safe_format_error(head: Any, name: str | None = None) -> HeadError:
+    """The error for a head that only pickle could save, with the fix."""
+    what = f"head '{name}' ({type(head).__name__})" if name else type(head).__name__
+    fix = ("implement _state() and _set_state() (see docs/plugins.md, 'A head')" if isinstance(head, Head)
+           else "subclass headstart.sdk.Head and implement _state()/_set_state() (see docs/plugins.md, 'A head')")
+    return HeadError(f"{what} has no safe saved form: only pickle could save it, and a pickle runs code when loaded",
+                     hint=f"{fix}; or save it as pickle deliberately with --allow-pickle (allow_pickle=True), "
+                          "which makes loading it need --trust-pickle")
+
+
+def save_head(head: Any, directory: str | Path, *, allow_pickle: bool = False) -> dict[str, Any]:
+    """Write ``head`` into ``directory``; return ``{"format": ..., "files": {name: sha256}}``.
+
+    A head with no safe format is refused (:func:`no_safe_format_error`) unless ``allow_pickle``."""
     directory = Path(directory)
     files: dict[str, str] = {}
-    if isinstance(head, Head):
+    fmt = safe_format(head)
+    if fmt == "safetensors":
         from safetensors.numpy import save
 
-        arrays, meta = head._state()
+        arrays, meta = head.saved_state()
         files["head.safetensors"] = write_bytes_atomic(directory / "head.safetensors",
                                                        save({k: v for k, v in arrays.items()}))
         files["head.json"] = write_bytes_atomic(directory / "head.json", json.dumps(meta, indent=2).encode())
         return {"format": "safetensors", "files": files}
-    if _is_sklearn(head):
+    if fmt == "skops":
         import skops.io
 
         files["head.skops"] = write_bytes_atomic(directory / "head.skops", skops.io.dumps(head))
         return {"format": "skops", "files": files}
+    if not allow_pickle:
+        raise no_safe_format_error(head)
     import pickle
 
     files["head.pkl"] = write_bytes_atomic(directory / "head.pkl", pickle.dumps(head, protocol=5))
@@ -151,7 +173,7 @@ def _load_safetensors(directory: Path, build: Callable[[], Any] | None) -> Head:
         raise HeadError(f"{directory / 'head.safetensors'} is not a readable safetensors file: {exc}",
                         hint="copy the model folder again or retrain") from None
     try:
-        head._set_state(arrays, meta)
+        head.restore_state(arrays, meta)
     except HeadstartError:
         raise
     except Exception as exc:  # noqa: BLE001 - arrays/metadata that do not fit the head

@@ -45,7 +45,7 @@ def check_head(head: HeadSpec | Callable[..., Any], *, arg: str | None = None, p
     """Check one head; returns ``{"estimator", "accuracy", "format"}``."""
     from sklearn.base import clone
 
-    from ..heads.persist import load_head, save_head
+    from ..heads.persist import load_head, safe_format, save_head
 
     make = _factory(head, arg, dict(params or {}))
     est = make()
@@ -89,10 +89,10 @@ def check_head(head: HeadSpec | Callable[..., Any], *, arg: str | None = None, p
         pass
     else:
         raise AssertionError(f"{name}.predict() must refuse features of another dimension")
+    assert safe_format(est) is not None, f"{name} is only persistable as pickle; subclass headstart.sdk.Head and " \
+                                         "implement _state()/_set_state(), or use a scikit-learn estimator (skops)"
     with tempfile.TemporaryDirectory() as tmp:
         record = save_head(est, tmp)
-        assert record["format"] != "pickle", f"{name} is only persistable as pickle; subclass headstart.engine.heads.base.Head " \
-                                             "or use a scikit-learn estimator (skops)"
         loaded = load_head(tmp, record, build=make, trust=False)
     assert (np.asarray(loaded.predict(X)) == predicted).all(), f"{name} predicts differently after save/load"
     if proba is not None:

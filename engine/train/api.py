@@ -101,15 +101,18 @@ class TrainResult:
 
 def train(source: Any, head: str = "linear", *, backbone: str | None = None, out: str | Path | None = None,
           val_fraction: float = 0.2, seed: int = 0, refit: bool = True, engine: Any = None,
-          **embed_options: Any) -> TrainResult:
+          allow_pickle: bool = False, **embed_options: Any) -> TrainResult:
     """Embed ``source`` (cache hits are free), fit ``head`` on a stratified train split, score it on the
     validation split, refit on all labelled rows (``refit``), and write the model folder to ``out``.
 
     ``embed_options`` go to :func:`headstart.engine.embed.pipeline.embed` (precision, device, batch_size,
-    reader_options, progress, ...). Returns the model and its validation metrics.
+    reader_options, progress, ...). Returns the model and its validation metrics. A head with no safe saved
+    form (safetensors/skops) is refused before any work unless ``allow_pickle``; the written folder is loaded
+    back and must predict as the trained head does before ``train`` returns.
     """
-    build_head(head, engine)  # fail on a bad head ref before embedding anything
+    estimator, _ = build_head(head, engine)  # fail on a bad head ref before embedding anything
     if out is not None:
+        _check_savable(estimator, head, allow_pickle)
         from ..embed.sources import refuse_output_over_inputs
         from .model_folder import check_target
 
@@ -121,8 +124,21 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     final, refitted = _final(ref, fitted, prep, refit, engine)
     model = Model(final, make_manifest(ref, final, prep.features, metrics, _training(prep, val_fraction, seed, refitted)),
                   training_keys=_training_keys(prep, refitted))
-    path = model.save(out) if out is not None else None
+    path = model.save(out, allow_pickle=allow_pickle, check_rows=_check_rows(prep)) if out is not None else None
     return TrainResult(model, metrics, path)
+
+
+def _check_savable(estimator: Any, ref: Any, allow_pickle: bool) -> None:
+    """Refuse, before any work, a head that only pickle could save (unless the caller allows it)."""
+    from ..heads.persist import no_safe_format_error, safe_format
+
+    if not allow_pickle and safe_format(estimator) is None:
+        raise no_safe_format_error(estimator, str(ref))
+
+
+def _check_rows(prep: Any, n: int = 32) -> np.ndarray:
+    """A few feature rows to check a saved model against the trained head."""
+    return np.asarray(prep.features.vectors[:n], dtype=np.float32)
 
 
 @dataclass
@@ -136,7 +152,7 @@ class SweepResult:
 
 def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | None = None,
           val_fraction: float = 0.2, seed: int = 0, metric: str = "accuracy", save_best: str | Path | None = None,
-          engine: Any = None, **embed_options: Any) -> SweepResult:
+          engine: Any = None, allow_pickle: bool = False, **embed_options: Any) -> SweepResult:
     """Fit every head on the same cached features and split; compare on validation; best marked.
 
     A head that fails gets a row with its error and the sweep goes on. With ``save_best`` the
@@ -153,8 +169,10 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
     if twice:
         raise ConfigError(f"the sweep lists {', '.join(repr(t) for t in twice)} more than once",
                           hint="name each head once (give the same head other parameters to compare them)")
-    for ref in refs:  # fail on a typo before any fitting
-        build_head(ref, engine)
+    for ref in refs:  # fail on a typo (or, with save_best, a head only pickle could save) before any fitting
+        estimator, _ = build_head(ref, engine)
+        if save_best is not None:
+            _check_savable(estimator, ref, allow_pickle)
     if save_best is not None:  # a bad output path fails now, not after the fitting
         from ..embed.sources import refuse_output_over_inputs
         from .model_folder import check_target
@@ -187,7 +205,7 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
         result.model = Model(final, make_manifest(canonical, final, prep.features, metrics,
                                                   _training(prep, val_fraction, seed, refitted)),
                              training_keys=_training_keys(prep, refitted))
-        result.model.save(save_best)
+        result.model.save(save_best, allow_pickle=allow_pickle, check_rows=_check_rows(prep))
     return result
 
 
