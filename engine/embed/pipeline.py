@@ -181,7 +181,7 @@ def start_job(source: str | os.PathLike[str], backbone: str | Any | None, *, eng
         exported = export(spec, precision, settings=settings, engine=engine, calibration=calibration)
     stats.seconds["export"] = time.perf_counter() - t
     store = FeatureStore.open(settings.features_dir / exported.fingerprint, fingerprint=exported.fingerprint,
-                              dim=spec.dim, backbone=spec.name)
+                              dim=spec.dim, backbone=spec.name, normalized=spec.normalize)
     return Job(source=src, spec=spec, exported=exported, store=store, precision=precision, stats=stats,
                started=started)
 
@@ -323,6 +323,7 @@ def embed(
                     failed[record.key] = record
                 if chunk.cached_keys:
                     failed.update(job.store.errors_for(chunk.cached_keys))
+                writer.require_writable(len(chunk.todo_keys) + len(chunk.errors))  # read-only store: fail now
                 if chunk.todo_keys:
                     encoder.start()  # the session loads while the first slices decode
                 vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size, stats)
