@@ -14,6 +14,7 @@ Write with ``with store.writer() as w: w.add(keys, vectors, refs)``.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 import tempfile
@@ -504,6 +505,9 @@ class FeatureStore:
         entry = self._manifest.get("index") or {}
         behind = len(self) - int(entry.get("n_vectors", 0))
         if behind < LAZY_INDEX_ROWS:
+            if behind and not os.access(self.path, os.W_OK):
+                self._search_note = (f"the store is read-only and its index lacks {behind} vectors: "
+                                     "searched them exactly in memory")
             return
         try:
             with StoreLock(self.path, timeout=0.0):
@@ -678,6 +682,15 @@ class StoreWriter:
             named = [keys[i] for i in np.nonzero(bad)[0]]
             raise StoreError(f"{len(named)} vector(s) contain NaN or Inf: {_short(named)}",
                              hint="record these items with add_errors() instead of storing their vectors")
+        if store.unit_norm and len(vectors):
+            norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+            off = (np.abs(norms - 1.0) > integrity.NORM_TOLERANCE) & (norms != 0.0)
+            if off.any():
+                named = [keys[i] for i in np.nonzero(off)[0]]
+                raise StoreError(f"{len(named)} vector(s) are not unit length, but feature store {store.path} holds "
+                                 f"a normalising backbone's vectors: {_short(named)}",
+                                 hint="the backbone declares normalize=true: make its graph L2-normalise its "
+                                      "output, or declare normalize=false (a new fingerprint and store)")
         present = store.contains(keys, include_errors=False)
         take = []
         for i, key in enumerate(keys):
