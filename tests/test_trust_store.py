@@ -309,7 +309,7 @@ def test_work_that_writes_to_a_read_only_store_fails_with_one_clear_error(world:
     message = _failed(_cli(home, "train", str(more), "--head", "linear", "-b", world["backbone"],
                            "-o", str(tmp_path / "m"), read_only=True))
     assert "is read-only" in message and not (tmp_path / "m").exists()
-    for args in (("cache", "repair"), ("cache", "index", world["fingerprint"])):
+    for args in (("cache", "repair"), ("cache", "index", world["fingerprint"]), ("cache", "gc")):
         assert "is read-only" in _failed(_cli(home, *args, read_only=True))
     empty = tmp_path / "empty-home"
     empty.mkdir()

@@ -163,14 +163,20 @@ def gc(ctx: click.Context, as_json: bool) -> None:
     """Remove temp files, orphan shards and directories without a manifest (locked stores are skipped)."""
     from ..store.catalog import gc as collect
 
+    from ..errors import StoreError
+
     result = collect(_settings(ctx))
     if as_json:
         echo_json(result)
-        return
-    click.echo(f"removed {result['removed_files']} file(s) and {len(result['removed_dirs'])} directory(ies), "
-               f"freed {result['bytes_freed']} bytes")
-    for path in result["skipped_locked"]:
-        click.echo(f"skipped (a writer holds its lock): {path}")
+    else:
+        click.echo(f"removed {result['removed_files']} file(s) and {len(result['removed_dirs'])} directory(ies), "
+                   f"freed {result['bytes_freed']} bytes")
+        for path in result["skipped_locked"]:
+            click.echo(f"skipped (a writer holds its lock): {path}")
+    if result.get("errors"):
+        raise StoreError(f"{len(result['errors'])} feature store(s) could not be collected: {result['errors'][0]}",
+                         hint="a read-only store cannot be collected: remount it read-write; a damaged manifest "
+                              "needs the store deleted and re-embedded")
 
 
 @cache.command("search")
