@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, child_env, loadavg, machine, run_process, save, table  # noqa: E402
+from _common import RESULTS, child_env, loadavg, machine, save, table  # noqa: E402
 
 HOME = RESULTS / "home-integrity"
 DATA = RESULTS / "data" / "integrity"
@@ -85,21 +87,41 @@ def cli(args: list[str], checks: bool) -> list[str]:
     return [sys.executable, "-c", _CHECKS_OFF, *args]
 
 
+def run(cmd: list[str], env: dict[str, str]) -> dict:
+    """Run ``cmd``: wall seconds and CPU seconds (user + system, from ``wait4``): on a shared machine the
+    CPU time is the steadier figure, as other processes' load stretches wall time."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.stderr.write(err.decode(errors="replace")[-3000:])
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
+    return {"wall_s": wall, "cpu_total": usage.ru_utime + usage.ru_stime, "stdout": out.decode()}
+
+
 def side_by_side(name: str, args: list[str], runs: int, env: dict[str, str], after=None) -> dict:
     """Run ``args`` with checks on and off, alternating, ``runs`` times each; medians and the overhead."""
     walls: dict[str, list[float]] = {"on": [], "off": []}
-    rss: dict[str, list[float]] = {"on": [], "off": []}
+    cpus: dict[str, list[float]] = {"on": [], "off": []}
+    load = [loadavg()]
     for i in range(runs):
         for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
-            result = run_process(cli(args, mode == "on"), env)
-            walls[mode].append(result["wall_s"])
-            rss[mode].append(result["peak_rss_mb"])
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            result = run(cli(args, mode == "on"), env)
+            walls[mode].append(round(result["wall_s"], 3))
+            cpus[mode].append(round(result["cpu_total"] - before.ru_utime - before.ru_stime, 3))
             if after is not None:
                 after()
+    load.append(loadavg())
     on, off = statistics.median(walls["on"]), statistics.median(walls["off"])
-    return {"case": name, "runs": runs, "checks_on_s": round(on, 3), "checks_off_s": round(off, 3),
-            "overhead_pct": round(100 * (on - off) / off, 1), "walls_on": walls["on"], "walls_off": walls["off"],
-            "peak_rss_on_mb": max(rss["on"]), "peak_rss_off_mb": max(rss["off"]), "loadavg": loadavg()}
+    con, coff = statistics.median(cpus["on"]), statistics.median(cpus["off"])
+    return {"case": name, "runs": runs, "wall_off_s": round(off, 3), "wall_on_s": round(on, 3),
+            "wall_overhead_pct": round(100 * (on - off) / off, 1), "cpu_off_s": round(coff, 3),
+            "cpu_on_s": round(con, 3), "cpu_overhead_pct": round(100 * (con - coff) / coff, 1),
+            "walls_on": walls["on"], "walls_off": walls["off"], "cpus_on": cpus["on"], "cpus_off": cpus["off"],
+            "loadavg_before_after": load}
 
 
 def check_all_shards(store_dir: Path) -> dict:
@@ -122,31 +144,31 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2,000 warm items, 20,000 train vectors, 2 runs")
     parser.add_argument("--warm", type=int, default=10_000)
     parser.add_argument("--train", type=int, default=200_000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="runs of each case with checks on, and off")
     parser.add_argument("--threads", type=int, default=2)
     opts = parser.parse_args()
     if opts.quick:
         opts.warm, opts.train, opts.runs = 2_000, 20_000, 2
     shutil.rmtree(HOME, ignore_errors=True)
     DATA.mkdir(parents=True, exist_ok=True)
-    env = child_env(opts.threads, HOME)
     backbone = tiny_backbone(DATA)
     warm = numeric_parquet(DATA / f"warm-{opts.warm}.parquet", opts.warm, seed=1)
     big = numeric_parquet(DATA / f"train-{opts.train}.parquet", opts.train, seed=2)
+    envs = {name: child_env(opts.threads, HOME / name) for name in ("warm", "train")}  # one store each
     setup = {}
     for name, source in (("warm", warm), ("train", big)):
-        result = run_process(cli(["embed", str(source), "-b", backbone, "--json"], True), env)
+        result = run(cli(["embed", str(source), "-b", backbone, "--json"], True), envs[name])
         setup[name] = json.loads(result["stdout"])
-        print(f"cold embed of {name} source: {setup[name]['embedded']} items in {result['wall_s']:.1f} s")
-    out = HOME.parent / "integrity-model"
+        print(f"cold embed of {name} source: {setup[name]['embedded']} items in {result['wall_s']:.1f} s", flush=True)
+    out = HOME / "model"
     rows = [side_by_side(f"embed warm re-run, {opts.warm:,} cached items",
-                         ["embed", str(warm), "-b", backbone, "--json"], opts.runs, env),
+                         ["embed", str(warm), "-b", backbone, "--json"], opts.runs, envs["warm"]),
             side_by_side(f"train --head linear, {opts.train:,} cached vectors",
                          ["train", str(big), "--head", "linear", "-b", backbone, "-o", str(out), "--json"],
-                         opts.runs, env, after=lambda: shutil.rmtree(out, ignore_errors=True))]
-    shards = {name: check_all_shards(HOME / "features" / setup[name]["fingerprint"]) for name in setup}
-    print(table(rows, ["case", "runs", "checks_off_s", "checks_on_s", "overhead_pct", "peak_rss_off_mb",
-                       "peak_rss_on_mb"]))
+                         opts.runs, envs["train"], after=lambda: shutil.rmtree(out, ignore_errors=True))]
+    shards = {name: check_all_shards(HOME / name / "features" / setup[name]["fingerprint"]) for name in setup}
+    print(table(rows, ["case", "runs", "wall_off_s", "wall_on_s", "wall_overhead_pct", "cpu_off_s", "cpu_on_s",
+                       "cpu_overhead_pct"]))
     print()
     print(table([{"store": k, **v} for k, v in shards.items()],
                 ["store", "vectors", "shards", "bytes", "check_s", "mb_per_s", "damaged"]))

@@ -225,7 +225,8 @@ class FeatureStore:
 
     def _damage_summary(self) -> str:
         entries = {s["file"]: s for s in self._manifest["shards"]}
-        parts = [f"{name} ({entries[name]['rows']} {entries[name]['kind']} rows) {why}"
+        what = {sh.VECTORS: "vectors", sh.ERRORS: "error records"}
+        parts = [f"{name} ({entries[name]['rows']} {what[entries[name]['kind']]}) {why}"
                  for name, why in list(self._damaged.items())[:3]]
         more = f" and {len(self._damaged) - 3} more" if len(self._damaged) > 3 else ""
         return "; ".join(parts) + more

@@ -63,7 +63,8 @@ def shard_problem(root: Path, entry: dict, dim: int, unit_norm: bool, *, hash_fi
     """Why the shard ``entry`` of the store at ``root`` cannot be trusted, or None when it is intact.
 
     ``hash_file=False`` skips the sha256 and ``sample=N`` checks the invariants of N spread rows only
-    (``cache verify --quick``); an intact full check is remembered for the process when ``use_cache``.
+    (``cache verify --quick``); an intact full check is remembered for the process, and ``use_cache=False``
+    ignores what was remembered (``cache verify``, ``cache repair``).
     """
     if not CHECKS and use_cache:
         return None
@@ -84,8 +85,8 @@ def shard_problem(root: Path, entry: dict, dim: int, unit_norm: bool, *, hash_fi
         problem = _content_problem(buffer, entry, dim, unit_norm, sample)
     except OSError as exc:
         return f"cannot be read: {exc.strerror or exc}"
-    if problem is None and hash_file and sample is None and use_cache:
-        _intact.add(key)
+    if problem is None and hash_file and sample is None:
+        _intact.add(key)  # a full check: later reads in this process need not repeat it
     return problem
 
 
