@@ -31,10 +31,26 @@ def default_home() -> Path:
     """The per-user cache directory, unless ``HEADSTART_HOME`` says otherwise."""
     env = os.environ.get(ENV_HOME)
     if env:
-        return Path(env).expanduser().resolve()
+        return check_home(Path(env).expanduser().resolve(), f"{ENV_HOME}={env}")
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("headstart", appauthor=False)).resolve()
+
+
+def check_home(home: Path, named: str) -> Path:
+    """``home`` when it (and its ``features``/``exports`` folders) is a directory or can become one;
+    else a one-line :class:`ConfigError` (not a ``NotADirectoryError`` from deep inside a job)."""
+    from .errors import ConfigError
+
+    hint = f"point {ENV_HOME} (or --store) at a directory, or at a path that does not exist yet"
+    for path in (home / "features", home / "exports"):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{path} (inside {named}) is a file, not a directory", hint=f"move the file away; {hint}")
+    existing = next((p for p in (home, *home.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "is a file" if existing == home else f"lies under the file {existing}"
+        raise ConfigError(f"{named} {what}, not a directory", hint=hint)
+    return home
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,7 @@ class Settings:
         plugins = PluginSettings.from_env()
         if strict_plugins is not None:
             plugins = replace(plugins, strict=strict_plugins)
-        root = Path(home).expanduser().resolve() if home else default_home()
+        root = check_home(Path(home).expanduser().resolve(), f"the store root {home} (--store / {ENV_HOME})") if home else default_home()
         return cls(home=root, plugins=plugins)
 
     @property

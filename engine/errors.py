@@ -88,6 +88,14 @@ class StoreLockedError(StoreError):
     """Another process holds the store's write lock."""
 
 
+class StoreReadOnlyError(StoreError):
+    """The store (or HEADSTART_HOME) is on a read-only mount or not writable, and the work needs a write."""
+
+
+class StoreDamagedError(StoreError):
+    """A shard or index file does not match what the manifest recorded when it was written."""
+
+
 class DimensionMismatchError(StoreError):
     """Vectors of another dimension or another backbone fingerprint were offered."""
 

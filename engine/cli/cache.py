@@ -1,4 +1,4 @@
-"""``headstart cache info|verify|gc|search``: inspect and maintain the feature stores."""
+"""``headstart cache info|verify|repair|gc|search|index``: inspect and maintain the feature stores."""
 
 from __future__ import annotations
 
@@ -64,11 +64,16 @@ def info(ctx: click.Context, show_errors: bool, as_json: bool) -> None:
 
 @cache.command("verify")
 @click.argument("fingerprint", required=False)
-@click.option("--quick", is_flag=True, help="Skip hashing files and probing the index.")
+@click.option("--quick", is_flag=True,
+              help="Check sizes, Arrow footers, rows, schema and a sample of each shard's vectors; skip hashing "
+                   "files, checking every vector and probing the index.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def verify(ctx: click.Context, fingerprint: str | None, quick: bool, as_json: bool) -> None:
-    """Check manifests, shards (size, sha256, rows) and indexes; exit 1 on damage."""
+    """Check manifests, shards (size, sha256, rows, finite unit vectors) and indexes; exit 1 on damage.
+
+    Reads check each shard the same way once per process, so damage is also caught where vectors are used.
+    """
     from ..errors import StoreError
     from ..store.catalog import store_dirs
     from ..store.features import FeatureStore
@@ -98,8 +103,57 @@ def verify(ctx: click.Context, fingerprint: str | None, quick: bool, as_json: bo
             click.echo(f"no feature stores under {settings.features_dir}")
     if not ok:
         raise StoreError(f"{sum(not r['ok'] for r in reports)} feature store(s) are damaged",
-                         hint="rebuild a damaged index with FeatureStore.rebuild_index(); "
-                              "a damaged shard means re-embedding into a fresh store")
+                         hint="`headstart cache repair` drops damaged shards (their items are embedded again by the "
+                              "next `headstart embed`) and damaged indexes; `headstart cache index` rebuilds an index")
+
+
+@cache.command("repair")
+@click.argument("fingerprint", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def repair(ctx: click.Context, fingerprint: str | None, as_json: bool) -> None:
+    """Drop damaged shards (and a damaged index) from one store, or every store, in one atomic commit.
+
+    Every shard is hashed and checked afresh. The items of dropped shards are no longer cached: the next
+    `headstart embed` of their source embeds them again. Nothing else is changed.
+    """
+    from ..errors import StoreError
+    from ..store.catalog import store_dirs
+    from ..store.features import FeatureStore
+    from ..store.manifest import read_manifest
+
+    settings = _settings(ctx)
+    paths = [_load(settings, fingerprint).path] if fingerprint else store_dirs(settings)
+    results = []
+    for path in paths:
+        try:
+            if read_manifest(path) is None:
+                continue
+        except StoreError as exc:
+            results.append({"path": str(path), "error": exc.message, "dropped": [], "items_to_reembed": 0})
+            continue
+        results.append(FeatureStore.load(path).repair())
+    if as_json:
+        echo_json({"stores": results})
+    else:
+        for r in results:
+            if r.get("error"):
+                click.echo(f"cannot repair {r['path']}: {r['error']}")
+                continue
+            if not r["dropped"] and not r["index"]:
+                click.echo(f"intact   {r['path']}")
+                continue
+            click.echo(f"repaired {r['path']}: dropped {len(r['dropped'])} shard(s); "
+                       f"{r['items_to_reembed']} item(s) will be embedded again by the next `headstart embed`")
+            for d in r["dropped"]:
+                click.echo(f"  dropped {d['file']} ({d['rows']} {d['kind']} rows): {d['reason']}")
+            if r["index"]:
+                click.echo(f"  {r['index']}")
+        if not results:
+            click.echo(f"no feature stores under {settings.features_dir}")
+    if any(r.get("error") for r in results):
+        raise StoreError("some feature store manifests cannot be read, so those stores cannot be repaired",
+                         hint="a store without a readable manifest must be deleted and re-embedded")
 
 
 @cache.command("gc")
@@ -109,14 +163,20 @@ def gc(ctx: click.Context, as_json: bool) -> None:
     """Remove temp files, orphan shards and directories without a manifest (locked stores are skipped)."""
     from ..store.catalog import gc as collect
 
+    from ..errors import StoreError
+
     result = collect(_settings(ctx))
     if as_json:
         echo_json(result)
-        return
-    click.echo(f"removed {result['removed_files']} file(s) and {len(result['removed_dirs'])} directory(ies), "
-               f"freed {result['bytes_freed']} bytes")
-    for path in result["skipped_locked"]:
-        click.echo(f"skipped (a writer holds its lock): {path}")
+    else:
+        click.echo(f"removed {result['removed_files']} file(s) and {len(result['removed_dirs'])} directory(ies), "
+                   f"freed {result['bytes_freed']} bytes")
+        for path in result["skipped_locked"]:
+            click.echo(f"skipped (a writer holds its lock): {path}")
+    if result.get("errors"):
+        raise StoreError(f"{len(result['errors'])} feature store(s) could not be collected: {result['errors'][0]}",
+                         hint="a read-only store cannot be collected: remount it read-write; a damaged manifest "
+                              "needs the store deleted and re-embedded")
 
 
 @cache.command("search")
@@ -134,9 +194,12 @@ def search(ctx: click.Context, fingerprint: str, keys: tuple[str, ...], k: int, 
     results = [{"key": key, "neighbours": [{"key": n, "score": float(s), "ref": refs.get(n)}
                                             for n, s in zip(found[i], scores[i]) if n is not None]}
                for i, key in enumerate(keys)]
+    how = store.last_search
     if as_json:
-        echo_json({"fingerprint": store.fingerprint, "results": results})
+        echo_json({"fingerprint": store.fingerprint, "search": how, "results": results})
         return
+    if how.get("note"):
+        click.echo(f"note: {how['note']}", err=True)
     for result in results:
         click.echo(f"neighbours of {result['key']}:")
         echo_table(["rank", "score", "key", "ref"],
@@ -153,8 +216,10 @@ def search(ctx: click.Context, fingerprint: str, keys: tuple[str, ...], k: int, 
 def index(ctx: click.Context, fingerprint: str | None, kind: str, as_json: bool) -> None:
     """(Re)build the FAISS index of one store, or of every store, from its shards.
 
-    Embedding leaves the index to its first use (a search brings it up to date), so that a
-    long job's memory does not grow with the store; run this to build it ahead of time.
+    `headstart embed` writes shards only and leaves the index to its first use, so that a long job's
+    memory does not grow with the store: a search scans the rows the index lacks exactly, and builds
+    the index first when it lacks 50,000 rows or more (or when its file does not match the manifest).
+    `cache verify` reports a partial index as a note, not a problem. Run this to build it ahead of time.
     """
     from ..store.catalog import store_dirs
     from ..store.features import FeatureStore

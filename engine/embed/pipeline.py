@@ -214,10 +214,17 @@ def start_job(source: str | os.PathLike[str], backbone: str | Any | None, *, eng
     if exported is None:
         if calibration is None and precision == "int8" and spec.modality != "text":
             calibration = calibration_sample(src)
-        exported = export(spec, precision, settings=settings, engine=engine, calibration=calibration)
+        try:
+            exported = export(spec, precision, settings=settings, engine=engine, calibration=calibration)
+        except OSError as exc:
+            from ..store.lock import READ_ONLY_ERRNOS, read_only_error
+
+            if exc.errno not in READ_ONLY_ERRNOS:
+                raise
+            raise read_only_error(settings.exports_dir, f"exporting backbone '{spec.name}'", exc) from None
     stats.seconds["export"] = time.perf_counter() - t
     store = FeatureStore.open(settings.features_dir / exported.fingerprint, fingerprint=exported.fingerprint,
-                              dim=spec.dim, backbone=spec.name)
+                              dim=spec.dim, backbone=spec.name, normalized=spec.normalize)
     return Job(source=src, spec=spec, exported=exported, store=store, precision=precision, stats=stats,
                started=started)
 
@@ -376,6 +383,7 @@ def embed(
                     failed[record.key] = record
                 if chunk.cached_keys:
                     failed.update(job.store.errors_for(chunk.cached_keys))
+                writer.require_writable(len(chunk.todo_keys) + len(chunk.errors))  # read-only store: fail now
                 if chunk.todo_keys:
                     encoder.start()  # the session loads while the first slices decode
                 done = bar.n if bar is not None else 0

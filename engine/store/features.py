@@ -14,7 +14,9 @@ Write with ``with store.writer() as w: w.add(keys, vectors, refs)``.
 
 from __future__ import annotations
 
+import os
 import secrets
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,11 +24,12 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, StoreError, StoreLockedError
+from ..errors import DimensionMismatchError, StoreDamagedError, StoreError, StoreLockedError, StoreReadOnlyError
 from . import index as ix
+from . import integrity
 from . import shards as sh
 from .atomic import clean_temp_files, write_bytes_atomic
-from .lock import StoreLock
+from .lock import READ_ONLY_ERRNOS, StoreLock, read_only_error
 from .manifest import new_manifest, read_manifest, write_manifest
 
 DEFAULT_SHARD_SIZE = 4096
@@ -66,6 +69,11 @@ class VerifyReport:
         return {"path": self.path, "ok": self.ok, "problems": self.problems, "notes": self.notes}
 
 
+def _warn(message: str) -> None:
+    """Tell the user about something the store did on its own (one ``warning:`` line on stderr)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def _short(keys: Sequence[str], n: int = 5) -> str:
     shown = ", ".join(keys[:n])
     return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
@@ -83,9 +91,11 @@ class FeatureStore:
     # -- opening -----------------------------------------------------------------
     @classmethod
     def open(cls, root: str | Path, *, fingerprint: str, dim: int, backbone: str, create: bool = True,
-             index_config: ix.IndexConfig | None = None) -> "FeatureStore":
+             index_config: ix.IndexConfig | None = None, normalized: bool | None = None) -> "FeatureStore":
         """Open (or create) the store for ``fingerprint`` at ``root`` (``settings.features_dir / fingerprint``).
 
+        ``normalized``: the backbone L2-normalises its output; recorded in a new store's manifest, so
+        readers check that every vector they read has unit length.
         Raises :class:`DimensionMismatchError` when ``root`` holds a store of another fingerprint or dim.
         """
         root = Path(root)
@@ -96,12 +106,17 @@ class FeatureStore:
         if manifest is None:
             if not create:
                 raise StoreError(f"no feature store at {root}", hint="embed a source first (`headstart embed`)")
-            root.mkdir(parents=True, exist_ok=True)
-            with StoreLock(root, DEFAULT_LOCK_TIMEOUT):
-                manifest = read_manifest(root)
-                if manifest is None:
-                    config = (index_config or ix.IndexConfig()).as_dict()
-                    manifest = write_manifest(root, new_manifest(fingerprint, dim, backbone, config))
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                with StoreLock(root, DEFAULT_LOCK_TIMEOUT):
+                    manifest = read_manifest(root)
+                    if manifest is None:
+                        config = (index_config or ix.IndexConfig()).as_dict()
+                        manifest = write_manifest(root, new_manifest(fingerprint, dim, backbone, config, normalized))
+            except OSError as exc:
+                if exc.errno in READ_ONLY_ERRNOS:
+                    raise read_only_error(root, f"creating the feature store of backbone '{backbone}'", exc) from None
+                raise
         store = cls(root, manifest, writable=True)
         store._check_identity(fingerprint, int(dim))
         return store
@@ -155,6 +170,11 @@ class FeatureStore:
         return self._manifest
 
     @property
+    def unit_norm(self) -> bool:
+        """Whether the backbone normalises (readers then check every vector's length)."""
+        return bool(self._manifest.get("normalized"))
+
+    @property
     def index_config(self) -> ix.IndexConfig:
         return ix.IndexConfig.from_dict(self._manifest.get("index_config"))
 
@@ -174,16 +194,64 @@ class FeatureStore:
         self._searcher: tuple[Any, int] | None = None
         self._tail: np.ndarray | None = None
         self._key_array: np.ndarray | None = None
+        self._damaged: dict[str, str] = {}  # shard file -> why it cannot be trusted (found on first read)
+        self._intact: set[str] = set()
+        self.last_search: dict[str, Any] = {}
+        self._search_note: str | None = None
 
     def _vector_entries(self) -> list[dict]:
         return [s for s in self._manifest["shards"] if s["kind"] == sh.VECTORS]
 
+    # -- integrity: every shard is checked before its first read ---------------------------
+    def _check(self, entry: dict) -> bool:
+        """Whether shard ``entry`` is intact (checked once per process; see :mod:`.integrity`)."""
+        name = entry["file"]
+        if name in self._intact:
+            return True
+        if name in self._damaged:
+            return False
+        problem = integrity.shard_problem(self.path, entry, self.dim, self.unit_norm)
+        if problem is None:
+            self._intact.add(name)
+            return True
+        self._damaged[name] = problem
+        return False
+
+    def damaged_shards(self) -> dict[str, str]:
+        """Every shard that fails its check (file → reason); checks the shards not read yet."""
+        for entry in self._manifest["shards"]:
+            self._check(entry)
+        return dict(self._damaged)
+
+    def _damage_summary(self) -> str:
+        entries = {s["file"]: s for s in self._manifest["shards"]}
+        what = {sh.VECTORS: "vectors", sh.ERRORS: "error records"}
+        parts = [f"{name} ({entries[name]['rows']} {what[entries[name]['kind']]}) {why}"
+                 for name, why in list(self._damaged.items())[:3]]
+        more = f" and {len(self._damaged) - 3} more" if len(self._damaged) > 3 else ""
+        return "; ".join(parts) + more
+
+    def _damaged_error(self, doing: str) -> StoreDamagedError:
+        return StoreDamagedError(
+            f"feature store {self.path} cannot be read for {doing}: {len(self._damaged)} damaged shard(s): "
+            f"{self._damage_summary()}",
+            hint="re-run `headstart embed` on the source (it drops the damaged shards and embeds their items "
+                 "again), or run `headstart cache repair`; `headstart cache verify` shows every problem")
+
+    def _require(self, entry: dict) -> None:
+        if not self._check(entry):
+            raise self._damaged_error(f"reading {entry['file']}")
+
     def _load_keys(self) -> None:
+        """Read every vector shard's keys; every shard is checked first (:class:`StoreDamagedError`)."""
         if self._keys is not None:
             return
+        entries = self._vector_entries()
+        if not all([self._check(entry) for entry in entries]):
+            raise self._damaged_error("a lookup")
         keys: list[str] = []
         starts = []
-        for entry in self._vector_entries():
+        for entry in entries:
             starts.append(len(keys))
             keys.extend(sh.read_table(self.path / entry["file"], ["key"]).column("key").to_pylist())
         self._keys, self._starts = keys, starts
@@ -192,11 +260,13 @@ class FeatureStore:
     def _load_errors(self) -> dict[str, ErrorRecord]:
         if self._errors is None:
             errors: dict[str, ErrorRecord] = {}
-            for entry in self._manifest["shards"]:
-                if entry["kind"] == sh.ERRORS:
-                    table = sh.read_table(self.path / entry["file"]).to_pydict()
-                    for key, ref, reason, stage in zip(table["key"], table["ref"], table["reason"], table["stage"]):
-                        errors.setdefault(key, ErrorRecord(key, ref, reason, stage))
+            entries = [e for e in self._manifest["shards"] if e["kind"] == sh.ERRORS]
+            if not all([self._check(entry) for entry in entries]):
+                raise self._damaged_error("reading error records")
+            for entry in entries:
+                table = sh.read_table(self.path / entry["file"]).to_pydict()
+                for key, ref, reason, stage in zip(table["key"], table["ref"], table["reason"], table["stage"]):
+                    errors.setdefault(key, ErrorRecord(key, ref, reason, stage))
             self._errors = errors
         return self._errors
 
@@ -204,6 +274,7 @@ class FeatureStore:
         """One shard's vectors, memory-mapped; ``cache=False`` for one-pass scans (keeps RSS flat)."""
         array = self._arrays.get(entry["file"])
         if array is None:
+            self._require(entry)
             array = sh.vectors_of(sh.read_table(self.path / entry["file"], ["vector"]), self.dim)
             if cache:
                 self._arrays[entry["file"]] = array
@@ -260,8 +331,8 @@ class FeatureStore:
     def iter_shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """(keys, vectors) per vector shard, in id order; vectors are memory-mapped."""
         for entry in self._vector_entries():
-            table = sh.read_table(self.path / entry["file"], ["key"])
-            yield table.column("key").to_pylist(), self._shard_array(entry)
+            array = self._shard_array(entry)
+            yield sh.read_table(self.path / entry["file"], ["key"]).column("key").to_pylist(), array
 
     def vectors(self) -> np.ndarray:
         """All vectors in id order; memory-mapped (one shard, or large stores), else in memory."""
@@ -310,27 +381,95 @@ class FeatureStore:
         return np.ascontiguousarray(q)
 
     def _index(self) -> tuple[Any, int]:
-        """The persisted index and how many rows it covers; (None, 0) when absent or unreadable."""
+        """The persisted index and how many rows it covers; (None, 0) when absent or superseded.
+
+        The index files are checked against the manifest (size, sha256) before loading; a damaged
+        index is rebuilt from the shards, or, when the store cannot be written now, left aside for
+        an exact scan (:attr:`last_search` says which).
+        """
         if self._searcher is None:
             entry = self._manifest.get("index")
             self._searcher = (None, 0)
             if entry:
-                try:
-                    index = ix.load(self.path / entry["file"], entry["type"], self.index_config.nprobe)
-                    self._searcher = (index, int(entry["n_vectors"]))
-                except (RuntimeError, OSError):
-                    self._searcher = (None, 0)  # replaced by a newer writer: scan exactly
+                problem = integrity.index_problem(self.path, entry)
+                if problem is None:
+                    try:
+                        index = ix.load(self.path / entry["file"], entry["type"], self.index_config.nprobe)
+                    except (RuntimeError, OSError) as exc:
+                        problem = f"index file {entry['file']} cannot be loaded: {exc}"
+                    else:
+                        if index.ntotal == int(entry["n_vectors"]):
+                            self._searcher = (index, int(entry["n_vectors"]))
+                        else:
+                            problem = f"index holds {index.ntotal} vectors, the manifest says {entry['n_vectors']}"
+                if problem is not None:
+                    self._replace_index(entry, problem)
         return self._searcher
 
+    def _replace_index(self, entry: dict, problem: str) -> None:
+        """Rebuild a damaged index from the shards (under the lock); else leave it aside (exact scan)."""
+        current = read_manifest(self.path) or {}
+        if (current.get("index") or {}).get("file") != entry["file"]:
+            self._search_note = "the index was replaced by a newer writer meanwhile; searched the shards exactly"
+            return
+        try:
+            with StoreLock(self.path, timeout=0.0):
+                self.refresh()
+                if (self._manifest.get("index") or {}).get("file") == entry["file"]:
+                    from .indexing import update_index
+
+                    update_index(self, rebuild=True)
+        except (StoreLockedError, StoreReadOnlyError) as exc:
+            self._searcher, self._tail = (None, 0), None
+            self._search_note = (f"{problem}; not rebuilt ({exc.message}); searched the shards exactly")
+            return
+        self._searcher, self._tail = None, None
+        self._load_keys()
+        new = self._manifest.get("index") or {}
+        index = ix.load(self.path / new["file"], new["type"], self.index_config.nprobe) if new else None
+        self._searcher = (index, int(new["n_vectors"])) if new else (None, 0)
+        self._search_note = f"{problem}; rebuilt the index from the shards"
+
+    def _index_hits(self, index: Any, covered: int, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The index's top-``k``, each score checked against the exact product with the stored row
+        (cheap: k rows per query); None when the index returns ids or scores the shards disagree with."""
+        if index is None or not index.ntotal:
+            return None
+        scores, ids = index.search(q, min(k, index.ntotal))
+        valid = ids >= 0
+        if (ids[valid] >= covered).any():
+            return None
+        rows = np.nonzero(valid)
+        exact = np.einsum("ij,ij->i", q[rows[0]], self._rows(ids[valid]))
+        return (scores, ids) if integrity.scores_match(scores[valid], exact) else None
+
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` inner-product neighbours: (scores (q, k) float32, keys (q, k) object; None when fewer)."""
+        """Top-``k`` inner-product neighbours: (scores (q, k) float32, keys (q, k) object; None when fewer).
+
+        :attr:`last_search` tells how: the index type, rows it covered, rows scanned exactly, and a note
+        when the index was rebuilt or left aside.
+        """
         q = self._check_queries(queries)
+        self._search_note = None
         self._refresh_index_if_far_behind()
         self._load_keys()
         index, covered = self._index()
+        hits = self._index_hits(index, covered, q, int(k)) if index is not None else None
+        if index is not None and hits is None and index.ntotal:
+            entry = self._manifest.get("index") or {}
+            self._replace_index(entry, f"index file {entry.get('file')} returns neighbours whose scores do not "
+                                       "match the shards")
+            index, covered = self._searcher
+            hits = self._index_hits(index, covered, q, int(k)) if index is not None else None
+            if index is not None and hits is None:
+                self._searcher, self._tail, index, covered = (None, 0), None, None, 0
+        self._load_keys()
         if self._tail is None:
             self._tail = self._rows(np.arange(covered, len(self), dtype=np.int64))
-        scores, ids = ix.search(index, covered, self._tail, q, int(k))
+        scores, ids = ix.search(index, covered, self._tail, q, int(k), hits=hits)
+        self.last_search = {"index": (self._manifest.get("index") or {}).get("type") if index is not None else None,
+                            "indexed": int(covered), "scanned_exactly": int(len(self._tail)),
+                            "note": self._search_note}
         if self._key_array is None or len(self._key_array) != len(self._keys) + 1:
             self._key_array = np.empty(len(self._keys) + 1, dtype=object)
             self._key_array[:-1] = self._keys  # the last slot (None) stands for "no neighbour"
@@ -362,9 +501,14 @@ class FeatureStore:
         return StoreWriter(self, shard_size, lock_timeout, update_index)
 
     def _refresh_index_if_far_behind(self) -> None:
-        """Bring the index up to date when it misses ``LAZY_INDEX_ROWS`` or more rows (writable stores only)."""
+        """Bring the index up to date when it misses ``LAZY_INDEX_ROWS`` or more rows; when a writer
+        holds the lock or the store is read-only, the uncovered rows are scanned exactly this time."""
         entry = self._manifest.get("index") or {}
-        if not self.writable or len(self) - int(entry.get("n_vectors", 0)) < LAZY_INDEX_ROWS:
+        behind = len(self) - int(entry.get("n_vectors", 0))
+        if behind < LAZY_INDEX_ROWS:
+            if behind and not os.access(self.path, os.W_OK):
+                self._search_note = (f"the store is read-only and its index lacks {behind} vectors: "
+                                     "searched them exactly in memory")
             return
         try:
             with StoreLock(self.path, timeout=0.0):
@@ -373,8 +517,20 @@ class FeatureStore:
 
                 update_index(self)
         except StoreLockedError:
-            return  # a writer is busy: scan the uncovered rows exactly this time
+            return
+        except StoreReadOnlyError:
+            self._search_note = f"the store is read-only: {behind} vectors the index lacks were searched exactly"
+            return
         self._searcher, self._tail = None, None
+
+    def repair(self, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> dict[str, Any]:
+        """Check every shard and the index afresh and drop what is damaged (one atomic manifest commit).
+
+        Returns what was dropped; the items of dropped shards are embedded again by the next ``embed``.
+        """
+        from .repair import repair_store
+
+        return repair_store(self, lock_timeout)
 
     def rebuild_index(self, config: ix.IndexConfig | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> dict:
         """Rebuild the FAISS index from the shards (retraining IVF); return the new index entry."""
@@ -426,8 +582,13 @@ class StoreWriter:
     """Appends to a store under its exclusive lock; see :meth:`FeatureStore.writer`.
 
     Rows are buffered and committed as one shard every ``shard_size`` rows, on
-    :meth:`commit`, and on a clean exit (which also brings the index up to date).
-    Keys already in the store (vectors or error records) are skipped.
+    :meth:`commit`, and on a clean exit (which also brings the index up to date unless
+    ``update_index=False``). Keys already in the store (vectors or error records) are skipped.
+
+    On opening it checks every shard (once per process) and drops damaged ones from the manifest
+    (:attr:`dropped`), so their items count as missing and are written again. On a store that
+    cannot be written (read-only mount, no permission) it opens without the lock (:attr:`read_only`;
+    nobody can be writing) and only work that adds something raises :class:`StoreReadOnlyError`.
     """
 
     def __init__(self, store: FeatureStore, shard_size: int, lock_timeout: float, update_index: bool = True) -> None:
@@ -445,24 +606,45 @@ class StoreWriter:
         self._open = False
         self.added = 0
         self.skipped = 0
+        self.read_only = False
+        self.dropped: list[dict[str, Any]] = []
 
     def __enter__(self) -> "StoreWriter":
-        self._lock.acquire()
+        try:
+            self._lock.acquire()
+        except StoreReadOnlyError:
+            self.read_only = True
+            self.store.refresh()
+            self._open = True
+            return self
         try:
             self.store.refresh()
             clean_temp_files(self.store.path)
             from .catalog import remove_orphans
+            from .repair import drop_shards
 
             remove_orphans(self.store.path, self.store.manifest)
+            self.dropped = drop_shards(self.store, self.store.damaged_shards())
         except BaseException:
             self._lock.release()
             raise
+        if self.dropped:
+            _warn(f"feature store {self.store.path}: dropped {len(self.dropped)} damaged shard(s) "
+                  f"({', '.join(d['file'] + ': ' + d['reason'] for d in self.dropped[:3])}); "
+                  f"their {sum(d['rows'] for d in self.dropped)} item(s) are embedded again")
         self._open = True
         return self
 
+    def require_writable(self, n_items: int) -> None:
+        """Raise :class:`StoreReadOnlyError` when ``n_items`` items need writing to a read-only store."""
+        if self.read_only and n_items:
+            store = self.store
+            damage = f" (damaged shard(s): {store._damage_summary()})" if store._damaged else ""
+            raise read_only_error(store.path, f"storing {n_items} item(s) that are not cached{damage}")
+
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is None:
+            if exc_type is None and not self.read_only:
                 self.commit()
                 if self.update_index:
                     from .indexing import update_index
@@ -501,6 +683,15 @@ class StoreWriter:
             named = [keys[i] for i in np.nonzero(bad)[0]]
             raise StoreError(f"{len(named)} vector(s) contain NaN or Inf: {_short(named)}",
                              hint="record these items with add_errors() instead of storing their vectors")
+        if store.unit_norm and len(vectors):
+            norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+            off = (np.abs(norms - 1.0) > integrity.NORM_TOLERANCE) & (norms != 0.0)
+            if off.any():
+                named = [keys[i] for i in np.nonzero(off)[0]]
+                raise StoreError(f"{len(named)} vector(s) are not unit length, but feature store {store.path} holds "
+                                 f"a normalising backbone's vectors: {_short(named)}",
+                                 hint="the backbone declares normalize=true: make its graph L2-normalise its "
+                                      "output, or declare normalize=false (a new fingerprint and store)")
         present = store.contains(keys, include_errors=False)
         take = []
         for i, key in enumerate(keys):
@@ -509,6 +700,7 @@ class StoreWriter:
             if not present[i] and key not in self._pending:
                 self._pending[key] = None
                 take.append(i)
+        self.require_writable(len(take))
         self.skipped += len(keys) - len(take)
         if take:
             self._keys.extend(keys[i] for i in take)
@@ -530,6 +722,7 @@ class StoreWriter:
             if not have and record.key not in self._pending and record.key not in queued:
                 queued.add(record.key)
                 new.append(record)
+        self.require_writable(len(new))
         self._errors.extend(new)
         return len(new)
 

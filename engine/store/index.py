@@ -164,16 +164,20 @@ def load(path: Path, kind: str, nprobe: int = 16):
     return faiss.read_index(str(path))
 
 
-def search(index, covered: int, tail: np.ndarray | None, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index, covered: int, tail: np.ndarray | None, queries: np.ndarray, k: int,
+           hits: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, ids) over ``index`` (ids < ``covered``) plus an exact scan of ``tail``.
 
+    ``hits``: the index's own (scores, ids) for ``queries`` when the caller already has them.
     Missing neighbours have id ``-1`` and score ``-inf``.
     """
     nq = len(queries)
     scores = np.full((nq, 0), -np.inf, dtype=np.float32)
     ids = np.full((nq, 0), -1, dtype=np.int64)
-    if index is not None and index.ntotal:
-        s, i = index.search(queries, min(k, index.ntotal))
+    if hits is None and index is not None and index.ntotal:
+        hits = index.search(queries, min(k, index.ntotal))
+    if hits is not None:
+        s, i = hits
         s = np.where(i < 0, -np.inf, s).astype(np.float32)
         scores, ids = np.hstack([scores, s]), np.hstack([ids, i])
     if tail is not None and len(tail):

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import StoreError
 from . import index as ix
-from .atomic import write_bytes_atomic
+from . import integrity
+from .atomic import sha256_file, write_bytes_atomic
 
 if TYPE_CHECKING:
     from .features import FeatureStore
@@ -59,7 +60,7 @@ def _build_flat(store: "FeatureStore", old: dict | None, rebuild: bool) -> dict:
     import faiss
 
     start, covered = None, 0
-    if old and old["type"] == ix.FLAT and not rebuild:
+    if old and old["type"] == ix.FLAT and not rebuild and integrity.index_problem(store.path, old) is None:
         try:
             start = faiss.read_index(str(store.path / old["file"]))
             covered = int(old["n_vectors"])
@@ -82,7 +83,7 @@ def _build_flat(store: "FeatureStore", old: dict | None, rebuild: bool) -> dict:
 def _build_ivf(store: "FeatureStore", old: dict | None, rebuild: bool, config: ix.IndexConfig) -> dict:
     n = len(store)
     base, covered = None, 0
-    if old and old["type"] == ix.IVF and not rebuild:
+    if old and old["type"] == ix.IVF and not rebuild and integrity.index_problem(store.path, old) is None:
         try:
             base = ix.load(store.path / old["file"], ix.IVF, config.nprobe)
             trained_name = old["trained"]
@@ -111,7 +112,8 @@ def _build_ivf(store: "FeatureStore", old: dict | None, rebuild: bool, config: i
             block.unlink(missing_ok=True)
     digest = write_bytes_atomic(store.path / name, data)
     return {"type": ix.IVF, "file": name, "sha256": digest, "bytes": len(data), "n_vectors": n,
-            "ivfdata": ivfdata, "ivfdata_bytes": (store.path / ivfdata).stat().st_size, "trained": trained_name}
+            "ivfdata": ivfdata, "ivfdata_bytes": (store.path / ivfdata).stat().st_size,
+            "ivfdata_sha256": sha256_file(store.path / ivfdata), "trained": trained_name}
 
 
 def index_files(entry: dict | None) -> set[str]:

@@ -6,14 +6,26 @@ writer never leaves a stale lock behind.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
 from pathlib import Path
 
-from ..errors import StoreLockedError
+from ..errors import StoreLockedError, StoreReadOnlyError
 
 LOCK_NAME = ".lock"
+#: errors that mean "this directory cannot be written" (read-only mount, no permission)
+READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def read_only_error(directory: Path, doing: str, exc: OSError | None = None) -> StoreReadOnlyError:
+    """The one message for work that needs a write on a read-only store."""
+    why = f" ({exc.strerror})" if exc is not None and exc.strerror else ""
+    return StoreReadOnlyError(
+        f"store at {directory} is read-only{why}; {doing} needs a write",
+        hint="fully cached work (embed of cached items, train, eval, predict, cache info/verify/search) runs "
+             "read-only; for this, remount it read-write or point HEADSTART_HOME (--store) at a writable copy")
 
 
 class StoreLock:
@@ -26,7 +38,14 @@ class StoreLock:
         self._fd: int | None = None
 
     def acquire(self) -> "StoreLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the lock (:class:`StoreLockedError` after ``timeout``; :class:`StoreReadOnlyError` when the
+        directory cannot be written, so nobody can be writing it either)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in READ_ONLY_ERRNOS:
+                raise read_only_error(self.path.parent, "taking the write lock", exc) from None
+            raise
         deadline = time.monotonic() + self.timeout
         while True:
             try:

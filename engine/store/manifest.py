@@ -19,7 +19,9 @@ FORMAT = "headstart.feature-store"
 VERSION = 1
 
 
-def new_manifest(fingerprint: str, dim: int, backbone: str, index_config: dict) -> dict[str, Any]:
+def new_manifest(fingerprint: str, dim: int, backbone: str, index_config: dict,
+                 normalized: bool | None = None) -> dict[str, Any]:
+    """A new store's manifest; ``normalized`` (the backbone L2-normalises) makes readers check unit norms."""
     now = time.time()
     return {
         "format": FORMAT,
@@ -35,6 +37,7 @@ def new_manifest(fingerprint: str, dim: int, backbone: str, index_config: dict) 
         "n_errors": 0,
         "index_config": index_config,
         "index": None,
+        "normalized": normalized,
     }
 
 

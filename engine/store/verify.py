@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import index as ix
+from . import integrity
 from . import shards as sh
 from .atomic import TMP_MARK, sha256_file
 
@@ -15,7 +16,10 @@ if TYPE_CHECKING:
 
 
 def verify_store(store: "FeatureStore", deep: bool = True) -> "VerifyReport":
-    """Every problem found (``deep`` also hashes files and probes the index)."""
+    """Every problem found. Both modes check each shard's size, Arrow footer, rows, columns and vector
+    width, and the index files' sizes; ``deep`` also hashes every file (sha256 against the manifest),
+    checks every vector (finite; unit norm where the backbone normalises) and probes the index, where
+    quick mode samples the invariants on a few rows per shard."""
     from .features import VerifyReport
 
     report = VerifyReport(str(store.path))
@@ -23,40 +27,25 @@ def verify_store(store: "FeatureStore", deep: bool = True) -> "VerifyReport":
     counts = {sh.VECTORS: 0, sh.ERRORS: 0}
     shards_ok = True
     for entry in m["shards"]:
-        path = store.path / entry["file"]
-        if not path.is_file():
-            report.problems.append(f"shard {entry['file']} is missing")
-            shards_ok = False
-            continue
         counts[entry["kind"]] += entry["rows"]
-        if path.stat().st_size != entry["bytes"]:
-            report.problems.append(f"shard {entry['file']} has {path.stat().st_size} bytes, manifest says {entry['bytes']}")
-            shards_ok = False
-            continue
-        if deep and sha256_file(path) != entry["sha256"]:
-            report.problems.append(f"shard {entry['file']} does not match its sha256 (damaged or edited)")
-            shards_ok = False
-            continue
-        try:
-            rows = sh.num_rows(path)
-            table = sh.read_table(path)
-        except Exception as exc:  # pyarrow raises several types on damaged files
-            report.problems.append(f"shard {entry['file']} cannot be read: {exc}")
-            shards_ok = False
-            continue
-        if rows != entry["rows"]:
-            report.problems.append(f"shard {entry['file']} has {rows} rows, manifest says {entry['rows']}")
-            shards_ok = False
-        if entry["kind"] == sh.VECTORS and table.schema.field("vector").type.list_size != store.dim:
-            report.problems.append(f"shard {entry['file']} holds vectors of another dimension")
+        problem = integrity.shard_problem(store.path, entry, store.dim, store.unit_norm, hash_file=deep,
+                                          sample=None if deep else integrity.QUICK_SAMPLE, use_cache=False)
+        if problem is not None:
+            report.problems.append(f"shard {entry['file']} {problem}")
             shards_ok = False
     if counts[sh.VECTORS] != m["n_vectors"]:
         report.problems.append(f"shards hold {counts[sh.VECTORS]} vectors, manifest says {m['n_vectors']}")
     if counts[sh.ERRORS] != m["n_errors"]:
         report.problems.append(f"shards hold {counts[sh.ERRORS]} error records, manifest says {m['n_errors']}")
+    if not shards_ok:
+        report.notes.append("`headstart cache repair` drops the damaged shards; their items are embedded again "
+                            "by the next `headstart embed`")
     if shards_ok:
         store._reset_caches()
-        keys = store.keys()
+        # deep: the shards were just checked in full, so this read costs no second hash; quick: the key
+        # columns only, without the hashing a read does (that is what makes quick quick)
+        keys = store.keys() if deep else [k for e in m["shards"] if e["kind"] == sh.VECTORS
+                                          for k in sh.read_table(store.path / e["file"], ["key"]).column("key").to_pylist()]
         if len(set(keys)) != len(keys):
             report.problems.append(f"{len(keys) - len(set(keys))} key(s) are stored twice")
         _verify_index(store, report, deep)
@@ -70,23 +59,36 @@ def _verify_index(store: "FeatureStore", report: "VerifyReport", deep: bool) -> 
     entry = store.manifest.get("index")
     if not entry:
         if len(store):
-            report.notes.append("no index yet: searches scan the shards exactly until the next write")
+            report.notes.append("no index yet (`headstart embed` leaves it to the first search or "
+                                "`headstart cache index`); searches scan the shards exactly until then")
         return
+    rebuild = "the next search rebuilds it, or run `headstart cache index`"
     path = store.path / entry["file"]
     if not path.is_file():
-        report.problems.append(f"index file {entry['file']} is missing (run `store.rebuild_index()`)")
+        report.problems.append(f"index file {entry['file']} is missing; {rebuild}")
+        return
+    if path.stat().st_size != entry.get("bytes"):
+        report.problems.append(f"index file {entry['file']} has {path.stat().st_size} bytes, the manifest says "
+                               f"{entry.get('bytes')}; {rebuild}")
         return
     if deep and sha256_file(path) != entry["sha256"]:
-        report.problems.append(f"index file {entry['file']} does not match its sha256 (rebuild the index)")
+        report.problems.append(f"index file {entry['file']} does not match its sha256; {rebuild}")
         return
-    if entry["type"] == ix.IVF and not (store.path / entry["ivfdata"]).is_file():
-        report.problems.append(f"index data {entry['ivfdata']} is missing (rebuild the index)")
-        return
+    if entry["type"] == ix.IVF:
+        data = store.path / entry["ivfdata"]
+        if not data.is_file() or data.stat().st_size != entry.get("ivfdata_bytes", data.stat().st_size):
+            report.problems.append(f"index data {entry['ivfdata']} is missing or has the wrong size; {rebuild}")
+            return
+        if deep and entry.get("ivfdata_sha256") and sha256_file(data) != entry["ivfdata_sha256"]:
+            report.problems.append(f"index data {entry['ivfdata']} does not match its sha256; {rebuild}")
+            return
     if entry["n_vectors"] > len(store):
         report.problems.append(f"index covers {entry['n_vectors']} vectors, the store has {len(store)}")
         return
     if entry["n_vectors"] < len(store):
-        report.notes.append(f"index covers {entry['n_vectors']} of {len(store)} vectors; the rest are scanned exactly")
+        report.notes.append(f"index covers {entry['n_vectors']} of {len(store)} vectors (`headstart embed` leaves "
+                            "the index to the first search or `headstart cache index`); the rest are scanned "
+                            "exactly")
     if not deep:
         return
     try:
@@ -103,4 +105,4 @@ def _verify_index(store: "FeatureStore", report: "VerifyReport", deep: bool) -> 
         scores, _ = index.search(rows, 1)
         own = np.einsum("ij,ij->i", rows, rows)
         if (scores[:, 0] < own - 1e-3 * np.maximum(1.0, np.abs(own))).any():
-            report.problems.append("index does not match the shards (probe vectors not found); rebuild the index")
+            report.problems.append(f"index does not match the shards (probe vectors not found); {rebuild}")
