@@ -10,12 +10,9 @@ from typing import Any
 from ..config import Settings
 from ..errors import StoreError, StoreLockedError
 from .atomic import clean_temp_files
-from .indexing import INDEX_DIR, index_files
 from .lock import LOCK_NAME, StoreLock, is_locked
 from .manifest import read_manifest
-
-SHARD_DIR = "shards"
-
+from .repair import remove_orphans
 
 def store_dirs(settings: Settings) -> list[Path]:
     root = settings.features_dir
@@ -35,21 +32,6 @@ def list_stores(settings: Settings) -> list[dict[str, Any]]:
         except (StoreError, OSError) as exc:
             stores.append({"path": str(path), "fingerprint": path.name, "error": str(exc)})
     return stores
-
-
-def remove_orphans(root: Path, manifest: dict[str, Any]) -> list[Path]:
-    """Remove shard and index files the manifest does not list (caller holds the write lock)."""
-    live = {s["file"] for s in manifest["shards"]} | index_files(manifest.get("index"))
-    removed = []
-    for sub in (SHARD_DIR, INDEX_DIR):
-        folder = root / sub
-        if not folder.is_dir():
-            continue
-        for path in folder.rglob("*"):
-            if path.is_file() and path.relative_to(root).as_posix() not in live:
-                path.unlink()
-                removed.append(path)
-    return removed
 
 
 def gc(settings: Settings, min_age_s: float = 60.0) -> dict[str, Any]:

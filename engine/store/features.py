@@ -28,6 +28,7 @@ from ..errors import DimensionMismatchError, StoreDamagedError, StoreError, Stor
 from . import index as ix
 from . import integrity
 from . import shards as sh
+from .verify import VerifyReport, verify_store
 from .atomic import clean_temp_files, write_bytes_atomic
 from .lock import READ_ONLY_ERRNOS, StoreLock, read_only_error
 from .manifest import new_manifest, read_manifest, write_manifest
@@ -51,22 +52,6 @@ class ErrorRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class VerifyReport:
-    """What :meth:`FeatureStore.verify` found; ``ok`` when ``problems`` is empty."""
-
-    path: str
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "ok": self.ok, "problems": self.problems, "notes": self.notes}
 
 
 def _warn(message: str) -> None:
@@ -550,8 +535,6 @@ class FeatureStore:
 
     # -- checks ------------------------------------------------------------------------
     def verify(self, deep: bool = True) -> VerifyReport:
-        from .verify import verify_store
-
         return verify_store(self, deep=deep)
 
     def info(self) -> dict[str, Any]:
@@ -620,8 +603,7 @@ class StoreWriter:
         try:
             self.store.refresh()
             clean_temp_files(self.store.path)
-            from .catalog import remove_orphans
-            from .repair import drop_shards
+            from .repair import drop_shards, remove_orphans
 
             remove_orphans(self.store.path, self.store.manifest)
             self.dropped = drop_shards(self.store, self.store.damaged_shards())

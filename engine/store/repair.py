@@ -10,9 +10,27 @@ from typing import TYPE_CHECKING, Any
 
 from . import integrity
 from . import shards as sh
+from .indexing import INDEX_DIR, index_files
 
 if TYPE_CHECKING:
     from .features import FeatureStore
+
+SHARD_DIR = "shards"
+
+
+def remove_orphans(root: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Remove shard and index files the manifest does not list (caller holds the write lock)."""
+    live = {s["file"] for s in manifest["shards"]} | index_files(manifest.get("index"))
+    removed = []
+    for sub in (SHARD_DIR, INDEX_DIR):
+        folder = root / sub
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob("*"):
+            if path.is_file() and path.relative_to(root).as_posix() not in live:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def drop_shards(store: "FeatureStore", damaged: dict[str, str]) -> list[dict[str, Any]]:
@@ -45,8 +63,6 @@ def drop_shards(store: "FeatureStore", damaged: dict[str, str]) -> list[dict[str
         new["index"] = None
     store._commit_manifest(new)
     store._reset_caches()
-    from .catalog import remove_orphans
-
     remove_orphans(store.path, store.manifest)  # the damaged files and a dropped index
     return dropped
 
@@ -71,8 +87,6 @@ def repair_store(store: "FeatureStore", lock_timeout: float) -> dict[str, Any]:
             problem = integrity.index_problem(store.path, index)
             if problem is not None:
                 store._commit_manifest(dict(store.manifest, index=None))
-                from .catalog import remove_orphans
-
                 remove_orphans(store.path, store.manifest)
                 index_note = f"dropped the index ({problem}); the next search or `headstart cache index` rebuilds it"
         elif dropped and any(d["kind"] == sh.VECTORS for d in dropped):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,7 +13,23 @@ from . import shards as sh
 from .atomic import TMP_MARK, sha256_file
 
 if TYPE_CHECKING:
-    from .features import FeatureStore, VerifyReport
+    from .features import FeatureStore
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_store` (``FeatureStore.verify``) found; ``ok`` when ``problems`` is empty."""
+
+    path: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "ok": self.ok, "problems": self.problems, "notes": self.notes}
 
 
 def verify_store(store: "FeatureStore", deep: bool = True) -> "VerifyReport":
@@ -20,7 +37,6 @@ def verify_store(store: "FeatureStore", deep: bool = True) -> "VerifyReport":
     width, and the index files' sizes; ``deep`` also hashes every file (sha256 against the manifest),
     checks every vector (finite; unit norm where the backbone normalises) and probes the index, where
     quick mode samples the invariants on a few rows per shard."""
-    from .features import VerifyReport
 
     report = VerifyReport(str(store.path))
     m = store.manifest
