@@ -117,18 +117,19 @@ def test_failure_at_every_write_fsync_rename_of_a_commit(headstart_home: Path, m
     counter.calls = 0
     add_range(probe, 100, 200)  # one shard + manifest + index + manifest
     total = counter.calls
-    assert total >= 12
+    assert total == 16  # docs/store.md: "a failure at each of the 16 write/fsync/rename steps"
 
+    raised = []
     for n in range(1, total + 1):
         name = f"fp-n{n}"
         monkeypatch.setattr(atomic, "FS", atomic._FileSystem())
         store = new_store(headstart_home, name)
         add_range(store, 0, 100)
         monkeypatch.setattr(atomic, "FS", FaultyFS(fail_at=n))
-        try:
+        with pytest.raises(StoreError, match="injected") as info:  # never swallowed, at any step
             add_range(store, 100, 200)
-        except StoreError as exc:
-            assert "injected" in str(exc) and exc.hint
+        assert info.value.hint
+        raised.append(n)
         monkeypatch.setattr(atomic, "FS", atomic._FileSystem())
         reopened = FeatureStore.load(store.path)
         assert reopened.verify().ok, (n, reopened.verify().problems)
@@ -139,6 +140,23 @@ def test_failure_at_every_write_fsync_rename_of_a_commit(headstart_home: Path, m
         final = FeatureStore.load(store.path)
         assert len(final) == 200 and final.verify().ok
         assert not list(final.path.rglob(f".*{atomic.TMP_MARK}*"))
+    assert raised == list(range(1, total + 1))
+
+
+@pytest.mark.parametrize("error", [errno.EIO, errno.ENOSPC, errno.EROFS])
+def test_fsync_dir_raises_real_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    """A failed directory fsync means the rename may not be durable: it is raised, never swallowed."""
+    monkeypatch.setattr(atomic, "FS", FaultyFS(fail_at=1, error=error))
+    with pytest.raises(OSError) as info:
+        atomic.fsync_dir(tmp_path)
+    assert info.value.errno == error
+
+
+@pytest.mark.parametrize("error", sorted(atomic.FSYNC_DIR_UNSUPPORTED))
+def test_fsync_dir_ignores_only_not_supported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    monkeypatch.setattr(atomic, "FS", FaultyFS(fail_at=1, error=error))
+    atomic.fsync_dir(tmp_path)  # a filesystem that cannot fsync a directory is not an error
+    assert atomic.FS.calls == 1 and {errno.EIO, errno.ENOSPC, errno.EROFS}.isdisjoint(atomic.FSYNC_DIR_UNSUPPORTED)
 
 
 def test_disk_full_mid_shard_keeps_earlier_shards_and_retry_succeeds(headstart_home: Path,
