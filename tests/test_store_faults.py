@@ -1,5 +1,8 @@
 """Store faults with real files, processes and signals: injected write/fsync/rename failures, disk full,
-kill -9 loops, concurrent writers, a reader during commits, a held lock."""
+kill -9 loops, concurrent writers, a reader during commits, a held lock.
+
+Kills and reads land at pause points (headstart.engine.faultpoints): the writer stops at a named event
+and the test acts on the marker it writes, so no outcome depends on the machine's speed."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import numpy as np
 import pytest
 
 import headstart.engine.store.atomic as atomic
+from pause_control import env_with, marker, pause_env, resume, wait_paused
 from headstart.engine.errors import StoreError, StoreLockedError
 from headstart.engine.store.features import FeatureStore
 
@@ -25,11 +29,11 @@ DIM = 8
 # A writer process: adds ids [start, stop) in batches, one writer session per `session` ids,
 # vectors a pure function of the id so any interleaving of runs must end in the same store.
 WORKER = textwrap.dedent("""
-    import sys, time
+    import sys
     import numpy as np
     from headstart.engine.store.features import FeatureStore, ErrorRecord
-    path, start, stop, session, shard, pause = sys.argv[1:7]
-    start, stop, session, shard, pause = int(start), int(stop), int(session), int(shard), float(pause)
+    path, start, stop, session, shard = sys.argv[1:6]
+    start, stop, session, shard = int(start), int(stop), int(session), int(shard)
     store = FeatureStore.open(path, fingerprint="fp-w", dim=8, backbone="toy")
     def vec(i):
         v = np.random.default_rng(i).standard_normal(8).astype(np.float32)
@@ -43,8 +47,6 @@ WORKER = textwrap.dedent("""
                 if keep:
                     w.add([f"k{i:06d}" for i in keep], np.stack([vec(i) for i in keep]), [f"row {i}" for i in keep])
                 w.add_errors([ErrorRecord(f"k{i:06d}", f"row {i}", "synthetic failure", "embed") for i in ids if not i % 97])
-                if pause:
-                    time.sleep(pause)
     print("done", flush=True)
 """)
 
@@ -55,9 +57,10 @@ def vec(i: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def spawn(path: Path, start: int, stop: int, session: int = 300, shard: int = 100, pause: float = 0.0):
+def spawn(path: Path, start: int, stop: int, session: int = 300, shard: int = 100, env: dict | None = None):
     return subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(start), str(stop), str(session),
-                             str(shard), str(pause)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(shard)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env_with(env or {}))
 
 
 def assert_complete(path: Path, n: int) -> None:
@@ -184,42 +187,52 @@ def test_disk_full_mid_shard_keeps_earlier_shards_and_retry_succeeds(headstart_h
     assert len(final) == 600 and final.verify().ok
 
 
-def _kill_loop(path: Path, kills: int, n: int, pause: float) -> int:
-    """SIGKILL ``kills`` writer runs at random moments; return how many were really killed mid-run."""
+COMMIT_EVENTS = ("store-shard-written", "store-committed")  # inside a commit (shard not yet listed) / after it
+
+
+def _kill_loop(path: Path, kills: int, n: int, pauses: Path) -> int:
+    """SIGKILL ``kills`` writer runs, each paused at a random commit point; return how many were killed there."""
     rng = random.Random(1234)
     killed = 0
-    for _ in range(kills):
-        proc = spawn(path, 0, n, pause=pause)
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        time.sleep(rng.uniform(0.05, 0.6))
+    for attempt in range(kills):
+        point = f"{rng.choice(COMMIT_EVENTS)}#{rng.randint(1, 4)}"
+        folder = pauses / f"attempt-{attempt}"
+        proc = spawn(path, 0, n, env=pause_env(folder, point))
+        paused = wait_paused(folder, point, proc)
+        assert paused["pid"] == proc.pid
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         killed += proc.returncode == -signal.SIGKILL
         store = FeatureStore.load(path)
         assert store.verify().ok  # a killed writer never leaves a torn store
+        listed = [s["file"] for s in store.manifest["shards"]]
+        if point.startswith("store-shard-written"):  # killed between the shard file and the manifest
+            assert paused["file"] not in listed and (path / paused["file"]).is_file()
+        else:
+            assert paused["file"] in listed
     return killed
 
 
 def _finish(path: Path, n: int) -> None:
     proc = spawn(path, 0, n)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert_complete(path, n)
     assert not list(path.rglob(f".*{atomic.TMP_MARK}*"))
 
 
-def test_kill_9_loop_then_resume_equals_a_clean_run(headstart_home: Path) -> None:
+def test_kill_9_loop_then_resume_equals_a_clean_run(headstart_home: Path, tmp_path: Path) -> None:
     path = headstart_home / "features" / "fp-w"
-    n = 8000  # >= 3.2 s of pauses per full run, more than 5 kill delays add up to: every kill lands mid-run
-    assert _kill_loop(path, kills=5, n=n, pause=0.01) == 5
+    n = 8000  # ~107 commits per clean run; 5 kills after at most 4 commits each all land mid-run
+    assert _kill_loop(path, kills=5, n=n, pauses=tmp_path / "pauses") == 5
     _finish(path, n)
 
 
 @pytest.mark.slow
-def test_kill_9_loop_of_25(headstart_home: Path) -> None:
+def test_kill_9_loop_of_25(headstart_home: Path, tmp_path: Path) -> None:
     path = headstart_home / "features" / "fp-w"
     n = 40_000
-    assert _kill_loop(path, kills=25, n=n, pause=0.01) == 25
+    assert _kill_loop(path, kills=25, n=n, pauses=tmp_path / "pauses") == 25
     _finish(path, n)
 
 
@@ -233,16 +246,19 @@ def test_two_concurrent_writer_processes(headstart_home: Path) -> None:
     assert_complete(path, 1800)
 
 
-def test_reader_during_commits_sees_whole_manifests(headstart_home: Path) -> None:
+def test_reader_during_commits_sees_whole_manifests(headstart_home: Path, tmp_path: Path) -> None:
+    """A reader loops while a writer commits; the writer also stops at three commits (the reader must see
+    exactly that commit's rows there), so the overlap is certain on any machine."""
     path = headstart_home / "features" / "fp-w"
-    writer = spawn(path, 0, 3000, session=500, shard=20, pause=0.0)
-    assert writer.stdout.readline().strip() == "ready"
-    seen = set()
-    while writer.poll() is None or not seen:
+    pauses = tmp_path / "pauses"
+    points = ["store-committed#5", "store-committed#40", "store-committed#90"]  # of ~156 commits
+    writer = spawn(path, 0, 3000, session=500, shard=20, env=pause_env(pauses, *points))
+
+    def read() -> int | None:
         try:
             store = FeatureStore.load(path)
         except StoreError:
-            continue  # not created yet
+            return None  # not created yet
         n = len(store)
         keys = store.keys()
         assert len(keys) == n == sum(s["rows"] for s in store.manifest["shards"] if s["kind"] == "vectors")
@@ -250,10 +266,23 @@ def test_reader_during_commits_sees_whole_manifests(headstart_home: Path) -> Non
             np.testing.assert_array_equal(store.get(keys[-3:]), np.stack([vec(int(k[1:])) for k in keys[-3:]]))
             _, found = store.search(vec(int(keys[0][1:]))[None], k=1)
             assert found[0, 0] == keys[0]
+        return n
+
+    seen = set()
+    for point in points:
+        while not marker(pauses, point).exists():  # reads at whatever moments the writer's commits fall
+            assert writer.poll() is None, writer.stderr.read()
+            read()
+        paused = wait_paused(pauses, point, writer)
+        n = read()
+        assert n == paused["rows"]  # the writer is stopped just after this commit: the reader sees exactly it
         seen.add(n)
+        resume(pauses, point)
+    while writer.poll() is None:
+        read()
     _, err = writer.communicate(timeout=60)
     assert writer.returncode == 0, err
-    assert len(seen) > 3  # the reader really overlapped the writer
+    assert len(seen) == 3 and 0 < min(seen) and max(seen) < 3000 - 3000 // 97
     assert_complete(path, 3000)
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from headstart import hookimpl
 from headstart.engine.errors import ConfigError, FinetuneError
+from headstart.engine.faultpoints import pause_point
 from headstart.engine.train.finetune_spec import FinetunerSpec
 
 from .blocks import block_label, group_blocks
@@ -262,6 +263,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         state["epoch"] = epoch
         save_checkpoint(request.checkpoint_dir, model=net, best=best, optimizer=optimizer, scaler=scaler,
                         state={**state, "identity": request.identity})
+        pause_point("finetune-epoch-end", epoch=epoch)
         request.log(f"epoch {epoch}/{opts.epochs}: train loss {state['history'][-1]['train_loss']:.4f}  "
                     f"{key} {scores[key]:.4f}  val loss {scores['val_loss']:.4f}  ({seconds:.1f}s)")
     net.load_state_dict(best)
