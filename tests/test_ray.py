@@ -27,14 +27,15 @@ ACTOR = "MapWorker(MapBatches(EmbedWorker))"
 
 @pytest.fixture(scope="session")
 def ray_address() -> str:
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import logging
 
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, object_store_memory=200 << 20, logging_level=logging.WARNING)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:  # restored after the session's cluster is stopped
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(num_cpus=8, include_dashboard=False, object_store_memory=200 << 20, logging_level=logging.WARNING)
+        yield ray.get_runtime_context().gcs_address
+        ray.shutdown()
 
 
 def make_ray_home(tmp_path: Path, session_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
