@@ -31,6 +31,11 @@ def _targets(spec: str) -> set[tuple[str, int]]:
     out = set()
     for part in filter(None, (p.strip() for p in spec.split(","))):
         event, _, n = part.partition("#")
+        if not event or (n and not n.isdigit()):
+            from .errors import ConfigError
+
+            raise ConfigError(f"{PAUSE_AT_ENV}: cannot read {part!r}",
+                              hint="use event or event#n (n >= 1), comma-separated; unset it outside tests")
         out.add((event, int(n) if n else 1))
     return out
 

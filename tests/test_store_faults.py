@@ -286,6 +286,34 @@ def test_reader_during_commits_sees_whole_manifests(headstart_home: Path, tmp_pa
     assert_complete(path, 3000)
 
 
+PAUSER = "from headstart.engine.faultpoints import pause_point\npause_point('x')\npause_point('x')\nprint('through')"
+
+
+def test_pause_points_stop_one_process_once_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from headstart.engine import faultpoints
+    from headstart.engine.errors import ConfigError
+
+    monkeypatch.delenv(faultpoints.PAUSE_AT_ENV, raising=False)
+    faultpoints.pause_point("store-committed")  # unset: returns at once
+    pauses = tmp_path / "pauses"
+    env = env_with(pause_env(pauses, "x#2"))
+    first = subprocess.Popen([sys.executable, "-c", PAUSER], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        paused = wait_paused(pauses, "x#2", first)
+        assert (paused["pid"], paused["event"], paused["n"]) == (first.pid, "x", 2)
+        second = subprocess.run([sys.executable, "-c", PAUSER], env=env, capture_output=True, text=True, timeout=60)
+        assert second.stdout.strip() == "through"  # the point was taken: a second process goes on
+        assert first.poll() is None  # still held
+        resume(pauses, "x#2")
+        assert first.communicate(timeout=60)[0].strip() == "through" and first.returncode == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    monkeypatch.setenv(faultpoints.PAUSE_AT_ENV, "x#two")
+    with pytest.raises(ConfigError, match="cannot read"):
+        faultpoints.pause_point("x")
+
+
 def test_a_held_lock_times_out_with_a_hint(headstart_home: Path) -> None:
     path = headstart_home / "features" / "fp-w"
     store = new_store(headstart_home)
