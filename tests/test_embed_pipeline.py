@@ -152,7 +152,7 @@ def _committed(store_path: Path) -> int:
     return len(FeatureStore.load(store_path)) if (store_path / "manifest.json").exists() else 0
 
 
-@pytest.mark.parametrize(("attempts", "n_texts"), [(6, 2400), pytest.param(22, 8000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(("attempts", "n_texts"), [(6, 2400), pytest.param(22, 8000, marks=[pytest.mark.slow, pytest.mark.timeout(1500)])])
 def test_kill_9_loop_then_resume_equals_a_clean_run(tmp_path, attempts, n_texts):
     texts = corpus(n_texts, seed=3)
     source = tmp_path / "corpus.txt"

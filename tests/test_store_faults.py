@@ -229,6 +229,7 @@ def test_kill_9_loop_then_resume_equals_a_clean_run(headstart_home: Path, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # a hang guard only (25 writer processes, 40,000 ids)
 def test_kill_9_loop_of_25(headstart_home: Path, tmp_path: Path) -> None:
     path = headstart_home / "features" / "fp-w"
     n = 40_000

@@ -154,6 +154,7 @@ def test_sweep_on_cached_features_creates_no_session(trained: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # a hang guard only: embedding 10,000 texts on a slow CI core takes minutes
 def test_sweep_over_10000_cached_items_touches_no_backbone(tmp_path: Path):
     from headstart.engine.embed.pipeline import embed
 
