@@ -19,6 +19,15 @@ def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _headstart_environment_restored():
+    """No module may leave a HEADSTART_* variable changed for the next (a fixture setting os.environ directly)."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("HEADSTART_")}
+    yield
+    after = {k: v for k, v in os.environ.items() if k.startswith("HEADSTART_")}
+    assert after == before, f"this module left os.environ changed: {before} -> {after}"
+
+
 @pytest.fixture(autouse=True)
 def _default_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point HEADSTART_HOME at the session root unless a test picks its own."""

@@ -12,13 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from finetune_data import blind_task, easy_task, tiny_bert_blind
+from pause_control import env_with, pause_env, wait_paused
 
 OPTS = dict(epochs=5, lr=3e-3, batch_size=16, patience=2)
 
@@ -121,32 +121,29 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(data: dict[str, P
                                                                 tmp_path: Path) -> None:
     from headstart.engine.plugins import set_engine
     from headstart.engine.train.finetune import FinetuneOptions, finetune
+    from headstart.engine.train.model import load_model
     from headstart.plugins.finetune.checkpoint import read_meta
 
     out = tmp_path / "model"
     args = ["finetune", str(data["small"]), "-b", f"hf:{data['bert']}", "-o", str(out), "--epochs", "5",
             "--lr", "3e-3", "--batch-size", "16", "--patience", "10", "--json"]
-    proc = subprocess.Popen(_cli(*args, home=env_home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline, meta = time.monotonic() + 90, None
+    # The run stops at the pause point right after epoch 2's checkpoint is written and is killed there.
+    pauses, point = tmp_path / "pauses", "finetune-epoch-end#2"
+    proc = subprocess.Popen(_cli(*args, home=env_home), env=env_with(pause_env(pauses, point)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                meta = read_meta(out / "checkpoint")
-            except Exception:  # noqa: BLE001 - the first write may be in flight
-                meta = None
-            if meta is not None and meta["epoch"] >= 1:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"fine-tuning ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        paused = wait_paused(pauses, point, proc)
+        assert (paused["pid"], paused["epoch"]) == (proc.pid, 2)
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL and not (out / "manifest.json").exists()
     meta = read_meta(out / "checkpoint")
     killed_at, steps = meta["epoch"], meta["optimizer_steps"]
-    assert 1 <= killed_at < 5 and steps == killed_at * 4  # 52 training rows, batches of 16
+    assert killed_at == 2 and steps == killed_at * 4  # 52 training rows, batches of 16
     refused = subprocess.run(_cli(*args, home=env_home), capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--resume" in refused.stderr  # never restarted silently
     resumed = subprocess.run(_cli(*args, "--resume", home=env_home), capture_output=True, text=True, timeout=180)
@@ -155,12 +152,25 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(data: dict[str, P
     assert summary["resumed_from"]["epoch"] == killed_at and summary["resumed_from"]["optimizer_steps"] == steps
     assert summary["epochs_run"] == 5 - killed_at and summary["info"]["optimizer_steps"] == 5 * 4
     assert summary["history"][: killed_at + 1] == meta["history"]  # the epochs before the kill were not re-run
+    assert [h["epoch"] for h in summary["history"]] == [0, 1, 2, 3, 4, 5]  # ... and the run went past the kill
     assert not (out / "checkpoint").exists() and (out / "manifest.json").is_file()
     # weights, optimiser moments and RNG were all restored: the result equals an uninterrupted run
     set_engine(None)
     clean = finetune(str(data["small"]), f"hf:{data['bert']}", out=tmp_path / "clean",
                      options=FinetuneOptions(epochs=5, lr=3e-3, batch_size=16, patience=10))
     assert summary["backbone"]["name"] == clean.model.backbone["name"]  # finetuned:<sha of the weights>
+
+    def scores(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    ours, theirs = scores(summary["history"]), scores(clean.summary()["history"])
+    assert len(ours) == len(theirs) == 6
+    for a, b in zip(ours, theirs):  # every epoch's scores equal those of the uninterrupted run
+        assert a == pytest.approx(b, abs=1e-5)
+    resumed_head, clean_head = load_model(out).head._state()[0], clean.model.head._state()[0]
+    assert set(resumed_head) == set(clean_head) and resumed_head
+    for name, array in clean_head.items():
+        np.testing.assert_allclose(resumed_head[name], array, atol=1e-6, err_msg=name)
     set_engine(None)
 
 

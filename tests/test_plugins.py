@@ -276,4 +276,5 @@ def test_register_plugin_fixture_scopes_a_plugin_to_one_test(register_plugin, he
 
     register_plugin(_Plugin(register_heads=register_heads), "scoped")
     assert "scoped-head" in headstart_engine.catalog.names("head")
-    assert np.all([r.status == "ok" for r in headstart_engine.plugin_records() if r.name == "scoped"])
+    records = [r for r in headstart_engine.plugin_records() if r.name == "scoped"]
+    assert records and all(r.status == "ok" for r in records), records  # all() of nothing would pass

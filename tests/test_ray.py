@@ -1,7 +1,8 @@
 """`embed --engine ray` on a real local Ray cluster: parity with the local engine, worker and driver kills.
 
 One cluster for the whole session (8 logical CPUs on a small machine, no dashboard, ~200 MB object
-store); every test has a 120 s timeout so a Ray hang fails fast instead of stalling CI.
+store); every test has a 120 s timeout (the kill tests 480 s, more than their inner waits added up) so
+a Ray hang fails fast instead of stalling CI. Kills land at pause points (headstart.engine.faultpoints).
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fixtures_faults as F
+from pause_control import env_with, pause_env, wait_paused
 
 pytestmark = pytest.mark.timeout(120)
 ACTOR = "MapWorker(MapBatches(EmbedWorker))"
@@ -27,14 +27,15 @@ ACTOR = "MapWorker(MapBatches(EmbedWorker))"
 
 @pytest.fixture(scope="session")
 def ray_address() -> str:
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import logging
 
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, object_store_memory=200 << 20, logging_level=logging.WARNING)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:  # restored after the session's cluster is stopped
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(num_cpus=8, include_dashboard=False, object_store_memory=200 << 20, logging_level=logging.WARNING)
+        yield ray.get_runtime_context().gcs_address
+        ray.shutdown()
 
 
 def make_ray_home(tmp_path: Path, session_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -137,89 +138,108 @@ def test_images_match_local_engine_with_errors_and_blocks(tmp_path, ray_address,
     assert [e.reason for e in again.errors] == [e.reason for e in reference.errors]
 
 
-def actor_pids() -> list[int]:
-    import psutil
-
-    pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if ACTOR in cmdline:
-            pids.append(proc.info["pid"])
-    return pids
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+# A driver in its own process, so its Ray job can carry environment variables to its actors (runtime_env):
+# the pause point in the workers is set for this job only, not for the session's cluster.
+DRIVER = """
+import json, logging, sys
+import ray
+from headstart.engine.distributed.ray_embed import embed_on_ray
+source, address, worker_env = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+ray.init(address=address, runtime_env={"env_vars": worker_env}, logging_level=logging.WARNING)
+result = embed_on_ray(source, workers=2, chunk_size=20, progress=False)
+print(json.dumps({"embedded": result.stats.embedded, "failed": result.stats.failed, "rows": len(result.keys),
+                  "fingerprint": result.fingerprint}))
+"""
 
 
-def test_worker_sigkill_is_retried_and_store_is_complete(tmp_path, ray_address, ray_home):
-    from headstart.engine.backbones.resolve import resolve_backbone
-    from headstart.engine.distributed.ray_embed import embed_on_ray
+def start_driver(source: Path, address: str, log: Path, worker_env: dict | None = None,
+                 env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", DRIVER, str(source), address, json.dumps(worker_env or {})],
+                            env=env_with(env or {}), stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+
+
+def assert_matches_local_engine(store_path: Path, reference: dict) -> None:
     from headstart.engine.store.features import FeatureStore
 
-    source = texts_csv(tmp_path / "texts.csv", 800, seed=1)
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = embed_on_ray(source, workers=2, chunk_size=20, progress=False)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    features = ray_home / "features"
-    wait_for(lambda: features.is_dir() and any(shard_count(p) >= 2 for p in features.iterdir()), 90,
-             "the first committed blocks")
-    store_path = next(features.iterdir())
-    victims = actor_pids()
-    assert victims, "no Ray actor process found"
-    os.kill(victims[0], signal.SIGKILL)
-    killed_at = shard_count(store_path)
-    assert thread.is_alive() and killed_at < 40, "the job finished before the worker was killed"
-    wait_for(lambda: any(p not in victims for p in actor_pids()) or not thread.is_alive(), 60, "a restarted actor")
-    thread.join(100)
-    assert "error" not in outcome, outcome.get("error")
-    result = outcome["result"]
-    assert result.stats.embedded == 800 and result.stats.failed == 0 and len(result.keys) == 801
     store = FeatureStore.load(store_path)
-    assert len(store) == 800 and store.verify().ok
-    assert store.fingerprint == result.fingerprint and resolve_backbone("minilm-l6").dim == store.dim
+    assert store.verify().ok and sorted(store.keys()) == sorted(reference)
+    keys = list(reference)
+    np.testing.assert_allclose(store.get(keys), np.stack([reference[k] for k in keys]), atol=1e-5)
 
 
-def test_driver_sigkill_then_rerun_embeds_only_missing(tmp_path, ray_address, ray_home):
+@pytest.mark.timeout(480)
+def test_worker_sigkill_is_retried_and_store_is_complete(tmp_path, ray_address, session_home, monkeypatch):
+    """An actor stops at a pause point inside its first block and is SIGKILLed there: the job can only
+    finish if Ray retries that block on another actor process."""
+    import psutil
+
+    from headstart.engine.backbones.resolve import resolve_backbone
+
+    source = texts_csv(tmp_path / "texts.csv", 800, seed=1)
+    _, reference = local_embed(source)
+    home = make_ray_home(tmp_path, session_home, monkeypatch)
+    pauses, point = tmp_path / "pauses", "ray-block#1"
+    log = tmp_path / "driver.log"
+    driver = start_driver(source, ray_address, log, worker_env=pause_env(pauses, point))
+    try:
+        paused = wait_paused(pauses, point, driver, timeout=200)
+        victim = psutil.Process(paused["pid"])
+        assert ACTOR in " ".join(victim.cmdline())  # a Ray Data actor, not the driver
+        assert driver.poll() is None  # the paused block holds the job: it cannot have finished
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+        out, _ = driver.communicate(timeout=200)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(30)
+    assert driver.returncode == 0, log.read_text()[-3000:]
+    summary = json.loads(next(line for line in out.splitlines() if line.startswith('{"embedded"')))  # Ray logs too
+    assert (summary["embedded"], summary["failed"], summary["rows"]) == (800, 0, 801)
+    store_path = store_path_of(home, summary["fingerprint"])
+    from headstart.engine.store.features import FeatureStore
+
+    store = FeatureStore.load(store_path)
+    assert store.contains(paused["keys"], include_errors=False).all()  # the killed block, done by a retry
+    assert len(paused["keys"]) == 20 and not psutil.pid_exists(paused["pid"])
+    assert_matches_local_engine(store_path, reference)
+    assert len(store) == 800 and resolve_backbone("minilm-l6").dim == store.dim
+
+
+@pytest.mark.timeout(480)
+def test_driver_sigkill_then_rerun_embeds_only_missing(tmp_path, ray_address, session_home, monkeypatch):
+    """The driver stops at a pause point just after its third block commit and is SIGKILLed there."""
     from headstart.engine.distributed.ray_embed import embed_on_ray
     from headstart.engine.store.features import FeatureStore
 
     source = texts_csv(tmp_path / "texts.csv", 800, seed=2)
-    script = ("import sys; from headstart.engine.distributed.ray_embed import embed_on_ray; "
-              "embed_on_ray(sys.argv[1], address=sys.argv[2], workers=2, chunk_size=20, progress=False)")
-    driver = subprocess.Popen([sys.executable, "-c", script, str(source), ray_address], env=dict(os.environ),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    features = ray_home / "features"
+    _, reference = local_embed(source)
+    home = make_ray_home(tmp_path, session_home, monkeypatch)
+    pauses, point = tmp_path / "pauses", "store-committed#3"
+    log = tmp_path / "driver.log"
+    driver = start_driver(source, ray_address, log, env=pause_env(pauses, point))
     try:
-        wait_for(lambda: driver.poll() is not None or (
-            features.is_dir() and any(shard_count(p) >= 3 for p in features.iterdir())), 100, "committed blocks")
-        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        paused = wait_paused(pauses, point, driver, timeout=200)
+        assert paused["pid"] == driver.pid
         driver.send_signal(signal.SIGKILL)
-        driver.wait(10)
+        driver.wait(30)
     finally:
         if driver.poll() is None:
             driver.kill()
-        driver.stderr.close()
+            driver.wait(30)
+        driver.stdout.close()
+    assert driver.returncode == -signal.SIGKILL
+    features = home / "features"
     store_path = next(features.iterdir())
     committed = FeatureStore.load(store_path)
     assert committed.verify().ok
     done = len(committed)
-    assert 0 < done < 800
+    assert done == paused["rows"] and 0 < done < 800
     result = embed_on_ray(source, workers=2, chunk_size=20, progress=False)
     assert (result.stats.cached, result.stats.embedded) == (done, 800 - done)
     store = FeatureStore.load(store_path)
     assert len(store) == 800 and store.verify().ok and not list(store_path.rglob("*.tmp*"))
+    assert_matches_local_engine(store_path, reference)
 
 
 def test_config_errors_before_any_work(tmp_path, ray_address):

@@ -1,5 +1,8 @@
 """Store faults with real files, processes and signals: injected write/fsync/rename failures, disk full,
-kill -9 loops, concurrent writers, a reader during commits, a held lock."""
+kill -9 loops, concurrent writers, a reader during commits, a held lock.
+
+Kills and reads land at pause points (headstart.engine.faultpoints): the writer stops at a named event
+and the test acts on the marker it writes, so no outcome depends on the machine's speed."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import numpy as np
 import pytest
 
 import headstart.engine.store.atomic as atomic
+from pause_control import env_with, marker, pause_env, resume, wait_paused
 from headstart.engine.errors import StoreError, StoreLockedError
 from headstart.engine.store.features import FeatureStore
 
@@ -25,11 +29,11 @@ DIM = 8
 # A writer process: adds ids [start, stop) in batches, one writer session per `session` ids,
 # vectors a pure function of the id so any interleaving of runs must end in the same store.
 WORKER = textwrap.dedent("""
-    import sys, time
+    import sys
     import numpy as np
     from headstart.engine.store.features import FeatureStore, ErrorRecord
-    path, start, stop, session, shard, pause = sys.argv[1:7]
-    start, stop, session, shard, pause = int(start), int(stop), int(session), int(shard), float(pause)
+    path, start, stop, session, shard = sys.argv[1:6]
+    start, stop, session, shard = int(start), int(stop), int(session), int(shard)
     store = FeatureStore.open(path, fingerprint="fp-w", dim=8, backbone="toy")
     def vec(i):
         v = np.random.default_rng(i).standard_normal(8).astype(np.float32)
@@ -43,8 +47,6 @@ WORKER = textwrap.dedent("""
                 if keep:
                     w.add([f"k{i:06d}" for i in keep], np.stack([vec(i) for i in keep]), [f"row {i}" for i in keep])
                 w.add_errors([ErrorRecord(f"k{i:06d}", f"row {i}", "synthetic failure", "embed") for i in ids if not i % 97])
-                if pause:
-                    time.sleep(pause)
     print("done", flush=True)
 """)
 
@@ -55,9 +57,10 @@ def vec(i: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def spawn(path: Path, start: int, stop: int, session: int = 300, shard: int = 100, pause: float = 0.0):
+def spawn(path: Path, start: int, stop: int, session: int = 300, shard: int = 100, env: dict | None = None):
     return subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(start), str(stop), str(session),
-                             str(shard), str(pause)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(shard)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env_with(env or {}))
 
 
 def assert_complete(path: Path, n: int) -> None:
@@ -117,18 +120,19 @@ def test_failure_at_every_write_fsync_rename_of_a_commit(headstart_home: Path, m
     counter.calls = 0
     add_range(probe, 100, 200)  # one shard + manifest + index + manifest
     total = counter.calls
-    assert total >= 12
+    assert total == 16  # docs/store.md: "a failure at each of the 16 write/fsync/rename steps"
 
+    raised = []
     for n in range(1, total + 1):
         name = f"fp-n{n}"
         monkeypatch.setattr(atomic, "FS", atomic._FileSystem())
         store = new_store(headstart_home, name)
         add_range(store, 0, 100)
         monkeypatch.setattr(atomic, "FS", FaultyFS(fail_at=n))
-        try:
+        with pytest.raises(StoreError, match="injected") as info:  # never swallowed, at any step
             add_range(store, 100, 200)
-        except StoreError as exc:
-            assert "injected" in str(exc) and exc.hint
+        assert info.value.hint
+        raised.append(n)
         monkeypatch.setattr(atomic, "FS", atomic._FileSystem())
         reopened = FeatureStore.load(store.path)
         assert reopened.verify().ok, (n, reopened.verify().problems)
@@ -139,6 +143,23 @@ def test_failure_at_every_write_fsync_rename_of_a_commit(headstart_home: Path, m
         final = FeatureStore.load(store.path)
         assert len(final) == 200 and final.verify().ok
         assert not list(final.path.rglob(f".*{atomic.TMP_MARK}*"))
+    assert raised == list(range(1, total + 1))
+
+
+@pytest.mark.parametrize("error", [errno.EIO, errno.ENOSPC, errno.EROFS])
+def test_fsync_dir_raises_real_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    """A failed directory fsync means the rename may not be durable: it is raised, never swallowed."""
+    monkeypatch.setattr(atomic, "FS", FaultyFS(fail_at=1, error=error))
+    with pytest.raises(OSError) as info:
+        atomic.fsync_dir(tmp_path)
+    assert info.value.errno == error
+
+
+@pytest.mark.parametrize("error", sorted(atomic.FSYNC_DIR_UNSUPPORTED))
+def test_fsync_dir_ignores_only_not_supported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    monkeypatch.setattr(atomic, "FS", FaultyFS(fail_at=1, error=error))
+    atomic.fsync_dir(tmp_path)  # a filesystem that cannot fsync a directory is not an error
+    assert atomic.FS.calls == 1 and {errno.EIO, errno.ENOSPC, errno.EROFS}.isdisjoint(atomic.FSYNC_DIR_UNSUPPORTED)
 
 
 def test_disk_full_mid_shard_keeps_earlier_shards_and_retry_succeeds(headstart_home: Path,
@@ -166,42 +187,53 @@ def test_disk_full_mid_shard_keeps_earlier_shards_and_retry_succeeds(headstart_h
     assert len(final) == 600 and final.verify().ok
 
 
-def _kill_loop(path: Path, kills: int, n: int, pause: float) -> int:
-    """SIGKILL ``kills`` writer runs at random moments; return how many were really killed mid-run."""
+COMMIT_EVENTS = ("store-shard-written", "store-committed")  # inside a commit (shard not yet listed) / after it
+
+
+def _kill_loop(path: Path, kills: int, n: int, pauses: Path) -> int:
+    """SIGKILL ``kills`` writer runs, each paused at a random commit point; return how many were killed there."""
     rng = random.Random(1234)
     killed = 0
-    for _ in range(kills):
-        proc = spawn(path, 0, n, pause=pause)
-        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-        time.sleep(rng.uniform(0.05, 0.6))
+    for attempt in range(kills):
+        point = f"{rng.choice(COMMIT_EVENTS)}#{rng.randint(1, 4)}"
+        folder = pauses / f"attempt-{attempt}"
+        proc = spawn(path, 0, n, env=pause_env(folder, point))
+        paused = wait_paused(folder, point, proc)
+        assert paused["pid"] == proc.pid
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         killed += proc.returncode == -signal.SIGKILL
         store = FeatureStore.load(path)
         assert store.verify().ok  # a killed writer never leaves a torn store
+        listed = [s["file"] for s in store.manifest["shards"]]
+        if point.startswith("store-shard-written"):  # killed between the shard file and the manifest
+            assert paused["file"] not in listed and (path / paused["file"]).is_file()
+        else:
+            assert paused["file"] in listed
     return killed
 
 
 def _finish(path: Path, n: int) -> None:
     proc = spawn(path, 0, n)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert_complete(path, n)
     assert not list(path.rglob(f".*{atomic.TMP_MARK}*"))
 
 
-def test_kill_9_loop_then_resume_equals_a_clean_run(headstart_home: Path) -> None:
+def test_kill_9_loop_then_resume_equals_a_clean_run(headstart_home: Path, tmp_path: Path) -> None:
     path = headstart_home / "features" / "fp-w"
-    n = 8000  # >= 3.2 s of pauses per full run, more than 5 kill delays add up to: every kill lands mid-run
-    assert _kill_loop(path, kills=5, n=n, pause=0.01) == 5
+    n = 8000  # ~107 commits per clean run; 5 kills after at most 4 commits each all land mid-run
+    assert _kill_loop(path, kills=5, n=n, pauses=tmp_path / "pauses") == 5
     _finish(path, n)
 
 
 @pytest.mark.slow
-def test_kill_9_loop_of_25(headstart_home: Path) -> None:
+@pytest.mark.timeout(1500)  # a hang guard only (25 writer processes, 40,000 ids)
+def test_kill_9_loop_of_25(headstart_home: Path, tmp_path: Path) -> None:
     path = headstart_home / "features" / "fp-w"
     n = 40_000
-    assert _kill_loop(path, kills=25, n=n, pause=0.01) == 25
+    assert _kill_loop(path, kills=25, n=n, pauses=tmp_path / "pauses") == 25
     _finish(path, n)
 
 
@@ -215,16 +247,19 @@ def test_two_concurrent_writer_processes(headstart_home: Path) -> None:
     assert_complete(path, 1800)
 
 
-def test_reader_during_commits_sees_whole_manifests(headstart_home: Path) -> None:
+def test_reader_during_commits_sees_whole_manifests(headstart_home: Path, tmp_path: Path) -> None:
+    """A reader loops while a writer commits; the writer also stops at three commits (the reader must see
+    exactly that commit's rows there), so the overlap is certain on any machine."""
     path = headstart_home / "features" / "fp-w"
-    writer = spawn(path, 0, 3000, session=500, shard=20, pause=0.0)
-    assert writer.stdout.readline().strip() == "ready"
-    seen = set()
-    while writer.poll() is None or not seen:
+    pauses = tmp_path / "pauses"
+    points = ["store-committed#5", "store-committed#40", "store-committed#90"]  # of ~156 commits
+    writer = spawn(path, 0, 3000, session=500, shard=20, env=pause_env(pauses, *points))
+
+    def read() -> int | None:
         try:
             store = FeatureStore.load(path)
         except StoreError:
-            continue  # not created yet
+            return None  # not created yet
         n = len(store)
         keys = store.keys()
         assert len(keys) == n == sum(s["rows"] for s in store.manifest["shards"] if s["kind"] == "vectors")
@@ -232,11 +267,52 @@ def test_reader_during_commits_sees_whole_manifests(headstart_home: Path) -> Non
             np.testing.assert_array_equal(store.get(keys[-3:]), np.stack([vec(int(k[1:])) for k in keys[-3:]]))
             _, found = store.search(vec(int(keys[0][1:]))[None], k=1)
             assert found[0, 0] == keys[0]
+        return n
+
+    seen = set()
+    for point in points:
+        while not marker(pauses, point).exists():  # reads at whatever moments the writer's commits fall
+            assert writer.poll() is None, writer.stderr.read()
+            read()
+        paused = wait_paused(pauses, point, writer)
+        n = read()
+        assert n == paused["rows"]  # the writer is stopped just after this commit: the reader sees exactly it
         seen.add(n)
+        resume(pauses, point)
+    while writer.poll() is None:
+        read()
     _, err = writer.communicate(timeout=60)
     assert writer.returncode == 0, err
-    assert len(seen) > 3  # the reader really overlapped the writer
+    assert len(seen) == 3 and 0 < min(seen) and max(seen) < 3000 - 3000 // 97
     assert_complete(path, 3000)
+
+
+PAUSER = "from headstart.engine.faultpoints import pause_point\npause_point('x')\npause_point('x')\nprint('through')"
+
+
+def test_pause_points_stop_one_process_once_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from headstart.engine import faultpoints
+    from headstart.engine.errors import ConfigError
+
+    monkeypatch.delenv(faultpoints.PAUSE_AT_ENV, raising=False)
+    faultpoints.pause_point("store-committed")  # unset: returns at once
+    pauses = tmp_path / "pauses"
+    env = env_with(pause_env(pauses, "x#2"))
+    first = subprocess.Popen([sys.executable, "-c", PAUSER], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        paused = wait_paused(pauses, "x#2", first)
+        assert (paused["pid"], paused["event"], paused["n"]) == (first.pid, "x", 2)
+        second = subprocess.run([sys.executable, "-c", PAUSER], env=env, capture_output=True, text=True, timeout=60)
+        assert second.stdout.strip() == "through"  # the point was taken: a second process goes on
+        assert first.poll() is None  # still held
+        resume(pauses, "x#2")
+        assert first.communicate(timeout=60)[0].strip() == "through" and first.returncode == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    monkeypatch.setenv(faultpoints.PAUSE_AT_ENV, "x#two")
+    with pytest.raises(ConfigError, match="cannot read"):
+        faultpoints.pause_point("x")
 
 
 def test_a_held_lock_times_out_with_a_hint(headstart_home: Path) -> None:

@@ -41,6 +41,13 @@ _NO_SESSION = ("import sys, onnxruntime\n"
                "sys.exit(main(sys.argv[1:]))\n")
 
 
+def expected_best(rows: list[dict], metric: str = "accuracy") -> str:
+    """The sweep's rule: the best ``metric``; on a tie the faster fit; then the first listed."""
+    scored = [r for r in rows if "error" not in r]
+    top = max(r[metric] for r in scored)
+    return min((r for r in scored if r[metric] == top), key=lambda r: r["fit_seconds"])["head"]
+
+
 def _cli_without_sessions(*args: str) -> subprocess.CompletedProcess:
     """Run the CLI with onnxruntime.InferenceSession replaced by a guard that exits if it is ever called."""
     return subprocess.run([sys.executable, "-c", _NO_SESSION, *args], capture_output=True, text=True, timeout=600)
@@ -49,9 +56,10 @@ def _cli_without_sessions(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, session_home) -> Path:
     """A linear model on MiniLM features of the shipped example (export cached in the session root)."""
-    os.environ["HEADSTART_HOME"] = str(session_home)
     out = tmp_path_factory.mktemp("model") / "linear"
-    result = train(str(TRAIN), "linear", backbone="minilm-l6", out=out, progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # os.environ is restored when the model is made
+        mp.setenv("HEADSTART_HOME", str(session_home))
+        result = train(str(TRAIN), "linear", backbone="minilm-l6", out=out, progress=False)
     assert result.metrics["split"] == "validation" and result.metrics["n"] == 45
     return out
 
@@ -136,6 +144,7 @@ def test_sweep_on_cached_features_creates_no_session(trained: Path, tmp_path: Pa
     data = json.loads(proc.stdout)
     assert [r["head"] for r in data["heads"]] == heads.split(",")
     assert sum(r["best"] for r in data["heads"]) == 1
+    assert data["best"] == expected_best(data["heads"]) and next(r for r in data["heads"] if r["best"])["head"] == data["best"]
     assert all("error" not in r and r["accuracy"] > 0.8 for r in data["heads"])
     assert data["training"]["embedding"]["session_created"] is False
     assert data["training"]["embedding"]["cached"] == 225
@@ -145,6 +154,7 @@ def test_sweep_on_cached_features_creates_no_session(trained: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # a hang guard only: embedding 10,000 texts on a slow CI core takes minutes
 def test_sweep_over_10000_cached_items_touches_no_backbone(tmp_path: Path):
     from headstart.engine.embed.pipeline import embed
 
@@ -202,10 +212,15 @@ def test_bad_training_data():
 class CentroidHead(Head):
     """A third-party head: nearest class centroid."""
 
-    def __init__(self, *, shrink: float = 0.0) -> None:
+    def __init__(self, *, shrink: float = 0.0, slow: float = 0.0) -> None:
         self.shrink = shrink
+        self.slow = slow  # seconds of extra fitting work (the sweep's tie rule prefers the faster fit)
 
     def _fit(self, X, y_idx):
+        if self.slow:
+            import time
+
+            time.sleep(self.slow)
         self.centroids_ = np.stack([X[y_idx == c].mean(0) for c in range(len(self.classes_))]) * (1 - self.shrink)
 
     def _proba(self, X):
@@ -244,7 +259,18 @@ def test_third_party_head_works_like_a_builtin(register_plugin, tmp_path: Path):
     model = load_model(tmp_path / "m")
     assert model.head.shrink == 0.1 and (model.predict(fs).labels == result.model.predict(fs).labels)
     swept = sweep(fs, ["centroid", "linear"])
-    assert {r["head"] for r in swept.rows} == {"centroid", "linear"} and swept.best is not None
+    assert {r["head"] for r in swept.rows} == {"centroid", "linear"} and swept.best == expected_best(swept.rows)
+
+
+def test_sweep_tie_goes_to_the_faster_fit(register_plugin):
+    """Same predictions (shrinking centroids changes no argmax), same score: the faster fit is best, even listed second."""
+    register_plugin(_CentroidPlugin(), name="centroid-plugin")
+    rng = np.random.default_rng(1)
+    X = (np.eye(3, 16)[np.repeat([0, 1, 2], 40)] + 0.6 * rng.standard_normal((120, 16))).astype(np.float32)
+    swept = sweep(FeatureSet.from_arrays(X, np.repeat(["x", "y", "z"], 40)), ["centroid(slow=0.5)", "centroid(shrink=0.5)"])
+    slow, fast = swept.rows
+    assert slow["accuracy"] == fast["accuracy"] and slow["fit_seconds"] > fast["fit_seconds"]
+    assert swept.best == "centroid(shrink=0.5)" == expected_best(swept.rows)
 
 
 def test_pickled_model_folder_is_refused_by_cli_and_runs_no_code(trained: Path, tmp_path: Path):
@@ -296,6 +322,7 @@ def test_public_api_mirrors_the_cli(tmp_path: Path):
     assert result.metrics["accuracy"] == 1.0
     assert headstart.load_model(tmp_path / "m").predict(fs).labels == fs.labels
     assert headstart.evaluate(tmp_path / "m", fs)["accuracy"] == 1.0
-    assert headstart.sweep(fs, ["knn", "linear"]).best in {"knn", "linear"}
+    swept = headstart.sweep(fs, ["knn", "linear"])
+    assert swept.best == expected_best(swept.rows)
     headstart.predict(tmp_path / "m", fs, out=tmp_path / "p.jsonl")
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 60

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HeadstartError
+from ..faultpoints import pause_point
 
 
 def payload_array(modality: str, payloads: list[Any]):
@@ -93,6 +94,7 @@ class EmbedWorker:
         from ..embed.batching import length_sorted_batches
 
         keys = block.column("key").to_pylist()
+        pause_point("ray-block", keys=keys)
         refs = block.column("ref").to_pylist()
         prepared = self.preprocessor.prepare_many(payloads_of(self.modality, block.column("payload")))
         vectors = np.zeros((len(keys), self.dim), dtype=np.float32)

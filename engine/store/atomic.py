@@ -8,6 +8,7 @@ failure at the N-th write, fsync or rename.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -34,16 +35,29 @@ class _FileSystem:
 FS = _FileSystem()
 
 
+#: errno values meaning "this platform or filesystem cannot fsync a directory" -- not a failed write.
+#: Anything else (EIO, ENOSPC, EROFS, ...) means the rename may not be durable and is raised.
+FSYNC_DIR_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF}
+                                  | ({errno.EACCES, errno.EISDIR} if os.name == "nt" else set()))  # Windows: no dir fds
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
+    """fsync a directory so a rename inside it is durable.
+
+    A no-op only where the platform or filesystem cannot fsync a directory (errno in
+    :data:`FSYNC_DIR_UNSUPPORTED`); any other ``OSError`` is raised.
+    """
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
+    except OSError as exc:
+        if exc.errno in FSYNC_DIR_UNSUPPORTED:
+            return
+        raise
     try:
         FS.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in FSYNC_DIR_UNSUPPORTED:
+            raise
     finally:
         os.close(fd)
 

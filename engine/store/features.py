@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import DimensionMismatchError, StoreDamagedError, StoreError, StoreLockedError, StoreReadOnlyError
+from ..faultpoints import pause_point
 from . import index as ix
 from . import integrity
 from . import shards as sh
@@ -743,10 +744,12 @@ class StoreWriter:
         data = sh.table_bytes(table)
         try:
             digest = write_bytes_atomic(store.path / name, data)
+            pause_point("store-shard-written", file=name)
             entry = {"file": name, "kind": kind, "rows": rows, "bytes": len(data), "sha256": digest}
             manifest = dict(store.manifest, shards=store.manifest["shards"] + [entry])
             manifest["n_vectors" if kind == sh.VECTORS else "n_errors"] += rows
             store._commit_manifest(manifest)
+            pause_point("store-committed", file=name, rows=manifest["n_vectors"])
         except OSError as exc:
             raise StoreError(
                 f"could not commit a {rows}-row {kind} shard to feature store {store.path}: {exc.strerror or exc}",

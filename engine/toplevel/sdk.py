@@ -40,7 +40,8 @@ from headstart.engine.train.finetune import FinetuneOutcome, FinetuneRequest, un
 from headstart.engine.registry import did_you_mean
 from headstart.engine.safepaths import check_regular_file, confined_file, read_confined
 from headstart.engine.store.atomic import write_bytes_atomic, write_json_atomic
-# conformance kits, for a plugin's own tests
+# conformance kits and pause points (HEADSTART_TEST_PAUSE_AT), for a plugin's own tests
+from headstart.engine.faultpoints import pause_point
 from headstart.engine.testing.conformance import check_backbone, check_head, check_reader, conformance_data
 
 __all__ = [
@@ -54,5 +55,5 @@ __all__ = [
     "Item", "ReaderOptions", "ReaderSpec", "content_key",
     "FinetunerSpec", "FinetuneRequest", "FinetuneOutcome", "unfreeze_blocks",
     "did_you_mean", "write_bytes_atomic", "write_json_atomic", "confined_file", "read_confined", "check_regular_file",
-    "check_head", "check_reader", "check_backbone", "conformance_data",
+    "check_head", "check_reader", "check_backbone", "conformance_data", "pause_point",
 ]

@@ -21,7 +21,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
-from headstart.sdk import ConfigError, FinetuneError, FinetunerSpec, hookimpl
+from headstart.sdk import ConfigError, FinetuneError, FinetunerSpec, hookimpl, pause_point
 
 from .blocks import block_label, group_blocks
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
@@ -260,6 +260,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         state["epoch"] = epoch
         save_checkpoint(request.checkpoint_dir, model=net, best=best, optimizer=optimizer, scaler=scaler,
                         state={**state, "identity": request.identity})
+        pause_point("finetune-epoch-end", epoch=epoch)
         request.log(f"epoch {epoch}/{opts.epochs}: train loss {state['history'][-1]['train_loss']:.4f}  "
                     f"{key} {scores[key]:.4f}  val loss {scores['val_loss']:.4f}  ({seconds:.1f}s)")
     net.load_state_dict(best)
