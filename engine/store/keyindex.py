@@ -33,7 +33,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import StoreError
-from .atomic import FS, fsync_dir, write_bytes_atomic
+from .atomic import FS, TMP_MARK, clean_temp_files, fsync_dir, write_bytes_atomic
 
 FANOUT = 8
 LOG_COMPACT_LINES = 1000
@@ -163,9 +163,10 @@ class KeyIndex:
             self._checkpoint()
 
     def remove_orphans(self) -> list[str]:
-        """Delete segment files that no log line names (left by a killed writer); return their names."""
+        """Delete segment files that no log line names and temp files (left by a killed writer; call it
+        under the write lock); return their names."""
         live = {s.name for s in self.segments}
-        removed = []
+        removed = [p.name for p in clean_temp_files(self.folder)]
         for path in self.folder.glob("*.npy"):
             if path.name.split(".")[0] not in live:
                 path.unlink(missing_ok=True)
@@ -208,7 +209,7 @@ class KeyIndex:
         inputs = [s.arrays(self.folder) for s in group]
         total = sum(s.size for s in group)
         name = self._new_name()
-        paths = {kind: self.folder / f".{name}.{kind}.npy{'.tmp-'}{os.getpid()}" for kind in ("keys", "vals")}
+        paths = {kind: self.folder / f".{name}.{kind}.npy{TMP_MARK}{os.getpid()}" for kind in ("keys", "vals")}
         out_keys = np.lib.format.open_memmap(paths["keys"], mode="w+", dtype=DIGEST, shape=(total,))
         out_vals = np.lib.format.open_memmap(paths["vals"], mode="w+", dtype=np.int64, shape=(total,))
         cursors = [0] * len(inputs)
