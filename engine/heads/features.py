@@ -274,14 +274,14 @@ class FeatureSet:
 def _store_rows(obj: Any) -> StoreMatrix | None:
     """The rows of an unread ``EmbedResult`` as a StoreMatrix (None: not store-backed, or already read).
 
-    The key → row-id table is built on one snapshot and dropped; the matrix keeps a snapshot of the
-    same manifest without it (reading rows by id needs only the manifest).
+    The key → row-id table is built on one snapshot and dropped with it; the matrix reads through a
+    second snapshot that never loads it (reading rows by id needs only the manifest; the store is
+    append-only, so the ids stay valid).
     """
     path = getattr(obj, "store_path", None)
     if path is None or getattr(obj, "_vectors", None) is not None or not len(obj.keys):
         return None
     from ..store.features import FeatureStore
 
-    store = FeatureStore.load(path)
-    ids = store.ids(obj.keys)
-    return StoreMatrix(FeatureStore(store.path, store.manifest, writable=False), ids)
+    ids = FeatureStore.load(path).ids(obj.keys)
+    return StoreMatrix(FeatureStore.load(path), ids)
