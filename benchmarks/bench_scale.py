@@ -3,6 +3,7 @@
     python benchmarks/bench_scale.py                     # 1,000,000 items
     python benchmarks/bench_scale.py --items 5000000     # 5M (or 10M: --items 10000000)
     python benchmarks/bench_scale.py --tag out-of-core   # label this run in the JSON
+    python benchmarks/bench_scale.py --items 2000000 --steps train eval   # only some steps
 
 The backbone is one MatMul 16→384 followed by an L2 norm (``onnx:`` + its ``.headstart.json``
 sidecar), over a Parquet file with a fixed-size-list column ``x`` of 16 float32 per row and a
@@ -125,7 +126,10 @@ def step(name: str, cmd: list[str], env: dict[str, str], items: int | None = Non
     return row
 
 
-def measure(n: int, threads: int) -> list[dict[str, Any]]:
+STEPS = ("embed-cold", "embed-warm", "train", "eval", "verify", "index", "knn")
+
+
+def measure(n: int, threads: int, steps: tuple[str, ...] = STEPS) -> list[dict[str, Any]]:
     data = make_parquet(n, C.DATA)
     model = make_backbone(C.DATA)
     backbone = f"onnx:{model}"
@@ -134,22 +138,28 @@ def measure(n: int, threads: int) -> list[dict[str, Any]]:
     C.run_process([HEADSTART, "export", backbone], env)  # untimed: the cold embed measures embedding only
     shutil.rmtree(home / "features", ignore_errors=True)
     shutil.rmtree(home / "models", ignore_errors=True)
-    rows = [step("embed cold", [HEADSTART, "embed", str(data), "-b", backbone, "--json"], env, n),
-            step("embed warm", [HEADSTART, "embed", str(data), "-b", backbone, "--json"], env, n)]
+    embed = [HEADSTART, "embed", str(data), "-b", backbone, "--json"]
+    rows = [step("embed cold", embed, env, n)]  # always: the later steps need the store
+    if "embed-warm" in steps:
+        rows.append(step("embed warm", embed, env, n))
     out = home / "models" / "linear"
-    train = step("train linear", [HEADSTART, "train", str(data), "-b", backbone, "--head", "linear", "-o", str(out),
-                                  "--json"], env, n)
-    reply = json.loads(train["_stdout"])
-    train["accuracy"] = round(reply["metrics"]["accuracy"], 5)
-    rows.append(train)
-    ev = step("eval", [HEADSTART, "eval", str(out), str(data), "--json"], env, n)
-    ev["accuracy"] = round(json.loads(ev["_stdout"])["accuracy"], 5)
-    rows.append(ev)
-    rows.append(step("cache verify", [HEADSTART, "cache", "verify", "--json"], env, n))
-    rows.append(step("cache index", [HEADSTART, "cache", "index", "--json"], env, n))
-    probe = step("knn search", [sys.executable, __file__, "knn-probe", str(home)], env)
-    probe.update(json.loads(probe["_stdout"].strip().splitlines()[-1]))
-    rows.append(probe)
+    if "train" in steps or "eval" in steps:
+        train = step("train linear", [HEADSTART, "train", str(data), "-b", backbone, "--head", "linear", "-o",
+                                      str(out), "--json"], env, n)
+        train["accuracy"] = round(json.loads(train["_stdout"])["metrics"]["accuracy"], 5)
+        rows.append(train)
+    if "eval" in steps:
+        ev = step("eval", [HEADSTART, "eval", str(out), str(data), "--json"], env, n)
+        ev["accuracy"] = round(json.loads(ev["_stdout"])["accuracy"], 5)
+        rows.append(ev)
+    if "verify" in steps:
+        rows.append(step("cache verify", [HEADSTART, "cache", "verify", "--json"], env, n))
+    if "index" in steps:
+        rows.append(step("cache index", [HEADSTART, "cache", "index", "--json"], env, n))
+    if "knn" in steps:
+        probe = step("knn search", [sys.executable, __file__, "knn-probe", str(home)], env)
+        probe.update(json.loads(probe["_stdout"].strip().splitlines()[-1]))
+        rows.append(probe)
     for row in rows:
         row.pop("_stdout")
     return rows
@@ -172,13 +182,15 @@ def main() -> None:
     parser.add_argument("--items", type=int, nargs="+", default=[1_000_000], help="dataset sizes (default 1M)")
     parser.add_argument("--tag", default="current", help="label of this run in scale.json (e.g. baseline)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS,
+                        help="steps to run (embed cold always runs first; index builds an IVF of all vectors in RAM)")
     args = parser.parse_args()
     info = C.machine()
     for n in args.items:
-        rows = measure(n, args.threads)
+        rows = measure(n, args.threads, tuple(args.steps))
         print(f"\n{n:,} items ({args.tag})")
         print(C.table(rows, ["step", "wall_s", "items_per_s", "peak_rss_mb", "accuracy", "loadavg"]))
-        if rows[-1].get("p50_ms") is not None:
+        if rows[-1]["step"] == "knn search":
             print(f"knn search: first {rows[-1]['first_s']} s, p50 {rows[-1]['p50_ms']} ms, p95 {rows[-1]['p95_ms']} ms "
                   f"({rows[-1]['index']})")
         print(f"wrote {record(n, args.tag, rows, info)}")

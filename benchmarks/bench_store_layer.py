@@ -165,6 +165,15 @@ def child_lookup(design: str, path: Path, n: int, probes: int = 10_000) -> dict[
     return out
 
 
+def child_imports(design: str, path: Path, n: int) -> dict[str, Any]:
+    """Only the imports a look-up needs: the floor under ``lookup``'s peak RSS."""
+    import numpy  # noqa: F401
+    import pyarrow.compute  # noqa: F401
+
+    _warm_imports(design)
+    return {}
+
+
 def child_commits(design: str, path: Path, commits: int) -> dict[str, Any]:
     shutil.rmtree(path, ignore_errors=True)
     _warm_imports(design)
@@ -252,7 +261,7 @@ def main() -> None:
             child_writer(design, path)
             return
         n = int(sys.argv[5])
-        fn = {"build": child_build, "lookup": child_lookup, "commits": child_commits}[what]
+        fn = {"build": child_build, "lookup": child_lookup, "commits": child_commits, "imports": child_imports}[what]
         print(json.dumps(fn(design, path, n)))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -275,6 +284,7 @@ def main() -> None:
         row.update(build_s=build["append_s"], index_s=build["index_s"], build_rss_mb=build["peak_rss_mb"],
                    mb_on_disk=round(build["bytes"] / 2**20, 1))
         print(f"-- {design}: look up", file=sys.stderr, flush=True)
+        row["import_rss_mb"] = child(["imports", design, str(path), "0"], env).get("peak_rss_mb")
         look = child(["lookup", design, str(path), str(args.keys)], env)
         if "error" in look:
             row["lookup_error"] = look["error"]
@@ -296,7 +306,7 @@ def main() -> None:
         row["kill9"] = kill9(design, env)
         shutil.rmtree(WORK / f"kill-{design}", ignore_errors=True)
         rows.append(row)
-    columns = ["design", "build_s", "index_s", "mb_on_disk", "lookup_cold_s", "lookup_warm_s", "lookup_rss_mb",
+    columns = ["design", "build_s", "index_s", "mb_on_disk", "lookup_cold_s", "lookup_warm_s", "import_rss_mb", "lookup_rss_mb",
                "lookup_found", "index_used", "commit_first_ms", "commit_last_ms", "after_commits_open_s",
                "after_commits_lookup_s", "after_commits_files"]
     print(f"\n{args.keys:,} keys; {args.commits:,} commits of {COMMIT_ROWS:,} keys")
