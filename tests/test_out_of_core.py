@@ -56,6 +56,9 @@ def test_store_matrix_reads_the_rows_asked_for(stored) -> None:
     rows = np.array([5999, 0, 17, 17, 4200])
     np.testing.assert_array_equal(matrix.take(rows), X[rows])
     np.testing.assert_array_equal(np.asarray(matrix[100:110]), X[100:110])
+    mask = np.zeros(len(X), bool)
+    mask[[3, 4000]] = True
+    np.testing.assert_array_equal(np.asarray(matrix[mask]), X[mask])
     np.testing.assert_array_equal(matrix.subset(rows).take(np.array([4, 0])), X[[4200, 5999]])
 
 

@@ -65,9 +65,16 @@ class FeatureMatrix:
         raise NotImplementedError
 
     def __getitem__(self, rows: Any) -> "FeatureMatrix":
+        """The sub-matrix of ``rows`` (a slice, a boolean mask or row indices), lazily."""
         if isinstance(rows, slice):
             rows = np.arange(len(self))[rows]
-        return self.subset(np.asarray(rows, dtype=np.int64))
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise DataError(f"a boolean row mask of shape {rows.shape} for {len(self)} rows",
+                                hint="pass one bool per row, or row indices")
+            rows = np.flatnonzero(rows)
+        return self.subset(rows.astype(np.int64, copy=False))
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self.take(np.arange(len(self)))
