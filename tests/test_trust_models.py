@@ -64,9 +64,10 @@ def _rehash(model: Path, name: str) -> None:
 @pytest.fixture(scope="module")
 def skops_model(tmp_path_factory, session_home) -> Path:
     """A scikit-learn head (head.skops) on MiniLM features of the shipped example."""
-    os.environ["HEADSTART_HOME"] = str(session_home)
     out = tmp_path_factory.mktemp("trust") / "lr"
-    train(str(TRAIN), "sklearn:LogisticRegression(max_iter=1000)", backbone="minilm-l6", out=out, progress=False)
+    with pytest.MonkeyPatch.context() as patch:  # module scope: restore the environment afterwards
+        patch.setenv("HEADSTART_HOME", str(session_home))
+        train(str(TRAIN), "sklearn:LogisticRegression(max_iter=1000)", backbone="minilm-l6", out=out, progress=False)
     return out
 
 
@@ -559,7 +560,7 @@ def test_third_party_head_gets_the_same_checks(tmp_path: Path) -> None:
             return {"shrink": [Interval(Real, 0, 1, closed="both")]}
 
     engine = get_engine()
-    engine.catalog._registrar("head", "tests")(HeadSpec(name="centroid-test", factory=Centroid))
+    engine.catalog.registrar("head", "tests")(HeadSpec(name="centroid-test", factory=Centroid))
     build_head("centroid-test(shrink=0.5)", engine)
     with pytest.raises(ConfigError, match="'shrink'"):
         build_head("centroid-test(shrink=2)", engine)

@@ -5,6 +5,11 @@
 ``set_params`` and ``sklearn.base.clone`` work. Subclasses implement ``_fit(X, y_idx)``,
 ``_proba(X)`` and, for safe persistence, ``_state()`` / ``_set_state(arrays, meta)`` over their own fitted
 attributes (``classes_`` and ``n_features_in_`` are saved and restored by the base class).
+
+``X`` may be an array or a :class:`~headstart.engine.heads.features.FeatureMatrix` (rows read chunk by
+chunk). A head with ``streams_features = True`` gets a FeatureMatrix in ``_fit`` and must read it
+chunk by chunk; others get an array. ``_proba`` always gets an in-memory block of rows: prediction
+runs chunk by chunk here.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError, HeadError, NotFittedError
+from .features import ArrayMatrix, FeatureMatrix, check_finite
 from .validate import check_features
 
 
@@ -26,6 +32,7 @@ class Head:
     """Base class of headstart's own heads (multi-class classifiers on feature vectors)."""
 
     _estimator_type = "classifier"
+    streams_features = False  # True: _fit reads a FeatureMatrix chunk by chunk (memory flat in n)
 
     # -- the parameter protocol -------------------------------------------------
     @classmethod
@@ -77,11 +84,12 @@ class Head:
 
     # -- fit / predict --------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> "Head":
-        """Fit on ``X`` (n, d) and labels ``y`` (n,); returns ``self``."""
+        """Fit on ``X`` (n, d: an array or a FeatureMatrix) and labels ``y`` (n,); returns ``self``."""
         from .params import check_memory, validate_head
 
         validate_head(self)
-        X = check_features(X)
+        X = check_finite(X)
+        X = X if self.streams_features else (X.array if isinstance(X, ArrayMatrix) else np.asarray(X))
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != len(X):
             raise HeadError(f"{type(self).__name__}.fit: y has shape {y.shape}, expected ({len(X)},)")
@@ -96,8 +104,16 @@ class Head:
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, (n, len(classes_)), columns in ``classes_`` order."""
-        return self._proba(self._check_predict(X))
+        """Class probabilities, (n, len(classes_)), columns in ``classes_`` order (computed chunk by chunk)."""
+        if not isinstance(X, FeatureMatrix):
+            return self._proba(self._check_predict(X))
+        self._check_fitted(X.dim)
+        if len(X) == 0:
+            raise DataError("no prediction items", hint="check the source and its error records")
+        out = np.empty((len(X), len(self.classes_)), np.float32)
+        for positions, block in X.chunks():
+            out[positions] = self._proba(self._check_predict(block))
+        return out
 
     def predict(self, X: Any) -> np.ndarray:
         proba = self.predict_proba(X)
@@ -110,10 +126,15 @@ class Head:
         if not hasattr(self, "classes_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet", hint="call fit(X, y) first")
         X = check_features(X, what="prediction")
-        if X.shape[1] != self.n_features_in_:
-            raise HeadError(f"{type(self).__name__} was fitted on {self.n_features_in_} features, got {X.shape[1]}",
-                            hint="predict with vectors from the backbone the head was trained on")
+        self._check_fitted(X.shape[1])
         return X
+
+    def _check_fitted(self, dim: int) -> None:
+        if not hasattr(self, "classes_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet", hint="call fit(X, y) first")
+        if dim != self.n_features_in_:
+            raise HeadError(f"{type(self).__name__} was fitted on {self.n_features_in_} features, got {dim}",
+                            hint="predict with vectors from the backbone the head was trained on")
 
     # -- to implement ---------------------------------------------------------------
     def _fit(self, X: np.ndarray, y_idx: np.ndarray) -> None:

@@ -1,15 +1,227 @@
-"""``FeatureSet``: aligned keys, refs, labels and vectors — what heads train and predict on.
+"""What heads train and predict on: ``FeatureSet`` (aligned keys, refs, labels, vectors) and ``FeatureMatrix``.
 
-:func:`headstart.engine.embed.pipeline.embed` returns an object of the same shape (an ``EmbedResult``);
-``FeatureSet.from_arrays`` wraps features you computed yourself.
+A :class:`FeatureMatrix` is an (n, dim) matrix of float32 rows that is read chunk by chunk, so that a
+head's memory does not grow with n: :class:`ArrayMatrix` wraps an array in memory, :class:`StoreMatrix`
+names rows of a feature store (their ids) and reads them from the shards only while a chunk is used.
+``FeatureSet.vectors`` is either an array or a ``FeatureMatrix`` (``FeatureSet.coerce`` of an
+``EmbedResult`` gives a ``StoreMatrix``: nothing is loaded up front).
+
+Heads that declare ``streams_features = True`` (``linear``, ``mlp``) fit on a matrix chunk by chunk;
+every other estimator gets its training rows in memory, at most :data:`IN_MEMORY_BYTES` of them: above
+that, a stratified subsample (:func:`fit_input`; its size is reported in the metrics and the model
+manifest). Predictions are always made chunk by chunk (:func:`predict_in_chunks`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from ..errors import DataError
+
+#: bytes of float32 rows per chunk (32 MiB: 21,845 rows of 384-d vectors)
+CHUNK_BYTES = 32 << 20
+#: training rows an in-memory estimator (scikit-learn, knn) gets at most, as float32 bytes (512 MiB:
+#: ~350,000 rows of 384-d vectors; scikit-learn often copies them to float64 on top)
+IN_MEMORY_BYTES = 512 << 20
+
+
+class FeatureMatrix:
+    """(n, dim) float32 rows read chunk by chunk; ``np.asarray(m)`` materialises all of them."""
+
+    dim: int
+    chunk_rows: int | None = None  # rows per chunk; None: CHUNK_BYTES worth
+    checked_finite: bool = False  # every row was found finite (check_finite); subsets inherit it
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), self.dim)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def rows_per_chunk(self) -> int:
+        return int(self.chunk_rows or max(1024, CHUNK_BYTES // (4 * max(self.dim, 1))))
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions, block) pairs covering every row once: ``block[i]`` is row ``positions[i]``.
+
+        The order is the cheapest to read (storage order), not necessarily 0..n-1.
+        """
+        raise NotImplementedError
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) as a new (len(rows), dim) float32 array."""
+        raise NotImplementedError
+
+    def subset(self, rows: np.ndarray) -> "FeatureMatrix":
+        """The matrix of rows ``rows`` (lazy: nothing is read)."""
+        raise NotImplementedError
+
+    def __getitem__(self, rows: Any) -> "FeatureMatrix":
+        """The sub-matrix of ``rows`` (a slice, a boolean mask or row indices), lazily."""
+        if isinstance(rows, slice):
+            rows = np.arange(len(self))[rows]
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise DataError(f"a boolean row mask of shape {rows.shape} for {len(self)} rows",
+                                hint="pass one bool per row, or row indices")
+            rows = np.flatnonzero(rows)
+        return self.subset(rows.astype(np.int64, copy=False))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.take(np.arange(len(self)))
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def _inherit(self, child: "FeatureMatrix") -> "FeatureMatrix":
+        child.chunk_rows, child.checked_finite = self.chunk_rows, self.checked_finite
+        return child
+
+
+class ArrayMatrix(FeatureMatrix):
+    """An in-memory (n, dim) array; chunks are views (no copy)."""
+
+    def __init__(self, array: Any, chunk_rows: int | None = None) -> None:
+        self.array = np.asarray(array)
+        if self.array.ndim != 2:
+            raise DataError(f"features must be a 2-D array (n_items, dim), got shape {self.array.shape}")
+        self.dim = int(self.array.shape[1])
+        self.chunk_rows = chunk_rows
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        step = self.rows_per_chunk()
+        for start in range(0, len(self), step):
+            stop = min(start + step, len(self))
+            yield np.arange(start, stop), np.ascontiguousarray(self.array[start:stop], dtype=np.float32)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.array[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+
+    def subset(self, rows: np.ndarray) -> "FeatureMatrix":
+        return self._inherit(ArrayMatrix(self.array[np.asarray(rows, dtype=np.int64)]))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.array if dtype is None else self.array.astype(dtype, copy=False)
+
+
+class StoreMatrix(FeatureMatrix):
+    """Rows of a feature store, by row id; read with ``FeatureStore.read_rows`` one chunk at a time.
+
+    Holds the ids (8 bytes per row) and, once chunks are asked for, their storage order (8 more).
+    """
+
+    def __init__(self, store: Any, ids: np.ndarray, chunk_rows: int | None = None) -> None:
+        self.store = store
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.dim = int(store.dim)
+        self.chunk_rows = chunk_rows
+        self._order: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self._order is None:
+            self._order = np.argsort(self.ids, kind="stable")  # storage order: each chunk reads few shards
+        step = self.rows_per_chunk()
+        for start in range(0, len(self), step):
+            positions = self._order[start:start + step]
+            yield positions, self.store.read_rows(self.ids[positions])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self.store.read_rows(self.ids[np.asarray(rows, dtype=np.int64)])
+
+    def subset(self, rows: np.ndarray) -> "FeatureMatrix":
+        return self._inherit(StoreMatrix(self.store, self.ids[np.asarray(rows, dtype=np.int64)]))
+
+
+def as_matrix(X: Any) -> FeatureMatrix:
+    """``X`` as a FeatureMatrix (an array is wrapped, not copied)."""
+    return X if isinstance(X, FeatureMatrix) else ArrayMatrix(X)
+
+
+def check_finite(X: Any, keys: Sequence[str] | None = None, *, what: str = "training") -> FeatureMatrix:
+    """``X`` as a FeatureMatrix whose rows were all found finite (read chunk by chunk, once).
+
+    Refuses NaN/Inf rows naming their keys, as :func:`headstart.engine.heads.validate.check_features` does.
+    """
+    from .validate import check_features
+
+    if isinstance(X, FeatureMatrix) and X.checked_finite:
+        return X
+    if not isinstance(X, FeatureMatrix) or isinstance(X, ArrayMatrix):
+        chunk_rows = X.chunk_rows if isinstance(X, ArrayMatrix) else None
+        checked = ArrayMatrix(check_features(X.array if isinstance(X, ArrayMatrix) else X, keys, what=what),
+                              chunk_rows)
+        checked.checked_finite = True
+        return checked
+    matrix = X
+    if len(matrix) == 0:
+        raise DataError(f"no {what} items", hint="check the source and its error records")
+    bad: list[np.ndarray] = []
+    for positions, block in matrix.chunks():
+        rows = ~np.isfinite(block).all(axis=1)
+        if rows.any():
+            bad.append(positions[rows])
+    if bad:
+        from .validate import _name_rows
+
+        rows = np.sort(np.concatenate(bad))
+        raise DataError(f"{len(rows)} {what} item(s) have NaN/Inf features: {_name_rows(rows, keys)}",
+                        hint="drop or re-embed these items; NaN features usually mean a broken backbone or input")
+    matrix.checked_finite = True
+    return matrix
+
+
+def in_memory_rows(dim: int, budget_bytes: int | None = None) -> int:
+    """How many ``dim``-wide float32 rows fit the in-memory budget."""
+    return max(1, int(budget_bytes or IN_MEMORY_BYTES) // (4 * max(int(dim), 1)))
+
+
+def fit_input(estimator: Any, X: FeatureMatrix, y: np.ndarray, rows: np.ndarray, seed: int = 0,
+              budget_bytes: int | None = None) -> tuple[Any, np.ndarray, dict[str, Any] | None]:
+    """What ``estimator.fit`` gets for training rows ``rows``: (X, y, subsample record or None).
+
+    A streaming head gets the lazy sub-matrix. Any other estimator gets the rows as an array; when
+    they exceed the in-memory budget, a stratified subsample of them (every class keeps its share and
+    at least one row), recorded as ``{"rows": kept, "of": len(rows), "budget_bytes": ...}``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if getattr(estimator, "streams_features", False):
+        return X.subset(rows), y[rows], None
+    limit = in_memory_rows(X.dim, budget_bytes)
+    record = None
+    if len(rows) > limit:
+        from ..train.splits import stratified_split
+
+        keep = stratified_split(y[rows], 1.0 - limit / len(rows), seed).train
+        record = {"rows": int(len(keep)), "of": int(len(rows)), "budget_bytes": int(budget_bytes or IN_MEMORY_BYTES),
+                  "method": "stratified"}
+        rows = rows[keep]
+    return X.take(rows), y[rows], record
+
+
+def predict_in_chunks(estimator: Any, X: Any, method: str = "predict") -> np.ndarray:
+    """``estimator.<method>(X)`` computed chunk by chunk (rows in X's order); arrays go through as they are."""
+    if not isinstance(X, FeatureMatrix) or getattr(estimator, "streams_features", None) is not None:
+        return np.asarray(getattr(estimator, method)(X))  # arrays, and our own heads (they chunk themselves)
+    out: np.ndarray | None = None
+    for positions, block in X.chunks():
+        part = np.asarray(getattr(estimator, method)(block))
+        if out is None:
+            out = np.empty((len(X), *part.shape[1:]), dtype=part.dtype)
+        out[positions] = part
+    return out if out is not None else np.asarray(getattr(estimator, method)(np.empty((0, X.dim), np.float32)))
 
 
 @dataclass
@@ -17,7 +229,7 @@ class FeatureSet:
     keys: list[str]
     refs: list[str]
     labels: list[str | None]
-    vectors: np.ndarray  # (n, dim) float32
+    vectors: Any  # (n, dim) float32: a numpy array or a FeatureMatrix (e.g. rows of the feature store)
     errors: list[Any] = field(default_factory=list)
     fingerprint: str | None = None
     backbone: str | None = None
@@ -36,10 +248,17 @@ class FeatureSet:
 
     @classmethod
     def coerce(cls, obj: Any) -> "FeatureSet":
-        """A FeatureSet from an ``EmbedResult``-like object (``.keys .refs .labels .vectors ...``)."""
+        """A FeatureSet from an ``EmbedResult``-like object (``.keys .refs .labels .vectors ...``).
+
+        An embedding result whose vectors were not read yet becomes a :class:`StoreMatrix` over its
+        store: the vectors stay on disk until a head reads them chunk by chunk.
+        """
         if isinstance(obj, cls):
             return obj
-        return cls(keys=list(obj.keys), refs=list(obj.refs), labels=list(obj.labels), vectors=np.asarray(obj.vectors),
+        vectors = _store_rows(obj)
+        if vectors is None:
+            vectors = np.asarray(obj.vectors)
+        return cls(keys=list(obj.keys), refs=list(obj.refs), labels=list(obj.labels), vectors=vectors,
                    errors=list(getattr(obj, "errors", []) or []), fingerprint=getattr(obj, "fingerprint", None),
                    backbone=getattr(obj, "backbone", None), precision=getattr(obj, "precision", "fp32") or "fp32",
                    stats=obj.stats.as_dict() if hasattr(getattr(obj, "stats", None), "as_dict") else None)
@@ -47,9 +266,29 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def matrix(self) -> FeatureMatrix:
+        return as_matrix(self.vectors)
+
     def subset(self, rows: np.ndarray) -> "FeatureSet":
         rows = np.asarray(rows, dtype=np.int64)
         return FeatureSet(keys=[self.keys[i] for i in rows], refs=[self.refs[i] for i in rows],
                           labels=[self.labels[i] for i in rows], vectors=self.vectors[rows], errors=[],
                           fingerprint=self.fingerprint, backbone=self.backbone, precision=self.precision,
                           stats=self.stats)
+
+
+def _store_rows(obj: Any) -> StoreMatrix | None:
+    """The rows of an unread ``EmbedResult`` as a StoreMatrix (None: not store-backed, or already read).
+
+    The key → row-id table is built on one snapshot and dropped with it; the matrix reads through a
+    second snapshot that never loads it (reading rows by id needs only the manifest; the store is
+    append-only, so the ids stay valid).
+    """
+    path = getattr(obj, "store_path", None)
+    if path is None or getattr(obj, "_vectors", None) is not None or not len(obj.keys):
+        return None
+    from ..store.features import FeatureStore
+
+    ids = FeatureStore.load(path).ids(obj.keys)
+    return StoreMatrix(FeatureStore.load(path), ids)

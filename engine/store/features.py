@@ -302,6 +302,30 @@ class FeatureStore:
             out[where] = self._shard_array(entries[s])[ids[where] - self._starts[s]]
         return out
 
+    def read_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Vectors of row ``ids`` (as :meth:`ids` gives them), in that order, as a new (n, dim) float32 array.
+
+        Needs only the manifest (no key table), and maps each shard just while its rows are copied:
+        memory is that of the rows asked for, whatever the size of the store.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        if not len(ids):
+            return out
+        entries = self._vector_entries()
+        starts = np.cumsum([0] + [int(e["rows"]) for e in entries])
+        if int(ids.min()) < 0 or int(ids.max()) >= starts[-1]:
+            raise StoreError(f"feature store {self.path} has {starts[-1]} vectors; row ids "
+                             f"{int(ids.min())}..{int(ids.max())} were asked for",
+                             hint="take row ids from FeatureStore.ids() on the same snapshot")
+        shard_of = np.searchsorted(starts, ids, side="right") - 1
+        order = np.argsort(shard_of, kind="stable")
+        bounds = np.searchsorted(shard_of[order], np.arange(len(entries) + 1))
+        for s in np.flatnonzero(np.diff(bounds)):
+            where = order[bounds[s]:bounds[s + 1]]
+            out[where] = self._shard_array(entries[s], cache=False)[ids[where] - starts[s]]
+        return out
+
     def refs(self, keys: Sequence[str]) -> list[str | None]:
         """Source refs (path or row) of stored ``keys``, in the order given."""
         ids = self.ids(keys)

@@ -29,6 +29,7 @@ from headstart.engine.backbones.graph_pooling import append_pooling
 # heads
 from headstart.engine.heads.base import Head, class_weights, resolve_device
 from headstart.engine.heads.spec import HeadSpec
+from headstart.engine.heads.features import ArrayMatrix, FeatureMatrix
 from headstart.engine.train.splits import stratified_split
 from headstart.engine.train.metrics import classification_metrics
 # readers
@@ -51,7 +52,7 @@ __all__ = [
     "BackboneSpec", "TextPreprocessing", "ImagePreprocessing", "NumericPreprocessing", "Int8Recipe",
     "resolve_backbone", "make_preprocessor", "build_module", "text_encoder", "image_encoder",
     "vision_transformer_encoder", "append_pooling",
-    "Head", "HeadSpec", "class_weights", "resolve_device", "stratified_split", "classification_metrics",
+    "Head", "HeadSpec", "FeatureMatrix", "ArrayMatrix", "class_weights", "resolve_device", "stratified_split", "classification_metrics",
     "Item", "ReaderOptions", "ReaderSpec", "content_key",
     "FinetunerSpec", "FinetuneRequest", "FinetuneOutcome", "unfreeze_blocks",
     "did_you_mean", "write_bytes_atomic", "write_json_atomic", "confined_file", "read_confined", "check_regular_file",

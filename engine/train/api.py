@@ -3,6 +3,10 @@
 A ``source`` is anything :func:`headstart.engine.embed.pipeline.embed` reads (embedded through the feature
 store: cached items cost nothing), an ``EmbedResult``, or a :class:`~headstart.engine.heads.features.FeatureSet`
 (your own vectors). Training data needs labels; rows without one are left out and counted.
+
+Features stay where they are (rows of the feature store, read chunk by chunk): streaming heads fit
+on them out of core, other estimators get at most ``IN_MEMORY_BYTES`` of training rows (a stratified
+subsample above that, recorded under ``subsample`` in the metrics and the manifest's training summary).
 """
 
 from __future__ import annotations
@@ -15,10 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError, HeadstartError
-from ..heads.features import FeatureSet
+from ..heads.features import FeatureMatrix, FeatureSet, check_finite, fit_input, predict_in_chunks
 from ..heads.resolve import build_head
 from ..heads.spec import HeadRef, parse_head_ref
-from ..heads.validate import check_features
 from .metrics import classification_metrics
 from .model import Model, Predictions, load_features, load_model, make_manifest
 from .splits import Split, stratified_split
@@ -31,11 +34,12 @@ class Prepared:
     """Labelled, finite training data and its validation split."""
 
     features: FeatureSet
-    X: np.ndarray
+    X: FeatureMatrix  # labelled rows, all finite; read chunk by chunk
     y: np.ndarray
     split: Split
     n_unlabelled: int
     n_errors: int
+    seed: int = 0
 
 
 def prepare(fs: FeatureSet, val_fraction: float, seed: int) -> Prepared:
@@ -45,43 +49,53 @@ def prepare(fs: FeatureSet, val_fraction: float, seed: int) -> Prepared:
         raise DataError(f"none of the {len(fs)} items has a label",
                         hint="train on a labelled source (label column / class folders)")
     data = fs.subset(np.asarray(rows)) if len(rows) < len(fs) else fs
-    X = check_features(data.vectors, data.keys)
+    X = check_finite(data.vectors, data.keys)
     y = np.asarray([str(v) for v in data.labels], dtype=object)
     classes = np.unique(y)
     if len(classes) < 2:
         raise DataError(f"only one class ({classes[0]!r}) among {len(y)} labelled items",
                         hint="a classifier needs at least two classes; check the label column")
-    return Prepared(data, X, y, stratified_split(y, val_fraction, seed), len(fs) - len(rows), len(fs.errors))
+    return Prepared(data, X, y, stratified_split(y, val_fraction, seed), len(fs) - len(rows), len(fs.errors), seed)
 
 
 def _fit_and_score(ref: HeadRef | str, prep: Prepared, engine: Any) -> tuple[Any, HeadRef, dict[str, Any]]:
     head, canonical = build_head(ref, engine)
     train_rows = prep.split.train
+    X, y, subsample = fit_input(head, prep.X, prep.y, train_rows, prep.seed)
     start = time.perf_counter()
-    head.fit(prep.X[train_rows], prep.y[train_rows])
+    head.fit(X, y)
     fit_s = time.perf_counter() - start
+    del X
     scored = prep.split.val if len(prep.split.val) else train_rows
     start = time.perf_counter()
-    predicted = head.predict(prep.X[scored])
+    predicted = predict_in_chunks(head, prep.X[scored])
     predict_s = time.perf_counter() - start
     metrics = classification_metrics(prep.y[scored], predicted, head.classes_)
     metrics.update(split="validation" if len(prep.split.val) else "train", fit_seconds=round(fit_s, 4),
                    predict_seconds=round(predict_s, 4))
+    if subsample is not None:
+        metrics["subsample"] = subsample
     return head, canonical, metrics
 
 
-def _training(prep: Prepared, val_fraction: float, seed: int, refit: bool) -> dict[str, Any]:
+def _training(prep: Prepared, val_fraction: float, seed: int, refit: bool,
+              subsample: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"n_items": len(prep.features) + prep.n_unlabelled, "n_labelled": len(prep.y),
             "n_train": int(len(prep.split.train)), "n_val": int(len(prep.split.val)), "n_errors": prep.n_errors,
             "n_unlabelled": prep.n_unlabelled, "train_only_classes": list(prep.split.train_only_classes),
-            "val_fraction": val_fraction, "seed": seed, "refit_on_all": refit, "embedding": prep.features.stats}
+            "val_fraction": val_fraction, "seed": seed, "refit_on_all": refit, "embedding": prep.features.stats,
+            "subsample": subsample}
 
 
-def _final(ref: HeadRef, head: Any, prep: Prepared, refit: bool, engine: Any) -> tuple[Any, bool]:
+def _final(ref: HeadRef, head: Any, prep: Prepared, refit: bool, engine: Any,
+           metrics: dict[str, Any]) -> tuple[Any, bool, dict[str, Any] | None]:
+    """The model's head (refitted on all labelled rows when asked), whether it was, and its subsample record."""
     if not (refit and len(prep.split.val)):
-        return head, False
+        return head, False, metrics.get("subsample")
     final, _ = build_head(ref, engine)
-    return final.fit(prep.X, prep.y), True
+    X, y, subsample = fit_input(final, prep.X, prep.y, np.arange(len(prep.y)), prep.seed)
+    final.fit(X, y)
+    return final, True, subsample
 
 
 def _training_keys(prep: Prepared, refitted: bool) -> np.ndarray:
@@ -121,8 +135,9 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
     fitted, ref, metrics = _fit_and_score(head, prep, engine)
-    final, refitted = _final(ref, fitted, prep, refit, engine)
-    model = Model(final, make_manifest(ref, final, prep.features, metrics, _training(prep, val_fraction, seed, refitted)),
+    final, refitted, subsample = _final(ref, fitted, prep, refit, engine, metrics)
+    model = Model(final, make_manifest(ref, final, prep.features, metrics,
+                                       _training(prep, val_fraction, seed, refitted, subsample)),
                   training_keys=_training_keys(prep, refitted))
     path = model.save(out, allow_pickle=allow_pickle, check_rows=_check_rows(prep)) if out is not None else None
     return TrainResult(model, metrics, path)
@@ -138,7 +153,7 @@ def _check_savable(estimator: Any, ref: Any, allow_pickle: bool) -> None:
 
 def _check_rows(prep: Any, n: int = 32) -> np.ndarray:
     """A few feature rows to check a saved model against the trained head."""
-    return np.asarray(prep.features.vectors[:n], dtype=np.float32)
+    return np.asarray(prep.X[:n], dtype=np.float32)
 
 
 @dataclass
@@ -193,7 +208,8 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
             continue
         fitted[str(ref)] = (canonical, head, metrics)
         rows.append({"head": str(ref), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                     "fit_seconds": metrics["fit_seconds"], "predict_seconds": metrics["predict_seconds"]})
+                     "fit_seconds": metrics["fit_seconds"], "predict_seconds": metrics["predict_seconds"],
+                     **({"subsample": metrics["subsample"]} if "subsample" in metrics else {})})
     scored = [r for r in rows if "error" not in r]
     best = max(scored, key=lambda r: (r[metric], -r["fit_seconds"]))["head"] if scored else None
     for r in rows:
@@ -201,9 +217,9 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
     result = SweepResult(rows, metric, best, training=_training(prep, val_fraction, seed, save_best is not None))
     if save_best is not None and best is not None:
         canonical, head, metrics = fitted[best]
-        final, refitted = _final(canonical, head, prep, True, engine)
+        final, refitted, subsample = _final(canonical, head, prep, True, engine, metrics)
         result.model = Model(final, make_manifest(canonical, final, prep.features, metrics,
-                                                  _training(prep, val_fraction, seed, refitted)),
+                                                  _training(prep, val_fraction, seed, refitted, subsample)),
                              training_keys=_training_keys(prep, refitted))
         result.model.save(save_best, allow_pickle=allow_pickle, check_rows=_check_rows(prep))
     return result

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackboneError, DimensionMismatchError, HeadError, HeadstartError, IntegrityError
-from ..heads.features import FeatureSet
+from ..heads.features import FeatureSet, check_finite, predict_in_chunks
 from ..heads.persist import load_head, save_head
 from ..heads.spec import HeadRef
 from ..safepaths import read_confined
@@ -139,19 +139,17 @@ class Model:
 
     # -- predict / evaluate --------------------------------------------------------------
     def predict_features(self, X: Any) -> np.ndarray:
-        return np.asarray(self.head.predict(X))
+        return predict_in_chunks(self.head, X, "predict")
 
     def predict_proba_features(self, X: Any) -> np.ndarray | None:
-        return np.asarray(self.head.predict_proba(X)) if hasattr(self.head, "predict_proba") else None
+        return predict_in_chunks(self.head, X, "predict_proba") if hasattr(self.head, "predict_proba") else None
 
     def predict(self, source: Any, *, engine: Any = None, **embed_options: Any) -> Predictions:
         """Predict every readable item of ``source`` (path, FeatureSet/EmbedResult or (n, dim) array)."""
-        from ..heads.validate import check_features
-
         fs = self.features(source, engine=engine, **embed_options)
         if len(fs) == 0:
             return Predictions([], [], [], None, self.classes, fs.errors)
-        X = check_features(fs.vectors, fs.keys, what="prediction")
+        X = check_finite(fs.vectors, fs.keys, what="prediction")  # rows are read chunk by chunk
         proba = self.predict_proba_features(X)
         labels = (np.asarray(self.head.classes_)[proba.argmax(1)] if proba is not None else self.predict_features(X))
         return Predictions(fs.keys, fs.refs, [_plain(v) for v in labels], proba, self.classes, fs.errors)

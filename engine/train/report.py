@@ -36,6 +36,10 @@ def format_metrics(metrics: dict[str, Any], *, confusion: bool = False) -> str:
                      "model's training data, so these scores are optimistic; evaluate on held-out data")
     if metrics.get("unseen_labels"):
         lines.append("labels the model never saw: " + ", ".join(map(str, metrics["unseen_labels"])))
+    if metrics.get("subsample"):
+        sub = metrics["subsample"]
+        lines.append(f"note: fitted on a stratified subsample of {sub['rows']} of {sub['of']} training rows "
+                     f"(the in-memory budget of {sub['budget_bytes'] >> 20} MiB of features)")
     per_class = metrics.get("per_class", {})
     lines.append(_table(["class", "precision", "recall", "f1", "support"],
                         [[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]

@@ -8,6 +8,12 @@ identity and few iterations suffice; P is folded into the weights, never into th
 ``l2`` is not given, a warm-started path of strengths (relative to the mean feature variance)
 is fitted on a stratified subsample and scored on a held-out part; the final fit on all rows
 starts from the best point of that path. The model is plain ``softmax(X @ coef_.T + intercept_)``.
+
+Out of core: the final fit reads the training rows chunk by chunk (a
+:class:`~headstart.engine.heads.features.FeatureMatrix`, e.g. rows of the feature store) and sums the
+full-batch loss and gradient over the chunks, so it reaches the same optimum as with every row in
+memory while holding one chunk at a time. The whitening sample and the L2 path's subsample are read
+into memory (at most 20,000 and 7,500 rows).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from headstart.sdk import class_weights, Head, HeadSpec, hookimpl, resolve_device
+from headstart.sdk import ArrayMatrix, class_weights, FeatureMatrix, Head, HeadSpec, hookimpl, resolve_device
 
 L2_PATH = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)  # × mean feature variance
 PATH_ROWS = 5_000  # rows used to choose L2 (train part of the subsample; half as many to score it)
@@ -34,6 +40,8 @@ class LinearHead(Head):
     ``max_iter``: L-BFGS iterations of the final fit (None: 2,000,000 / n_rows, clipped to
     10..100; the final fit starts close to the optimum); ``class_weight``: None, 'balanced' or {label: weight}.
     """
+
+    streams_features = True
 
     def __init__(self, *, l2: float | None = None, class_weight: Any = None, max_iter: int | None = None,
                  tol: float = 1e-5, val_fraction: float = 0.2, device: str = "cpu", seed: int = 0) -> None:
@@ -58,20 +66,19 @@ class LinearHead(Head):
                 "val_fraction": [Interval(Real, 0, 1, closed="left")], "device": [str],
                 "seed": [Interval(Integral, 0, None, closed="left")]}
 
-    def _fit(self, X: np.ndarray, y_idx: np.ndarray) -> None:
+    def _fit(self, X: FeatureMatrix, y_idx: np.ndarray) -> None:
         import torch
 
         from headstart.sdk import stratified_split
 
         device = resolve_device(self.device)
         k = len(self.classes_)
-        cw = torch.from_numpy(class_weights(self.class_weight, y_idx, self.classes_)).to(device)
-        Xt = torch.from_numpy(X).to(device)
-        yt = torch.from_numpy(y_idx).to(device)
+        cw = class_weights(self.class_weight, y_idx, self.classes_)
+        n = len(X)
         rng = np.random.default_rng(self.seed)
-        sample = rng.choice(len(X), size=min(len(X), COV_ROWS), replace=False)
-        geometry = _Geometry(Xt[torch.from_numpy(np.sort(sample)).to(device)], k)
-        W = torch.zeros(X.shape[1], k, device=device)
+        sample = rng.choice(n, size=min(n, COV_ROWS), replace=False)
+        geometry = _Geometry(torch.from_numpy(X.take(np.sort(sample))).to(device), k)
+        W = torch.zeros(X.dim, k, device=device)
         b = torch.zeros(k, device=device)
         l2 = self.l2
         path: list[dict[str, float]] = []
@@ -83,13 +90,14 @@ class LinearHead(Head):
                 train = split.train if len(split.train) <= PATH_ROWS else np.sort(
                     rng.choice(split.train, PATH_ROWS, replace=False))
                 val = split.val[: max(PATH_ROWS // 2, 1)]
-                tr, va = torch.from_numpy(train).to(device), torch.from_numpy(val).to(device)
-                Xtr, ytr, Xva, yva = Xt[tr], yt[tr], Xt[va], yt[va]
+                rows = _Rows(ArrayMatrix(X.take(train), chunk_rows=len(train)), y_idx[train], cw, device)
+                Xva = torch.from_numpy(X.take(val)).to(device)
+                yva = torch.from_numpy(y_idx[val]).to(device)
                 best, stale = None, 0
                 with _single_thread():  # small problems: thread barriers cost more than they save
                     for relative in L2_PATH:
                         strength = relative * geometry.scale
-                        W, b = _lbfgs(Xtr, ytr, cw, strength, W, b, geometry, PATH_ITERS, self.tol)
+                        W, b = _lbfgs(rows, strength, W, b, geometry, PATH_ITERS, self.tol)
                         z = torch.addmm(b - geometry.mu @ W, Xva, W)
                         acc = float((z.argmax(1) == yva).float().mean())
                         loss = float(torch.nn.functional.cross_entropy(z, yva))
@@ -101,9 +109,9 @@ class LinearHead(Head):
                             if stale >= PATIENCE:
                                 break  # past the optimum
                 _, _, chosen, W, b = best
-                l2 = chosen * len(train) / len(X)  # the optimal strength shrinks as 1/n
-        iters = self.max_iter or int(np.clip(FINAL_ROW_BUDGET // len(X), 10, 100))
-        W, b = _lbfgs(Xt, yt, cw, l2, W, b, geometry, iters, self.tol)
+                l2 = chosen * len(train) / n  # the optimal strength shrinks as 1/n
+        iters = self.max_iter or int(np.clip(FINAL_ROW_BUDGET // n, 10, 100))
+        W, b = _lbfgs(_Rows(X, y_idx, cw, device), l2, W, b, geometry, iters, self.tol)
         self.coef_ = W.T.contiguous().cpu().numpy()
         self.intercept_ = (b - geometry.mu @ W).cpu().numpy()
         self.l2_ = float(l2)
@@ -168,33 +176,63 @@ class _Geometry:
         return (self.eig + l2 * self.n_classes).sqrt()
 
 
-def _lbfgs(X: Any, y: Any, cw: Any, l2: float, W: Any, b: Any, geo: _Geometry, iters: int, tol: float):
-    """Minimise weighted mean cross-entropy of (X - mu) W + b, plus l2/2 ||W||²; warm-started at W, b."""
+class _Rows:
+    """The rows an objective sums over, as (X, y, weight) tensor blocks, one chunk of the matrix at a time.
+
+    Weights are the class weights normalised to sum to 1 over all rows (the loss is a weighted mean).
+    Rows already in memory are converted to tensors (and moved to the device) once.
+    """
+
+    def __init__(self, X: FeatureMatrix, y_idx: np.ndarray, cw: np.ndarray, device: str) -> None:
+        w = cw[y_idx].astype(np.float64)
+        self.X, self.y, self.w, self.device = X, y_idx, (w / w.sum()).astype(np.float32), device
+        self._cached = list(self._blocks()) if isinstance(X, ArrayMatrix) else None
+
+    def _blocks(self) -> Iterator[tuple[Any, Any, Any]]:
+        import torch
+
+        for positions, block in self.X.chunks():
+            yield (torch.from_numpy(block).to(self.device), torch.from_numpy(self.y[positions]).to(self.device),
+                   torch.from_numpy(self.w[positions])[:, None].to(self.device))
+
+    def __iter__(self) -> Iterator[tuple[Any, Any, Any]]:
+        return iter(self._cached) if self._cached is not None else self._blocks()
+
+
+def _lbfgs(rows: _Rows, l2: float, W: Any, b: Any, geo: _Geometry, iters: int, tol: float):
+    """Minimise weighted mean cross-entropy of (X - mu) W + b, plus l2/2 ||W||²; warm-started at W, b.
+
+    Loss and gradient are sums over the chunks of ``rows`` (full batch, one chunk in memory at a time).
+    """
     import torch
 
     d = geo.diag(l2)[:, None]
     P = geo.vecs / d.T
     inv_eig = 1.0 / (d * d)  # P^T P
     n_w = W.numel()
-    w = cw[y]
-    w = (w / w.sum())[:, None]
-    y1 = y[:, None]
-    minus_one = torch.full_like(w, -1.0)
 
     def loss_and_grad(theta: Any) -> tuple[float, Any]:
         V, c = theta[:n_w].view_as(W), theta[n_w:]
         Wc = P @ V
-        z = torch.addmm(c - geo.mu @ Wc, X, Wc)  # logits, then (in place) the loss gradient
-        z -= z.amax(1, keepdim=True)
-        target = z.gather(1, y1)
-        z.exp_()
-        total = z.sum(1, keepdim=True)
-        loss = float((w * (total.log() - target)).sum() + 0.5 * l2 * (V * V * inv_eig).sum())
-        z /= total
-        z.scatter_add_(1, y1, minus_one)
-        z *= w
-        gsum = z.sum(0)
-        grad_v = P.T @ (X.T @ z - torch.outer(geo.mu, gsum)) + l2 * inv_eig * V
+        bias = c - geo.mu @ Wc
+        loss = 0.0
+        grad_x = torch.zeros_like(W)  # X^T dz, summed over chunks
+        gsum = torch.zeros_like(c)
+        for X, y, w in rows:
+            y1 = y[:, None]
+            z = torch.addmm(bias, X, Wc)  # logits, then (in place) the loss gradient
+            z -= z.amax(1, keepdim=True)
+            target = z.gather(1, y1)
+            z.exp_()
+            total = z.sum(1, keepdim=True)
+            loss += float((w * (total.log() - target)).sum())
+            z /= total
+            z.scatter_add_(1, y1, torch.full_like(w, -1.0))
+            z *= w
+            gsum += z.sum(0)
+            grad_x.addmm_(X.T, z)
+        loss += float(0.5 * l2 * (V * V * inv_eig).sum())
+        grad_v = P.T @ (grad_x - torch.outer(geo.mu, gsum)) + l2 * inv_eig * V
         return loss, torch.cat([grad_v.flatten(), gsum])
 
     theta = _minimise(loss_and_grad, torch.cat([((geo.vecs.T @ W) * d).flatten(), b]), iters, tol)

@@ -1,4 +1,9 @@
-"""``mlp``: a small multi-layer perceptron in PyTorch (Adam, dropout, early stopping on validation)."""
+"""``mlp``: a small multi-layer perceptron in PyTorch (Adam, dropout, early stopping on validation).
+
+Out of core: each epoch shuffles the training rows, reads them chunk by chunk in that shuffled order
+(a whole number of minibatches per chunk) and steps through the chunk's minibatches, so the minibatches
+are those of an in-memory run with the same seed; the validation loss is summed chunk by chunk.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from headstart.sdk import class_weights, Head, HeadSpec, hookimpl, resolve_device
+from headstart.sdk import class_weights, FeatureMatrix, Head, HeadSpec, hookimpl, resolve_device
 
 
 class MLPHead(Head):
     """Hidden layers (ReLU, dropout) → softmax; stops when validation loss stops improving and
     keeps the best epoch's weights. ``hidden``: layer widths, e.g. ``(512,)`` or ``(512, 256)``."""
+
+    streams_features = True
 
     def __init__(self, *, hidden: Any = (512,), dropout: float = 0.2, lr: float = 1e-3, weight_decay: float = 1e-4,
                  batch_size: int = 256, max_epochs: int = 100, patience: int = 5, val_fraction: float = 0.1,
@@ -72,7 +79,7 @@ class MLPHead(Head):
         layers.append(torch.nn.Linear(sizes[-2], sizes[-1]))
         return torch.nn.Sequential(*layers)
 
-    def _fit(self, X: np.ndarray, y_idx: np.ndarray) -> None:
+    def _fit(self, X: FeatureMatrix, y_idx: np.ndarray) -> None:
         import torch
 
         from headstart.sdk import stratified_split
@@ -83,25 +90,36 @@ class MLPHead(Head):
         train, val = split.train, split.val
         net = self._net().to(device)
         cw = torch.from_numpy(class_weights(self.class_weight, y_idx, self.classes_)).to(device)
-        Xt, yt = torch.from_numpy(X).to(device), torch.from_numpy(y_idx).to(device)
+        yt = torch.from_numpy(y_idx).to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = torch.nn.CrossEntropyLoss(weight=cw)
+        summed = torch.nn.CrossEntropyLoss(weight=cw, reduction="sum")
         gen = torch.Generator().manual_seed(self.seed)
-        tr = torch.from_numpy(train).to(device)
+        batch = int(self.batch_size)
+        per_chunk = max(1, X.rows_per_chunk() // batch) * batch  # whole minibatches per chunk read
+        val_rows = X.subset(val)
+        val_weight = float(cw[yt[torch.from_numpy(val)]].sum()) if len(val) else 0.0
         best, best_state, stale, epochs = float("inf"), None, 0, 0
         for epoch in range(self.max_epochs):
             net.train()
-            for batch in tr[torch.randperm(len(tr), generator=gen).to(device)].split(self.batch_size):
-                opt.zero_grad()
-                loss_fn(net(Xt[batch]), yt[batch]).backward()
-                opt.step()
+            order = train[torch.randperm(len(train), generator=gen).numpy()]
+            for start in range(0, len(order), per_chunk):
+                rows = order[start:start + per_chunk]
+                block, labels = torch.from_numpy(X.take(rows)).to(device), yt[torch.from_numpy(rows).to(device)]
+                for first in range(0, len(rows), batch):
+                    opt.zero_grad()
+                    loss_fn(net(block[first:first + batch]), labels[first:first + batch]).backward()
+                    opt.step()
             epochs = epoch + 1
             if len(val) == 0:
                 continue
             net.eval()
+            total = 0.0
             with torch.no_grad():
-                v = torch.from_numpy(val).to(device)
-                val_loss = float(loss_fn(net(Xt[v]), yt[v]))
+                for positions, part in val_rows.chunks():
+                    rows_t = torch.from_numpy(val[positions]).to(device)
+                    total += float(summed(net(torch.from_numpy(part).to(device)), yt[rows_t]))
+            val_loss = total / val_weight
             if val_loss < best - 1e-4:
                 best, stale = val_loss, 0
                 best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}

@@ -1,0 +1,200 @@
+"""The engine's own cost at millions of items (issue 12): a tiny ``onnx:`` backbone, real ``headstart`` processes.
+
+    python benchmarks/bench_scale.py                     # 1,000,000 items
+    python benchmarks/bench_scale.py --items 5000000     # 5M (or 10M: --items 10000000)
+    python benchmarks/bench_scale.py --tag out-of-core   # label this run in the JSON
+    python benchmarks/bench_scale.py --items 2000000 --steps train eval   # only some steps
+
+The backbone is one MatMul 16→384 followed by an L2 norm (``onnx:`` + its ``.headstart.json``
+sidecar), over a Parquet file with a fixed-size-list column ``x`` of 16 float32 per row and a
+``label`` column of 10 classes (class centres + Gaussian noise, so a linear head scores well below
+100 %). The file is written row group by row group (never whole in RAM) into
+``benchmarks/results/data/`` and reused. Each step is a child process (``headstart ...``) whose wall
+time and peak RSS (the kernel's ``VmHWM``, see ``_common.run_process``) are recorded:
+
+cold ``embed`` (empty store; the export is made before, untimed), warm ``embed`` (everything cached),
+``train --head linear`` (validation split, then refit on all), ``eval`` on the same items,
+``cache verify``, ``cache index`` (the FAISS index a first search would build) and kNN search latency
+(100 single-vector ``store.search`` calls in one child process, after one warm-up call).
+
+Results: a table, and ``benchmarks/results/scale.json`` (runs are appended, keyed by items and tag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+HEADSTART = str(Path(sys.executable).parent / "headstart")
+IN_DIM, OUT_DIM, CLASSES = 16, 384, 10
+ROW_GROUP = 100_000
+
+
+def make_backbone(folder: Path) -> Path:
+    """``tiny16.onnx`` (x (B, 16) → L2-normalised x @ W, (B, 384)) and its sidecar; returns the graph path."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    path = folder / "tiny16.onnx"
+    if path.is_file() and path.with_suffix(".headstart.json").is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    w = np.random.default_rng(7).standard_normal((IN_DIM, OUT_DIM)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("ReduceL2", ["h"], ["norm"], axes=[1], keepdims=1),
+             helper.make_node("Div", ["h", "norm"], ["embedding"])]
+    graph = helper.make_graph(nodes, "tiny16", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", IN_DIM])],
+                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", OUT_DIM])],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.save(model, str(path))
+    path.with_suffix(".headstart.json").write_text(json.dumps({
+        "modality": "numeric", "dim": OUT_DIM, "description": "bench_scale: MatMul 16->384 + L2 norm",
+        "preprocessing": {"input_name": "x", "shape": [IN_DIM], "dtype": "float32"}}))
+    return path
+
+
+def make_parquet(n: int, folder: Path, seed: int = 0) -> Path:
+    """``scale_<n>.parquet``: column ``x`` (fixed-size list of 16 float32), ``label`` (c0..c9), row group by row group."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / f"scale_{n}.parquet"
+    if path.is_file() and pq.ParquetFile(path).metadata.num_rows == n:
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((CLASSES, IN_DIM)).astype(np.float32) * 0.45
+    names = np.array([f"c{i}" for i in range(CLASSES)], dtype=object)
+    schema = pa.schema([("x", pa.list_(pa.float32(), IN_DIM)), ("label", pa.string())])
+    tmp = path.with_suffix(".parquet.tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, n, ROW_GROUP):
+            rows = min(ROW_GROUP, n - start)
+            y = rng.integers(0, CLASSES, rows)
+            x = centres[y] + rng.standard_normal((rows, IN_DIM)).astype(np.float32)
+            column = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), IN_DIM)
+            writer.write_table(pa.table({"x": column, "label": pa.array(names[y].tolist(), pa.string())},
+                                        schema=schema))
+    tmp.replace(path)
+    return path
+
+
+def knn_probe(home: Path, queries: int) -> None:
+    """Child-process entry: open the only store under ``home``, time ``queries`` single-vector searches."""
+    import numpy as np
+
+    from headstart.engine.store.features import FeatureStore
+
+    [root] = [p.parent for p in (home / "features").glob("*/manifest.json")]
+    store = FeatureStore.load(root)
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((queries + 1, store.dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    start = time.perf_counter()
+    store.search(q[:1], k=10)
+    first = time.perf_counter() - start
+    times = []
+    for row in q[1:]:
+        start = time.perf_counter()
+        store.search(row[None, :], k=10)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"first_s": round(first, 4), "p50_ms": round(float(np.median(times)) * 1e3, 3),
+                      "p95_ms": round(float(np.percentile(times, 95)) * 1e3, 3),
+                      "index": (store.manifest.get("index") or {}).get("type")}))
+
+
+def step(name: str, cmd: list[str], env: dict[str, str], items: int | None = None) -> dict[str, Any]:
+    print(f"-- {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    load = C.loadavg()
+    run = C.run_process(cmd, env)
+    row = {"step": name, "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"], "loadavg": load}
+    if items:
+        row["items_per_s"] = round(items / run["wall_s"], 1)
+    row["_stdout"] = run["stdout"]
+    return row
+
+
+STEPS = ("embed-cold", "embed-warm", "train", "eval", "verify", "index", "knn")
+
+
+def measure(n: int, threads: int, steps: tuple[str, ...] = STEPS) -> list[dict[str, Any]]:
+    data = make_parquet(n, C.DATA)
+    model = make_backbone(C.DATA)
+    backbone = f"onnx:{model}"
+    home = C.RESULTS / f"home-scale-{n}"
+    env = C.child_env(threads, home)
+    C.run_process([HEADSTART, "export", backbone], env)  # untimed: the cold embed measures embedding only
+    shutil.rmtree(home / "features", ignore_errors=True)
+    shutil.rmtree(home / "models", ignore_errors=True)
+    embed = [HEADSTART, "embed", str(data), "-b", backbone, "--json"]
+    rows = [step("embed cold", embed, env, n)]  # always: the later steps need the store
+    if "embed-warm" in steps:
+        rows.append(step("embed warm", embed, env, n))
+    out = home / "models" / "linear"
+    if "train" in steps or "eval" in steps:
+        train = step("train linear", [HEADSTART, "train", str(data), "-b", backbone, "--head", "linear", "-o",
+                                      str(out), "--json"], env, n)
+        train["accuracy"] = round(json.loads(train["_stdout"])["metrics"]["accuracy"], 5)
+        rows.append(train)
+    if "eval" in steps:
+        ev = step("eval", [HEADSTART, "eval", str(out), str(data), "--json"], env, n)
+        ev["accuracy"] = round(json.loads(ev["_stdout"])["accuracy"], 5)
+        rows.append(ev)
+    if "verify" in steps:
+        rows.append(step("cache verify", [HEADSTART, "cache", "verify", "--json"], env, n))
+    if "index" in steps:
+        rows.append(step("cache index", [HEADSTART, "cache", "index", "--json"], env, n))
+    if "knn" in steps:
+        probe = step("knn search", [sys.executable, __file__, "knn-probe", str(home)], env)
+        probe.update(json.loads(probe["_stdout"].strip().splitlines()[-1]))
+        rows.append(probe)
+    for row in rows:
+        row.pop("_stdout")
+    return rows
+
+
+def record(n: int, tag: str, rows: list[dict[str, Any]], info: dict[str, Any]) -> Path:
+    path = C.RESULTS / "scale.json"
+    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    runs = [r for r in runs if not (r["items"] == n and r["tag"] == tag)]
+    runs.append({"items": n, "tag": tag, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "machine": info, "steps": rows})
+    return C.save("scale", {"backbone": "onnx: MatMul 16->384 + L2 norm (benchmarks/bench_scale.py)", "runs": runs})
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "knn-probe":
+        knn_probe(Path(sys.argv[2]), queries=100)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, nargs="+", default=[1_000_000], help="dataset sizes (default 1M)")
+    parser.add_argument("--tag", default="current", help="label of this run in scale.json (e.g. baseline)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS,
+                        help="steps to run (embed cold always runs first; index builds an IVF of all vectors in RAM)")
+    args = parser.parse_args()
+    info = C.machine()
+    for n in args.items:
+        rows = measure(n, args.threads, tuple(args.steps))
+        print(f"\n{n:,} items ({args.tag})")
+        print(C.table(rows, ["step", "wall_s", "items_per_s", "peak_rss_mb", "accuracy", "loadavg"]))
+        if rows[-1]["step"] == "knn search":
+            print(f"knn search: first {rows[-1]['first_s']} s, p50 {rows[-1]['p50_ms']} ms, p95 {rows[-1]['p95_ms']} ms "
+                  f"({rows[-1]['index']})")
+        print(f"wrote {record(n, args.tag, rows, info)}")
+
+
+if __name__ == "__main__":
+    main()

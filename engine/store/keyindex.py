@@ -1,0 +1,260 @@
+"""A key index for stores of 100M+ items: sorted, memory-mapped segments of 16-byte key digests, merged LSM-style.
+
+Layout of ``<dir>/``::
+
+    log                      one JSON line per commit: {"seq", "add": [segment names], "remove": [...]};
+                             a first line {"checkpoint": [...]} when the log was compacted
+    <seq>-<token>.keys.npy   sorted 16-byte digests (numpy ``S16``), memory-mapped when read
+    <seq>-<token>.vals.npy   one int64 value per digest (the store's row id)
+
+A commit writes its segment files (atomically) and then appends its line to ``log`` with an fsync:
+the line is the commit point. A torn last line (a writer killed mid-append) is ignored, so a reader
+sees every commit before it or none of its own; segment files no line names are orphans
+(:meth:`KeyIndex.remove_orphans`). The caller serialises writers (the store's lock).
+
+Looking up a batch of keys maps each live segment and binary-searches it (``np.searchsorted``):
+memory is that of the batch plus the pages the searches touch, not of the index. Segments are merged
+size-tiered: whenever :data:`FANOUT` segments share a tier (sizes within a factor of ``FANOUT``), they
+are merged by a streaming k-way merge into one (memory of one block per input), and the log records
+the swap as one line. With 4,096-key commits, 100M keys settle into about ``FANOUT * log_FANOUT(n / 4096)``
+(~40) segments, and the log is compacted to a checkpoint line every :data:`LOG_COMPACT_LINES` lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import StoreError
+from .atomic import FS, TMP_MARK, clean_temp_files, fsync_dir, write_bytes_atomic
+
+FANOUT = 8
+LOG_COMPACT_LINES = 1000
+MERGE_BLOCK = 1 << 18  # digests read per input per merge step
+LOG = "log"
+DIGEST = np.dtype("S16")
+
+
+def digests(keys: Iterable[str]) -> np.ndarray:
+    """16-byte blake2b digests of content keys (dtype ``S16``), in order."""
+    return np.fromiter((hashlib.blake2b(k.encode(), digest_size=16).digest() for k in keys), dtype=DIGEST)
+
+
+@dataclass
+class Segment:
+    name: str  # "<seq>-<token>"; files <name>.keys.npy and <name>.vals.npy
+    size: int
+
+    def arrays(self, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            keys = np.load(folder / f"{self.name}.keys.npy", mmap_mode="r")
+            vals = np.load(folder / f"{self.name}.vals.npy", mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"key index segment {folder / self.name} cannot be read: {exc}",
+                             hint="run `headstart cache verify`; the key index can be rebuilt from the shards") from None
+        if keys.dtype != DIGEST or len(keys) != self.size or len(vals) != self.size:
+            raise StoreError(f"key index segment {folder / self.name} does not match its log record",
+                             hint="run `headstart cache verify`; the key index can be rebuilt from the shards")
+        return keys, vals
+
+
+class KeyIndex:
+    """A snapshot of the key index at ``folder`` (see the module docstring)."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.segments: list[Segment] = []
+        self._lines = 0
+        self._seq = 0
+        self.reload()
+
+    # -- reading --------------------------------------------------------------------
+    def reload(self) -> "KeyIndex":
+        """Re-read the log (a torn last line is ignored)."""
+        live: dict[str, int] = {}
+        lines = 0
+        try:
+            text = (self.folder / LOG).read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            text = ""
+        for line in text.split("\n"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # the torn tail of a killed append (or an empty line)
+            lines += 1
+            if "checkpoint" in record:
+                live = {name: size for name, size in record["checkpoint"]}
+                continue
+            for name in record.get("remove", []):
+                live.pop(name, None)
+            for name, size in record.get("add", []):
+                live[name] = size
+            self._seq = max(self._seq, int(record.get("seq", 0)))
+        self.segments = [Segment(name, size) for name, size in live.items()]
+        self._lines = lines
+        self._seq = max([self._seq, *(int(s.name.split("-")[0]) for s in self.segments)])
+        return self
+
+    def __len__(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """The value of each digest in ``keys`` (``S16``), -1 where absent; memory of the batch, not the index."""
+        keys = np.asarray(keys, dtype=DIGEST)
+        out = np.full(len(keys), -1, dtype=np.int64)
+        if not len(keys):
+            return out
+        order = np.argsort(keys, kind="stable")  # sorted probes touch each segment's pages in order
+        probe = keys[order]
+        for segment in self.segments:
+            seg_keys, seg_vals = segment.arrays(self.folder)
+            at = np.searchsorted(seg_keys, probe)
+            hit = at < len(seg_keys)
+            hit[hit] = seg_keys[at[hit]] == probe[hit]
+            out[order[hit]] = seg_vals[at[hit]]
+            del seg_keys, seg_vals
+        return out
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        return self.lookup(keys) >= 0
+
+    # -- writing (the caller holds the store's write lock) ----------------------------------
+    def commit(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Add digests ``keys`` with int64 ``values`` as one segment, then merge tiers that are full."""
+        keys = np.asarray(keys, dtype=DIGEST)
+        values = np.asarray(values, dtype=np.int64)
+        if keys.shape != values.shape or keys.ndim != 1:
+            raise StoreError(f"key index commit: {keys.shape} keys for {values.shape} values",
+                             hint="pass one int64 value per 16-byte digest")
+        if not len(keys):
+            return
+        order = np.argsort(keys, kind="stable")
+        name = self._new_name()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.folder / f"{name}.keys.npy", _npy(keys[order]))
+        write_bytes_atomic(self.folder / f"{name}.vals.npy", _npy(values[order]))
+        self._append({"add": [[name, int(len(keys))]]})
+        self.merge()
+
+    def merge(self) -> None:
+        """Merge any :data:`FANOUT` segments of one size tier into one (repeatedly), each swap one log line."""
+        while True:
+            tiers: dict[int, list[Segment]] = {}
+            for segment in self.segments:
+                tiers.setdefault(_tier(segment.size), []).append(segment)
+            full = [group for group in tiers.values() if len(group) >= FANOUT]
+            if not full:
+                break
+            group = sorted(full[0], key=lambda s: s.name)[:FANOUT]
+            merged = self._merge_files(group)
+            self._append({"add": [[merged.name, merged.size]], "remove": [s.name for s in group]})
+            for segment in group:
+                for suffix in (".keys.npy", ".vals.npy"):
+                    (self.folder / f"{segment.name}{suffix}").unlink(missing_ok=True)
+        if self._lines > LOG_COMPACT_LINES:
+            self._checkpoint()
+
+    def remove_orphans(self) -> list[str]:
+        """Delete segment files that no log line names and temp files (left by a killed writer; call it
+        under the write lock); return their names."""
+        live = {s.name for s in self.segments}
+        removed = [p.name for p in clean_temp_files(self.folder)]
+        for path in self.folder.glob("*.npy"):
+            if path.name.split(".")[0] not in live:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
+
+    # -- internals ------------------------------------------------------------------------
+    def _new_name(self) -> str:
+        self._seq += 1
+        return f"{self._seq:09d}-{secrets.token_hex(4)}"
+
+    def _append(self, record: dict) -> None:
+        """Append one commit line and fsync it: the commit point."""
+        record = {"seq": self._seq, **record}
+        path = self.folder / LOG
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            FS.write(fd, (json.dumps(record) + "\n").encode())
+            FS.fsync(fd)
+        finally:
+            os.close(fd)
+        if self._lines == 0:
+            fsync_dir(self.folder)
+        self._lines += 1
+        live = {s.name: s for s in self.segments}
+        for name in record.get("remove", []):
+            live.pop(name, None)
+        for name, size in record.get("add", []):
+            live[name] = Segment(name, size)
+        self.segments = list(live.values())
+
+    def _checkpoint(self) -> None:
+        """Replace the log by one checkpoint line (atomically)."""
+        data = json.dumps({"seq": self._seq, "checkpoint": [[s.name, s.size] for s in self.segments]}) + "\n"
+        write_bytes_atomic(self.folder / LOG, data.encode())
+        self._lines = 1
+
+    def _merge_files(self, group: Sequence[Segment]) -> Segment:
+        """Streaming k-way merge of sorted segments into a new one (one block per input in memory)."""
+        inputs = [s.arrays(self.folder) for s in group]
+        total = sum(s.size for s in group)
+        name = self._new_name()
+        paths = {kind: self.folder / f".{name}.{kind}.npy{TMP_MARK}{os.getpid()}" for kind in ("keys", "vals")}
+        out_keys = np.lib.format.open_memmap(paths["keys"], mode="w+", dtype=DIGEST, shape=(total,))
+        out_vals = np.lib.format.open_memmap(paths["vals"], mode="w+", dtype=np.int64, shape=(total,))
+        cursors = [0] * len(inputs)
+        written = 0
+        while written < total:
+            blocks = [(k[c:c + MERGE_BLOCK], v[c:c + MERGE_BLOCK]) for (k, v), c in zip(inputs, cursors)]
+            # everything up to the smallest last key of the unfinished inputs' blocks can be emitted now
+            bound = min((k[-1] for (k, _), (full, _), c in zip(blocks, inputs, cursors)
+                         if len(k) and c + len(k) < len(full)), default=None)
+            parts_k, parts_v = [], []
+            for i, (k, v) in enumerate(blocks):
+                take = len(k) if bound is None else int(np.searchsorted(k, bound, side="right"))
+                parts_k.append(k[:take])
+                parts_v.append(v[:take])
+                cursors[i] += take
+            keys = np.concatenate(parts_k)
+            order = np.argsort(keys, kind="stable")
+            out_keys[written:written + len(keys)] = keys[order]
+            out_vals[written:written + len(keys)] = np.concatenate(parts_v)[order]
+            written += len(keys)
+        for kind, array in (("keys", out_keys), ("vals", out_vals)):
+            array.flush()
+            fd = os.open(paths[kind], os.O_RDONLY)
+            try:
+                FS.fsync(fd)
+            finally:
+                os.close(fd)
+            del array
+            FS.replace(paths[kind], self.folder / f"{name}.{kind}.npy")
+        del out_keys, out_vals
+        fsync_dir(self.folder)
+        return Segment(name, total)
+
+
+def _tier(size: int) -> int:
+    """Size tier: segments within a factor of FANOUT of each other share one."""
+    return int(np.log(max(size, 1)) / np.log(FANOUT))
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+__all__ = ["FANOUT", "KeyIndex", "Segment", "digests"]
