@@ -80,6 +80,8 @@ def embed(ctx: click.Context, source: str, backbone, precision, device, batch_si
     if engine_name == "ray":
         from ..distributed.ray_embed import embed_on_ray
 
+        if threads is not None:  # each actor reserves that many CPUs and runs that many onnxruntime threads
+            common["cpus_per_worker"] = float(threads)
         result = embed_on_ray(source, address=address, gpus_per_worker=gpus_per_worker, progress=progress, **common)
     else:
         from ..embed.pipeline import embed as run_embed
