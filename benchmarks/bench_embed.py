@@ -139,6 +139,13 @@ def _timed_encode(model, texts: list[str], batch_size: int = 32) -> tuple[dict[s
     return {"wall_s": round(wall, 3), "items_per_s": round(len(texts) / wall, 1), "loadavg": load}, vectors
 
 
+def _shown(cmd: list[str]) -> str:
+    """A child's command line as a user would type it (no absolute paths of this checkout)."""
+    names = {HEADSTART: "headstart", sys.executable: "python", __file__: "benchmarks/bench_embed.py"}
+    return " ".join(names.get(c, str(Path(c).relative_to(C.ROOT)) if Path(c).is_absolute() and
+                              Path(c).is_relative_to(C.ROOT) else c) for c in cmd)
+
+
 def _json_out(stdout: str) -> dict[str, Any]:
     """The JSON a child printed: the whole output (headstart --json) or its last line (st-encode)."""
     try:
@@ -275,7 +282,7 @@ def bench_text_process(args) -> dict[str, Any]:
         inner = _json_out(res["stdout"])
         row = {"name": name, "batch_size": batches[name], "wall_s": res["wall_s"],
                "items_per_s": round(len(texts) / res["wall_s"], 1), "peak_rss_mb": res["peak_rss_mb"],
-               "loadavg": load, "cmd": " ".join(Path(c).name if c == sys.executable else c for c in cmd)}
+               "loadavg": load, "cmd": _shown(cmd)}
         row["inner"] = {k: inner[k] for k in ("rows", "load_s", "encode_s", "seconds", "session_created") if k in inner}
         rows.append(row)
         print(f"  {name}: {res['wall_s']:.1f}s wall, {row['items_per_s']} texts/s", flush=True)
@@ -456,7 +463,7 @@ def bench_warm(args) -> dict[str, Any]:
     t = time.perf_counter()
     api = embed(str(csv), backbone="minilm-l6", threads=args.threads, progress=False)
     api_s = time.perf_counter() - t
-    return {"items": len(texts), "cmd": " ".join(cmd), **runs,
+    return {"items": len(texts), "cmd": _shown(cmd), **runs,
             "ratio_wall": round(runs["cold"]["wall_s"] / runs["warm"]["wall_s"], 1),
             "ratio_embed_total": round(runs["cold"]["seconds"]["total"] / runs["warm"]["seconds"]["total"], 1),
             "warm_python_api": {"seconds": round(api_s, 3), "session_created": api.stats.session_created,
@@ -481,7 +488,7 @@ def bench_rss(args) -> dict[str, Any]:
         mid = [mb for s, mb in series if s >= res["wall_s"] * 0.5]
         out["runs"].append({"texts": n, "wall_s": res["wall_s"], "items_per_s": round(n / res["wall_s"], 1),
                             "peak_rss_mb": res["peak_rss_mb"], "rss_second_half_max_mb": max(mid, default=None),
-                            "loadavg": load, "seconds": inner["seconds"], "cmd": " ".join(cmd),
+                            "loadavg": load, "seconds": inner["seconds"], "cmd": _shown(cmd),
                             "rss_series_mb": series[:: max(1, len(series) // 60)]})
         print(f"  {n} texts: peak RSS {res['peak_rss_mb']:.0f} MB, {res['wall_s']:.1f}s", flush=True)
     out.update(rss_growth(out["runs"]))
@@ -525,7 +532,6 @@ def report(results: dict[str, Any]) -> str:
                      f"{r['workers']} decode workers (DataLoader and headstart), int8 calibrated on "
                      f"{r['calibration']['images']} other JPEGs")
         parts.append(C.table(r["rows"], ["name", "items_per_s", "min_cos", "wall_s"]))
-        parts.append("best batch of each engine")
         parts.append(f"best batch of each engine; baseline (min_cos reference): {r['baseline']}")
         parts.append(C.table(r["best"], ["name", "batch_size", "workers", "items_per_s", "vs_best_torch",
                                          "vs_dataloader", "vs_loop", "min_cos"]))

@@ -113,7 +113,7 @@ def readme_performance(results: Path, base: str) -> str:
 
 def _machine_line(r: dict[str, Any]) -> str:
     m = r["machine"]
-    note = f" Notes: {m['notes']}" if m.get("notes") else ""
+    note = f" Notes: {m['notes'].rstrip('.')}." if m.get("notes") else ""
     return f"Measured on {m['cpu_model']}, {m['cpus']} cores, {m['date'][:10]}.{note}"
 
 
@@ -125,7 +125,7 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
             return f"{v:g}"
         return str(v)
 
-    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["", "| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(k)) for _, k in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
