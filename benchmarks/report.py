@@ -79,8 +79,9 @@ def readme_performance(results: Path, base: str) -> str:
         cos = f"; int8 min cosine {i8['min_cos']:.4f} (calibrated on {images['calibration']['images']} other JPEGs)" if i8 else ""
         rows.append((f"{images['images']:,} JPEGs of mixed sizes, EfficientNet-Lite0, fp32" + (" / int8" if i8 else ""),
                      f"{figures} images/s",
-                     f"{ratios} the fastest PyTorch eager loop measured (`{images['baseline']}`: DataLoader with "
-                     f"the same {images['workers']} decode workers, every batch size tried){cos}",
+                     f"{ratios} the fastest PyTorch eager loop measured (`{images['baseline']}`; tried: a plain "
+                     f"loop and a DataLoader with the same {images['workers']} decode workers, at every batch "
+                     f"size){cos}",
                      _source("images", images, base)))
     if warm:
         rows.append((f"re-running `headstart embed` on {warm['items']:,} embedded texts",
