@@ -98,8 +98,8 @@ def time_to_objective(label: str, make: Callable[[int, float], Any], target: flo
 
     A fit that stopped at max_iter gets twice the iterations; one that stopped on its tolerance gets a
     tolerance 10x smaller. "Reaches" allows a relative slack of OBJECTIVE_RTOL (float32 features end
-    both solvers' line searches a few 1e-7 apart). The first fit that reaches the target counts (its own time: one solver run
-    from zero, not the sum of the attempts); every attempt is listed. ``reached`` is False when
+    both solvers' line searches a few 1e-7 apart). The first fit that reaches the target counts (its
+    own time: one solver run from zero, not the sum of the attempts); every attempt is listed. ``reached`` is False when
     max_iter reached the cap, the tolerance 1e-10, or three attempts stalled first.
     """
     attempts = []

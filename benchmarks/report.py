@@ -124,7 +124,9 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
             return ""
         if isinstance(v, float):
             return f"{v:g}"
-        return str(v)
+        if isinstance(v, list):
+            return "; ".join(map(str, v))
+        return str(v).replace("|", "\\|")
 
     lines = ["", "| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(k)) for _, k in columns) + " |" for r in rows]
@@ -201,9 +203,11 @@ def heads(results: Path, base: str) -> str:
     for d in r["datasets"]:
         out.append(f"\n{d['name']}, L2 chosen on validation = {d['l2']:.3g} (C = {d['C']:.4g}); target objective "
                    f"{d['target_objective']:.6f}:\n")
-        out.append(_table(d["rows"], [("fit", "model"), ("fit s", "fit_s"), ("n_iter", "n_iter"),
-                                      ("objective", "objective"), ("accuracy", "accuracy"),
-                                      ("warnings", "warnings")]).replace("[]", ""))
+        rows = [{**r, "objective": f"{r['objective']:.8f}" if "objective" in r else None,
+                 "reached": {True: "yes", False: "no"}.get(r.get("reached"))} for r in d["rows"]]
+        out.append(_table(rows, [("fit", "model"), ("fit s", "fit_s"), ("n_iter", "n_iter"),
+                                 ("objective", "objective"), ("reached the target", "reached"),
+                                 ("accuracy", "accuracy"), ("warnings", "warnings")]))
         for row in d.get("mlp_rows", []):
             out.append(f"\n{row['model']}: {row['fit_s']:.2f} s, accuracy {row['accuracy']:.4f}")
     out.append("\n" + _machine_line(r) + "\n")
