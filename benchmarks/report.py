@@ -221,7 +221,8 @@ def finetune(results: Path, base: str) -> str:
     rows = r.get("rows", [])
     return (f"`{r['machine']['command']}` — {_source('finetune', r, base)}:\n"
             + _table(rows, [("model", "model"), ("held-out accuracy", "test_accuracy"),
-                            ("validation accuracy", "val_accuracy")]))
+                            ("validation accuracy", "val_accuracy"), ("seconds", "seconds")])
+            + "\n" + _machine_line(r) + "\n")
 
 
 def ray(results: Path, base: str) -> str:
@@ -230,7 +231,11 @@ def ray(results: Path, base: str) -> str:
         return _missing("bench_ray", "python benchmarks/bench_ray.py")
     return (f"`{r['machine']['command']}` — {_source('bench_ray', r, base)}:\n"
             + _table(r["runs"], [("engine", "engine"), ("workers", "workers"), ("items/s", "items_per_s"),
-                                 ("wall s", "wall_s")]))
+                                 ("wall s", "wall_s"), ("driver serial s", "driver_s")])
+            + "\nOn paper (N nodes like this one, 2 workers each, capped by the driver's serial rate):\n"
+            + _table(r["paper"], [("nodes", "nodes"), ("workers", "workers"), ("items/s", "items_per_s"),
+                                  ("bound", "bound")])
+            + "\n" + _machine_line(r) + "\n")
 
 
 RENDERERS: dict[str, Callable[[Path, str], str]] = {
