@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import machine, save  # noqa: E402
+from _common import HOME, machine, save  # noqa: E402
 
 
 def sphere_mixture(n: int, dim: int = 384, classes: int = 20, modes: int = 4, noise: float = 2.0,
@@ -249,6 +249,7 @@ def main() -> None:
     parser.add_argument("--name", default="heads", help="result file: benchmarks/results/<name>.json")
     args = parser.parse_args()
 
+    os.environ.setdefault("HEADSTART_HOME", str(HOME))  # the benchmarks' own store, never the user's cache
     import torch
     from threadpoolctl import threadpool_limits
 
