@@ -110,8 +110,10 @@ def readme_performance(results: Path, base: str) -> str:
         return _missing("text", "python benchmarks/bench_embed.py")
     lines = ["| job | headstart | against | result |", "|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    facts = _machine_line(next(x for x in (text, images, warm, rss, heads) if x))
-    return "\n".join(lines) + "\n\n" + facts + "\n"
+    loaded = [x for x in (text, images, warm, rss, heads) if x]
+    facts = _machine_line({"machine": {**loaded[0]["machine"], "notes": ""}})
+    notes = dict.fromkeys(x["machine"]["notes"].rstrip(".") for x in loaded if x["machine"].get("notes"))
+    return "\n".join(lines) + "\n\n" + facts + "".join(f" Notes: {n}." for n in notes) + "\n"
 
 
 def _machine_line(r: dict[str, Any]) -> str:
