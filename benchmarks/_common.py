@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-HOME = RESULTS / "home"  # a HEADSTART_HOME for benchmarks (git-ignored); run concurrently, give each its own
-DATA = RESULTS / "data"
+RESULTS = ROOT / "benchmarks" / "results"  # committed: one small JSON per benchmark, read by report.py
+WORK = ROOT / "benchmarks" / ".work"  # git-ignored: inputs, stores, exports, model copies
+HOME = WORK / "home"  # a HEADSTART_HOME for benchmarks; run concurrently, give each its own
+DATA = WORK / "data"
+NOTES_ENV = "HEADSTART_BENCH_NOTES"  # free text saved with every result (e.g. "machine shared with 5 jobs")
 
 
 def child_env(threads: int, home: Path = HOME) -> dict[str, str]:
@@ -28,13 +30,54 @@ def child_env(threads: int, home: Path = HOME) -> dict[str, str]:
     return env
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on, and how busy it was (the machine is shared)."""
-    import onnxruntime
-    import torch
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a benchmark may time (those installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("headstart", "torch", "onnxruntime-gpu", "onnxruntime", "numpy", "scikit-learn", "faiss-cpu",
+                 "sentence-transformers", "pillow", "ray"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, as typed from the project root."""
+    import shlex
+
+    script = Path(sys.argv[0]).resolve()
+    first = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
+    return " ".join(["python", shlex.quote(first), *map(shlex.quote, sys.argv[1:])])
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on, when, by which command, and how busy the machine was."""
+    return {"cpu_model": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "versions": versions(), "git_commit": git_commit(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": command_line(),
+            "notes": os.environ.get(NOTES_ENV, ""),
             "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -99,7 +142,10 @@ def _vm_hwm_mb(status: Path) -> float:
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json``; machine facts are added when the payload has none."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = payload if "machine" in payload else {"machine": machine(), **payload}
+    payload["machine"].setdefault("loadavg_end", loadavg())
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path

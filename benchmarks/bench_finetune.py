@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, loadavg, machine, save, table  # noqa: E402
+from _common import WORK, loadavg, machine, save, table  # noqa: E402
 
 HEADS = ("linear", "mlp", "knn", "sklearn:LogisticRegression(max_iter=1000)")
 # right-facing chiral polygons in a unit box (x to the right, y down)
@@ -121,10 +121,10 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--backbone", default="efficientnet-lite0")
     args = parser.parse_args()
-    home = RESULTS / "home-finetune"
+    home = WORK / "home-finetune"
     shutil.rmtree(home, ignore_errors=True)  # cold: the base export and every embedding are timed
     os.environ["HEADSTART_HOME"] = str(home)
-    data = RESULTS / "data" / "finetune-mirror"
+    data = WORK / "data" / "finetune-mirror"
     facts = machine()
     started = time.perf_counter()
     train_dir = write_mirror_task(data / "train", args.train, 0)

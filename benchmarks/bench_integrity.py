@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, child_env, loadavg, machine, save, table  # noqa: E402
+from _common import WORK, child_env, loadavg, machine, save, table  # noqa: E402
 
-HOME = RESULTS / "home-integrity"
-DATA = RESULTS / "data" / "integrity"
+HOME = WORK / "home-integrity"
+DATA = WORK / "data" / "integrity"
 WIDTH, DIM, CLASSES = 16, 384, 10
 _CHECKS_OFF = ("import sys\n"
                "import headstart.engine.store.integrity as integrity\n"

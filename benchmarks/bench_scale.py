@@ -133,7 +133,7 @@ def measure(n: int, threads: int, steps: tuple[str, ...] = STEPS) -> list[dict[s
     data = make_parquet(n, C.DATA)
     model = make_backbone(C.DATA)
     backbone = f"onnx:{model}"
-    home = C.RESULTS / f"home-scale-{n}"
+    home = C.WORK / f"home-scale-{n}"
     env = C.child_env(threads, home)
     C.run_process([HEADSTART, "export", backbone], env)  # untimed: the cold embed measures embedding only
     shutil.rmtree(home / "features", ignore_errors=True)
@@ -171,7 +171,8 @@ def record(n: int, tag: str, rows: list[dict[str, Any]], info: dict[str, Any]) -
     runs = [r for r in runs if not (r["items"] == n and r["tag"] == tag)]
     runs.append({"items": n, "tag": tag, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "machine": info, "steps": rows})
-    return C.save("scale", {"backbone": "onnx: MatMul 16->384 + L2 norm (benchmarks/bench_scale.py)", "runs": runs})
+    return C.save("scale", {"backbone": "onnx: MatMul 16->384 + L2 norm (benchmarks/bench_scale.py)",
+                            "machine": info, "runs": runs})
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-WORK = C.RESULTS / "store-layer"
+WORK = C.WORK / "store-layer"
 DESIGNS = ("lance", "delta", "keyindex")
 BUILD_BATCH = 1_000_000
 COMMIT_ROWS = 4096

@@ -45,6 +45,8 @@ def embed(ctx: click.Context, source: str, backbone, precision, device, batch_si
 
             if address is not None:
                 check_reachable(address)  # fail in seconds, before opening the source or exporting
+            if threads is not None:  # each actor reserves that many CPUs and runs that many onnxruntime threads
+                common["cpus_per_worker"] = float(threads)
 
             result = embed_on_ray(source, address=address, gpus_per_worker=gpus_per_worker, progress=progress,
                                   **common)

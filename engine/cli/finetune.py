@@ -78,6 +78,24 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _refuse_train_only_options() -> None:
+    """``--target`` sweeps the default heads and refits the best: ``--head`` / ``--no-refit`` cannot apply."""
+    from ..errors import ConfigError
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    given = [f"--{name.replace('_', '-')}" for name in ("head", "no_refit")
+             if name in ctx.params and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        from ..train.api import DEFAULT_SWEEP
+
+        raise ConfigError(f"{' and '.join(given)} cannot be combined with --target: --target sweeps the default "
+                          f"heads ({', '.join(DEFAULT_SWEEP)}) and refits the best one on all labelled rows",
+                          hint=f"drop {' '.join(given)} to let the sweep choose, or drop --target to train that "
+                               "one head")
+
+
 def escalate_cli(source: str, target: str | None, allow_finetune: bool, *, out: str, as_json: bool,
                  **kwargs: Any) -> None:
     """``headstart train --target METRIC=VALUE [--allow-finetune]``: head sweep first, fine-tuning if needed."""
@@ -88,6 +106,7 @@ def escalate_cli(source: str, target: str | None, allow_finetune: bool, *, out: 
     if target is None:
         raise ConfigError("--allow-finetune needs a target to decide when fine-tuning is worth it",
                           hint="add --target accuracy=0.9 (or macro_f1=...)")
+    _refuse_train_only_options()
     log = (lambda message: None) if as_json else (lambda message: click.echo(message, err=True))
     result = escalate(source, target, out=out, allow_finetune=allow_finetune, log=log, **kwargs)
     if as_json:
