@@ -35,6 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WORK, child_env, loadavg, machine, save, table  # noqa: E402
 
+from headstart.engine.testing.tiny_backbones import projection_backbone  # noqa: E402
+
 HOME = WORK / "home-integrity"
 DATA = WORK / "data" / "integrity"
 WIDTH, DIM, CLASSES = 16, 384, 10
@@ -47,23 +49,7 @@ _CHECKS_OFF = ("import sys\n"
 
 def tiny_backbone(folder: Path) -> str:
     """``onnx:`` graph: MatMul 16→384, then L2 normalisation (declared normalize=true)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    folder.mkdir(parents=True, exist_ok=True)
-    model = folder / "tiny384.onnx"
-    weights = np.random.default_rng(0).standard_normal((WIDTH, DIM)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
-             helper.make_node("ReduceL2", ["h"], ["n"], axes=[1], keepdims=1),
-             helper.make_node("Div", ["h", "n"], ["embedding"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", WIDTH])],
-                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", DIM])],
-                              [numpy_helper.from_array(weights, "w")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(model))
-    model.with_suffix(".headstart.json").write_text(json.dumps({
-        "modality": "numeric", "normalize": True,
-        "preprocessing": {"input_name": "x", "shape": [WIDTH], "dtype": "float32"}}))
-    return f"onnx:{model}"
+    return f"onnx:{projection_backbone(folder, width=WIDTH, dim=DIM, name='tiny384')}"
 
 
 def numeric_parquet(path: Path, rows: int, seed: int) -> Path:

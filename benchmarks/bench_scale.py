@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
+from headstart.engine.testing.tiny_backbones import projection_backbone  # noqa: E402
+
 HEADSTART = str(Path(sys.executable).parent / "headstart")
 IN_DIM, OUT_DIM, CLASSES = 16, 384, 10
 ROW_GROUP = 100_000
@@ -41,27 +43,11 @@ ROW_GROUP = 100_000
 
 def make_backbone(folder: Path) -> Path:
     """``tiny16.onnx`` (x (B, 16) → L2-normalised x @ W, (B, 384)) and its sidecar; returns the graph path."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     path = folder / "tiny16.onnx"
     if path.is_file() and path.with_suffix(".headstart.json").is_file():
         return path
-    folder.mkdir(parents=True, exist_ok=True)
-    w = np.random.default_rng(7).standard_normal((IN_DIM, OUT_DIM)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
-             helper.make_node("ReduceL2", ["h"], ["norm"], axes=[1], keepdims=1),
-             helper.make_node("Div", ["h", "norm"], ["embedding"])]
-    graph = helper.make_graph(nodes, "tiny16", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", IN_DIM])],
-                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", OUT_DIM])],
-                              [numpy_helper.from_array(w, "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    onnx.save(model, str(path))
-    path.with_suffix(".headstart.json").write_text(json.dumps({
-        "modality": "numeric", "dim": OUT_DIM, "description": "bench_scale: MatMul 16->384 + L2 norm",
-        "preprocessing": {"input_name": "x", "shape": [IN_DIM], "dtype": "float32"}}))
-    return path
+    return projection_backbone(folder, width=IN_DIM, dim=OUT_DIM, seed=7, name="tiny16",
+                               description="bench_scale: MatMul 16->384 + L2 norm")
 
 
 def make_parquet(n: int, folder: Path, seed: int = 0) -> Path:

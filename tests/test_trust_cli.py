@@ -52,11 +52,12 @@ def model(tmp_path_factory, session_home) -> Path:
     """A linear head on MiniLM features of 40 labelled texts (the export is cached in the session root)."""
     from headstart.engine.train.api import train
 
-    os.environ["HEADSTART_HOME"] = str(session_home)
     folder = tmp_path_factory.mktemp("trust-model")
     source = _write_csv(folder / "train.csv", ["text", "label"], _rows(40))
     out = folder / "model"
-    train(str(source), "linear", backbone="minilm-l6", out=out, progress=False)
+    with pytest.MonkeyPatch.context() as patch:  # module scope: restore the environment afterwards
+        patch.setenv("HEADSTART_HOME", str(session_home))
+        train(str(source), "linear", backbone="minilm-l6", out=out, progress=False)
     return out
 
 
@@ -97,7 +98,7 @@ def test_train_and_sweep_refuse_to_write_over_their_source(tmp_path: Path):
     assert result.returncode == 2 and "lies inside the output folder" in result.stderr
     with pytest.raises(ConfigError, match="is the input"):
         train(str(source), "linear", out=source)
-    with pytest.raises(ConfigError, match="is a file; a model is written as a folder"):
+    with pytest.raises(ConfigError, match="--save-best .*train.csv is the input"):
         sweep(str(source), ["linear", "knn"], save_best=source)
     with pytest.raises(ConfigError, match="is the input"):
         predict(str(folder), str(inside), out=inside)

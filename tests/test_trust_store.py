@@ -18,29 +18,14 @@ import pytest
 from headstart.engine.errors import StoreDamagedError, StoreError
 from headstart.engine.store.features import FeatureStore
 from headstart.engine.store.index import IndexConfig
+from headstart.engine.testing.tiny_backbones import projection_backbone
 
 WIDTH, DIM, CLASSES, ROWS, CHUNK = 16, 32, 4, 400, 100
 
 
 def _backbone(folder: Path) -> str:
     """A tiny numeric `onnx:` backbone whose graph L2-normalises its output (sidecar: normalize=true)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = np.random.default_rng(0).standard_normal((WIDTH, DIM)).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
-             helper.make_node("ReduceL2", ["h"], ["n"], axes=[1], keepdims=1),
-             helper.make_node("Div", ["h", "n"], ["embedding"])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", WIDTH])],
-                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", DIM])],
-                              [numpy_helper.from_array(weights, "w")])
-    model = folder / "tiny.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(model))
-    model.with_suffix(".headstart.json").write_text(json.dumps({
-        "modality": "numeric", "normalize": True,
-        "preprocessing": {"input_name": "x", "shape": [WIDTH], "dtype": "float32"}}))
-    return f"onnx:{model}"
+    return f"onnx:{projection_backbone(folder, width=WIDTH, dim=DIM)}"
 
 
 def _data(path: Path, rows: int = ROWS, seed: int = 1) -> Path:

@@ -130,8 +130,8 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
         from ..embed.sources import refuse_output_over_inputs
         from .model_folder import check_target
 
-        check_target(out)  # never a file or someone else's folder; refused before any work
-        refuse_output_over_inputs(out, [source])
+        refuse_output_over_inputs(out, [source])  # before any work: never over an input, ...
+        check_target(out)  # ... never a file or someone else's folder
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
     fitted, ref, metrics = _fit_and_score(head, prep, engine)
@@ -192,8 +192,8 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
         from ..embed.sources import refuse_output_over_inputs
         from .model_folder import check_target
 
-        check_target(save_best)
         refuse_output_over_inputs(save_best, [source], option="--save-best")
+        check_target(save_best)
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
     rows, fitted = [], {}
