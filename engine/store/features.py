@@ -15,7 +15,6 @@ Write with ``with store.writer() as w: w.add(keys, vectors, refs)``.
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -755,30 +754,56 @@ class StoreWriter:
             self._vectors = [vectors[n:]] if len(vectors) > n else []
             for key in keys:
                 self._pending.pop(key, None)
-            store = self.store
-            if store._keys is not None:
-                store._starts.append(len(store._keys))
-                store._ids.update((k, len(store._keys) + i) for i, k in enumerate(keys))
-                store._keys.extend(keys)
 
     def _write_shard(self, kind: str, table, rows: int) -> None:
         store = self.store
         seq = len(store.manifest["shards"]) + 1
-        name = f"shards/{seq:06d}-{secrets.token_hex(4)}.{kind}.arrow"
-        data = sh.table_bytes(table)
         try:
-            digest = write_bytes_atomic(store.path / name, data)
-            pause_point("store-shard-written", file=name)
-            entry = {"file": name, "kind": kind, "rows": rows, "bytes": len(data), "sha256": digest}
-            manifest = dict(store.manifest, shards=store.manifest["shards"] + [entry])
-            manifest["n_vectors" if kind == sh.VECTORS else "n_errors"] += rows
-            store._commit_manifest(manifest)
-            pause_point("store-committed", file=name, rows=manifest["n_vectors"])
+            entry = sh.write_shard_file(store.path, kind, table, prefix=f"{seq:06d}")
+            pause_point("store-shard-written", file=entry["file"])
+            self.commit_shard_entries([entry])
+            pause_point("store-committed", file=entry["file"], rows=store.manifest["n_vectors"])
         except OSError as exc:
             raise StoreError(
                 f"could not commit a {rows}-row {kind} shard to feature store {store.path}: {exc.strerror or exc}",
                 hint="free disk space (or fix permissions) and re-run; committed shards are intact and "
                      "the re-run resumes from them") from exc
+
+    def commit_shard_entries(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Make shard files written by :func:`shards.write_shard_file` part of the store, in one commit.
+
+        The one way shards enter the manifest: this writer's own shards and those staged by others
+        (Ray workers). Each file must exist with the size its entry names (its sha256 is checked when
+        first read, as for every shard). A key stored twice (two workers met the same content) keeps
+        both rows; they hold the same vector, and lookups take one of them.
+        """
+        self._check_open()
+        store = self.store
+        if not entries:
+            return
+        self.require_writable(sum(int(e["rows"]) for e in entries))
+        for entry in entries:
+            path = store.path / entry["file"]
+            if entry.get("kind") not in (sh.VECTORS, sh.ERRORS) or not str(entry["file"]).startswith("shards/"):
+                raise StoreError(f"feature store {store.path}: {entry!r} is not a shard entry",
+                                 hint="pass the entries shards.write_shard_file() returned")
+            size = path.stat().st_size if path.is_file() else -1
+            if size != int(entry["bytes"]):
+                found = "missing" if size < 0 else f"{size} bytes, not {entry['bytes']}"
+                raise StoreError(f"feature store {store.path}: staged shard {entry['file']} is {found}",
+                                 hint="the worker that wrote it did not finish; re-run the job to embed its items again")
+        manifest = dict(store.manifest, shards=store.manifest["shards"] + [dict(e) for e in entries])
+        for entry in entries:
+            manifest["n_vectors" if entry["kind"] == sh.VECTORS else "n_errors"] += int(entry["rows"])
+        store._commit_manifest(manifest)
+        for entry in entries:
+            if entry["kind"] == sh.ERRORS:
+                store._errors = None
+            elif store._keys is not None:  # keep a loaded key table current
+                keys = sh.read_table(store.path / entry["file"], ["key"]).column("key").to_pylist()
+                store._starts.append(len(store._keys))
+                store._ids.update((k, len(store._keys) + i) for i, k in enumerate(keys))
+                store._keys.extend(keys)
 
 
 __all__ = ["ErrorRecord", "FeatureStore", "StoreWriter", "VerifyReport"]

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import StoreError
+from .atomic import write_bytes_atomic
 
 VECTORS = "vectors"
 ERRORS = "errors"
@@ -52,6 +53,21 @@ def table_bytes(table) -> memoryview:
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     return memoryview(sink.getvalue())
+
+
+def write_shard_file(store_path: Path, kind: str, table, *, prefix: str) -> dict:
+    """Write ``table`` as a new, immutable shard file of the store at ``store_path`` (atomic, fsync'ed).
+
+    The file is invisible to readers until a writer commits the returned manifest entry
+    (:meth:`StoreWriter.commit_shard_entries`); anyone who can see the store directory may call this
+    (a local writer, or a Ray worker on a shared filesystem). ``prefix`` makes names unique per writer.
+    """
+    import secrets
+
+    name = f"shards/{prefix}-{secrets.token_hex(6)}.{kind}.arrow"
+    data = table_bytes(table)
+    digest = write_bytes_atomic(Path(store_path) / name, data)
+    return {"file": name, "kind": kind, "rows": int(table.num_rows), "bytes": len(data), "sha256": digest}
 
 
 def read_table(path: Path, columns: Sequence[str] | None = None):
