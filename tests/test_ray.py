@@ -20,6 +20,7 @@ import pytest
 
 import fixtures_faults as F
 from pause_control import env_with, pause_env, wait_paused
+from ray_cluster import session_cluster
 
 pytestmark = pytest.mark.timeout(120)
 ACTOR = "SplitWorker"
@@ -27,15 +28,7 @@ ACTOR = "SplitWorker"
 
 @pytest.fixture(scope="session")
 def ray_address() -> str:
-    import logging
-
-    import ray
-
-    with pytest.MonkeyPatch.context() as mp:  # restored after the session's cluster is stopped
-        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(num_cpus=8, include_dashboard=False, object_store_memory=200 << 20, logging_level=logging.WARNING)
-        yield ray.get_runtime_context().gcs_address
-        ray.shutdown()
+    yield from session_cluster()
 
 
 def make_ray_home(tmp_path: Path, session_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -173,8 +173,9 @@ def _dispatch(splits: list[Any], task: Any, n: int, cpus: float, gpus: float, wr
             t = time.perf_counter()
             writer.commit_shard_entries(result.entries)
             stats.seconds["write"] += time.perf_counter() - t
-            committed += sum(int(e["rows"]) for e in result.entries if e["kind"] == "vectors")
-            pause_point("store-committed", rows=committed, split=result.index)
+            if result.entries:  # a split whose items were all stored already commits nothing
+                committed += sum(int(e["rows"]) for e in result.entries if e["kind"] == "vectors")
+                pause_point("store-committed", rows=committed, split=result.index)
             _fold(stats, result)
             result.entries = []
             results.append(result)
