@@ -45,8 +45,9 @@ result = embed_on_ray(source, backbone=backbone, workers=workers, cpus_per_worke
                       update_index=False, progress=False, split_rows=int(split_rows) if split_rows != "0" else None)
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 manifest = json.load(open(os.path.join(result.store_path, "manifest.json")))
-print(json.dumps({"stats": result.stats.as_dict(), "vmhwm_mb": round(peak / 1024, 1),
-                  "shards": len(manifest["shards"]), "manifest_bytes": os.path.getsize(os.path.join(result.store_path, "manifest.json"))}))
+print(json.dumps({"stats": result.stats.as_dict(), "vmhwm_mb": round(peak / 1024, 1), "shards": len(manifest["shards"]),
+                  "commits": manifest["generation"] - 1,  # a new store starts at generation 1
+                  "manifest_bytes": os.path.getsize(os.path.join(result.store_path, "manifest.json"))}))
 ray.shutdown()
 """
 
@@ -78,8 +79,9 @@ def ray_run(data: Path, backbone: str, env: dict[str, str], home: Path, workers:
     return {"engine": "ray", "workers": workers, "threads_per_worker": threads, "items": s["rows"],
             "embedded": s["embedded"], "job_s": s["seconds"]["total"],
             "items_per_s": round(s["rows"] / s["seconds"]["total"], 1), "process_wall_s": run["wall_s"],
-            "driver_peak_rss_mb": out["vmhwm_mb"], "driver_commit_s": s["seconds"]["write"],
-            "plan_s": s["seconds"].get("plan"), "worker_seconds": s["seconds"], "shards": out["shards"],
+            "driver_peak_rss_mb": out["vmhwm_mb"], "driver_commit_s": s["seconds"].get("commit", 0.0),
+            "commits": out["commits"],
+            "plan_s": s["seconds"].get("plan"), "seconds": s["seconds"], "shards": out["shards"],
             "manifest_bytes": out["manifest_bytes"], "loadavg": load}
 
 

@@ -175,7 +175,7 @@ def test_worker_sigkill_is_retried_and_store_is_complete(tmp_path, ray_address, 
     try:
         paused = wait_paused(pauses, point, driver, timeout=200)
         victim = psutil.Process(paused["pid"])
-        assert ACTOR in " ".join(victim.cmdline())  # a Ray Data actor, not the driver
+        assert ACTOR in " ".join(victim.cmdline())  # a Ray actor, not the driver
         assert driver.poll() is None  # the paused block holds the job: it cannot have finished
         victim.send_signal(signal.SIGKILL)
         victim.wait(30)

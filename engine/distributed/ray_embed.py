@@ -172,7 +172,7 @@ def _dispatch(splits: list[Any], task: Any, n: int, cpus: float, gpus: float, wr
             result = ray.get(done[0])
             t = time.perf_counter()
             writer.commit_shard_entries(result.entries)
-            stats.seconds["write"] += time.perf_counter() - t
+            stats.seconds["commit"] = stats.seconds.get("commit", 0.0) + time.perf_counter() - t  # the driver's
             if result.entries:  # a split whose items were all stored already commits nothing
                 committed += sum(int(e["rows"]) for e in result.entries if e["kind"] == "vectors")
                 pause_point("store-committed", rows=committed, split=result.index)
@@ -194,7 +194,8 @@ def _dispatch(splits: list[Any], task: Any, n: int, cpus: float, gpus: float, wr
 
 
 def _fold(stats: Any, result: Any) -> None:
-    """Add one split's counts to the job's stats (worker seconds add up across workers)."""
+    """Add one split's counts to the job's stats (worker seconds add up across workers; ``commit`` is the
+    driver's own time)."""
     stats.rows += result.rows
     stats.embedded += result.embedded
     stats.cached += result.cached
