@@ -284,4 +284,5 @@ def test_driver_peak_memory_does_not_grow_with_items(tmp_path, ray_address, tiny
         assert (summary["rows"], summary["embedded"]) == (n, n)
         peaks[n] = summary["vmhwm_kb"] * 1024
     grown = peaks[64000] - peaks[8000]
+    print(f"driver peak RSS (VmHWM): {peaks[8000] / 2**20:.1f} MiB at 8,000 items, {peaks[64000] / 2**20:.1f} MiB at 64,000")
     assert grown < 1024 * (64000 - 8000), peaks
