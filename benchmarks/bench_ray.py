@@ -1,92 +1,149 @@
-"""Ray engine throughput: the local engine, then 1 and 2 Ray workers on this machine, and N nodes on paper.
+"""Ray engine against the local engine: a tiny backbone at scale (the engine's own cost), and MiniLM 1 vs N workers.
 
-    python benchmarks/bench_ray.py [--texts 3000] [--chunk-size 250]
+    python benchmarks/bench_ray.py                                  # 1,000,000 items, 2 workers, then MiniLM
+    python benchmarks/bench_ray.py --items 200000 --workers 2 --threads-per-worker 1 --texts 2000
+    python benchmarks/bench_ray.py --parts tiny                     # only the tiny-backbone comparison
 
-Each run embeds the same texts into an empty store (the export is cached once). The Ray phase
-time includes starting the actors and their onnxruntime sessions. The paper model: N nodes of
-this machine each give the 2-worker rate, until the driver's serial work (reading + hashing the
-source, committing shards) is the limit; both measured here. Writes benchmarks/results/bench_ray.json.
+Tiny part: bench_scale.py's Parquet file (a fixed-size-list column of 16 float32, 10 labels, row groups of
+100,000) and its ``onnx:`` backbone (MatMul 16→384 + L2 norm), so the model costs almost nothing. The local
+engine (``headstart embed``) and the Ray engine (``embed_on_ray`` on a local cluster, ``--workers`` actors of
+``--threads-per-worker`` CPUs each) embed it into an empty store; each runs in its own child process, whose
+peak RSS (``VmHWM``) is the driver's. items/s = items / the job's own time (``stats.seconds["total"]``: from
+opening the source to the last commit; the Ray cluster is started before, the actors and their sessions
+inside). Both leave the FAISS index to the first search (``update_index=False`` on Ray, as the local CLI).
+
+MiniLM part: ``--texts`` synthetic texts embedded by 1 and by ``--workers`` Ray actors, 1 onnxruntime thread
+each by default, each into an empty store (the export is cached before).
+
+Results: tables, and ``benchmarks/results/bench_ray.json`` (with the machine's load: other jobs slow it).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
+import json
 import shutil
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import DATA, HOME, loadavg, machine, save, table  # noqa: E402
-from _corpus import make_texts, write_csv  # noqa: E402
+import _common as C  # noqa: E402
 
+HEADSTART = str(Path(sys.executable).parent / "headstart")
 
-def fresh_store(fingerprint: str | None) -> None:
-    if fingerprint:
-        shutil.rmtree(HOME / "features" / fingerprint, ignore_errors=True)
-
-
-def run(kind: str, source: Path, workers: int, chunk_size: int, fingerprint: str | None) -> dict:
-    from headstart.engine.distributed.ray_embed import embed_on_ray
-    from headstart.engine.embed.pipeline import embed
-
-    fresh_store(fingerprint)
-    start = time.perf_counter()
-    if kind == "local":
-        result = embed(source, progress=False)
-    else:
-        result = embed_on_ray(source, workers=workers, chunk_size=chunk_size, progress=False)
-    wall = time.perf_counter() - start
-    s = result.stats
-    phase = s.seconds["encode"] + s.seconds["write"] + (s.seconds["preprocess"] if kind == "local" else 0.0)
-    return {"engine": kind, "workers": workers if kind == "ray" else None, "items": s.embedded,
-            "wall_s": round(wall, 2), "items_per_s": round(s.embedded / wall, 1),
-            "phase_s": round(phase, 2), "phase_items_per_s": round(s.embedded / phase, 1) if phase else None,
-            "driver_s": round(s.seconds["read"] + s.seconds["write"], 3), "loadavg": loadavg(),
-            "fingerprint": result.fingerprint}
+# The Ray driver, in a child process: a local cluster started first (untimed), then one job; prints JSON.
+RAY_CHILD = """
+import json, logging, os, sys
+import ray
+from headstart.engine.distributed.cluster import local_cpus
+from headstart.engine.distributed.ray_embed import embed_on_ray
+source, backbone, workers, threads, split_rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+ray.init(num_cpus=local_cpus(), include_dashboard=False, logging_level=logging.WARNING)
+result = embed_on_ray(source, backbone=backbone, workers=workers, cpus_per_worker=threads, keep_rows=False,
+                      update_index=False, progress=False, split_rows=int(split_rows) if split_rows != "0" else None)
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+manifest = json.load(open(os.path.join(result.store_path, "manifest.json")))
+print(json.dumps({"stats": result.stats.as_dict(), "vmhwm_mb": round(peak / 1024, 1), "shards": len(manifest["shards"]),
+                  "commits": manifest["generation"] - 1,  # a new store starts at generation 1
+                  "manifest_bytes": os.path.getsize(os.path.join(result.store_path, "manifest.json"))}))
+ray.shutdown()
+"""
 
 
-def paper(rows: list[dict], items: int) -> list[dict]:
-    """N nodes like this one (2 workers each): N x the 2-worker rate, capped by the driver's serial rate."""
-    two = next(r for r in rows if r["workers"] == 2)
-    per_node = two["phase_items_per_s"]
-    driver_cap = items / max(two["driver_s"], 1e-9)
-    return [{"nodes": n, "workers": 2 * n, "items_per_s": round(min(n * per_node, driver_cap), 0),
-             "bound": "driver" if n * per_node > driver_cap else "workers"} for n in (1, 2, 4, 8, 16, 64)]
+def _last_json(text: str) -> dict[str, Any]:
+    """The JSON object a child printed last (one line), or its whole stdout from the first ``{`` (indented)."""
+    line = next((line for line in reversed(text.splitlines()) if line.startswith("{") and line.endswith("}")), None)
+    return json.loads(line if line is not None else text[text.index("{"):])
+
+
+def local_run(data: Path, backbone: str, env: dict[str, str], home: Path) -> dict[str, Any]:
+    shutil.rmtree(home / "features", ignore_errors=True)
+    load = C.loadavg()
+    run = C.run_process([HEADSTART, "embed", str(data), "-b", backbone, "--json"], env)
+    s = _last_json(run["stdout"])
+    return {"engine": "local", "workers": None, "items": s["rows"], "embedded": s["embedded"],
+            "job_s": s["seconds"]["total"], "items_per_s": round(s["rows"] / s["seconds"]["total"], 1),
+            "process_wall_s": run["wall_s"], "driver_peak_rss_mb": run["peak_rss_mb"], "loadavg": load}
+
+
+def ray_run(data: Path, backbone: str, env: dict[str, str], home: Path, workers: int, threads: int,
+            split_rows: int = 0) -> dict[str, Any]:
+    shutil.rmtree(home / "features", ignore_errors=True)
+    load = C.loadavg()
+    run = C.run_process([sys.executable, "-c", RAY_CHILD, str(data), backbone, str(workers), str(threads),
+                         str(split_rows)], env)
+    out = _last_json(run["stdout"])
+    s = out["stats"]
+    return {"engine": "ray", "workers": workers, "threads_per_worker": threads, "items": s["rows"],
+            "embedded": s["embedded"], "job_s": s["seconds"]["total"],
+            "items_per_s": round(s["rows"] / s["seconds"]["total"], 1), "process_wall_s": run["wall_s"],
+            "driver_peak_rss_mb": out["vmhwm_mb"], "driver_commit_s": s["seconds"].get("commit", 0.0),
+            "commits": out["commits"],
+            "plan_s": s["seconds"].get("plan"), "seconds": s["seconds"], "shards": out["shards"],
+            "manifest_bytes": out["manifest_bytes"], "loadavg": load}
+
+
+def tiny(items: int, workers: int, threads: int) -> list[dict[str, Any]]:
+    import bench_scale
+
+    data = bench_scale.make_parquet(items, C.DATA)
+    backbone = f"onnx:{bench_scale.make_backbone(C.DATA)}"
+    home = C.WORK / f"home-ray-{items}"
+    env = C.child_env(threads, home)
+    C.run_process([HEADSTART, "export", backbone], env)  # untimed: both engines then find the export cached
+    rows = [local_run(data, backbone, env, home)]
+    print(f"-- local: {rows[-1]['items_per_s']} items/s", file=sys.stderr, flush=True)
+    rows.append(ray_run(data, backbone, env, home, workers, threads))
+    print(f"-- ray x{workers}: {rows[-1]['items_per_s']} items/s", file=sys.stderr, flush=True)
+    rows[-1]["vs_local"] = round(rows[-1]["items_per_s"] / rows[0]["items_per_s"], 3)
+    return rows
+
+
+def minilm(texts: int, workers: int, threads: int) -> list[dict[str, Any]]:
+    from _corpus import make_texts, write_csv
+
+    data = write_csv(make_texts(texts, seed=11), C.DATA / f"ray_texts_{texts}.csv")
+    home = C.WORK / "home-ray-minilm"
+    env = C.child_env(threads, home)
+    C.run_process([HEADSTART, "export", "minilm-l6"], env)
+    rows = []
+    for n in sorted({1, workers}):
+        rows.append(ray_run(data, "minilm-l6", env, home, n, threads, split_rows=256))  # several splits per worker
+        print(f"-- minilm ray x{n}: {rows[-1]['items_per_s']} items/s", file=sys.stderr, flush=True)
+    for row in rows:
+        row["vs_one_worker"] = round(row["items_per_s"] / rows[0]["items_per_s"], 3)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--texts", type=int, default=3000)
-    parser.add_argument("--chunk-size", type=int, default=250)
+    parser.add_argument("--items", type=int, default=1_000_000, help="tiny-backbone items (default 1M)")
+    parser.add_argument("--workers", type=int, default=2, help="Ray actors (default 2)")
+    parser.add_argument("--threads-per-worker", type=int, default=1, help="CPUs and onnxruntime threads per actor")
+    parser.add_argument("--texts", type=int, default=2000, help="MiniLM texts (default 2000)")
+    parser.add_argument("--parts", nargs="+", default=["tiny", "minilm"], choices=["tiny", "minilm"])
     args = parser.parse_args()
-    os.environ["HEADSTART_HOME"] = str(HOME)
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    source = write_csv(make_texts(args.texts, seed=11), DATA / f"ray_texts_{args.texts}.csv")
-    info = machine()
-    rows = [run("local", source, 0, args.chunk_size, None)]
-    fingerprint = rows[0]["fingerprint"]
-    rows[0] = run("local", source, 0, args.chunk_size, fingerprint)  # export cached now: time the embedding only
-    import ray
-
-    ray.init(num_cpus=8, include_dashboard=False, logging_level=logging.WARNING)
-    try:
-        for workers in (1, 2):
-            rows.append(run("ray", source, workers, args.chunk_size, fingerprint))
-    finally:
-        ray.shutdown()
-    columns = ["engine", "workers", "items", "wall_s", "items_per_s", "phase_s", "phase_items_per_s", "driver_s"]
-    projection = paper([r for r in rows if r["engine"] == "ray"], args.texts)
-    print(table(rows, columns))
-    print()
-    print(table(projection, ["nodes", "workers", "items_per_s", "bound"]))
-    path = save("bench_ray", {"machine": info, "texts": args.texts, "chunk_size": args.chunk_size,
-                              "runs": rows, "paper": projection})
-    print(f"\nwrote {path}")
+    info = C.machine()
+    payload: dict[str, Any] = {"machine": info, "items": args.items, "workers": args.workers,
+                               "threads_per_worker": args.threads_per_worker, "texts": args.texts}
+    columns = ["engine", "workers", "items", "job_s", "items_per_s", "driver_peak_rss_mb", "loadavg"]
+    if "tiny" in args.parts:
+        payload["tiny"] = tiny(args.items, args.workers, args.threads_per_worker)
+        print(f"\ntiny backbone, {args.items:,} items")
+        print(C.table(payload["tiny"], columns + ["vs_local", "shards"]))
+    if "minilm" in args.parts:
+        payload["minilm"] = minilm(args.texts, args.workers, args.threads_per_worker)
+        print(f"\nMiniLM, {args.texts:,} texts, {args.threads_per_worker} thread(s) per worker")
+        print(C.table(payload["minilm"], columns + ["vs_one_worker"]))
+    previous = C.RESULTS / "bench_ray.json"
+    if previous.is_file():  # a run of one part keeps the other part's last figures
+        old = json.loads(previous.read_text())
+        for part in ("tiny", "minilm"):
+            if part not in payload and part in old:
+                payload[part] = old[part]
+    print(f"\nwrote {C.save('bench_ray', payload)}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def embed(ctx: click.Context, source: str, backbone, precision, device, batch_si
                 common["cpus_per_worker"] = float(threads)
 
             result = embed_on_ray(source, address=address, gpus_per_worker=gpus_per_worker, progress=progress,
-                                  **common)
+                                  keep_rows=False, **common)  # the summary needs counts, not every row's key
         else:
             from ..embed.pipeline import embed as run_embed
 

@@ -1,8 +1,8 @@
 """Connect to a Ray cluster (or start a local one) with settings that do not hang on small machines.
 
-Ray Data's own tasks need CPU slots next to the actors: actors that hold every slot starve
-them and the job hangs without an error. A local cluster therefore gets twice as many
-logical CPUs as the machine has cores (at least 8), no dashboard and no usage reporting.
+A local cluster gets twice as many logical CPUs as the machine has cores (at least 8), so the
+actors never hold every slot (Ray's own tasks and a second job still find one), no dashboard
+and no usage reporting.
 """
 
 from __future__ import annotations
@@ -49,13 +49,12 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 
 
 def import_ray() -> Any:
-    """``ray`` (with Ray Data), or :class:`ConfigError` saying how to install it."""
+    """``ray``, or :class:`ConfigError` saying how to install it."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
-        import ray.data  # noqa: F401 - the [data] extra
     except ImportError as exc:
-        raise ConfigError(f"--engine ray needs Ray Data, which is not installed ({exc})", hint=INSTALL_HINT) from None
+        raise ConfigError(f"--engine ray needs Ray, which is not installed ({exc})", hint=INSTALL_HINT) from None
     return ray
 
 
@@ -76,7 +75,7 @@ class Cluster:
 
 
 def local_cpus() -> int:
-    """Logical CPUs for a local cluster: more than the cores, so Ray Data's tasks always find a slot."""
+    """Logical CPUs for a local cluster: more than the cores, so Ray's own tasks always find a slot."""
     return max(8, 2 * (os.cpu_count() or 1))
 
 

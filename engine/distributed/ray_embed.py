@@ -1,31 +1,35 @@
-"""``embed --engine ray``: the local pipeline's readers, export and store, with encoding on a Ray actor pool.
+"""``embed --engine ray``: the workers do the work; the driver plans splits and commits shard entries.
 
-The driver reads the source with the same reader plugins, skips every content key already
-in the store (so a re-run after a crash embeds only what is missing), and puts the rest in
-Ray's object store as Arrow blocks of ``chunk_size`` items, a wave at a time (at most
-``WAVE_BLOCKS`` blocks or ``WAVE_BYTES`` of payload, so the object store holds a bounded part of
-the source, never all of it). ``map_batches`` runs each wave through an
-:class:`~headstart.engine.distributed.worker.EmbedWorker` actor pool (one onnxruntime session per actor);
-Ray restarts an actor that dies and retries its block. The driver commits every finished block
-as one store shard (vectors + error records, manifest replaced atomically), and brings the
-FAISS index up to date once at the end.
+The driver opens the source (schema checked), finds or makes the backbone's export, opens the
+store, and asks the reader for *splits* (``source.splits(rows)``: Parquet row-group runs, byte
+ranges of CSV/JSONL/text lines, row ranges of ``.npy``, file lists of an image folder; a reader
+without splits is read whole by one worker). It keeps at most ``in_flight`` splits per
+:class:`~headstart.engine.distributed.worker.SplitWorker` actor queued (``ray.wait``, no wave barrier:
+reading, encoding and writing overlap across actors), and commits each returned list of staged shard
+files with one manifest commit (:meth:`StoreWriter.commit_shard_entries`) while holding the store's
+writer lock for the job. Its state is the list of splits and counters: no payloads, keys or vectors
+(unless ``keep_rows``, which returns every row's key like the local engine).
+
+Faults: actors restart and Ray re-runs the method of a killed one (``max_restarts``/``max_task_retries``);
+its staged files are never committed (orphans, removed when the next writer opens the store). A killed
+driver loses its uncommitted splits; a re-run's workers skip every committed key.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import time
-from typing import Any, Iterator
-
-import numpy as np
+from typing import Any
 
 from ..errors import ConfigError, DistributedError, HeadstartError
 from ..embed.items import ReaderOptions
-from ..embed.pipeline import (DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE_CUDA, DEFAULT_CHUNK_SIZE, EmbedResult, EmbedStats,
-                              progress_bar, start_job)
+from ..embed.job import DEFAULT_CHUNK_SIZE, EmbedResult, error_record, progress_bar, start_job
+from ..faultpoints import pause_point
 
-WAVE_BLOCKS = 64  # blocks in Ray's object store at once (a wave), at most ...
-WAVE_BYTES = 512 * 2**20  # ... and at most this much payload
+IN_FLIGHT_PER_WORKER = 2  # splits queued per actor: one running, one ready to start (no idle gap)
+MAX_ERRORS_KEPT = 100  # error records the driver keeps for the result without keep_rows (all are counted)
+SPLIT_CHUNKS = 1  # a split holds about this many chunks (a chunk is one shard)
 
 
 def embed_on_ray(
@@ -44,20 +48,28 @@ def embed_on_ray(
     device: str = "auto",
     batch_size: int | None = None,
     chunk_size: int | None = None,
+    split_rows: int | None = None,
+    keep_rows: bool = True,
+    update_index: bool = True,
     strict: bool = False,
     **_: Any,
 ) -> EmbedResult:
-    """Embed ``source`` into the backbone's feature store on a Ray cluster; same result as the local engine.
+    """Embed ``source`` into the backbone's feature store on a Ray cluster; same store as the local engine.
 
     ``address``: an existing cluster (``auto``, ``host:port``, ``ray://host:port``); default: the Ray
     already initialised in this process, else a local cluster started (and stopped) here.
-    ``workers``: actors in the pool (default: one per GPU share with ``gpus_per_worker``, else one
-    per core on a local cluster, or all CPU slots but one). Each actor takes ``cpus_per_worker`` CPUs
-    and runs that many onnxruntime threads. ``chunk_size`` items form one Ray block and one store shard.
+    ``workers``: actors (default: one per GPU share with ``gpus_per_worker``, else one per core on a
+    local cluster, or all CPU slots but one); each takes ``cpus_per_worker`` CPUs and runs that many
+    onnxruntime threads. ``chunk_size`` items make one shard; ``split_rows`` (default ``chunk_size``)
+    items one task (readers round to their own units, e.g. Parquet row groups). ``keep_rows=False``
+    returns counts and the first error records only (driver memory independent of the item count);
+    ``update_index`` brings the FAISS index up to date at the end (else the first search builds it).
     """
     from ..backbones.preprocess import make_preprocessor
+    from ..embed.sources import choose_reader
     from ..plugins import get_engine
     from .cluster import connect, default_workers
+    from .worker import WorkerTask
 
     engine = engine or get_engine()
     device = _device(device, gpus_per_worker)
@@ -67,32 +79,41 @@ def embed_on_ray(
     job = start_job(source, backbone, engine=engine, reader=reader, reader_options=reader_options,
                     precision=precision)
     spec, exported, store, stats = job.spec, job.exported, job.store, job.stats
-    batch_size = batch_size or (DEFAULT_BATCH_SIZE_CUDA if device == "cuda" else DEFAULT_BATCH_SIZE)[spec.modality]
     chunk_size = chunk_size or DEFAULT_CHUNK_SIZE[spec.modality]
+    if chunk_size < 1 or (split_rows is not None and split_rows < 1) or (batch_size is not None and batch_size < 1):
+        raise ConfigError(f"batch size, chunk size and split rows must be positive, got {batch_size}, {chunk_size} "
+                          f"and {split_rows}")
+    options = reader_options or ReaderOptions()
+    reader_name = choose_reader(os.fspath(source), options, reader=reader, engine=engine).name
+    t = time.perf_counter()
+    splits = plan_splits(job.source, split_rows or chunk_size * SPLIT_CHUNKS)
+    stats.seconds["plan"] = time.perf_counter() - t
     cluster = connect(address)
-    plan = _Plan()
     bar = progress_bar(progress, job.source.estimate_count(), f"embed [{exported.name} on ray]")
     try:
-        n = workers or default_workers(cluster, cpus_per_worker, gpus_per_worker)
-        worker_args = None
-        with store.writer() as writer:
-            for wave in _waves(job.source, store, chunk_size, stats, plan, bar):
-                if plan.errors:
-                    writer.add_errors(plan.errors)
-                    writer.commit()
-                    plan.errors.clear()
-                if not wave:
-                    continue
-                if worker_args is None:
-                    worker_args = dict(exported=exported, preprocessor=make_preprocessor(spec), modality=spec.modality,
-                                       device=device, threads=max(1, int(cpus_per_worker)), batch_size=batch_size,
-                                       shipped=_ship(exported) if cluster.nodes > 1 else None)
-                _run(wave, plan, worker_args, n, cpus_per_worker, gpus_per_worker, writer, store.dim, stats, bar)
+        n = min(workers or default_workers(cluster, cpus_per_worker, gpus_per_worker), max(1, len(splits)))
+        with store.writer(update_index=update_index) as writer:
+            task = WorkerTask(store_path=store.path, source=os.fspath(source), reader=reader_name,
+                              reader_options=options, exported=exported, preprocessor=make_preprocessor(spec),
+                              modality=spec.modality, dim=spec.dim, device=device, threads=max(1, int(cpus_per_worker)),
+                              batch_size=batch_size, chunk_size=chunk_size, prefix=f"ray-{secrets.token_hex(3)}",
+                              keep_rows=keep_rows, max_errors=MAX_ERRORS_KEPT, writable=not writer.read_only,
+                              shipped=_ship(exported) if cluster.nodes > 1 else None,
+                              home=os.environ.get("HEADSTART_HOME"))
+            results = _dispatch(splits, task, n, cpus_per_worker, gpus_per_worker, writer, stats, bar)
     finally:
         if bar is not None:
             bar.close()
         cluster.close()
-    return job.finish(plan.rows, plan.failed, strict)
+    return _finish(job, results, keep_rows, strict)
+
+
+def plan_splits(source: Any, rows: int) -> list[Any]:
+    """The reader's splits of ``source`` (``[None]``, the whole source as one split, when it has none)."""
+    splitter = getattr(source, "splits", None)
+    if splitter is None:
+        return [None]
+    return list(splitter(rows))
 
 
 def _device(device: str, gpus_per_worker: float) -> str:
@@ -109,83 +130,6 @@ def _device(device: str, gpus_per_worker: float) -> str:
     return "cpu" if device == "auto" else device
 
 
-class _Plan:
-    """What the driver read so far: every source row, the failed items, the read errors not yet committed."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str | None]] = []
-        self.failed: dict[str, Any] = {}
-        self.errors: list[Any] = []
-
-
-def _waves(src, store, chunk_size: int, stats: EmbedStats, plan: _Plan, bar: Any,
-           max_blocks: int | None = None, max_bytes: int | None = None) -> Iterator[list[Any]]:
-    """Read the source; skip stored keys and duplicates; yield the rest as waves of object-store blocks.
-
-    A wave is yielded (and must be embedded before reading goes on) once it holds ``max_blocks``
-    blocks or ``max_bytes`` of payload; rows, failures and read errors accumulate in ``plan``.
-    """
-    import pyarrow as pa
-    import ray
-
-    from ..store.features import ErrorRecord
-    from .worker import payload_array
-
-    max_blocks = max_blocks or WAVE_BLOCKS
-    max_bytes = max_bytes or WAVE_BYTES
-    seen: set[str] = set()
-    pending: list[Any] = []
-    wave: list[Any] = []
-    wave_bytes = 0
-
-    def flush() -> int:
-        present = store.contains([it.key for it in pending])
-        todo = []
-        for item, have in zip(pending, present):
-            if have:
-                stats.cached += 1
-                plan.failed.update(store.errors_for([item.key]))
-            elif item.error is not None:
-                record = ErrorRecord(item.key, item.ref, item.error, "read")
-                plan.errors.append(record)
-                plan.failed[item.key] = record
-            else:
-                todo.append(item)
-        if bar is not None:
-            bar.update(len(pending) - len(todo))
-        pending.clear()
-        if not todo:
-            return 0
-        table = pa.table({"key": pa.array([it.key for it in todo], type=pa.string()),
-                          "ref": pa.array([it.ref for it in todo], type=pa.string()),
-                          "payload": payload_array(todo[0].modality, [it.payload for it in todo])})
-        wave.append(ray.put(table))
-        return table.nbytes
-
-    t = time.perf_counter()
-    for item in src:
-        plan.rows.append((item.key, item.ref, item.label))
-        if item.key in seen:
-            stats.duplicates += 1
-            if bar is not None:
-                bar.update(1)
-            continue
-        seen.add(item.key)
-        pending.append(item)
-        if len(pending) >= chunk_size:
-            wave_bytes += flush()
-            if len(wave) >= max_blocks or wave_bytes >= max_bytes:
-                stats.seconds["read"] += time.perf_counter() - t
-                yield list(wave)
-                wave.clear()
-                wave_bytes = 0
-                t = time.perf_counter()
-    if pending:
-        flush()
-    stats.seconds["read"] += time.perf_counter() - t
-    yield list(wave)
-
-
 def _ship(exported) -> Any:
     """The export's files in the object store, for nodes that do not share the driver's export cache."""
     import ray
@@ -194,40 +138,96 @@ def _ship(exported) -> Any:
     return ray.put({name: (folder / name).read_bytes() for name in exported.manifest.get("files", {})})
 
 
-def _run(blocks: list[Any], plan: _Plan, worker_args: dict, n: int, cpus: float, gpus: float, writer, dim: int,
-         stats: EmbedStats, bar: Any) -> None:
-    """Run one wave of blocks through an actor pool; commit each finished block as one shard."""
+def _dispatch(splits: list[Any], task: Any, n: int, cpus: float, gpus: float, writer: Any, stats: Any,
+              bar: Any) -> list[Any]:
+    """Run every split on ``n`` actors, at most ``IN_FLIGHT_PER_WORKER`` queued each; commit results as they come.
+
+    Returns the split results (rows and errors dropped from those already folded in when not keep_rows).
+    """
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
 
-    from .worker import EmbedWorker
+    from .worker import SplitWorker
 
-    context = DataContext.get_current()
-    saved = context.enable_progress_bars, getattr(context, "print_on_execution_start", True)
-    context.enable_progress_bars, context.print_on_execution_start = False, False  # our own bar instead
-    stats.session_created = True
-    t = time.perf_counter()
-    write = 0.0
+    actor = ray.remote(SplitWorker).options(num_cpus=cpus, num_gpus=gpus or None, max_restarts=-1,
+                                            max_task_retries=-1)
+    actors = [actor.remote(task) for _ in range(n)]
+    pending: dict[Any, int] = {}  # object ref -> actor number
+    queue = iter(enumerate(splits))
+    committed = len(writer.store)
+    results: list[Any] = []
+
+    def submit(worker: int) -> None:
+        nxt = next(queue, None)
+        if nxt is not None:
+            pending[actors[worker].run.remote(*nxt)] = worker
+
     try:
-        dataset = ray.data.from_arrow_refs(blocks).map_batches(
-            EmbedWorker, batch_size=None, batch_format="pyarrow", compute=ActorPoolStrategy(size=min(n, len(blocks))),
-            fn_constructor_kwargs=worker_args, num_cpus=cpus, num_gpus=gpus or None)
-        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            w = time.perf_counter()
-            _commit_block(table, writer, dim, plan, stats)
-            write += time.perf_counter() - w
+        for _ in range(IN_FLIGHT_PER_WORKER):
+            for worker in range(n):
+                submit(worker)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            worker = pending.pop(done[0])
+            submit(worker)
+            result = ray.get(done[0])
+            t = time.perf_counter()
+            writer.commit_shard_entries(result.entries)
+            stats.seconds["commit"] = stats.seconds.get("commit", 0.0) + time.perf_counter() - t  # the driver's
+            if result.entries:  # a split whose items were all stored already commits nothing
+                committed += sum(int(e["rows"]) for e in result.entries if e["kind"] == "vectors")
+                pause_point("store-committed", rows=committed, split=result.index)
+            _fold(stats, result)
+            result.entries = []
+            results.append(result)
             if bar is not None:
-                bar.update(table.num_rows)
+                bar.update(result.rows)
     except ray.exceptions.RayError as exc:
         cause = _headstart_cause(exc)
         if cause is not None:
             raise cause from None
         raise DistributedError(f"the Ray job failed after {stats.embedded} item(s) were committed: {exc}",
-                               hint="committed blocks are kept; fix the cause and re-run to embed the rest") from exc
+                               hint="committed shards are kept; fix the cause and re-run to embed the rest") from exc
     finally:
-        context.enable_progress_bars, context.print_on_execution_start = saved
-    stats.seconds["write"] = stats.seconds.get("write", 0.0) + write
-    stats.seconds["encode"] = stats.seconds.get("encode", 0.0) + time.perf_counter() - t - write
+        for a in actors:
+            ray.kill(a)
+    return results
+
+
+def _fold(stats: Any, result: Any) -> None:
+    """Add one split's counts to the job's stats (worker seconds add up across workers; ``commit`` is the
+    driver's own time)."""
+    stats.rows += result.rows
+    stats.embedded += result.embedded
+    stats.cached += result.cached
+    stats.duplicates += result.duplicates
+    stats.failed += result.failed
+    stats.truncated += result.truncated
+    stats.skipped += result.skipped
+    stats.session_created = stats.session_created or result.session
+    for name, seconds in result.seconds.items():
+        stats.seconds[name] = stats.seconds.get(name, 0.0) + seconds
+    if len(stats.skipped_examples) < 5:
+        stats.skipped_examples.extend(result.skipped_examples[:5 - len(stats.skipped_examples)])
+
+
+def _finish(job: Any, results: list[Any], keep_rows: bool, strict: bool) -> EmbedResult:
+    """The result: counts always; every row's key (source order) with ``keep_rows``, else the first errors."""
+    stats = job.stats
+    source_stats = getattr(job.source, "stats", {}) or {}
+    stats.skipped += int(source_stats.get("skipped", 0))  # entries the driver's split planning passed over
+    examples = list(getattr(job.source, "skipped_examples", []))
+    stats.skipped_examples = (examples + stats.skipped_examples)[:5]
+    results.sort(key=lambda r: r.index)
+    errors = [error_record(*e) for r in results for e in r.errors]
+    if not keep_rows:
+        errors = errors[:MAX_ERRORS_KEPT]
+    kept: tuple[list, list, list] = ([], [], [])
+    for r in results:
+        for key, ref, label in r.row_list or ():
+            kept[0].append(key)
+            kept[1].append(ref)
+            kept[2].append(label)
+    return job.finish(None, {}, strict, errors=errors, kept=kept)
 
 
 def _headstart_cause(exc: BaseException) -> HeadstartError | None:
@@ -239,23 +239,3 @@ def _headstart_cause(exc: BaseException) -> HeadstartError | None:
             return exc
         exc = getattr(exc, "cause", None) or exc.__cause__
     return None
-
-
-def _commit_block(table, writer, dim: int, plan: _Plan, stats: EmbedStats) -> None:
-    from ..store.features import ErrorRecord
-    from ..store.shards import vectors_of
-
-    keys = table.column("key").to_pylist()
-    refs = table.column("ref").to_pylist()
-    errors = table.column("error").to_pylist()
-    ok = np.fromiter((e is None for e in errors), dtype=bool, count=len(keys))
-    records = [ErrorRecord(keys[i], refs[i], errors[i], table.column("stage")[i].as_py())
-               for i in np.nonzero(~ok)[0]]
-    if ok.any():
-        rows = np.nonzero(ok)[0]
-        stats.embedded += writer.add([keys[i] for i in rows], vectors_of(table, dim)[rows], [refs[i] for i in rows])
-    if records:
-        writer.add_errors(records)
-        plan.failed.update((r.key, r) for r in records)
-    writer.commit()
-    stats.truncated += int(np.asarray(table.column("truncated")).sum())

@@ -1,15 +1,22 @@
-"""What runs inside a Ray actor: one onnxruntime session, and blocks of items in, Arrow tables out.
+"""What runs on a Ray worker: read one split of the source, skip stored keys, encode, stage shard files.
 
-Input blocks have columns ``key``, ``ref``, ``payload`` (text: string; image: raw file bytes;
-numeric: ``.npy`` bytes, loaded without pickle). Output blocks have ``key``, ``ref``, ``vector``
-(fixed-size list of float32, zeros for failed rows), ``error`` and ``stage`` (null when the row
-has a vector) and ``truncated``: readable with pyarrow alone, the store's own column layout.
+A :class:`SplitWorker` actor opens the source with the same reader plugin as the driver, reads the
+split it is given (``source.read_split``; the whole source when the reader has no splits), computes
+content keys, drops keys already in the store (read-only lookups on the store as committed when the split
+starts: what earlier runs and earlier splits stored; a key met by two splits running at once is embedded
+by both, and the store keeps both rows of the same vector), runs the
+shared encode step (:func:`headstart.engine.embed.encode.encode_prepared`), and writes each chunk as an
+immutable shard file straight into the store directory (:func:`shards.write_shard_file`). It returns the
+manifest entries of those files and a few counts, never vectors or payloads: the driver commits them.
+A file staged by a worker that dies before returning is never committed; the next writer that opens
+the store removes it as an orphan.
 """
 
 from __future__ import annotations
 
-import io
+import itertools
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +24,49 @@ from ..errors import HeadstartError
 from ..faultpoints import pause_point
 
 
-def payload_array(modality: str, payloads: list[Any]):
-    """The ``payload`` column for a block of items of ``modality``."""
-    import pyarrow as pa
+@dataclass(frozen=True)
+class WorkerTask:
+    """Everything a worker needs, shipped once per actor (small: no payloads)."""
 
-    if modality == "text":
-        return pa.array(payloads, type=pa.large_string())
-    if modality == "image":
-        return pa.array([bytes(p) for p in payloads], type=pa.large_binary())
-    import numpy as np
+    store_path: Path
+    source: str
+    reader: str
+    reader_options: Any
+    exported: Any
+    preprocessor: Any
+    modality: str
+    dim: int
+    device: str
+    threads: int
+    batch_size: int | None
+    chunk_size: int
+    prefix: str
+    keep_rows: bool
+    max_errors: int
+    writable: bool = True
+    shipped: Any = None
+    home: str | None = None  # the driver's HEADSTART_HOME (export cache, plugins)
 
-    def npy(p: Any) -> bytes:
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(p), allow_pickle=False)
-        return buffer.getvalue()
 
-    return pa.array([npy(p) for p in payloads], type=pa.large_binary())
+@dataclass
+class SplitResult:
+    """What a worker returns for one split: shard entries to commit and counts (plus rows with ``keep_rows``)."""
 
-
-def payloads_of(modality: str, column) -> list[Any]:
-    """Inverse of :func:`payload_array`."""
-    values = column.to_pylist()
-    if modality != "numeric":
-        return values
-    import numpy as np
-
-    return [np.load(io.BytesIO(v), allow_pickle=False) for v in values]
+    index: int
+    entries: list[dict] = field(default_factory=list)
+    rows: int = 0
+    embedded: int = 0
+    cached: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    truncated: int = 0
+    skipped: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str, str, str]] = field(default_factory=list)  # (key, ref, reason, stage), capped
+    row_list: list[tuple[str, str, str | None]] | None = None  # with keep_rows: (key, ref, label) per good row
+    seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "preprocess": 0.0, "encode": 0.0,
+                                                               "write": 0.0})
+    session: bool = False
 
 
 def materialize_export(exported, files: dict[str, bytes], exports_dir: Path):
@@ -66,73 +90,156 @@ def materialize_export(exported, files: dict[str, bytes], exports_dir: Path):
     return replace(exported, path=folder / exported.path.name)
 
 
-class EmbedWorker:
-    """A Ray Data callable class: the session is created once, in ``__init__``, per actor."""
+class SplitWorker:
+    """A Ray actor (see the module docstring); the onnxruntime session is created on the first item to encode."""
 
-    def __init__(self, exported, preprocessor, modality: str, device: str, threads: int, batch_size: int,
-                 shipped=None) -> None:
+    def __init__(self, task: WorkerTask) -> None:
+        import os
+
+        if task.home is not None:
+            os.environ["HEADSTART_HOME"] = task.home
+        self.task = task
+        self._source = None
+        self._store = None
+        self._encoder = None
+
+    def source(self):
+        if self._source is None:
+            from ..embed.sources import open_source
+
+            self._source = open_source(self.task.source, self.task.reader_options, reader=self.task.reader)
+        return self._source
+
+    def _snapshot(self) -> None:
+        """A read-only view of the store as committed now: lookups skip what earlier splits (and runs) stored."""
+        from ..store.features import FeatureStore
+
+        self._store = FeatureStore.load(self.task.store_path)
+
+    def encoder(self):
+        if self._encoder is None:
+            exported = self.task.exported
+            if not exported.path.exists():
+                exported = self._materialize(exported)
+            from ..backbones.runtime import Encoder
+
+            self._encoder = Encoder(exported, device=self.task.device, threads=self.task.threads)
+        return self._encoder
+
+    def _materialize(self, exported):
         import ray
 
-        if not exported.path.exists():
-            if shipped is None:
-                raise HeadstartError(f"export {exported.path} of '{exported.name}' is not on this node",
-                                     hint="share the export cache between nodes, or let the driver ship it")
-            from ..config import Settings
+        if self.task.shipped is None:
+            raise HeadstartError(f"export {exported.path} of '{exported.name}' is not on this node",
+                                 hint="share the export cache between nodes, or let the driver ship it")
+        from ..config import Settings
 
-            exported = materialize_export(exported, ray.get(shipped), Settings.from_env().exports_dir)
-        from ..backbones.runtime import Encoder
+        return materialize_export(exported, ray.get(self.task.shipped), Settings.from_env().exports_dir)
 
-        self.encoder = Encoder(exported, device=device, threads=threads)
-        self.preprocessor = preprocessor
-        self.modality = modality
-        self.dim = int(exported.manifest.get("dim", exported.spec.dim))
-        self.batch_size = batch_size
+    def run(self, index: int, split: Any) -> SplitResult:
+        """Embed split ``index`` (``None``: the whole source) and stage its shards; see the module docstring."""
+        source = self.source()
+        self._snapshot()
+        items = iter(source) if split is None else source.read_split(split)
+        out = SplitResult(index=index, row_list=[] if self.task.keep_rows else None)
+        seen: set[str] = set()
+        failed: dict[str, Any] = {}  # key -> ErrorRecord, for this split's later duplicates
+        while True:
+            t = time.perf_counter()
+            chunk = list(itertools.islice(items, self.task.chunk_size))
+            out.seconds["read"] += time.perf_counter() - t
+            if not chunk:
+                break
+            self._chunk(chunk, seen, failed, out)
+        stats = getattr(source, "stats", {}) or {}
+        out.skipped = int(stats.get("skipped", 0))
+        out.skipped_examples = list(getattr(source, "skipped_examples", []))[:5]
+        return out
 
-    def __call__(self, block):
-        import numpy as np
+    def _chunk(self, chunk: list, seen: set[str], failed: dict[str, Any], out: SplitResult) -> None:
+        from ..embed.encode import batch_settings, encode_prepared
+        from ..embed.job import error_record
 
-        from ..embed.batching import length_sorted_batches
-
-        keys = block.column("key").to_pylist()
-        pause_point("ray-block", keys=keys)
-        refs = block.column("ref").to_pylist()
-        prepared = self.preprocessor.prepare_many(payloads_of(self.modality, block.column("payload")))
-        vectors = np.zeros((len(keys), self.dim), dtype=np.float32)
-        errors: list[str | None] = [None] * len(keys)
-        stages: list[str | None] = [None] * len(keys)
-        good = []
-        for i, p in enumerate(prepared):
-            if isinstance(p, BaseException):
-                errors[i] = p.message if isinstance(p, HeadstartError) else f"{type(p).__name__}: {p}"
-                stages[i] = "preprocess"
+        task, store = self.task, self._store
+        pause_point("ray-block", keys=[it.key for it in chunk])
+        present = store.contains([it.key for it in chunk])
+        todo, new_errors, cached = [], [], []
+        for item, have in zip(chunk, present):
+            if item.key in seen:
+                out.duplicates += 1
+                continue
+            seen.add(item.key)
+            if have:
+                out.cached += 1
+                cached.append(item.key)
+            elif item.error is not None:
+                record = error_record(item.key, item.ref, item.error, "read")
+                new_errors.append(record)
+                failed[item.key] = record
             else:
-                good.append(i)
-        items = [prepared[i] for i in good]
+                todo.append(item)
+        if cached:
+            failed.update(store.errors_for(cached))
+        vectors, keys, refs = None, [], []
+        if todo:
+            self._require_writable(len(todo))
+            t = time.perf_counter()
+            prepared = task.preprocessor.prepare_many([it.payload for it in todo])
+            out.seconds["preprocess"] += time.perf_counter() - t
+            encoder = self.encoder()
+            out.session = True
+            size, max_tokens = batch_settings(task.modality, encoder.device, task.batch_size)
+            encoded = encode_prepared([(0, prepared)], [it.key for it in todo], [it.ref for it in todo],
+                                      task.preprocessor, encoder.run, task.dim, size, max_tokens)
+            out.seconds["encode"] += encoded.seconds
+            out.truncated += encoded.truncated
+            out.embedded += len(encoded.keys)
+            vectors, keys, refs = encoded.vectors, encoded.keys, encoded.refs
+            for record in encoded.errors:
+                failed[record.key] = record
+            new_errors.extend(encoded.errors)
         t = time.perf_counter()
-        from ..embed.pipeline import MAX_TOKENS_PER_BATCH
+        self._stage(keys, refs, vectors, new_errors, out)
+        out.seconds["write"] += time.perf_counter() - t
+        self._report_rows(chunk, failed, out)
 
-        limit = MAX_TOKENS_PER_BATCH[self.encoder.device] if self.modality == "text" else None
-        for batch in length_sorted_batches(items, self.preprocessor.length, self.batch_size, limit):
-            rows = [good[i] for i in batch]
-            vectors[rows] = self.encoder.run(self.preprocessor.collate([items[i] for i in batch]))
-        finite = np.isfinite(vectors).all(axis=1)
-        for i in good:
-            if not finite[i]:
-                vectors[i] = 0.0
-                errors[i], stages[i] = "the backbone produced NaN/Inf for this item", "encode"
-        truncated = [bool(errors[i] is None and self.preprocessor.truncated(prepared[i])) for i in range(len(keys))]
-        return result_table(keys, refs, vectors, errors, stages, truncated, time.perf_counter() - t)
+    def _require_writable(self, n: int) -> None:
+        if not self.task.writable:
+            from ..store.lock import read_only_error
 
+            raise read_only_error(self.task.store_path, f"storing {n} item(s) that are not cached")
 
-def result_table(keys, refs, vectors, errors, stages, truncated, seconds: float):
-    """An output block (see the module docstring); ``seconds`` is this block's encoder time."""
-    import numpy as np
-    import pyarrow as pa
+    def _stage(self, keys: list[str], refs: list[str], vectors: Any, errors: list[Any], out: SplitResult) -> None:
+        """Write this chunk's vector shard and error shard into the store directory (not yet committed)."""
+        from ..store import shards
 
-    from ..store.shards import vector_table
+        task = self.task
+        if errors:
+            self._require_writable(len(errors))
+        prefix = f"{task.prefix}-{out.index:06d}"
+        if keys:
+            entry = shards.write_shard_file(task.store_path, shards.VECTORS,
+                                            shards.vector_table(keys, refs, vectors), prefix=prefix)
+            out.entries.append(entry)
+            pause_point("ray-shard-written", file=entry["file"], keys=keys)
+        if errors:
+            table = shards.error_table([r.key for r in errors], [r.ref for r in errors],
+                                       [r.reason for r in errors], [r.stage for r in errors])
+            out.entries.append(shards.write_shard_file(task.store_path, shards.ERRORS, table, prefix=prefix))
 
-    table = vector_table(keys, refs, np.asarray(vectors, dtype=np.float32))
-    return (table.append_column("error", pa.array(errors, type=pa.string()))
-            .append_column("stage", pa.array(stages, type=pa.string()))
-            .append_column("truncated", pa.array(truncated, type=pa.bool_()))
-            .append_column("seconds", pa.array([seconds] * len(keys), type=pa.float64())))
+    def _report_rows(self, chunk: list, failed: dict[str, Any], out: SplitResult) -> None:
+        """Count this chunk's rows; a failed row reports its own read error, else its key's error record."""
+        for item in chunk:
+            out.rows += 1
+            record = failed.get(item.key)
+            if item.error is not None:
+                error = (item.key, item.ref, item.error, "read")
+            elif record is not None:
+                error = (item.key, item.ref, record.reason, record.stage)
+            else:
+                if out.row_list is not None:
+                    out.row_list.append((item.key, item.ref, item.label))
+                continue
+            out.failed += 1
+            if out.row_list is not None or len(out.errors) < self.task.max_errors:
+                out.errors.append(error)

@@ -20,27 +20,9 @@ def open_source(source: str | os.PathLike, options: ReaderOptions | None = None,
     or no reader accepts it, :class:`ReaderError` when it cannot be read, and the reader's
     :class:`~headstart.engine.errors.SchemaError` when columns or labels are wrong.
     """
-    if engine is None:
-        from ..plugins import get_engine
-
-        engine = get_engine()
-    catalog = engine.catalog
     ref = os.fspath(source)
     options = options or ReaderOptions()
-    reader = reader if reader is not None else options.reader
-    entries = catalog.items("reader")
-    if reader is not None:
-        entry = catalog.get("reader", reader)
-    else:
-        prefixed = [e for e in entries if any(ref.startswith(p) for p in e.spec.prefixes)]
-        if not prefixed and not os.path.exists(ref):
-            raise ConfigError(f"source '{ref}' does not exist",
-                              hint=f"check the path; readers: {describe_readers(entries)}")
-        claimed = prefixed or [e for e in entries if _claims(e.spec, ref)]
-        if not claimed:
-            raise ConfigError(f"no reader accepts '{ref}'",
-                              hint=f"readers: {describe_readers(entries)}; or choose one with --reader")
-        entry = sorted(claimed, key=lambda e: (-e.spec.priority, e.name))[0]
+    entry = choose_reader(ref, options, reader=reader, engine=engine)
     try:
         return entry.spec.open(ref, options)
     except HeadstartError:
@@ -51,6 +33,31 @@ def open_source(source: str | os.PathLike, options: ReaderOptions | None = None,
     except Exception as exc:  # noqa: BLE001 - a reader plugin's own bug: name it
         raise PluginError(f"reader '{entry.name}' (plugin '{entry.plugin}') failed to open '{ref}': "
                           f"{type(exc).__name__}: {exc}", hint="report it to the plugin's authors") from exc
+
+
+def choose_reader(source: str | os.PathLike, options: ReaderOptions | None = None, *, reader: str | None = None,
+                  engine: Any = None) -> Any:
+    """The catalog entry of the reader :func:`open_source` uses for ``source`` (see there for the rules)."""
+    if engine is None:
+        from ..plugins import get_engine
+
+        engine = get_engine()
+    catalog = engine.catalog
+    ref = os.fspath(source)
+    options = options or ReaderOptions()
+    reader = reader if reader is not None else options.reader
+    entries = catalog.items("reader")
+    if reader is not None:
+        return catalog.get("reader", reader)
+    prefixed = [e for e in entries if any(ref.startswith(p) for p in e.spec.prefixes)]
+    if not prefixed and not os.path.exists(ref):
+        raise ConfigError(f"source '{ref}' does not exist",
+                          hint=f"check the path; readers: {describe_readers(entries)}")
+    claimed = prefixed or [e for e in entries if _claims(e.spec, ref)]
+    if not claimed:
+        raise ConfigError(f"no reader accepts '{ref}'",
+                          hint=f"readers: {describe_readers(entries)}; or choose one with --reader")
+    return sorted(claimed, key=lambda e: (-e.spec.priority, e.name))[0]
 
 
 def _claims(spec: ReaderSpec, ref: str) -> bool:

@@ -140,3 +140,48 @@ def has_label(value: Any) -> bool:
     """``value`` is not an empty label (a bad one counts: it fails its item instead)."""
     label, bad = read_label(value, "", "")
     return label is not None or bad is not None
+
+
+# -- splits: parts of one file that separate processes read on their own (``source.splits`` / ``read_split``) --
+
+SCAN_BLOCK = 1 << 20
+
+
+def line_splits(path: str, rows: int) -> list[dict[str, int]]:
+    """Byte ranges of ``path`` holding ``rows`` lines each (the last fewer): ``{"start", "end", "line"}``
+    with ``line`` the 1-based number of the range's first line. One pass in 1 MiB blocks; the result holds
+    one small dict per range, never the lines."""
+    out: list[dict[str, int]] = []
+    start, line, count, pos = 0, 1, 0, 0
+    with open(path, "rb") as fh:
+        while block := fh.read(SCAN_BLOCK):
+            at = 0
+            while True:
+                nl = block.find(b"\n", at)
+                if nl < 0:
+                    break
+                count += 1
+                at = nl + 1
+                if count == rows:
+                    out.append({"start": start, "end": pos + at, "line": line})
+                    start, line, count = pos + at, line + rows, 0
+            pos += len(block)
+    if pos > start:
+        out.append({"start": start, "end": pos, "line": line})
+    return out
+
+
+def read_line_range(path: str, start: int, end: int) -> Iterator[bytes]:
+    """Raw lines (line ends kept) of the byte range ``[start, end)`` of ``path``, which starts at a line start;
+    a UTF-8 BOM is removed when the range starts the file (as :func:`read_lines` does)."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        pos = start
+        for line in fh:
+            if pos >= end:
+                break
+            if pos == 0 and line.startswith(BOM):
+                yield line[len(BOM):]
+            else:
+                yield line
+            pos += len(line)

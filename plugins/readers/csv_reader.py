@@ -14,8 +14,8 @@ from typing import Iterator
 
 from headstart.sdk import Item, ReaderOptions, SchemaError
 
-from ._common import (all_empty_labels, bad_utf8, choose_columns, count_lines, display_path, new_stats,
-                      read_label, read_lines)
+from ._common import (BOM, all_empty_labels, bad_utf8, choose_columns, count_lines, display_path, new_stats,
+                      read_label, read_line_range, read_lines)
 
 #: Largest field accepted (characters); the csv module's default (128 KiB) would reject 1 MB texts.
 FIELD_LIMIT = 64 << 20
@@ -46,21 +46,66 @@ class CsvSource:
             raise all_empty_labels(self.label_column, self.name)
         self.has_labels = self._li is not None
 
-    def _rows(self) -> Iterator[tuple[int, list[str]]]:
-        """(physical line number where the row starts, fields) for each non-blank row, header first."""
-        lines = (raw.decode("utf-8", "surrogateescape") for raw in read_lines(self.path))
+    def _rows(self, raw_lines: Iterator[bytes] | None = None, first_line: int = 1) -> Iterator[tuple[int, list[str]]]:
+        """(physical line number where the row starts, fields) for each non-blank row (the file's: header first)."""
+        lines = (raw.decode("utf-8", "surrogateescape") for raw in (raw_lines or read_lines(self.path)))
         reader = csv.reader(lines, delimiter=self.delimiter)
-        start = 1
+        start = first_line
         for fields in reader:
             if fields:
                 yield start, fields
-            start = reader.line_num + 1
+            start = first_line + reader.line_num
 
     def __iter__(self) -> Iterator[Item]:
-        self.stats = stats = new_stats()
         rows = self._rows()
         next(rows, None)
-        for n, (line, fields) in enumerate(rows, start=1):
+        return self._items(rows, 1)
+
+    def splits(self, rows: int) -> list[dict[str, int]]:
+        """Parts of ``rows`` data rows each, for readers in other processes (:meth:`read_split`): byte ranges
+        that start at a row start, found by one parsing pass (quoted fields may span lines). Holds one small
+        dict per part, never the rows."""
+        consumed = [0]
+
+        def counted() -> Iterator[bytes]:
+            for raw in read_lines(self.path):
+                consumed[0] += len(raw)
+                yield raw
+
+        bom = 0
+        with open(self.path, "rb") as fh:
+            bom = len(BOM) if fh.read(len(BOM)) == BOM else 0
+        lines = (raw.decode("utf-8", "surrogateescape") for raw in counted())
+        reader = csv.reader(lines, delimiter=self.delimiter)
+        out: list[dict[str, int]] = []
+        part: dict[str, int] | None = None
+        header_seen, row = False, 0
+        for fields in reader:
+            if not fields:
+                continue
+            if not header_seen:
+                header_seen = True
+            else:
+                row += 1
+                if row % rows == 0 and part is not None:
+                    part["end"] = consumed[0] + bom
+                    out.append(part)
+                    part = None
+            if part is None:
+                part = {"start": consumed[0] + bom, "end": -1, "line": reader.line_num + 1, "row": row + 1}
+        if part is not None and row + 1 > part["row"]:
+            part["end"] = consumed[0] + bom
+            out.append(part)
+        return out
+
+    def read_split(self, split: dict[str, int]) -> Iterator[Item]:
+        """The items of one part from :meth:`splits` (refs number rows and lines as in the whole file)."""
+        lines = read_line_range(self.path, split["start"], split["end"])
+        return self._items(self._rows(lines, split["line"]), split["row"])
+
+    def _items(self, rows: Iterator[tuple[int, list[str]]], first: int) -> Iterator[Item]:
+        self.stats = stats = new_stats()
+        for n, (line, fields) in enumerate(rows, start=first):
             ref = f"{self.name}:row {n}"
             item = self._item(ref, line, fields, stats)
             stats["items"] += 1

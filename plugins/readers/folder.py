@@ -168,7 +168,27 @@ class FolderSource:
     def __iter__(self) -> Iterator[Item]:
         self.stats = stats = self._new_stats()
         self.skipped_examples = examples = []
-        for path, label in self._labelled_paths(stats, examples):
+        return self._items(self._labelled_paths(stats, examples), stats)
+
+    def splits(self, rows: int) -> list[list[tuple[str, str | None]]]:
+        """Lists of ``rows`` (path, label) each, for readers in other processes (:meth:`read_split`); the walk's
+        skipped entries are counted in ``stats`` here, once."""
+        self.stats = stats = self._new_stats()
+        self.skipped_examples = examples = []
+        out: list[list[tuple[str, str | None]]] = [[]]
+        for entry in self._labelled_paths(stats, examples):
+            if len(out[-1]) == rows:
+                out.append([])
+            out[-1].append(entry)
+        return out if out[0] else []
+
+    def read_split(self, split: list[tuple[str, str | None]]) -> Iterator[Item]:
+        """The items of one part from :meth:`splits`."""
+        self.stats = stats = self._new_stats()
+        return self._items(iter(split), stats)
+
+    def _items(self, paths: Iterator[tuple[str, str | None]], stats: dict[str, int]) -> Iterator[Item]:
+        for path, label in paths:
             item = self._read(path, label)
             stats["items"] += 1
             stats["failed"] += item.error is not None

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from headstart.sdk import Item, ReaderOptions, SchemaError
 
 from ._common import (all_empty_labels, bad_utf8, choose_columns, count_lines, decode, display_path, has_label,
-                      new_stats, read_label, read_lines, strip_eol)
+                      line_splits, new_stats, read_label, read_line_range, read_lines, strip_eol)
 
 
 class JsonlSource:
@@ -51,8 +51,19 @@ class JsonlSource:
                 yield n, exc
 
     def __iter__(self) -> Iterator[Item]:
+        return self._items(read_lines(self.path), 1)
+
+    def splits(self, rows: int) -> list[dict[str, int]]:
+        """Parts of ``rows`` lines each, for readers in other processes (:meth:`read_split`)."""
+        return line_splits(self.path, rows)
+
+    def read_split(self, split: dict[str, int]) -> Iterator[Item]:
+        """The items of one part from :meth:`splits` (refs number lines as in the whole file)."""
+        return self._items(read_line_range(self.path, split["start"], split["end"]), split["line"])
+
+    def _items(self, lines: Iterator[bytes], first: int) -> Iterator[Item]:
         self.stats = stats = new_stats()
-        for n, raw in enumerate(read_lines(self.path), start=1):
+        for n, raw in enumerate(lines, start=first):
             raw = strip_eol(raw)
             if not raw.strip():
                 stats["skipped"] += 1

@@ -38,10 +38,21 @@ class NpySource:
         self.shape = tuple(self.array.shape[1:])
 
     def __iter__(self) -> Iterator[Item]:
+        return self._items(0, int(self.array.shape[0]))
+
+    def splits(self, rows: int) -> list[dict[str, int]]:
+        """Row ranges of ``rows`` rows each, for readers in other processes (:meth:`read_split`)."""
+        n = int(self.array.shape[0])
+        return [{"start": i, "stop": min(i + rows, n)} for i in range(0, n, rows)]
+
+    def read_split(self, split: dict[str, int]) -> Iterator[Item]:
+        return self._items(split["start"], split["stop"])
+
+    def _items(self, start: int, stop: int) -> Iterator[Item]:
         import numpy as np
 
         self.stats = stats = new_stats()
-        for n in range(self.array.shape[0]):
+        for n in range(start, stop):
             yield Item.make(f"{self.name}:row {n + 1}", np.array(self.array[n]), "numeric")
             stats["items"] += 1
 

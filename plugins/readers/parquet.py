@@ -90,9 +90,41 @@ class ParquetSource:
             yield batch.column(self.label_column).to_pylist()
 
     def __iter__(self) -> Iterator[Item]:
+        return self._items(self._batches(self._read_columns()), 0)
+
+    def splits(self, rows: int) -> list[dict[str, Any]]:
+        """Runs of whole row groups of at least ``rows`` rows each (the last fewer), for readers in other
+        processes (:meth:`read_split`); from the footer alone."""
+        meta = self.file.metadata
+        out: list[dict[str, Any]] = []
+        first = 0
+        part: dict[str, Any] | None = None
+        for g in range(meta.num_row_groups):
+            if part is None:
+                part = {"row_groups": [], "first": first, "rows": 0}
+            part["row_groups"].append(g)
+            n = meta.row_group(g).num_rows
+            part["rows"] += n
+            first += n
+            if part["rows"] >= rows:
+                out.append(part)
+                part = None
+        if part is not None and part["rows"]:
+            out.append(part)
+        return out
+
+    def read_split(self, split: dict[str, Any]) -> Iterator[Item]:
+        """The items of one part from :meth:`splits` (refs number rows as in the whole file)."""
+        batches = self.file.iter_batches(batch_size=BATCH_ROWS, row_groups=split["row_groups"],
+                                         columns=list(dict.fromkeys(self._read_columns())))
+        return self._items(batches, split["first"])
+
+    def _read_columns(self) -> list[str]:
+        return self.inputs + ([self.label_column] if self.label_column else [])
+
+    def _items(self, batches: Iterator[Any], row: int) -> Iterator[Item]:
         self.stats = stats = new_stats()
-        row = 0
-        for batch in self._batches(self.inputs + ([self.label_column] if self.label_column else [])):
+        for batch in batches:
             labels = batch.column(self.label_column).to_pylist() if self.label_column else [None] * batch.num_rows
             values = self._values(batch)
             for value, label in zip(values, labels):

@@ -11,7 +11,8 @@ from typing import Iterator
 
 from headstart.sdk import Item, ReaderOptions
 
-from ._common import bad_utf8, count_lines, decode, display_path, new_stats, read_lines, strip_eol
+from ._common import (bad_utf8, count_lines, decode, display_path, line_splits, new_stats, read_line_range,
+                      read_lines, strip_eol)
 
 
 class TextFileSource:
@@ -28,8 +29,19 @@ class TextFileSource:
             pass
 
     def __iter__(self) -> Iterator[Item]:
+        return self._items(read_lines(self.path), 1)
+
+    def splits(self, rows: int) -> list[dict[str, int]]:
+        """Parts of ``rows`` lines each, for readers in other processes (:meth:`read_split`)."""
+        return line_splits(self.path, rows)
+
+    def read_split(self, split: dict[str, int]) -> Iterator[Item]:
+        """The items of one part from :meth:`splits` (refs number lines as in the whole file)."""
+        return self._items(read_line_range(self.path, split["start"], split["end"]), split["line"])
+
+    def _items(self, lines: Iterator[bytes], first: int) -> Iterator[Item]:
         self.stats = stats = new_stats()
-        for n, raw in enumerate(read_lines(self.path), start=1):
+        for n, raw in enumerate(lines, start=first):
             ref = f"{self.name}:line {n}"
             raw = strip_eol(raw)
             try:
