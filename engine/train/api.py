@@ -73,6 +73,11 @@ def _fit_and_score(ref: HeadRef | str, prep: Prepared, engine: Any) -> tuple[Any
     metrics = classification_metrics(prep.y[scored], predicted, head.classes_)
     metrics.update(split="validation" if len(prep.split.val) else "train", fit_seconds=round(fit_s, 4),
                    predict_seconds=round(predict_s, 4))
+    if len(prep.split.val) and hasattr(head, "predict_proba"):
+        from .calibration import calibrate
+
+        metrics["calibration"] = calibrate(predict_in_chunks(head, prep.X[scored], "predict_proba"),
+                                           prep.y[scored], head.classes_)
     if subsample is not None:
         metrics["subsample"] = subsample
     return head, canonical, metrics
