@@ -86,3 +86,58 @@ def test_calibration_is_not_applied_to_probabilities_that_are_already_calibrated
     assert not record["applied"] and record["temperature"] == 1.0
     assert record["fitted_temperature"] == pytest.approx(1.0, abs=0.05)
     assert record["after"] == record["before"]
+
+
+def _numeric_parquet(path, signal: float, n: int = 400, seed: int = 0):
+    """Rows [1000, ±signal + noise, noise, noise] in two classes: the class lives in a direction that is tiny
+    next to the constant first input, so a per-tensor int8 range (fitted to the 1000) rounds it away while
+    the embeddings' cosine to fp32 stays near 1 (the export's gate passes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = np.stack([np.full(n, 1000.0), (2 * y - 1) * signal * (1 + 0.3 * rng.standard_normal(n)),
+                  rng.standard_normal(n), rng.standard_normal(n)], 1).astype(np.float32)
+    pq.write_table(pa.table({"features": pa.array(list(x), type=pa.list_(pa.float32())),
+                             "label": [f"c{i}" for i in y]}), path)
+    return path
+
+
+def _cli(home, *args):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "headstart", *args], env=dict(os.environ, HEADSTART_HOME=str(home)),
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_int8_that_loses_accuracy_on_the_head_falls_back_to_fp32_and_says_so(tmp_path):
+    import json
+
+    from headstart.engine.testing.tiny_backbones import projection_backbone
+    from headstart.engine.train.model import load_model
+
+    backbone = f"onnx:{projection_backbone(tmp_path / 'bb', width=4, dim=4, weights=np.eye(4))}"
+    data = _numeric_parquet(tmp_path / "weak.parquet", signal=1.0)
+    run = _cli(tmp_path / "home", "train", str(data), "--backbone", backbone, "--precision", "int8",
+               "-o", str(tmp_path / "m"), "--json")
+    assert run.returncode == 0, run.stderr
+    assert "warning: int8 features lose" in run.stderr and "trained on fp32 features instead" in run.stderr
+    check = json.loads(run.stdout)["training"]["int8_check"]
+    assert check["fallback"] and check["used"] == "fp32" and check["delta_pt"] < -0.5
+    assert check["fp32_accuracy"] > 0.95 and check["int8_accuracy"] < 0.8
+    model = load_model(tmp_path / "m")
+    assert model.manifest["backbone"]["precision"] == "fp32"
+    assert model.manifest["training"]["int8_check"] == check
+    assert model.evaluate(str(data), progress=False)["accuracy"] > 0.95  # predicts through fp32 features
+
+    strong = _numeric_parquet(tmp_path / "strong.parquet", signal=30.0)  # survives int8's rounding
+    # (a fresh store: static int8 is calibrated on the data of the first export in a store)
+    run = _cli(tmp_path / "home2", "sweep", str(strong), "--backbone", backbone, "--precision", "int8",
+               "--heads", "linear,knn", "--json")
+    assert run.returncode == 0, run.stderr
+    check = json.loads(run.stdout)["training"]["int8_check"]
+    assert not check["fallback"] and check["used"] == "int8" and check["head"] == "linear"
+    assert f"{check['delta_pt']:+.2f} pt" in run.stderr and "int8 kept" in run.stderr

@@ -45,6 +45,14 @@ def _source_options(fn):
     return fn
 
 
+def _say_int8(training: dict[str, Any]) -> None:
+    """On stderr (also with --json, whose output carries the record under training.int8_check): int8 vs fp32."""
+    if training.get("int8_check"):
+        from ..train.int8_check import format_int8_check
+
+        click.echo(format_int8_check(training["int8_check"]), err=True)
+
+
 @click.command("train")
 @click.argument("source")
 @click.option("--head", "head", default="linear", show_default=True,
@@ -74,6 +82,7 @@ def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, 
     result = train_api(source, head, backbone=backbone, out=out, val_fraction=val_fraction, seed=seed,
                        refit=not no_refit, engine=engine, allow_pickle=allow_pickle, **embed_kwargs(precision=precision, **options))
     manifest = result.model.manifest
+    _say_int8(manifest["training"])
     if as_json:
         echo_json({"model": str(result.path), "head": manifest["head"]["ref"], "backbone": manifest["backbone"],
                    "training": manifest["training"], "metrics": result.metrics})
@@ -104,6 +113,7 @@ def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: s
     result = sweep_api(source, split_heads(heads), backbone=backbone, val_fraction=val_fraction, seed=seed,
                        metric=metric, save_best=save_best, engine=engine, allow_pickle=allow_pickle,
                        **embed_kwargs(precision=precision, **options))
+    _say_int8(result.training)
     if as_json:
         echo_json({"metric": metric, "best": result.best, "heads": result.rows, "training": result.training,
                    "saved": str(result.model.path) if result.model else None})
