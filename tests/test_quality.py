@@ -141,3 +141,79 @@ def test_int8_that_loses_accuracy_on_the_head_falls_back_to_fp32_and_says_so(tmp
     check = json.loads(run.stdout)["training"]["int8_check"]
     assert not check["fallback"] and check["used"] == "int8" and check["head"] == "linear"
     assert f"{check['delta_pt']:+.2f} pt" in run.stderr and "int8 kept" in run.stderr
+
+
+def _blobs(n: int, dim: int, classes: int, noise: float, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).standard_normal((classes, dim))
+    y = rng.integers(0, classes, n)
+    return (centres[y] + noise * rng.standard_normal((n, dim))).astype(np.float32), [f"c{v}" for v in y]
+
+
+def test_curve_says_more_labels_will_help_on_a_task_that_keeps_improving_and_doubling_confirms_it():
+    from headstart.engine.train.api import sweep
+    from headstart.engine.train.curve import format_curve
+
+    X, y = _blobs(600, 300, 10, 5.0)  # 300-d, 10 classes, ~48 examples a class: far from saturated
+    result = sweep(FeatureSet.from_arrays(X, y), ["linear"], curve=True)
+    curve = result.curve
+    head = curve["heads"]["linear"]
+    assert len(curve["sizes"]) == 6 and curve["sizes"] == sorted(curve["sizes"]) and curve["sizes"][-1] == result.training["n_train"]
+    assert head["mean"][-1] > head["mean"][0] + 0.2
+    assert curve["advice"]["kind"] == "more_labels" and head["trend"]["gain_2x_pt"] >= 1.0
+    assert "more labels will help" in format_curve(curve)
+    # the prediction holds: twice the labels (new draws from the same task), same validation rows
+    X2, y2 = _blobs(600, 300, 10, 5.0, seed=1)
+    train, val = np.asarray(sorted(set(range(600)) - set(_val_rows(y))), int), _val_rows(y)
+    doubled = build_head("linear")[0].fit(np.concatenate([X[train], X2]), np.asarray([y[i] for i in train] + y2))
+    single = build_head("linear")[0].fit(X[train], np.asarray(y)[train])
+    gain = doubled.score(X[val], np.asarray(y)[val]) - single.score(X[val], np.asarray(y)[val])
+    assert gain >= 0.01
+
+
+def _val_rows(y: list[str]) -> np.ndarray:
+    from headstart.engine.train.splits import stratified_split
+
+    return stratified_split(np.asarray(y), 0.2, 0).val
+
+
+def test_curve_says_frozen_features_are_enough_on_a_saturated_task():
+    from headstart.engine.train.api import sweep
+
+    X, y = _blobs(300, 8, 3, 0.2)
+    curve = sweep(FeatureSet.from_arrays(X, y), ["knn"], curve=True).curve
+    assert curve["heads"]["knn"]["mean"][-1] == 1.0 and curve["advice"]["kind"] == "enough"
+
+
+def test_curve_on_blind_frozen_features_advises_finetuning_and_the_escalation_records_the_same_evidence(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from finetune_data import blind_task, tiny_bert_blind
+
+    from headstart.engine.plugins import set_engine
+    from headstart.engine.train.finetune import FinetuneOptions, escalate
+
+    bert = tiny_bert_blind(tmp_path / "bert")
+    data = blind_task(tmp_path / "train.csv", 160, 0)
+    run = _cli(tmp_path / "home", "sweep", str(data), "-b", f"hf:{bert}", "--heads", "linear", "--curve")
+    assert run.returncode == 0, run.stderr
+    assert "learning curve" in run.stdout and "plateaued" in run.stdout and "headstart finetune" in run.stdout
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADSTART_HOME", str(tmp_path / "home"))
+        set_engine(None)
+        try:
+            result = escalate(str(data), ("accuracy", 0.9), out=tmp_path / "model", backbone=f"hf:{bert}", heads=["linear"],
+                              options=FinetuneOptions(epochs=5, lr=3e-3, batch_size=16, patience=2), progress=False)
+        finally:
+            set_engine(None)
+    assert len(result.stages) == 2, result.decision
+    sweep_stage, tune_stage = result.stages
+    curve = sweep_stage["curve"]
+    assert curve["advice"]["kind"] == "plateau" and "headstart finetune" in curve["advice"]["text"]
+    expected_with_more_labels = curve["heads"]["linear"]["trend"]["accuracy_at_2n"]
+    assert expected_with_more_labels < 0.75  # more labels would not help the frozen features ...
+    assert tune_stage["accuracy"] > expected_with_more_labels + 0.15  # ... fine-tuning does
+    json.dumps(result.summary())  # the evidence is part of the JSON summary

@@ -101,24 +101,32 @@ def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, 
               help="Comma-separated head refs (commas inside parentheses are kept).")
 @click.option("--metric", default="accuracy", type=click.Choice(["accuracy", "macro_f1"]), show_default=True)
 @click.option("--save-best", default=None, metavar="DIR", help="Refit the best head on all rows and save it here.")
+@click.option("--curve", is_flag=True,
+              help="Also fit each head at 6 training sizes (stratified, repeated): learning curve, trend, advice.")
 @_source_options
 @click.pass_context
-def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: str | None, backbone: str | None,
-          precision: str, val_fraction: float, seed: int, as_json: bool, allow_pickle: bool, **options: Any) -> None:
+def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: str | None, curve: bool,
+          backbone: str | None, precision: str, val_fraction: float, seed: int, as_json: bool, allow_pickle: bool,
+          **options: Any) -> None:
     """Fit several heads on the same cached features and compare them in one table (best marked)."""
     from ..train.api import sweep as sweep_api
     from ..train.report import format_sweep
 
     engine = CliState.from_ctx(ctx).engine()
     result = sweep_api(source, split_heads(heads), backbone=backbone, val_fraction=val_fraction, seed=seed,
-                       metric=metric, save_best=save_best, engine=engine, allow_pickle=allow_pickle,
+                       metric=metric, save_best=save_best, engine=engine, allow_pickle=allow_pickle, curve=curve,
                        **embed_kwargs(precision=precision, **options))
     _say_int8(result.training)
     if as_json:
         echo_json({"metric": metric, "best": result.best, "heads": result.rows, "training": result.training,
-                   "saved": str(result.model.path) if result.model else None})
+                   "saved": str(result.model.path) if result.model else None,
+                   **({"curve": result.curve} if result.curve else {})})
         return
     click.echo(format_sweep(result.rows, metric))
+    if result.curve:
+        from ..train.curve import format_curve
+
+        click.echo(format_curve(result.curve))
     if result.model is not None:
         click.echo(f"best head {result.best} refitted on all rows and written to {result.model.path}")
 

@@ -183,15 +183,18 @@ class SweepResult:
     best: str | None
     model: Model | None = None  # the best head refitted on all rows, when save_best was given
     training: dict[str, Any] = field(default_factory=dict)
+    curve: dict[str, Any] | None = None  # learning curves and advice (curve=True), see headstart.engine.train.curve
 
 
 def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | None = None,
           val_fraction: float = 0.2, seed: int = 0, metric: str = "accuracy", save_best: str | Path | None = None,
-          engine: Any = None, allow_pickle: bool = False, **embed_options: Any) -> SweepResult:
+          engine: Any = None, allow_pickle: bool = False, curve: bool = False, **embed_options: Any) -> SweepResult:
     """Fit every head on the same cached features and split; compare on validation; best marked.
 
     A head that fails gets a row with its error and the sweep goes on. With ``save_best`` the
-    best head is refitted on all labelled rows and written there as a model folder.
+    best head is refitted on all labelled rows and written there as a model folder. With ``curve``
+    each head that fitted also gets a learning curve (:mod:`headstart.engine.train.curve`) and the
+    result one line of advice.
     """
     if metric not in ("accuracy", "macro_f1"):
         raise ConfigError(f"unknown sweep metric '{metric}'", hint="use accuracy or macro_f1")
@@ -237,6 +240,11 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
         r["best"] = r["head"] == best
     result = SweepResult(rows, metric, best, training=_training(prep, val_fraction, seed, save_best is not None,
                                                                 int8_check=int8_check))
+    if curve and fitted:
+        from .curve import learning_curve
+
+        result.curve = learning_curve(prep.X, prep.y, prep.split.train, prep.split.val, list(fitted), engine,
+                                      seed=seed)
     if save_best is not None and best is not None:
         canonical, head, metrics = fitted[best]
         final, refitted, subsample = _final(canonical, head, prep, True, engine, metrics)
