@@ -248,9 +248,9 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
     if save_best is not None and best is not None:
         canonical, head, metrics = fitted[best]
         final, refitted, subsample = _final(canonical, head, prep, True, engine, metrics)
-        result.model = Model(final, make_manifest(canonical, final, prep.features, metrics,
-                                                  _training(prep, val_fraction, seed, refitted, subsample,
-                                                            int8_check)),
+        training = {**_training(prep, val_fraction, seed, refitted, subsample, int8_check), "sweep": rows,
+                    "sweep_metric": metric, **({"curve": result.curve} if result.curve else {})}
+        result.model = Model(final, make_manifest(canonical, final, prep.features, metrics, training),
                              training_keys=_training_keys(prep, refitted))
         result.model.save(save_best, allow_pickle=allow_pickle, check_rows=_check_rows(prep))
     return result
