@@ -416,7 +416,7 @@ def escalate(source: Any, target: str | tuple[str, float], *, out: str | Path, b
     if not allow_finetune:
         return EscalationResult(metric, goal, [stage], f"the best head {swept.best} reached {metric} {best[metric]:.4f} "
                                 f"< {goal}; fine-tuning was not allowed (pass --allow-finetune); learning curve: "
-                                f"{stage['curve']['advice']['text']}", False, swept.model, out)
+                                f"{(stage['curve'].get('advice') or {}).get('text', 'none')}", False, swept.model, out)
     opts = dataclasses.replace(options or FinetuneOptions(), metric=metric, val_fraction=val_fraction, seed=seed)
     head = swept.best if swept.best.split("(")[0] in HEADS else "linear"
     ft_out = out.with_name(out.name + ".finetune-tmp")
