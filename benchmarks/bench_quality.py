@@ -11,7 +11,8 @@ Datasets (offline, public, loaded from Debian packages on this machine; cached u
 * ``debian-games-science``: the same descriptions, games vs science, a random stratified split.
 * ``fortunes``: fortune cookies (Debian ``fortunes``/``fortunes-min``) → their file (category), random split.
 * ``icons``: Adwaita 48×48 icons (Debian ``adwaita-icon-theme``) → their context folder, random split,
-  through EfficientNet-Lite0.
+  through EfficientNet-Lite0 (small: the theme has few full-colour icons per context at that size).
+* ``digits``: scikit-learn's bundled 8×8 handwritten digits drawn as 64×64 PNGs, through EfficientNet-Lite0.
 
 Text goes through the shipped MiniLM, images through EfficientNet-Lite0. On each dataset: ``old`` = the
 linear head as of commit 0bc6622 (L2 chosen on one 80/20 split by accuracy, then log-loss), ``new`` = the
@@ -151,11 +152,34 @@ def icons(per_class: int) -> tuple[Path, Path] | None:
     return folder / "train", folder / "test"
 
 
+def digits(per_class: int) -> tuple[Path, Path] | None:
+    """scikit-learn's bundled 8×8 handwritten digits, drawn as 64×64 PNGs, random split."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    folder = DATA / "digits"
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(7)
+    for digit in range(10):
+        rows = np.flatnonzero(data.target == digit)
+        rows = rows[rng.permutation(len(rows))[: per_class * 3 // 2]]
+        cut = int(round(len(rows) / 3))
+        for part, picked in (("test", rows[:cut]), ("train", rows[cut:])):
+            target = folder / part / str(digit)
+            target.mkdir(parents=True, exist_ok=True)
+            for i in picked:
+                pixels = (255 - data.images[i] * 255 / 16).astype(np.uint8)
+                Image.fromarray(pixels).resize((64, 64), Image.NEAREST).convert("RGB").save(target / f"{i}.png")
+    return folder / "train", folder / "test"
+
+
 DATASETS: dict[str, tuple[Callable[[int], Any], str]] = {
     "debian-sections": (debian_sections, "minilm-l6"),
     "debian-games-science": (debian_games_science, "minilm-l6"),
     "fortunes": (fortunes, "minilm-l6"),
     "icons": (icons, "efficientnet-lite0"),
+    "digits": (digits, "efficientnet-lite0"),
 }
 
 

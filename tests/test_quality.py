@@ -217,3 +217,15 @@ def test_curve_on_blind_frozen_features_advises_finetuning_and_the_escalation_re
     assert expected_with_more_labels < 0.75  # more labels would not help the frozen features ...
     assert tune_stage["accuracy"] > expected_with_more_labels + 0.15  # ... fine-tuning does
     json.dumps(result.summary())  # the evidence is part of the JSON summary
+
+
+def test_calibration_on_a_small_error_free_validation_split_stays_near_one():
+    from headstart.engine.train.calibration import T_MIN, calibrate, fit_temperature
+
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((40, 3))
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = proba.argmax(1)  # every validation item right: the log-loss alone would sharpen without limit
+    assert fit_temperature(proba, y) > 0.5 > T_MIN
+    record = calibrate(proba, y, [0, 1, 2])
+    assert record["held_out_log_loss"] is not None and record["fitted_temperature"] > 0.5
