@@ -318,6 +318,25 @@ def integrity(results: Path, base: str) -> str:
             + "\n" + _machine_line(r) + "\n")
 
 
+def quality(results: Path, base: str) -> str:
+    r = load("quality", results)
+    if not r:
+        return _missing("quality", "python benchmarks/bench_quality.py")
+    out = [f"`{r['machine']['command']}` — {_source('quality', r, base)}; old = the linear head of commit "
+           f"{r['old_commit']}:\n"]
+    for d in r["datasets"]:
+        out.append(f"\n{d['name']} ({d['backbone']}, {d['classes']} classes, {d['n_train']} train / {d['n_test']} test):\n")
+        out.append(_table(d["rows"], [("model", "model"), ("test accuracy", "accuracy"), ("test log-loss", "log_loss"),
+                                      ("ECE", "ece"), ("temperature", "temperature")]))
+    s = r.get("summary")
+    if s:
+        out.append(f"\nMean test accuracy: old {s['mean_accuracy_old']:.4f}, new {s['mean_accuracy_new']:.4f}, "
+                   f"sklearn defaults {s['mean_accuracy_sklearn_defaults']:.4f}; worst new − sklearn: "
+                   f"{s['worst_new_minus_sklearn_pt']:+.2f} pt.\n")
+    out.append("\n" + _machine_line(r) + "\n")
+    return "".join(out)
+
+
 RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "readme-performance": readme_performance,
     "embed-text": embed_text,
@@ -328,6 +347,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "ray": ray,
     "ray-paper": ray_paper,
     "integrity": integrity,
+    "quality": quality,
 }
 
 

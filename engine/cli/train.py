@@ -45,6 +45,14 @@ def _source_options(fn):
     return fn
 
 
+def _say_int8(training: dict[str, Any]) -> None:
+    """On stderr (also with --json, whose output carries the record under training.int8_check): int8 vs fp32."""
+    if training.get("int8_check"):
+        from ..train.int8_check import format_int8_check
+
+        click.echo(format_int8_check(training["int8_check"]), err=True)
+
+
 @click.command("train")
 @click.argument("source")
 @click.option("--head", "head", default="linear", show_default=True,
@@ -74,6 +82,7 @@ def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, 
     result = train_api(source, head, backbone=backbone, out=out, val_fraction=val_fraction, seed=seed,
                        refit=not no_refit, engine=engine, allow_pickle=allow_pickle, **embed_kwargs(precision=precision, **options))
     manifest = result.model.manifest
+    _say_int8(manifest["training"])
     if as_json:
         echo_json({"model": str(result.path), "head": manifest["head"]["ref"], "backbone": manifest["backbone"],
                    "training": manifest["training"], "metrics": result.metrics})
@@ -92,42 +101,80 @@ def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, 
               help="Comma-separated head refs (commas inside parentheses are kept).")
 @click.option("--metric", default="accuracy", type=click.Choice(["accuracy", "macro_f1"]), show_default=True)
 @click.option("--save-best", default=None, metavar="DIR", help="Refit the best head on all rows and save it here.")
+@click.option("--curve", is_flag=True,
+              help="Also fit each head at 6 training sizes (stratified, repeated): learning curve, trend, advice.")
+@click.option("--html", "html_out", default=None, metavar="REPORT.html",
+              help="Also write the comparison (and the learning curves) as a self-contained HTML page.")
 @_source_options
 @click.pass_context
-def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: str | None, backbone: str | None,
-          precision: str, val_fraction: float, seed: int, as_json: bool, allow_pickle: bool, **options: Any) -> None:
+def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: str | None, curve: bool,
+          html_out: str | None, backbone: str | None, precision: str, val_fraction: float, seed: int, as_json: bool,
+          allow_pickle: bool, **options: Any) -> None:
     """Fit several heads on the same cached features and compare them in one table (best marked)."""
     from ..train.api import sweep as sweep_api
     from ..train.report import format_sweep
 
     engine = CliState.from_ctx(ctx).engine()
+    if html_out is not None:
+        _check_html_out(html_out, source)
     result = sweep_api(source, split_heads(heads), backbone=backbone, val_fraction=val_fraction, seed=seed,
-                       metric=metric, save_best=save_best, engine=engine, allow_pickle=allow_pickle,
+                       metric=metric, save_best=save_best, engine=engine, allow_pickle=allow_pickle, curve=curve,
                        **embed_kwargs(precision=precision, **options))
+    _say_int8(result.training)
+    if html_out is not None:
+        from ..report.build import sweep_report, write_report
+
+        write_report(sweep_report(result.rows, metric, result.curve, title=f"headstart sweep: {source}"), html_out)
+        click.echo(f"report written to {html_out}", err=True)
     if as_json:
         echo_json({"metric": metric, "best": result.best, "heads": result.rows, "training": result.training,
-                   "saved": str(result.model.path) if result.model else None})
+                   "saved": str(result.model.path) if result.model else None,
+                   **({"curve": result.curve} if result.curve else {})})
         return
     click.echo(format_sweep(result.rows, metric))
+    if result.curve:
+        from ..train.curve import format_curve
+
+        click.echo(format_curve(result.curve))
     if result.model is not None:
         click.echo(f"best head {result.best} refitted on all rows and written to {result.model.path}")
+
+
+def _check_html_out(out: str, *inputs: Any) -> None:
+    """Before any work: the report name ends in .html and replaces no input."""
+    from ..embed.sources import refuse_output_over_inputs
+    from ..report.build import check_report_name
+
+    check_report_name(out)
+    refuse_output_over_inputs(out, inputs, option="--html")
 
 
 @click.command("eval")
 @click.argument("model_dir")
 @click.argument("source")
+@click.option("--html", "html_out", default=None, metavar="REPORT.html",
+              help="Also write the evaluation as a self-contained HTML report (see `headstart report`).")
 @embed_runtime_options
 @reader_options
 @trust_option
 @json_option
 @click.pass_context
-def eval_cmd(ctx: click.Context, model_dir: str, source: str, trust_pickle: bool, as_json: bool, **options: Any) -> None:
+def eval_cmd(ctx: click.Context, model_dir: str, source: str, html_out: str | None, trust_pickle: bool,
+             as_json: bool, **options: Any) -> None:
     """Evaluate the model in MODEL_DIR on labelled SOURCE (accuracy, macro-F1, confusion matrix)."""
-    from ..train.api import evaluate
+    from ..train.api import evaluate, load_model
     from ..train.report import format_metrics
 
     engine = CliState.from_ctx(ctx).engine()
-    metrics = evaluate(model_dir, source, trust=trust_pickle, engine=engine, **embed_kwargs(**options))
+    model = load_model(model_dir, trust=trust_pickle, engine=engine)
+    if html_out is not None:
+        _check_html_out(html_out, source, *[f for f in model.path.iterdir() if f.is_file()])
+    metrics = evaluate(model, source, trust=trust_pickle, engine=engine, **embed_kwargs(**options))
+    if html_out is not None:
+        from ..report.build import model_report, write_report
+
+        write_report(model_report(model, source, engine=engine, **embed_kwargs(**options)), html_out)
+        click.echo(f"report written to {html_out}", err=True)
     if as_json:
         echo_json(metrics)
         return

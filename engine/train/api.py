@@ -73,18 +73,37 @@ def _fit_and_score(ref: HeadRef | str, prep: Prepared, engine: Any) -> tuple[Any
     metrics = classification_metrics(prep.y[scored], predicted, head.classes_)
     metrics.update(split="validation" if len(prep.split.val) else "train", fit_seconds=round(fit_s, 4),
                    predict_seconds=round(predict_s, 4))
+    if len(prep.split.val) and hasattr(head, "predict_proba"):
+        from .calibration import calibrate
+
+        metrics["calibration"] = calibrate(predict_in_chunks(head, prep.X[scored], "predict_proba"),
+                                           prep.y[scored], head.classes_)
     if subsample is not None:
         metrics["subsample"] = subsample
     return head, canonical, metrics
 
 
+def _judge_int8(ref: Any, prep: Prepared, source: Any, backbone: str | None, val_fraction: float, engine: Any,
+                embed_options: dict[str, Any]) -> tuple[Prepared, dict[str, Any] | None]:
+    """With int8 features of an embedded source: the head on int8 vs fp32 features (see
+    :mod:`headstart.engine.train.int8_check`); the fp32 data replaces the int8 data when int8 loses."""
+    if embed_options.get("precision") != "int8" or hasattr(source, "vectors") or len(prep.split.val) == 0:
+        return prep, None
+    from .int8_check import judge_int8
+
+    fp_prep = prepare(load_features(source, backbone or prep.features.backbone, labelled=True, engine=engine,
+                                    **{**embed_options, "precision": "fp32"}), val_fraction, prep.seed)
+    record = judge_int8(ref, prep, fp_prep, engine)
+    return (fp_prep if record["fallback"] else prep), record
+
+
 def _training(prep: Prepared, val_fraction: float, seed: int, refit: bool,
-              subsample: dict[str, Any] | None = None) -> dict[str, Any]:
+              subsample: dict[str, Any] | None = None, int8_check: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"n_items": len(prep.features) + prep.n_unlabelled, "n_labelled": len(prep.y),
             "n_train": int(len(prep.split.train)), "n_val": int(len(prep.split.val)), "n_errors": prep.n_errors,
             "n_unlabelled": prep.n_unlabelled, "train_only_classes": list(prep.split.train_only_classes),
             "val_fraction": val_fraction, "seed": seed, "refit_on_all": refit, "embedding": prep.features.stats,
-            "subsample": subsample}
+            "subsample": subsample, **({"int8_check": int8_check} if int8_check else {})}
 
 
 def _final(ref: HeadRef, head: Any, prep: Prepared, refit: bool, engine: Any,
@@ -134,10 +153,11 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
         check_target(out)  # ... never a file or someone else's folder
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
+    prep, int8_check = _judge_int8(head, prep, source, backbone, val_fraction, engine, embed_options)
     fitted, ref, metrics = _fit_and_score(head, prep, engine)
     final, refitted, subsample = _final(ref, fitted, prep, refit, engine, metrics)
     model = Model(final, make_manifest(ref, final, prep.features, metrics,
-                                       _training(prep, val_fraction, seed, refitted, subsample)),
+                                       _training(prep, val_fraction, seed, refitted, subsample, int8_check)),
                   training_keys=_training_keys(prep, refitted))
     path = model.save(out, allow_pickle=allow_pickle, check_rows=_check_rows(prep)) if out is not None else None
     return TrainResult(model, metrics, path)
@@ -163,15 +183,18 @@ class SweepResult:
     best: str | None
     model: Model | None = None  # the best head refitted on all rows, when save_best was given
     training: dict[str, Any] = field(default_factory=dict)
+    curve: dict[str, Any] | None = None  # learning curves and advice (curve=True), see headstart.engine.train.curve
 
 
 def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | None = None,
           val_fraction: float = 0.2, seed: int = 0, metric: str = "accuracy", save_best: str | Path | None = None,
-          engine: Any = None, allow_pickle: bool = False, **embed_options: Any) -> SweepResult:
+          engine: Any = None, allow_pickle: bool = False, curve: bool = False, **embed_options: Any) -> SweepResult:
     """Fit every head on the same cached features and split; compare on validation; best marked.
 
     A head that fails gets a row with its error and the sweep goes on. With ``save_best`` the
-    best head is refitted on all labelled rows and written there as a model folder.
+    best head is refitted on all labelled rows and written there as a model folder. With ``curve``
+    each head that fitted also gets a learning curve (:mod:`headstart.engine.train.curve`) and the
+    result one line of advice.
     """
     if metric not in ("accuracy", "macro_f1"):
         raise ConfigError(f"unknown sweep metric '{metric}'", hint="use accuracy or macro_f1")
@@ -196,6 +219,7 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
         check_target(save_best)
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
+    prep, int8_check = _judge_int8(refs[0], prep, source, backbone, val_fraction, engine, embed_options)
     rows, fitted = [], {}
     for ref in refs:
         try:
@@ -214,12 +238,19 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
     best = max(scored, key=lambda r: (r[metric], -r["fit_seconds"]))["head"] if scored else None
     for r in rows:
         r["best"] = r["head"] == best
-    result = SweepResult(rows, metric, best, training=_training(prep, val_fraction, seed, save_best is not None))
+    result = SweepResult(rows, metric, best, training=_training(prep, val_fraction, seed, save_best is not None,
+                                                                int8_check=int8_check))
+    if curve and fitted:
+        from .curve import learning_curve
+
+        result.curve = learning_curve(prep.X, prep.y, prep.split.train, prep.split.val, list(fitted), engine,
+                                      seed=seed)
     if save_best is not None and best is not None:
         canonical, head, metrics = fitted[best]
         final, refitted, subsample = _final(canonical, head, prep, True, engine, metrics)
-        result.model = Model(final, make_manifest(canonical, final, prep.features, metrics,
-                                                  _training(prep, val_fraction, seed, refitted, subsample)),
+        training = {**_training(prep, val_fraction, seed, refitted, subsample, int8_check), "sweep": rows,
+                    "sweep_metric": metric, **({"curve": result.curve} if result.curve else {})}
+        result.model = Model(final, make_manifest(canonical, final, prep.features, metrics, training),
                              training_keys=_training_keys(prep, refitted))
         result.model.save(save_best, allow_pickle=allow_pickle, check_rows=_check_rows(prep))
     return result

@@ -376,6 +376,17 @@ class EscalationResult:
                 "finetuned": self.finetuned, "model": str(self.path)}
 
 
+def _learning_evidence(source: Any, head: str, backbone: str | None, val_fraction: float, seed: int,
+                       goal: float | None, engine: Any, embed_options: dict[str, Any]) -> dict[str, Any]:
+    """The best head's learning curve on the swept (cached) features and its advice, as ``sweep --curve``
+    gives it (:mod:`headstart.engine.train.curve`): evidence recorded before fine-tuning."""
+    from .curve import learning_curve
+    from .model import load_features
+
+    prep = prepare(load_features(source, backbone, labelled=True, engine=engine, **embed_options), val_fraction, seed)
+    return learning_curve(prep.X, prep.y, prep.split.train, prep.split.val, [head], engine, seed=seed, target=goal)
+
+
 def escalate(source: Any, target: str | tuple[str, float], *, out: str | Path, backbone: str | None = None,
              heads: Sequence[str] = DEFAULT_SWEEP, allow_finetune: bool = True, options: FinetuneOptions | None = None,
              val_fraction: float = 0.2, seed: int = 0, engine: Any = None, log: Callable[[str], None] | None = None,
@@ -400,9 +411,12 @@ def escalate(source: Any, target: str | tuple[str, float], *, out: str | Path, b
         return EscalationResult(metric, goal, [stage], f"the best head {swept.best} reached {metric} {best[metric]:.4f} "
                                 f">= {goal} on validation: stopped after the head sweep, no fine-tuning needed",
                                 False, swept.model, out)
+    stage["curve"] = _learning_evidence(source, swept.best, backbone, val_fraction, seed,
+                                        goal if metric == "accuracy" else None, engine, embed_options)
     if not allow_finetune:
         return EscalationResult(metric, goal, [stage], f"the best head {swept.best} reached {metric} {best[metric]:.4f} "
-                                f"< {goal}; fine-tuning was not allowed (pass --allow-finetune)", False, swept.model, out)
+                                f"< {goal}; fine-tuning was not allowed (pass --allow-finetune); learning curve: "
+                                f"{(stage['curve'].get('advice') or {}).get('text', 'none')}", False, swept.model, out)
     opts = dataclasses.replace(options or FinetuneOptions(), metric=metric, val_fraction=val_fraction, seed=seed)
     head = swept.best if swept.best.split("(")[0] in HEADS else "linear"
     ft_out = out.with_name(out.name + ".finetune-tmp")

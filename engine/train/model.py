@@ -142,7 +142,12 @@ class Model:
         return predict_in_chunks(self.head, X, "predict")
 
     def predict_proba_features(self, X: Any) -> np.ndarray | None:
-        return predict_in_chunks(self.head, X, "predict_proba") if hasattr(self.head, "predict_proba") else None
+        """The head's probabilities, with the temperature fitted on validation when it helped (calibration)."""
+        if not hasattr(self.head, "predict_proba"):
+            return None
+        from .calibration import apply_temperature, temperature_of
+
+        return apply_temperature(predict_in_chunks(self.head, X, "predict_proba"), temperature_of(self.manifest))
 
     def predict(self, source: Any, *, engine: Any = None, **embed_options: Any) -> Predictions:
         """Predict every readable item of ``source`` (path, FeatureSet/EmbedResult or (n, dim) array)."""

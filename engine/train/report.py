@@ -40,6 +40,10 @@ def format_metrics(metrics: dict[str, Any], *, confusion: bool = False) -> str:
         sub = metrics["subsample"]
         lines.append(f"note: fitted on a stratified subsample of {sub['rows']} of {sub['of']} training rows "
                      f"(the in-memory budget of {sub['budget_bytes'] >> 20} MiB of features)")
+    if metrics.get("calibration"):
+        from .calibration import format_calibration
+
+        lines.append(format_calibration(metrics["calibration"]))
     per_class = metrics.get("per_class", {})
     lines.append(_table(["class", "precision", "recall", "f1", "support"],
                         [[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]

@@ -1,19 +1,22 @@
-"""``linear``: multinomial logistic regression in PyTorch (full-batch L-BFGS), L2 chosen on validation.
+"""``linear``: multinomial logistic regression in PyTorch (full-batch L-BFGS), L2 chosen by k-fold log-loss.
 
 The objective is scikit-learn's: mean (class-weighted) cross-entropy + ``l2``/2·||W||² on the
 raw features (``l2`` = 1 / (C · n) in LogisticRegression's terms). Speed comes from
 preconditioning: L-BFGS runs on V with W = P V, P from the eigenbasis of the feature covariance
 (a sample of it) scaled for the current ``l2``, so the regularised Hessian is close to the
 identity and few iterations suffice; P is folded into the weights, never into the data. When
-``l2`` is not given, a warm-started path of strengths (relative to the mean feature variance)
-is fitted on a stratified subsample and scored on a held-out part; the final fit on all rows
-starts from the best point of that path. The model is plain ``softmax(X @ coef_.T + intercept_)``.
+``l2`` is not given, it is chosen by stratified k-fold cross-validation on a subsample (≤ 5,000 rows,
+``round(1 / val_fraction)`` folds): a warm-started path of strengths (relative to the mean feature
+variance, strong → weak) is fitted on each fold's training part and scored by the mean validation
+log-loss; the strongest strength within one standard error of the best mean is kept (the one-SE rule:
+a single 80/20 split chose by accuracy before, and its optimum did not survive a shifted test set).
+The final fit on all rows starts from the fold-averaged weights at that strength. The model is plain ``softmax(X @ coef_.T + intercept_)``.
 
 Out of core: the final fit reads the training rows chunk by chunk (a
 :class:`~headstart.engine.heads.features.FeatureMatrix`, e.g. rows of the feature store) and sums the
 full-batch loss and gradient over the chunks, so it reaches the same optimum as with every row in
-memory while holding one chunk at a time. The whitening sample and the L2 path's subsample are read
-into memory (at most 20,000 and 7,500 rows).
+memory while holding one chunk at a time. The whitening sample and the folds' subsample are read
+into memory (at most 20,000 and 5,000 rows).
 """
 
 from __future__ import annotations
@@ -26,17 +29,19 @@ import numpy as np
 from headstart.sdk import ArrayMatrix, class_weights, FeatureMatrix, Head, HeadSpec, hookimpl, resolve_device
 
 L2_PATH = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)  # × mean feature variance
-PATH_ROWS = 5_000  # rows used to choose L2 (train part of the subsample; half as many to score it)
+CV_ROWS = 5_000  # rows of the stratified subsample whose folds choose L2
+MAX_FOLDS = 10
 PATH_ITERS = 10  # L-BFGS iterations per (warm-started) step of the path
 FINAL_ROW_BUDGET = 2_000_000  # max_iter=None: final-fit iterations × rows, clipped to 10..100 iterations
-PATIENCE = 2  # path steps without a better validation score before stopping
+PATIENCE = 2  # path steps without a better mean validation log-loss before stopping
 COV_ROWS = 20_000  # rows used to estimate the whitening
 
 
 class LinearHead(Head):
     """Multinomial logistic regression.
 
-    ``l2``: L2 strength on the mean loss (None: chosen on validation, see the module docstring);
+    ``l2``: L2 strength on the mean loss (None: chosen by k-fold log-loss, see the module docstring);
+    ``val_fraction``: sets the folds (round(1 / val_fraction); 0: no choice, l2 = 0.01 × mean feature variance);
     ``max_iter``: L-BFGS iterations of the final fit (None: 2,000,000 / n_rows, clipped to
     10..100; the final fit starts close to the optimum); ``class_weight``: None, 'balanced' or {label: weight}.
     """
@@ -69,8 +74,6 @@ class LinearHead(Head):
     def _fit(self, X: FeatureMatrix, y_idx: np.ndarray) -> None:
         import torch
 
-        from headstart.sdk import stratified_split
-
         device = resolve_device(self.device)
         k = len(self.classes_)
         cw = class_weights(self.class_weight, y_idx, self.classes_)
@@ -83,33 +86,11 @@ class LinearHead(Head):
         l2 = self.l2
         path: list[dict[str, float]] = []
         if l2 is None:
-            split = stratified_split(y_idx, self.val_fraction, self.seed)
-            if len(split.val) == 0:
+            folds = _stratified_folds(y_idx, self.val_fraction, rng)
+            if folds is None:
                 l2 = geometry.scale * 1e-2
             else:
-                train = split.train if len(split.train) <= PATH_ROWS else np.sort(
-                    rng.choice(split.train, PATH_ROWS, replace=False))
-                val = split.val[: max(PATH_ROWS // 2, 1)]
-                rows = _Rows(ArrayMatrix(X.take(train), chunk_rows=len(train)), y_idx[train], cw, device)
-                Xva = torch.from_numpy(X.take(val)).to(device)
-                yva = torch.from_numpy(y_idx[val]).to(device)
-                best, stale = None, 0
-                with _single_thread():  # small problems: thread barriers cost more than they save
-                    for relative in L2_PATH:
-                        strength = relative * geometry.scale
-                        W, b = _lbfgs(rows, strength, W, b, geometry, PATH_ITERS, self.tol)
-                        z = torch.addmm(b - geometry.mu @ W, Xva, W)
-                        acc = float((z.argmax(1) == yva).float().mean())
-                        loss = float(torch.nn.functional.cross_entropy(z, yva))
-                        path.append({"l2": strength, "val_accuracy": acc, "val_loss": loss})
-                        if best is None or (acc, -loss) > (best[0], -best[1]):
-                            best, stale = (acc, loss, strength, W.clone(), b.clone()), 0
-                        else:
-                            stale += 1
-                            if stale >= PATIENCE:
-                                break  # past the optimum
-                _, _, chosen, W, b = best
-                l2 = chosen * len(train) / n  # the optimal strength shrinks as 1/n
+                l2, W, b, path = _choose_l2(X, y_idx, folds, cw, geometry, self.tol, device)
         iters = self.max_iter or int(np.clip(FINAL_ROW_BUDGET // n, 10, 100))
         W, b = _lbfgs(_Rows(X, y_idx, cw, device), l2, W, b, geometry, iters, self.tol)
         self.coef_ = W.T.contiguous().cpu().numpy()
@@ -134,6 +115,88 @@ class LinearHead(Head):
         self.n_features_in_ = self.coef_.shape[1]
         self.l2_ = meta["l2"]
         self.l2_path_ = meta["l2_path"]
+
+
+def _stratified_folds(y_idx: np.ndarray, val_fraction: float,
+                      rng: np.random.Generator) -> tuple[np.ndarray, int] | None:
+    """Fold of each row of a random subsample, stratified per class (-1: not in the subsample; k: training-only),
+    or None when
+    no strength can be chosen (``val_fraction`` 0, or no class with two examples).
+
+    ``round(1 / val_fraction)`` folds (0.2 → 5), at least 2, at most MAX_FOLDS; the subsample holds at most
+    CV_ROWS rows. A class with a single sampled example is in every fold's training part."""
+    if val_fraction <= 0:
+        return None
+    k = int(np.clip(round(1 / val_fraction), 2, MAX_FOLDS))
+    n = len(y_idx)
+    fold = np.full(n, -1, np.int64)
+    keep = np.ones(n, bool) if n <= CV_ROWS else np.zeros(n, bool)
+    if n > CV_ROWS:
+        keep[rng.choice(n, CV_ROWS, replace=False)] = True
+    any_val = False
+    for c in np.unique(y_idx):
+        rows = rng.permutation(np.flatnonzero((y_idx == c) & keep))
+        if len(rows) < 2:
+            fold[rows] = k  # training-only
+            continue
+        fold[rows] = np.arange(len(rows)) % k
+        any_val = True
+    return (fold, k) if any_val else None
+
+
+def _choose_l2(X: FeatureMatrix, y_idx: np.ndarray, folds: tuple[np.ndarray, int], cw: np.ndarray, geometry: "_Geometry",
+               tol: float, device: str) -> tuple[float, Any, Any, list[dict[str, float]]]:
+    """Stratified k-fold path of strengths (strong → weak, warm-started per fold), scored by mean validation
+    log-loss; the strongest strength within one standard error of the best mean is chosen (one-SE rule).
+
+    Returns the strength for all n rows (scaled by the folds' training size / n), the fold-averaged weights
+    at that strength (the final fit's starting point) and the path (mean/SE of loss and accuracy per step).
+    """
+    import torch
+
+    fold, k = folds
+    members = np.flatnonzero(fold >= 0)
+    Xs = X.take(members)
+    ys, fs = y_idx[members], fold[members]
+    parts = []
+    for f in range(k):
+        tr, va = np.flatnonzero(fs != f), np.flatnonzero(fs == f)
+        if len(va) == 0:
+            continue
+        parts.append((_Rows(ArrayMatrix(Xs[tr], chunk_rows=len(tr)), ys[tr], cw, device),
+                      torch.from_numpy(Xs[va]).to(device), torch.from_numpy(ys[va]).to(device), len(tr)))
+    d, n_classes = X.dim, len(cw)
+    state = [(torch.zeros(d, n_classes, device=device), torch.zeros(n_classes, device=device)) for _ in parts]
+    path: list[dict[str, float]] = []
+    averaged: list[tuple[Any, Any]] = []
+    best, stale = None, 0
+    with _single_thread():  # small problems: thread barriers cost more than they save
+        for relative in L2_PATH:
+            strength = relative * geometry.scale
+            losses, accs = [], []
+            for i, (rows, Xva, yva, _) in enumerate(parts):
+                W, b = _lbfgs(rows, strength, *state[i], geometry, PATH_ITERS, tol)
+                state[i] = (W, b)
+                z = torch.addmm(b - geometry.mu @ W, Xva, W)
+                losses.append(float(torch.nn.functional.cross_entropy(z, yva)))
+                accs.append(float((z.argmax(1) == yva).float().mean()))
+            mean = float(np.mean(losses))
+            se = float(np.std(losses, ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else 0.0
+            path.append({"l2": strength, "val_loss": mean, "val_loss_se": se, "val_accuracy": float(np.mean(accs))})
+            averaged.append((sum(s[0] for s in state) / len(state), sum(s[1] for s in state) / len(state)))
+            if best is None or mean < best:
+                best, stale = mean, 0
+            else:
+                stale += 1
+                if stale >= PATIENCE:
+                    break  # past the optimum
+    i_best = min(range(len(path)), key=lambda i: path[i]["val_loss"])
+    threshold = path[i_best]["val_loss"] + path[i_best]["val_loss_se"]
+    chosen = next(i for i in range(len(path)) if path[i]["val_loss"] <= threshold)  # strongest within 1 SE
+    path[chosen]["chosen"] = 1.0
+    n_train = float(np.mean([p[3] for p in parts]))
+    W, b = averaged[chosen]
+    return path[chosen]["l2"] * n_train / len(y_idx), W, b, path  # the optimal strength shrinks as 1/n
 
 
 @contextmanager
@@ -290,5 +353,5 @@ def register_heads(register):
     register(HeadSpec(
         name="linear",
         factory=LinearHead,
-        description="multinomial logistic regression (PyTorch L-BFGS, preconditioned), L2 chosen on validation",
+        description="multinomial logistic regression (PyTorch L-BFGS, preconditioned), L2 chosen by k-fold log-loss",
     ))
