@@ -2,8 +2,8 @@
 
 Layout of ``<dir>/``::
 
-    log                      one JSON line per commit: {"seq", "add": [segment names], "remove": [...]};
-                             a first line {"checkpoint": [...]} when the log was compacted
+    log                      one JSON line per commit: {"seq", "add": [segment names], "remove": [...],
+                             "meta": {...}}; a first line {"checkpoint": [...], "meta"} when compacted
     <seq>-<token>.keys.npy   sorted 16-byte digests (numpy ``S16``), memory-mapped when read
     <seq>-<token>.vals.npy   one int64 value per digest (the store's row id)
 
@@ -38,6 +38,8 @@ from .atomic import FS, TMP_MARK, clean_temp_files, fsync_dir, write_bytes_atomi
 FANOUT = 8
 LOG_COMPACT_LINES = 1000
 MERGE_BLOCK = 1 << 18  # digests read per input per merge step
+#: keys looked up before the segments are unmapped again (bounds the index pages held in RSS)
+RELEASE_PROBES = 1 << 17
 LOG = "log"
 DIGEST = np.dtype("S16")
 
@@ -71,15 +73,20 @@ class KeyIndex:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         self.segments: list[Segment] = []
+        self.meta: dict = {}  # the caller's record of what the index covers (the last commit's ``meta``)
         self._lines = 0
         self._seq = 0
+        self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._probes = 0
         self.reload()
 
     # -- reading --------------------------------------------------------------------
     def reload(self) -> "KeyIndex":
         """Re-read the log (a torn last line is ignored)."""
         live: dict[str, int] = {}
+        meta: dict = {}
         lines = 0
+        self.release()
         try:
             text = (self.folder / LOG).read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:
@@ -90,6 +97,7 @@ class KeyIndex:
             except ValueError:
                 continue  # the torn tail of a killed append (or an empty line)
             lines += 1
+            meta = record.get("meta", meta)
             if "checkpoint" in record:
                 live = {name: size for name, size in record["checkpoint"]}
                 continue
@@ -99,6 +107,7 @@ class KeyIndex:
                 live[name] = size
             self._seq = max(self._seq, int(record.get("seq", 0)))
         self.segments = [Segment(name, size) for name, size in live.items()]
+        self.meta = meta
         self._lines = lines
         self._seq = max([self._seq, *(int(s.name.split("-")[0]) for s in self.segments)])
         return self
@@ -107,41 +116,76 @@ class KeyIndex:
         return sum(s.size for s in self.segments)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """The value of each digest in ``keys`` (``S16``), -1 where absent; memory of the batch, not the index."""
+        """The value of each digest in ``keys`` (``S16``), -1 where absent; memory of the batch, not the index.
+
+        Segments stay memory-mapped between calls (opening ~40 maps per call would dominate small
+        batches) until :data:`RELEASE_PROBES` keys have been looked up: then they are unmapped, so the
+        index pages the searches touched leave this process (bounded RSS whatever the index size).
+        A segment a concurrent merge removed meanwhile makes the snapshot re-read the log once.
+        """
         keys = np.asarray(keys, dtype=DIGEST)
         out = np.full(len(keys), -1, dtype=np.int64)
         if not len(keys):
             return out
         order = np.argsort(keys, kind="stable")  # sorted probes touch each segment's pages in order
         probe = keys[order]
+        try:
+            self._lookup_sorted(probe, order, out)
+        except StoreError:
+            if not self._reload_if_changed():
+                raise
+            out[:] = -1
+            self._lookup_sorted(probe, order, out)
+        self._probes += len(keys)
+        if self._probes >= RELEASE_PROBES:
+            self.release()
+        return out
+
+    def _lookup_sorted(self, probe: np.ndarray, order: np.ndarray, out: np.ndarray) -> None:
         for segment in self.segments:
-            seg_keys, seg_vals = segment.arrays(self.folder)
+            maps = self._maps.get(segment.name)
+            if maps is None:
+                maps = self._maps[segment.name] = segment.arrays(self.folder)
+            seg_keys, seg_vals = maps
             at = np.searchsorted(seg_keys, probe)
             hit = at < len(seg_keys)
             hit[hit] = seg_keys[at[hit]] == probe[hit]
             out[order[hit]] = seg_vals[at[hit]]
-            del seg_keys, seg_vals
-        return out
+
+    def _reload_if_changed(self) -> bool:
+        before = [s.name for s in self.segments]
+        self.reload()
+        return [s.name for s in self.segments] != before
+
+    def release(self) -> None:
+        """Unmap every segment (the next lookup maps them again)."""
+        self._maps = {}
+        self._probes = 0
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         return self.lookup(keys) >= 0
 
     # -- writing (the caller holds the store's write lock) ----------------------------------
-    def commit(self, keys: np.ndarray, values: np.ndarray) -> None:
-        """Add digests ``keys`` with int64 ``values`` as one segment, then merge tiers that are full."""
+    def commit(self, keys: np.ndarray, values: np.ndarray, meta: dict | None = None) -> None:
+        """Add digests ``keys`` with int64 ``values`` as one segment, then merge tiers that are full.
+
+        ``meta`` (JSON) is kept with the commit line: :attr:`meta` of a later snapshot is the last one.
+        """
         keys = np.asarray(keys, dtype=DIGEST)
         values = np.asarray(values, dtype=np.int64)
         if keys.shape != values.shape or keys.ndim != 1:
             raise StoreError(f"key index commit: {keys.shape} keys for {values.shape} values",
                              hint="pass one int64 value per 16-byte digest")
         if not len(keys):
+            if meta is not None:
+                self._append({"add": [], "meta": meta})
             return
         order = np.argsort(keys, kind="stable")
         name = self._new_name()
         self.folder.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(self.folder / f"{name}.keys.npy", _npy(keys[order]))
         write_bytes_atomic(self.folder / f"{name}.vals.npy", _npy(values[order]))
-        self._append({"add": [[name, int(len(keys))]]})
+        self._append({"add": [[name, int(len(keys))]], **({"meta": meta} if meta is not None else {})})
         self.merge()
 
     def merge(self) -> None:
@@ -156,6 +200,7 @@ class KeyIndex:
             group = sorted(full[0], key=lambda s: s.name)[:FANOUT]
             merged = self._merge_files(group)
             self._append({"add": [[merged.name, merged.size]], "remove": [s.name for s in group]})
+            self.release()
             for segment in group:
                 for suffix in (".keys.npy", ".vals.npy"):
                     (self.folder / f"{segment.name}{suffix}").unlink(missing_ok=True)
@@ -191,6 +236,7 @@ class KeyIndex:
         if self._lines == 0:
             fsync_dir(self.folder)
         self._lines += 1
+        self.meta = record.get("meta", self.meta)
         live = {s.name: s for s in self.segments}
         for name in record.get("remove", []):
             live.pop(name, None)
@@ -200,7 +246,8 @@ class KeyIndex:
 
     def _checkpoint(self) -> None:
         """Replace the log by one checkpoint line (atomically)."""
-        data = json.dumps({"seq": self._seq, "checkpoint": [[s.name, s.size] for s in self.segments]}) + "\n"
+        data = json.dumps({"seq": self._seq, "checkpoint": [[s.name, s.size] for s in self.segments],
+                           "meta": self.meta}) + "\n"
         write_bytes_atomic(self.folder / LOG, data.encode())
         self._lines = 1
 
