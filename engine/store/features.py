@@ -34,7 +34,7 @@ from .keyindex import DIGEST, digests
 from . import keylookup
 from .keylookup import ERROR_KEYS, VECTOR_KEYS, KindLookup, new_epoch
 from .lock import READ_ONLY_ERRNOS, StoreLock, read_only_error
-from .manifest import new_manifest, read_manifest, write_manifest
+from .manifest import append_commit, log_needs_compaction, new_manifest, read_manifest, write_manifest
 
 DEFAULT_SHARD_SIZE = 4096
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -103,7 +103,8 @@ class FeatureStore:
                     manifest = read_manifest(root)
                     if manifest is None:
                         config = (index_config or ix.IndexConfig()).as_dict()
-                        manifest = write_manifest(root, new_manifest(fingerprint, dim, backbone, config, normalized))
+                        manifest = write_manifest(root, dict(new_manifest(fingerprint, dim, backbone, config, normalized),
+                                                                  key_index=new_epoch()))
             except OSError as exc:
                 if exc.errno in READ_ONLY_ERRNOS:
                     raise read_only_error(root, f"creating the feature store of backbone '{backbone}'", exc) from None
@@ -636,9 +637,13 @@ class FeatureStore:
             update_index(self, rebuild=True)
         return self._manifest.get("index") or {}
 
-    def commit_manifest(self, manifest: dict[str, Any]) -> None:
-        """Write ``manifest`` (caller holds the lock) and adopt it as this snapshot."""
-        self._manifest = write_manifest(self.path, manifest)
+    def commit_manifest(self, manifest: dict[str, Any] | None = None, *, add: Sequence[dict] = ()) -> None:
+        """Commit (caller holds the lock) and adopt the result as this snapshot: ``manifest`` as a new
+        checkpoint, or new shard entries ``add`` as one line of the manifest log (see :mod:`.manifest`)."""
+        if manifest is not None:
+            self._manifest = write_manifest(self.path, manifest)
+        else:
+            self._manifest = append_commit(self.path, self._manifest, add)
         self._searcher, self._tail = None, None
         for lookup in self._lookups.values():
             lookup.release()
@@ -729,8 +734,10 @@ class StoreWriter:
             from .repair import drop_shards, remove_orphans
 
             store = self.store
-            if not store.manifest.get("key_index"):  # a store from before the key index: migrate it
+            if not store.manifest.get("key_index"):  # a store from before the key index (version 1): migrate
                 store.commit_manifest(dict(store.manifest, key_index=new_epoch()))
+            elif log_needs_compaction(store.path, store.manifest):  # a killed writer's log, maybe torn
+                store.commit_manifest(store.manifest)
             remove_orphans(store.path, store.manifest)
             store.sync_key_index()
             store._on_damage = self._drop_damaged
@@ -765,6 +772,8 @@ class StoreWriter:
                     from .indexing import update_index
 
                     update_index(self.store)
+                if self.store.manifest.get("log_lines"):  # fold this session's log into a checkpoint
+                    self.store.commit_manifest(self.store.manifest)
         finally:
             self._open = False
             self.store._on_damage = None
@@ -901,10 +910,7 @@ class StoreWriter:
                 found = "missing" if size < 0 else f"{size} bytes, not {entry['bytes']}"
                 raise StoreError(f"feature store {store.path}: staged shard {entry['file']} is {found}",
                                  hint="the worker that wrote it did not finish; re-run the job to embed its items again")
-        manifest = dict(store.manifest, shards=store.manifest["shards"] + [dict(e) for e in entries])
-        for entry in entries:
-            manifest["n_vectors" if entry["kind"] == sh.VECTORS else "n_errors"] += int(entry["rows"])
-        store.commit_manifest(manifest)
+        store.commit_manifest(add=[dict(e) for e in entries])  # one log line
         store.sync_key_index()
 
 
