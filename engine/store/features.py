@@ -910,7 +910,8 @@ class StoreWriter:
                 found = "missing" if size < 0 else f"{size} bytes, not {entry['bytes']}"
                 raise StoreError(f"feature store {store.path}: staged shard {entry['file']} is {found}",
                                  hint="the worker that wrote it did not finish; re-run the job to embed its items again")
-        store.commit_manifest(add=[dict(e) for e in entries])  # one log line
+        store.commit_manifest(add=[dict(e) for e in entries])  # one log line: the commit point
+        pause_point("store-manifest-logged", generation=store.manifest["generation"])
         store.sync_key_index()
 
 
