@@ -42,6 +42,7 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 #: first (under the write lock); fewer are scanned exactly.
 LAZY_INDEX_ROWS = 50_000
 _LARGE_BYTES = 512 << 20  # vectors() above this go to a memory-mapped temp file
+LOOKUP_BATCH = 1 << 20  # keys looked up at once (a larger call is split: its memory stays that of a batch)
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,9 @@ class FeatureStore:
         """Row of each key among ``kind`` shards (-1 where absent); the shards holding hits are checked
         first (once per process): a damaged one is dropped by an open writer (its keys then count as
         absent), else :class:`StoreDamagedError`."""
+        if len(keys) > LOOKUP_BATCH:  # digests, sort order and probes of one batch at a time
+            return np.concatenate([self._find(kind, keys[lo:lo + LOOKUP_BATCH])
+                                   for lo in range(0, len(keys), LOOKUP_BATCH)])
         wanted = keys if isinstance(keys, np.ndarray) and keys.dtype == DIGEST else digests(keys)
         while True:
             if self._check_all and not self._all_checked:
