@@ -255,7 +255,29 @@ def integrity(results: Path, base: str) -> str:
             + "\n" + _machine_line(r) + "\n")
 
 
+def scale(results: Path, base: str) -> str:
+    r = load("scale", results)
+    if not r:
+        return _missing("scale", "python benchmarks/bench_scale.py")
+    rows = []
+    for run in sorted(r["runs"], key=lambda run: (run["items"], run["when"])):
+        for step in run["steps"]:
+            rows.append({"items": f"{run['items']:,}", "run": f"{run['tag']} ({run['when'][:10]})",
+                         "step": step["step"], "wall": _n(step["wall_s"]),
+                         "rate": _n(step["items_per_s"], 0) if step.get("items_per_s") else None,
+                         "rss": _n(step["peak_rss_mb"], 0), "accuracy": step.get("accuracy"),
+                         "load": (step.get("loadavg") or [None])[0]})
+    notes = sorted({run["machine"].get("notes", "") for run in r["runs"] if run.get("machine", {}).get("notes")})
+    return (f"`python benchmarks/bench_scale.py --items N --tag TAG [--steps ...]` — {_source('scale', r, base)}; "
+            f"{r['backbone']}:\n"
+            + _table(rows, [("items", "items"), ("run", "run"), ("step", "step"), ("wall s", "wall"),
+                            ("items/s", "rate"), ("peak RSS MB", "rss"), ("accuracy", "accuracy"),
+                            ("load (1 min) at start", "load")])
+            + "\n" + _machine_line(r) + "".join(f" Run notes: {n.rstrip('.')}." for n in notes) + "\n")
+
+
 RENDERERS: dict[str, Callable[[Path, str], str]] = {
+    "scale": scale,
     "readme-performance": readme_performance,
     "embed-text": embed_text,
     "embed-images": embed_images,
