@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -78,6 +79,8 @@ class FeatureStore:
         self._on_damage: Any = None  # set by an open writer: drops damaged shards a look-up runs into
         self._sized: set[str] = set()  # shard files this object found with their recorded size
         self._check_all = False  # load(check="all"): the first look-up checks every shard
+        # look-ups (an embedding job's reader thread) and commits (its writer) share one object
+        self._lookup_lock = threading.RLock()
         self.forget_reads()
 
     # -- opening -----------------------------------------------------------------
@@ -275,6 +278,10 @@ class FeatureStore:
             return np.concatenate([self._find(kind, keys[lo:lo + LOOKUP_BATCH])
                                    for lo in range(0, len(keys), LOOKUP_BATCH)])
         wanted = keys if isinstance(keys, np.ndarray) and keys.dtype == DIGEST else digests(keys)
+        with self._lookup_lock:
+            return self._find_digests(kind, wanted)
+
+    def _find_digests(self, kind: str, wanted: np.ndarray) -> np.ndarray:
         while True:
             if self._check_all and not self._all_checked:
                 if not all([self._check(entry) for entry in self._manifest["shards"]]):
@@ -644,24 +651,26 @@ class FeatureStore:
     def commit_manifest(self, manifest: dict[str, Any] | None = None, *, add: Sequence[dict] = ()) -> None:
         """Commit (caller holds the lock) and adopt the result as this snapshot: ``manifest`` as a new
         checkpoint, or new shard entries ``add`` as one line of the manifest log (see :mod:`.manifest`)."""
-        if manifest is not None:
-            self._manifest = write_manifest(self.path, manifest)
-        else:
-            self._manifest = append_commit(self.path, self._manifest, add)
-        self._searcher, self._tail = None, None
-        for lookup in self._lookups.values():
-            lookup.release()
-        self._lookups = {}
+        with self._lookup_lock:
+            if manifest is not None:
+                self._manifest = write_manifest(self.path, manifest)
+            else:
+                self._manifest = append_commit(self.path, self._manifest, add)
+            self._searcher, self._tail = None, None
+            for lookup in self._lookups.values():
+                lookup.release()
+            self._lookups = {}
 
     def sync_key_index(self) -> None:
         """Index the shards the key indexes do not cover yet (caller holds the write lock)."""
-        epoch = self._manifest.get("key_index")
-        if not epoch:
-            return
-        for kind, folder in ((sh.VECTORS, VECTOR_KEYS), (sh.ERRORS, ERROR_KEYS)):
-            entries = [e for e in self._manifest["shards"] if e["kind"] == kind]
-            keylookup.sync(self.path, folder, epoch, entries, self.shard_keys)
-        self._lookups = {}
+        with self._lookup_lock:
+            epoch = self._manifest.get("key_index")
+            if not epoch:
+                return
+            for kind, folder in ((sh.VECTORS, VECTOR_KEYS), (sh.ERRORS, ERROR_KEYS)):
+                entries = [e for e in self._manifest["shards"] if e["kind"] == kind]
+                keylookup.sync(self.path, folder, epoch, entries, self.shard_keys)
+            self._lookups = {}
 
     # -- checks ------------------------------------------------------------------------
     def verify(self, deep: bool = True) -> VerifyReport:
