@@ -460,9 +460,10 @@ class FeatureStore:
         if not len(keys):
             return {}
         wanted = digests(keys)
-        rows = np.full(len(keys), -1, dtype=np.int64)
-        absent = np.flatnonzero(self._find(sh.VECTORS, wanted) < 0)
-        rows[absent] = self._find(sh.ERRORS, wanted[absent])
+        rows = self._find(sh.ERRORS, wanted)  # error records are few: look them up first
+        has_record = np.flatnonzero(rows >= 0)
+        if len(has_record):
+            rows[has_record[self._find(sh.VECTORS, wanted[has_record]) >= 0]] = -1  # a vector wins
         found = np.flatnonzero(rows >= 0)
         out: dict[str, ErrorRecord] = {}
         if not len(found):

@@ -6,6 +6,8 @@ Layout of ``<dir>/``::
                              "meta": {...}}; a first line {"checkpoint": [...], "meta"} when compacted
     <seq>-<token>.keys.npy   sorted 16-byte digests (numpy ``S16``), memory-mapped when read
     <seq>-<token>.vals.npy   one int64 value per digest (the store's row id)
+    <seq>-<token>.hi.npy     the digests' first 8 bytes as native uint64 (same order): what the binary
+                             search runs on (numpy's searchsorted on ``S16`` is ~10x slower)
 
 A commit writes its segment files (atomically) and then appends its line to ``log`` with an fsync:
 the line is the commit point. A torn last line (a writer killed mid-append) is ignored, so a reader
@@ -65,6 +67,40 @@ class Segment:
             raise StoreError(f"key index segment {folder / self.name} does not match its log record",
                              hint="run `headstart cache verify`; the key index can be rebuilt from the shards")
         return keys, vals
+
+
+def _hi(keys: np.ndarray) -> np.ndarray:
+    """First 8 bytes of each digest as a native uint64, read big-endian so that it sorts like the digests."""
+    return np.ascontiguousarray(keys, dtype=DIGEST).view(">u8")[::2].astype(np.uint64)
+
+
+def _random_access(array: np.ndarray) -> np.ndarray:
+    """Tell the kernel a mapped array is read at random (``MADV_RANDOM``: no fault-around or read-ahead), so a
+    look-up brings in the pages its binary searches touch, not 64 KiB around each."""
+    import mmap
+
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            handle.madvise(mmap.MADV_RANDOM)
+        except (OSError, ValueError):
+            pass
+    return array
+
+
+def _segment_hi(folder: Path, segment: "Segment", keys: np.ndarray) -> np.ndarray:
+    path = folder / f"{segment.name}.hi.npy"
+    try:
+        hi = _random_access(np.load(path, mmap_mode="r"))
+    except FileNotFoundError:
+        return _hi(keys)  # a segment written before the .hi file existed: derived in memory
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"key index segment {path} cannot be read: {exc}",
+                         hint="run `headstart cache verify`; the key index can be rebuilt from the shards") from None
+    if len(hi) != segment.size:
+        raise StoreError(f"key index segment {path} does not match its log record",
+                         hint="run `headstart cache verify`; the key index can be rebuilt from the shards")
+    return hi
 
 
 class KeyIndex:
@@ -142,15 +178,27 @@ class KeyIndex:
         return out
 
     def _lookup_sorted(self, probe: np.ndarray, order: np.ndarray, out: np.ndarray) -> None:
+        probe_hi = _hi(probe)
         for segment in self.segments:
             maps = self._maps.get(segment.name)
             if maps is None:
-                maps = self._maps[segment.name] = segment.arrays(self.folder)
-            seg_keys, seg_vals = maps
-            at = np.searchsorted(seg_keys, probe)
-            hit = at < len(seg_keys)
-            hit[hit] = seg_keys[at[hit]] == probe[hit]
-            out[order[hit]] = seg_vals[at[hit]]
+                keys, vals = (_random_access(a) for a in segment.arrays(self.folder))
+                maps = self._maps[segment.name] = (keys, vals, _segment_hi(self.folder, segment, keys))
+            seg_keys, seg_vals, seg_hi = maps
+            n = len(seg_keys)
+            at = np.searchsorted(seg_hi, probe_hi)
+            pending = np.flatnonzero(at < n)
+            while len(pending):  # usually one pass; more only where two digests share their first 8 bytes
+                pos = at[pending]
+                match = seg_keys[pos] == probe[pending]
+                out[order[pending[match]]] = seg_vals[pos[match]]
+                rest = pending[~match]
+                step = at[rest] + 1
+                inside = step < n
+                rest, step = rest[inside], step[inside]
+                same = seg_hi[step] == probe_hi[rest]
+                pending = rest[same]
+                at[pending] = step[same]
 
     def _reload_if_changed(self) -> bool:
         before = [s.name for s in self.segments]
@@ -185,6 +233,7 @@ class KeyIndex:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(self.folder / f"{name}.keys.npy", _npy(keys[order]))
         write_bytes_atomic(self.folder / f"{name}.vals.npy", _npy(values[order]))
+        write_bytes_atomic(self.folder / f"{name}.hi.npy", _npy(_hi(keys[order])))
         self._append({"add": [[name, int(len(keys))]], **({"meta": meta} if meta is not None else {})})
         self.merge()
 
@@ -202,7 +251,7 @@ class KeyIndex:
             self._append({"add": [[merged.name, merged.size]], "remove": [s.name for s in group]})
             self.release()
             for segment in group:
-                for suffix in (".keys.npy", ".vals.npy"):
+                for suffix in (".keys.npy", ".vals.npy", ".hi.npy"):
                     (self.folder / f"{segment.name}{suffix}").unlink(missing_ok=True)
         if self._lines > LOG_COMPACT_LINES:
             self._checkpoint()
@@ -256,9 +305,10 @@ class KeyIndex:
         inputs = [s.arrays(self.folder) for s in group]
         total = sum(s.size for s in group)
         name = self._new_name()
-        paths = {kind: self.folder / f".{name}.{kind}.npy{TMP_MARK}{os.getpid()}" for kind in ("keys", "vals")}
+        paths = {kind: self.folder / f".{name}.{kind}.npy{TMP_MARK}{os.getpid()}" for kind in ("keys", "vals", "hi")}
         out_keys = np.lib.format.open_memmap(paths["keys"], mode="w+", dtype=DIGEST, shape=(total,))
         out_vals = np.lib.format.open_memmap(paths["vals"], mode="w+", dtype=np.int64, shape=(total,))
+        out_hi = np.lib.format.open_memmap(paths["hi"], mode="w+", dtype=np.uint64, shape=(total,))
         cursors = [0] * len(inputs)
         written = 0
         while written < total:
@@ -276,8 +326,9 @@ class KeyIndex:
             order = np.argsort(keys, kind="stable")
             out_keys[written:written + len(keys)] = keys[order]
             out_vals[written:written + len(keys)] = np.concatenate(parts_v)[order]
+            out_hi[written:written + len(keys)] = _hi(keys[order])
             written += len(keys)
-        for kind, array in (("keys", out_keys), ("vals", out_vals)):
+        for kind, array in (("keys", out_keys), ("vals", out_vals), ("hi", out_hi)):
             array.flush()
             fd = os.open(paths[kind], os.O_RDONLY)
             try:
@@ -286,7 +337,7 @@ class KeyIndex:
                 os.close(fd)
             del array
             FS.replace(paths[kind], self.folder / f"{name}.{kind}.npy")
-        del out_keys, out_vals
+        del out_keys, out_vals, out_hi
         fsync_dir(self.folder)
         return Segment(name, total)
 
