@@ -355,7 +355,7 @@ class FeatureStore:
         """A bool per key: has a vector (or, with ``include_errors``, an error record)."""
         wanted = digests(keys)
         present = self._find(sh.VECTORS, wanted) >= 0
-        if include_errors and not present.all():
+        if include_errors and int(self._manifest.get("n_errors", 0)) and not present.all():
             absent = np.flatnonzero(~present)
             present[absent] = self._find(sh.ERRORS, wanted[absent]) >= 0
         return present
@@ -457,8 +457,8 @@ class FeatureStore:
 
     def errors_for(self, keys: Sequence[str]) -> dict[str, ErrorRecord]:
         """The error records among ``keys`` (keys without a vector only)."""
-        if not len(keys):
-            return {}
+        if not len(keys) or not int(self._manifest.get("n_errors", 0)):
+            return {}  # no error records at all (the common case): no digests to compute
         wanted = digests(keys)
         rows = self._find(sh.ERRORS, wanted)  # error records are few: look them up first
         has_record = np.flatnonzero(rows >= 0)

@@ -41,7 +41,7 @@ FANOUT = 8
 LOG_COMPACT_LINES = 1000
 MERGE_BLOCK = 1 << 18  # digests read per input per merge step
 #: keys looked up before the segments are unmapped again (bounds the index pages held in RSS)
-RELEASE_PROBES = 1 << 17
+RELEASE_PROBES = 1 << 14
 LOG = "log"
 DIGEST = np.dtype("S16")
 
