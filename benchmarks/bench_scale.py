@@ -4,6 +4,7 @@
     python benchmarks/bench_scale.py --items 5000000     # 5M (or 10M: --items 10000000)
     python benchmarks/bench_scale.py --tag out-of-core   # label this run in the JSON
     python benchmarks/bench_scale.py --items 2000000 --steps train eval   # only some steps
+    python benchmarks/bench_scale.py --store-only --items 10000000        # the store alone (no embedding)
 
 The backbone is one MatMul 16→384 followed by an L2 norm (``onnx:`` + its ``.headstart.json``
 sidecar), over a Parquet file with a fixed-size-list column ``x`` of 16 float32 per row and a
@@ -16,6 +17,12 @@ cold ``embed`` (empty store; the export is made before, untimed), warm ``embed``
 ``train --head linear`` (validation split, then refit on all), ``eval`` on the same items,
 ``cache verify``, ``cache index`` (the FAISS index a first search would build) and kNN search latency
 (100 single-vector ``store.search`` calls in one child process, after one warm-up call).
+
+``--store-only`` measures the feature store alone at N items (16-d vectors, so 10M fit the disk): one writer
+session committing N / 4,096 shard files staged with ``shards.write_shard_file`` (as Ray workers stage them)
+through ``commit_shard_entries`` (ms per commit over the first and last 10 %, the checkpoint's and the key
+index's size), then a fresh process opening it read-only and looking up 10,000 stored + 1,000 absent keys
+(cold and warm) and reading 10,000 vectors: its peak RSS against the ~150 B per key the old key table took.
 
 Results: a table, and ``benchmarks/results/scale.json`` (runs are appended, keyed by items and tag).
 """
@@ -101,6 +108,75 @@ def knn_probe(home: Path, queries: int) -> None:
                       "index": (store.manifest.get("index") or {}).get("type")}))
 
 
+STORE_DIM = 16  # the store-only run: small vectors, so 10M items fit the disk; the key path is the same
+
+
+def store_build(root: Path, n: int) -> None:
+    """Child-process entry: N items into a new store as a Ray job would put them: shard files staged with
+    ``shards.write_shard_file``, each committed with ``commit_shard_entries`` (one writer session)."""
+    import numpy as np
+
+    from headstart.engine.store import shards as sh
+    from headstart.engine.store.features import FeatureStore
+
+    store = FeatureStore.open(root, fingerprint="fp-scale", dim=STORE_DIM, backbone="bench", normalized=False)
+    rng = np.random.default_rng(0)
+    block = rng.standard_normal((4096, STORE_DIM)).astype(np.float32)
+    times = []
+    with store.writer(update_index=False) as w:
+        for lo in range(0, n, 4096):
+            keys = [f"{i:064x}" for i in range(lo, min(lo + 4096, n))]
+            table = sh.vector_table(keys, [None] * len(keys), block[:len(keys)])
+            start = time.perf_counter()
+            entry = sh.write_shard_file(root, sh.VECTORS, table, prefix=f"b{lo // 4096:07d}")
+            w.commit_shard_entries([entry])
+            times.append(time.perf_counter() - start)
+    tenth = max(1, len(times) // 10)
+    print(json.dumps({"commits": len(times), "first_10pct_ms": round(1e3 * float(np.mean(times[:tenth])), 2),
+                      "last_10pct_ms": round(1e3 * float(np.mean(times[-tenth:])), 2),
+                      "manifest_kb": round((root / "manifest.json").stat().st_size / 1024, 1),
+                      "key_index_mb": round(sum(f.stat().st_size for f in (root / "keys").rglob("*")) / 2**20, 1)}))
+
+
+def store_lookup(root: Path, n: int, probes: int = 10_000) -> None:
+    """Child-process entry: open the store read-only (``check="hits"``) and look up ``probes`` stored and
+    ``probes // 10`` absent keys, twice (cold, warm); then read their vectors."""
+    import numpy as np
+
+    from headstart.engine.store.features import FeatureStore
+
+    start = time.perf_counter()
+    store = FeatureStore.load(root, check="hits")
+    opened = time.perf_counter() - start
+    rng = np.random.default_rng(1)
+    keys = [f"{i:064x}" for i in rng.choice(n, probes, replace=False)] + [f"{n + i:064x}" for i in range(probes // 10)]
+    out = {"open_s": round(opened, 3)}
+    for name in ("cold", "warm"):
+        start = time.perf_counter()
+        found = store.contains(keys)
+        out[f"lookup_{name}_s"] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
+    store.get(keys[:probes])
+    out["get_s"] = round(time.perf_counter() - start, 3)
+    out["found"] = int(found.sum())
+    print(json.dumps(out))
+
+
+def measure_store(n: int, threads: int) -> list[dict[str, Any]]:
+    root = C.WORK / f"store-scale-{n}"
+    shutil.rmtree(root, ignore_errors=True)
+    env = C.child_env(threads, C.WORK / "home-store-scale")
+    rows = []
+    for name, entry in (("store build (staged shards + commit_shard_entries)", "store-build"),
+                        ("store open + 11,000 look-ups, get 10,000", "store-lookup")):
+        row = step(name, [sys.executable, __file__, entry, str(root), str(n)], env, n if entry == "store-build" else None)
+        row.update(json.loads(row.pop("_stdout").strip().splitlines()[-1]))
+        rows.append(row)
+    rows[0]["table_mb_before"] = round(n * 150 / 2**20)  # the Python key table this replaced (~150 B per key)
+    shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
 def step(name: str, cmd: list[str], env: dict[str, str], items: int | None = None) -> dict[str, Any]:
     print(f"-- {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     load = C.loadavg()
@@ -165,14 +241,28 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "knn-probe":
         knn_probe(Path(sys.argv[2]), queries=100)
         return
+    if len(sys.argv) > 1 and sys.argv[1] in ("store-build", "store-lookup"):
+        (store_build if sys.argv[1] == "store-build" else store_lookup)(Path(sys.argv[2]), int(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, nargs="+", default=[1_000_000], help="dataset sizes (default 1M)")
     parser.add_argument("--tag", default="current", help="label of this run in scale.json (e.g. baseline)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS,
                         help="steps to run (embed cold always runs first; index builds an IVF of all vectors in RAM)")
+    parser.add_argument("--store-only", action="store_true",
+                        help=f"only the store: N {STORE_DIM}-d items committed as staged shards, then look-ups "
+                             "in a fresh process (no embedding; results under the tag TAG-store)")
     args = parser.parse_args()
     info = C.machine()
+    if args.store_only:
+        for n in args.items:
+            rows = measure_store(n, args.threads)
+            print(f"\n{n:,} items, store only ({args.tag})")
+            print(C.table(rows, ["step", "wall_s", "items_per_s", "peak_rss_mb", "loadavg"]))
+            print(json.dumps(rows, indent=1))
+            print(f"wrote {record(n, args.tag + '-store', rows, info)}")
+        return
     for n in args.items:
         rows = measure(n, args.threads, tuple(args.steps))
         print(f"\n{n:,} items ({args.tag})")

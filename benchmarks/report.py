@@ -337,7 +337,40 @@ def quality(results: Path, base: str) -> str:
     return "".join(out)
 
 
+def _scale_detail(step: dict[str, Any]) -> str | None:
+    """The store-only steps' own figures (commit cost, sizes, look-up times), in words."""
+    if "commits" in step:
+        return (f"{step['commits']:,} commits, {_n(step['first_10pct_ms'])} ms each over the first 10 %, "
+                f"{_n(step['last_10pct_ms'])} ms over the last; checkpoint {_n(step['manifest_kb'])} KB; key index "
+                f"{_n(step['key_index_mb'])} MB on disk (a Python key table: ~{step['table_mb_before']:,} MB in RAM)")
+    if "lookup_cold_s" in step:
+        return (f"open {step['open_s']} s; 11,000 look-ups {step['lookup_cold_s']} s cold (hashes the shards hit), "
+                f"{step['lookup_warm_s']} s warm; get 10,000 vectors {step['get_s']} s")
+    return None
+
+
+def scale(results: Path, base: str) -> str:
+    r = load("scale", results)
+    if not r:
+        return _missing("scale", "python benchmarks/bench_scale.py")
+    rows = []
+    for run in sorted(r["runs"], key=lambda run: (run["items"], run["when"])):
+        for step in run["steps"]:
+            rows.append({"items": f"{run['items']:,}", "run": f"{run['tag']} ({run['when'][:10]})",
+                         "step": step["step"], "wall": _n(step["wall_s"]),
+                         "rate": _n(step["items_per_s"], 0) if step.get("items_per_s") else None,
+                         "rss": _n(step["peak_rss_mb"], 0), "accuracy": step.get("accuracy"),
+                         "load": (step.get("loadavg") or [None])[0], "detail": _scale_detail(step)})
+    return (f"`python benchmarks/bench_scale.py --items N --tag TAG [--steps ...]` — {_source('scale', r, base)}; "
+            f"{r['backbone']}:\n"
+            + _table(rows, [("items", "items"), ("run", "run"), ("step", "step"), ("wall s", "wall"),
+                            ("items/s", "rate"), ("peak RSS MB", "rss"), ("accuracy", "accuracy"),
+                            ("load (1 min) at start", "load"), ("detail", "detail")])
+            + "\n" + _machine_line(r) + "\n")
+
+
 RENDERERS: dict[str, Callable[[Path, str], str]] = {
+    "scale": scale,
     "readme-performance": readme_performance,
     "embed-text": embed_text,
     "embed-images": embed_images,

@@ -258,7 +258,7 @@ class FeatureSet:
         vectors = _store_rows(obj)
         if vectors is None:
             vectors = np.asarray(obj.vectors)
-        return cls(keys=list(obj.keys), refs=list(obj.refs), labels=list(obj.labels), vectors=vectors,
+        return cls(keys=_as_list(obj.keys), refs=_as_list(obj.refs), labels=_as_list(obj.labels), vectors=vectors,
                    errors=list(getattr(obj, "errors", []) or []), fingerprint=getattr(obj, "fingerprint", None),
                    backbone=getattr(obj, "backbone", None), precision=getattr(obj, "precision", "fp32") or "fp32",
                    stats=obj.stats.as_dict() if hasattr(getattr(obj, "stats", None), "as_dict") else None)
@@ -278,12 +278,17 @@ class FeatureSet:
                           stats=self.stats)
 
 
+def _as_list(values: Sequence[Any]) -> list[Any]:
+    """``values`` as a list, shared rather than copied when it is one already (n pointers saved per column)."""
+    return values if isinstance(values, list) else list(values)
+
+
 def _store_rows(obj: Any) -> StoreMatrix | None:
     """The rows of an unread ``EmbedResult`` as a StoreMatrix (None: not store-backed, or already read).
 
-    The key → row-id table is built on one snapshot and dropped with it; the matrix reads through a
-    second snapshot that never loads it (reading rows by id needs only the manifest; the store is
-    append-only, so the ids stay valid).
+    Keys become row ids through the store's key index (memory of the keys, not of the store); the
+    matrix reads through a second snapshot (reading rows by id needs only the manifest; shards are
+    append-only within a key-index epoch, so the ids stay valid).
     """
     path = getattr(obj, "store_path", None)
     if path is None or getattr(obj, "_vectors", None) is not None or not len(obj.keys):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -30,8 +31,11 @@ from . import integrity
 from . import shards as sh
 from .verify import VerifyReport, verify_store
 from .atomic import clean_temp_files, write_bytes_atomic
+from .keyindex import DIGEST, digests
+from . import keylookup
+from .keylookup import ERROR_KEYS, VECTOR_KEYS, KindLookup, new_epoch
 from .lock import READ_ONLY_ERRNOS, StoreLock, read_only_error
-from .manifest import new_manifest, read_manifest, write_manifest
+from .manifest import append_commit, log_needs_compaction, new_manifest, read_manifest, write_manifest
 
 DEFAULT_SHARD_SIZE = 4096
 DEFAULT_LOCK_TIMEOUT = 60.0
@@ -39,6 +43,7 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 #: first (under the write lock); fewer are scanned exactly.
 LAZY_INDEX_ROWS = 50_000
 _LARGE_BYTES = 512 << 20  # vectors() above this go to a memory-mapped temp file
+LOOKUP_BATCH = 1 << 20  # keys looked up at once (a larger call is split: its memory stays that of a batch)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,12 @@ class FeatureStore:
         self.path = Path(path)
         self._manifest = manifest
         self.writable = writable
-        self._reset_caches()
+        self._on_damage: Any = None  # set by an open writer: drops damaged shards a look-up runs into
+        self._sized: set[str] = set()  # shard files this object found with their recorded size
+        self._check_all = False  # load(check="all"): the first look-up checks every shard
+        # look-ups (an embedding job's reader thread) and commits (its writer) share one object
+        self._lookup_lock = threading.RLock()
+        self.forget_reads()
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -97,7 +107,8 @@ class FeatureStore:
                     manifest = read_manifest(root)
                     if manifest is None:
                         config = (index_config or ix.IndexConfig()).as_dict()
-                        manifest = write_manifest(root, new_manifest(fingerprint, dim, backbone, config, normalized))
+                        manifest = write_manifest(root, dict(new_manifest(fingerprint, dim, backbone, config, normalized),
+                                                                  key_index=new_epoch()))
             except OSError as exc:
                 if exc.errno in READ_ONLY_ERRNOS:
                     raise read_only_error(root, f"creating the feature store of backbone '{backbone}'", exc) from None
@@ -107,14 +118,24 @@ class FeatureStore:
         return store
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureStore":
-        """Open an existing store read-only (:class:`StoreError` when ``path`` has no manifest)."""
+    def load(cls, path: str | Path, *, check: str = "all") -> "FeatureStore":
+        """Open an existing store read-only (:class:`StoreError` when ``path`` has no manifest).
+
+        ``check``: what the first key look-up checks (hashes; once per process and shard): ``"all"``
+        every shard, so a reader refuses a damaged store before using any of it; ``"hits"`` only the
+        shards its hits are in (plus every shard's size), for processes that only look up which keys
+        are stored (a Ray worker skipping cached items) and must not hash the whole store.
+        """
         path = Path(path)
+        if check not in ("all", "hits"):
+            raise StoreError(f"check must be 'all' or 'hits', not {check!r}", hint="see FeatureStore.load")
         manifest = read_manifest(path)
         if manifest is None:
             raise StoreError(f"no feature store at {path}: a directory without a manifest does not exist",
                              hint="check the path, or list stores with `headstart cache info`")
-        return cls(path, manifest, writable=False)
+        store = cls(path, manifest, writable=False)
+        store._check_all = check == "all"
+        return store
 
     def refresh(self) -> "FeatureStore":
         """Re-read the manifest (pick up other writers' commits)."""
@@ -124,7 +145,7 @@ class FeatureStore:
                              hint="run `headstart cache verify`; re-embed if the store was deleted")
         if manifest.get("generation") != self._manifest.get("generation"):
             self._manifest = manifest
-            self._reset_caches()
+            self.forget_reads()
         return self
 
     def _check_identity(self, fingerprint: str, dim: int) -> None:
@@ -170,15 +191,13 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, backbone={self.backbone!r}, dim={self.dim}, n={len(self)})"
 
     # -- cached views of the snapshot ------------------------------------------------
-    def _reset_caches(self) -> None:
-        self._keys: list[str] | None = None
-        self._ids: dict[str, int] | None = None
-        self._starts: list[int] = []
-        self._errors: dict[str, ErrorRecord] | None = None
+    def forget_reads(self) -> None:
+        self._keys: None = None  # there is no in-memory table of every key (see :mod:`.keylookup`)
+        self._lookups: dict[str, KindLookup] = {}
+        self._all_checked = False
         self._arrays: dict[str, np.ndarray] = {}
         self._searcher: tuple[Any, int] | None = None
         self._tail: np.ndarray | None = None
-        self._key_array: np.ndarray | None = None
         self._damaged: dict[str, str] = {}  # shard file -> why it cannot be trusted (found on first read)
         self._intact: set[str] = set()
         self.last_search: dict[str, Any] = {}
@@ -201,6 +220,20 @@ class FeatureStore:
             return True
         self._damaged[name] = problem
         return False
+
+    def _size_check(self, entry: dict) -> bool:
+        """Whether shard ``entry`` exists with its recorded size (hashing waits for its first read)."""
+        name = entry["file"]
+        if name in self._sized:
+            return True
+        if name in self._damaged:
+            return False
+        problem = integrity.size_problem(self.path, entry)
+        if problem is not None:
+            self._damaged[name] = problem
+        else:
+            self._sized.add(name)
+        return problem is None
 
     def damaged_shards(self) -> dict[str, str]:
         """Every shard that fails its check (file → reason); checks the shards not read yet."""
@@ -227,33 +260,77 @@ class FeatureStore:
         if not self._check(entry):
             raise self._damaged_error(f"reading {entry['file']}")
 
-    def _load_keys(self) -> None:
-        """Read every vector shard's keys; every shard is checked first (:class:`StoreDamagedError`)."""
-        if self._keys is not None:
-            return
-        entries = self._vector_entries()
-        if not all([self._check(entry) for entry in entries]):
-            raise self._damaged_error("a lookup")
-        keys: list[str] = []
-        starts = []
-        for entry in entries:
-            starts.append(len(keys))
-            keys.extend(sh.read_table(self.path / entry["file"], ["key"]).column("key").to_pylist())
-        self._keys, self._starts = keys, starts
-        self._ids = {k: i for i, k in enumerate(keys)}
+    # -- key look-ups (see :mod:`.keylookup`): memory of the batch, not of the store ------------
+    def _lookup(self, kind: str) -> KindLookup:
+        lookup = self._lookups.get(kind)
+        if lookup is None:
+            folder = VECTOR_KEYS if kind == sh.VECTORS else ERROR_KEYS
+            entries = [e for e in self._manifest["shards"] if e["kind"] == kind]
+            lookup = self._lookups[kind] = KindLookup(self.path, folder, self._manifest.get("key_index"),
+                                                      entries, self.shard_keys)
+        return lookup
 
-    def _load_errors(self) -> dict[str, ErrorRecord]:
-        if self._errors is None:
-            errors: dict[str, ErrorRecord] = {}
-            entries = [e for e in self._manifest["shards"] if e["kind"] == sh.ERRORS]
-            if not all([self._check(entry) for entry in entries]):
-                raise self._damaged_error("reading error records")
-            for entry in entries:
-                table = sh.read_table(self.path / entry["file"]).to_pydict()
-                for key, ref, reason, stage in zip(table["key"], table["ref"], table["reason"], table["stage"]):
-                    errors.setdefault(key, ErrorRecord(key, ref, reason, stage))
-            self._errors = errors
-        return self._errors
+    def _find(self, kind: str, keys: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Row of each key among ``kind`` shards (-1 where absent); the shards holding hits are checked
+        first (once per process): a damaged one is dropped by an open writer (its keys then count as
+        absent), else :class:`StoreDamagedError`."""
+        if len(keys) > LOOKUP_BATCH:  # digests, sort order and probes of one batch at a time
+            return np.concatenate([self._find(kind, keys[lo:lo + LOOKUP_BATCH])
+                                   for lo in range(0, len(keys), LOOKUP_BATCH)])
+        wanted = keys if isinstance(keys, np.ndarray) and keys.dtype == DIGEST else digests(keys)
+        with self._lookup_lock:
+            return self._find_digests(kind, wanted)
+
+    def _find_digests(self, kind: str, wanted: np.ndarray) -> np.ndarray:
+        while True:
+            if self._check_all and not self._all_checked:
+                if not all([self._check(entry) for entry in self._manifest["shards"]]):
+                    raise self._damaged_error("a lookup")
+                self._all_checked = True
+            lookup = self._lookup(kind)
+            if lookup.sizes_ok is None:  # one stat per shard and process: missing or truncated shards
+                lookup.sizes_ok = all([self._size_check(entry) for entry in lookup.entries])
+            rows = lookup.find(wanted) if lookup.sizes_ok else None
+            if rows is not None:
+                hits = rows[rows >= 0]
+                shards = np.unique(lookup.shard_of(hits)) if len(hits) else ()
+                if all([self._check(lookup.entries[int(s)]) for s in shards]):
+                    return rows
+            if self._on_damage is None:
+                raise self._damaged_error("a lookup")
+            self._on_damage()  # drops the damaged shards: a new snapshot, look again
+
+    def shard_keys(self, entry: dict) -> list[str]:
+        """The ``key`` column of one shard (not checked: look-ups check the shards their hits are in)."""
+        return sh.read_table(self.path / entry["file"], ["key"]).column("key").to_pylist()
+
+    def vector_shards(self) -> list[tuple[dict, int]]:
+        """(manifest entry, first row id) of every vector shard, in row order."""
+        entries = self._vector_entries()
+        starts = np.cumsum([0] + [int(e["rows"]) for e in entries])
+        return [(entry, int(first)) for entry, first in zip(entries, starts)]
+
+    def shard_vectors(self, entry: dict) -> np.ndarray:
+        """One vector shard's vectors (checked, memory-mapped, not kept): for one-pass scans."""
+        return self._shard_array(entry, cache=False)
+
+    def keys_at(self, ids: np.ndarray) -> np.ndarray:
+        """Keys of row ``ids`` (any shape) as an object array; None where an id is negative (no row)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.full(ids.shape, None, dtype=object)
+        flat, result = ids.reshape(-1), out.reshape(-1)
+        lookup = self._lookup(sh.VECTORS)
+        valid = np.flatnonzero((flat >= 0) & (flat < lookup.rows))
+        shard_of = lookup.shard_of(flat[valid])
+        for s in np.unique(shard_of):
+            entry = lookup.entries[int(s)]
+            self._require(entry)
+            column = sh.read_table(self.path / entry["file"], ["key"]).column("key")
+            where = valid[shard_of == s]
+            taken = column.take(flat[where] - lookup.starts[s]).to_pylist()
+            for pos, key in zip(where, taken):
+                result[pos] = key
+        return out
 
     def _shard_array(self, entry: dict, cache: bool = True) -> np.ndarray:
         """One shard's vectors, memory-mapped; ``cache=False`` for one-pass scans (keeps RSS flat)."""
@@ -267,39 +344,34 @@ class FeatureStore:
 
     # -- lookups -------------------------------------------------------------------
     def keys(self) -> list[str]:
-        """Keys of all stored vectors, in id order."""
-        self._load_keys()
-        return list(self._keys)
+        """Keys of all stored vectors, in id order (a list of every key: not for hot paths)."""
+        keys: list[str] = []
+        for entry, _ in self.vector_shards():
+            self._require(entry)
+            keys.extend(self.shard_keys(entry))
+        return keys
 
     def contains(self, keys: Sequence[str], include_errors: bool = True) -> np.ndarray:
         """A bool per key: has a vector (or, with ``include_errors``, an error record)."""
-        self._load_keys()
-        errors = self._load_errors() if include_errors else {}
-        return np.fromiter((k in self._ids or k in errors for k in keys), dtype=bool, count=len(keys))
+        wanted = digests(keys)
+        present = self._find(sh.VECTORS, wanted) >= 0
+        if include_errors and int(self._manifest.get("n_errors", 0)) and not present.all():
+            absent = np.flatnonzero(~present)
+            present[absent] = self._find(sh.ERRORS, wanted[absent]) >= 0
+        return present
 
     def ids(self, keys: Sequence[str]) -> np.ndarray:
         """Row ids of ``keys`` (:class:`StoreError` naming the missing ones)."""
-        self._load_keys()
-        missing = [k for k in keys if k not in self._ids]
-        if missing:
+        ids = self._find(sh.VECTORS, keys)
+        if (ids < 0).any():
+            missing = [keys[i] for i in np.flatnonzero(ids < 0)]
             raise StoreError(f"feature store {self.path} has no vector for {len(missing)} key(s): {_short(missing)}",
                              hint="embed the source first; `headstart cache info --errors` lists failed items")
-        return np.fromiter((self._ids[k] for k in keys), dtype=np.int64, count=len(keys))
+        return ids
 
     def get(self, keys: Sequence[str]) -> np.ndarray:
         """Vectors of ``keys`` in the order given, as an (n, dim) float32 array."""
-        return self._rows(self.ids(keys))
-
-    def _rows(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
-        if not len(ids):
-            return out
-        entries = self._vector_entries()
-        shard_of = np.searchsorted(np.asarray(self._starts), ids, side="right") - 1
-        for s in np.unique(shard_of):
-            where = np.nonzero(shard_of == s)[0]
-            out[where] = self._shard_array(entries[s])[ids[where] - self._starts[s]]
-        return out
+        return self.read_rows(self.ids(keys))
 
     def read_rows(self, ids: np.ndarray) -> np.ndarray:
         """Vectors of row ``ids`` (as :meth:`ids` gives them), in that order, as a new (n, dim) float32 array.
@@ -329,19 +401,20 @@ class FeatureStore:
         """Source refs (path or row) of stored ``keys``, in the order given."""
         ids = self.ids(keys)
         out: list[str | None] = [None] * len(ids)
-        entries = self._vector_entries()
-        shard_of = np.searchsorted(np.asarray(self._starts), ids, side="right") - 1
+        lookup = self._lookup(sh.VECTORS)
+        shard_of = lookup.shard_of(ids)
         for s in np.unique(shard_of):
-            column = sh.read_table(self.path / entries[s]["file"], ["ref"]).column("ref")
-            for pos in np.nonzero(shard_of == s)[0]:
-                out[pos] = column[int(ids[pos] - self._starts[s])].as_py()
+            column = sh.read_table(self.path / lookup.entries[int(s)]["file"], ["ref"]).column("ref")
+            where = np.flatnonzero(shard_of == s)
+            for pos, ref in zip(where, column.take(ids[where] - lookup.starts[s]).to_pylist()):
+                out[pos] = ref
         return out
 
     def iter_shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """(keys, vectors) per vector shard, in id order; vectors are memory-mapped."""
         for entry in self._vector_entries():
-            array = self._shard_array(entry)
-            yield sh.read_table(self.path / entry["file"], ["key"]).column("key").to_pylist(), array
+            array = self._shard_array(entry, cache=False)
+            yield self.shard_keys(entry), array
 
     def vectors(self) -> np.ndarray:
         """All vectors in id order; memory-mapped (one shard, or large stores), else in memory."""
@@ -364,16 +437,46 @@ class FeatureStore:
             pos += len(block)
         return out
 
+    def _error_entries(self) -> list[dict]:
+        return [e for e in self._manifest["shards"] if e["kind"] == sh.ERRORS]
+
     def error_records(self) -> list[ErrorRecord]:
-        """Error records of keys that have no vector."""
-        self._load_keys()
-        return [r for k, r in self._load_errors().items() if k not in self._ids]
+        """Error records of keys that have no vector (the first record of a key)."""
+        seen: set[str] = set()
+        out: list[ErrorRecord] = []
+        for entry in self._error_entries():
+            self._require(entry)
+            table = sh.read_table(self.path / entry["file"]).to_pydict()
+            has_vector = self.contains(table["key"], include_errors=False)
+            for key, ref, reason, stage, vector in zip(table["key"], table["ref"], table["reason"],
+                                                       table["stage"], has_vector):
+                if not vector and key not in seen:
+                    seen.add(key)
+                    out.append(ErrorRecord(key, ref, reason, stage))
+        return out
 
     def errors_for(self, keys: Sequence[str]) -> dict[str, ErrorRecord]:
         """The error records among ``keys`` (keys without a vector only)."""
-        self._load_keys()
-        errors = self._load_errors()
-        return {k: errors[k] for k in keys if k in errors and k not in self._ids}
+        if not len(keys) or not int(self._manifest.get("n_errors", 0)):
+            return {}  # no error records at all (the common case): no digests to compute
+        wanted = digests(keys)
+        rows = self._find(sh.ERRORS, wanted)  # error records are few: look them up first
+        has_record = np.flatnonzero(rows >= 0)
+        if len(has_record):
+            rows[has_record[self._find(sh.VECTORS, wanted[has_record]) >= 0]] = -1  # a vector wins
+        found = np.flatnonzero(rows >= 0)
+        out: dict[str, ErrorRecord] = {}
+        if not len(found):
+            return out
+        lookup = self._lookup(sh.ERRORS)
+        shard_of = lookup.shard_of(rows[found])
+        for s in np.unique(shard_of):
+            entry = lookup.entries[int(s)]
+            where = found[shard_of == s]
+            table = sh.read_table(self.path / entry["file"]).take(rows[where] - lookup.starts[s]).to_pydict()
+            for pos, ref, reason, stage in zip(where, table["ref"], table["reason"], table["stage"]):
+                out[keys[pos]] = ErrorRecord(keys[pos], ref, reason, stage)
+        return out
 
     # -- search ----------------------------------------------------------------------
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
@@ -433,7 +536,6 @@ class FeatureStore:
             self._search_note = (f"{problem}; not rebuilt ({exc.message}); searched the shards exactly")
             return
         self._searcher, self._tail = None, None
-        self._load_keys()
         new = self._manifest.get("index") or {}
         index = ix.load(self.path / new["file"], new["type"], self.index_config.nprobe) if new else None
         self._searcher = (index, int(new["n_vectors"])) if new else (None, 0)
@@ -449,7 +551,7 @@ class FeatureStore:
         if (ids[valid] >= covered).any():
             return None
         rows = np.nonzero(valid)
-        exact = np.einsum("ij,ij->i", q[rows[0]], self._rows(ids[valid]))
+        exact = np.einsum("ij,ij->i", q[rows[0]], self.read_rows(ids[valid]))
         return (scores, ids) if integrity.scores_match(scores[valid], exact) else None
 
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -461,7 +563,6 @@ class FeatureStore:
         q = self._check_queries(queries)
         self._search_note = None
         self._refresh_index_if_far_behind()
-        self._load_keys()
         index, covered = self._index()
         hits = self._index_hits(index, covered, q, int(k)) if index is not None else None
         if index is not None and hits is None and index.ntotal:
@@ -472,17 +573,13 @@ class FeatureStore:
             hits = self._index_hits(index, covered, q, int(k)) if index is not None else None
             if index is not None and hits is None:
                 self._searcher, self._tail, index, covered = (None, 0), None, None, 0
-        self._load_keys()
         if self._tail is None:
-            self._tail = self._rows(np.arange(covered, len(self), dtype=np.int64))
+            self._tail = self.read_rows(np.arange(covered, len(self), dtype=np.int64))
         scores, ids = ix.search(index, covered, self._tail, q, int(k), hits=hits)
         self.last_search = {"index": (self._manifest.get("index") or {}).get("type") if index is not None else None,
                             "indexed": int(covered), "scanned_exactly": int(len(self._tail)),
                             "note": self._search_note}
-        if self._key_array is None or len(self._key_array) != len(self._keys) + 1:
-            self._key_array = np.empty(len(self._keys) + 1, dtype=object)
-            self._key_array[:-1] = self._keys  # the last slot (None) stands for "no neighbour"
-        return scores, self._key_array[np.where(ids < 0, len(self._keys), ids)]
+        return scores, self.keys_at(ids)
 
     def search_keys(self, keys: Sequence[str], k: int = 10, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Neighbours of stored ``keys`` (the key itself left out unless ``exclude_self=False``)."""
@@ -546,16 +643,35 @@ class FeatureStore:
         with StoreLock(self.path, lock_timeout):
             self.refresh()
             if config is not None:
-                self._commit_manifest(dict(self._manifest, index_config=config.as_dict()))
+                self.commit_manifest(dict(self._manifest, index_config=config.as_dict()))
             from .indexing import update_index
 
             update_index(self, rebuild=True)
         return self._manifest.get("index") or {}
 
-    def _commit_manifest(self, manifest: dict[str, Any]) -> None:
-        """Write ``manifest`` (caller holds the lock) and adopt it as this snapshot."""
-        self._manifest = write_manifest(self.path, manifest)
-        self._searcher, self._tail = None, None
+    def commit_manifest(self, manifest: dict[str, Any] | None = None, *, add: Sequence[dict] = ()) -> None:
+        """Commit (caller holds the lock) and adopt the result as this snapshot: ``manifest`` as a new
+        checkpoint, or new shard entries ``add`` as one line of the manifest log (see :mod:`.manifest`)."""
+        with self._lookup_lock:
+            if manifest is not None:
+                self._manifest = write_manifest(self.path, manifest)
+            else:
+                self._manifest = append_commit(self.path, self._manifest, add)
+            self._searcher, self._tail = None, None
+            for lookup in self._lookups.values():
+                lookup.release()
+            self._lookups = {}
+
+    def sync_key_index(self) -> None:
+        """Index the shards the key indexes do not cover yet (caller holds the write lock)."""
+        with self._lookup_lock:
+            epoch = self._manifest.get("key_index")
+            if not epoch:
+                return
+            for kind, folder in ((sh.VECTORS, VECTOR_KEYS), (sh.ERRORS, ERROR_KEYS)):
+                entries = [e for e in self._manifest["shards"] if e["kind"] == kind]
+                keylookup.sync(self.path, folder, epoch, entries, self.shard_keys)
+            self._lookups = {}
 
     # -- checks ------------------------------------------------------------------------
     def verify(self, deep: bool = True) -> VerifyReport:
@@ -592,8 +708,10 @@ class StoreWriter:
     :meth:`commit`, and on a clean exit (which also brings the index up to date unless
     ``update_index=False``). Keys already in the store (vectors or error records) are skipped.
 
-    On opening it checks every shard (once per process) and drops damaged ones from the manifest
-    (:attr:`dropped`), so their items count as missing and are written again. On a store that
+    It hashes no shard on opening: a look-up (``contains``, ``add``) checks the shards its hits are in,
+    once per process, and drops damaged ones from the manifest (:attr:`dropped`, one warning each time),
+    so their items count as missing and are written again. On opening it brings the key index up to
+    date with the manifest (a store written before the key index existed is indexed then). On a store that
     cannot be written (read-only mount, no permission) it opens without the lock (:attr:`read_only`;
     nobody can be writing) and only work that adds something raises :class:`StoreReadOnlyError`.
     """
@@ -629,17 +747,29 @@ class StoreWriter:
             clean_temp_files(self.store.path)
             from .repair import drop_shards, remove_orphans
 
-            remove_orphans(self.store.path, self.store.manifest)
-            self.dropped = drop_shards(self.store, self.store.damaged_shards())
+            store = self.store
+            if not store.manifest.get("key_index"):  # a store from before the key index (version 1): migrate
+                store.commit_manifest(dict(store.manifest, key_index=new_epoch()))
+            elif log_needs_compaction(store.path, store.manifest):  # a killed writer's log, maybe torn
+                store.commit_manifest(store.manifest)
+            remove_orphans(store.path, store.manifest)
+            store.sync_key_index()
+            store._on_damage = self._drop_damaged
         except BaseException:
             self._lock.release()
             raise
-        if self.dropped:
-            _warn(f"feature store {self.store.path}: dropped {len(self.dropped)} damaged shard(s) "
-                  f"({', '.join(d['file'] + ': ' + d['reason'] for d in self.dropped[:3])}); "
-                  f"their {sum(d['rows'] for d in self.dropped)} item(s) are embedded again")
         self._open = True
         return self
+
+    def _drop_damaged(self) -> None:
+        """Drop the damaged shards a look-up ran into (one manifest commit) and say so."""
+        from .repair import drop_shards
+
+        dropped = drop_shards(self.store, dict(self.store._damaged))
+        self.dropped.extend(dropped)
+        _warn(f"feature store {self.store.path}: dropped {len(dropped)} damaged shard(s) "
+              f"({', '.join(d['file'] + ': ' + d['reason'] for d in dropped[:3])}); "
+              f"their {sum(d['rows'] for d in dropped)} item(s) are embedded again")
 
     def require_writable(self, n_items: int) -> None:
         """Raise :class:`StoreReadOnlyError` when ``n_items`` items need writing to a read-only store."""
@@ -656,8 +786,11 @@ class StoreWriter:
                     from .indexing import update_index
 
                     update_index(self.store)
+                if self.store.manifest.get("log_lines"):  # fold this session's log into a checkpoint
+                    self.store.commit_manifest(self.store.manifest)
         finally:
             self._open = False
+            self.store._on_damage = None
             self._lock.release()
 
     def _check_open(self) -> None:
@@ -742,7 +875,6 @@ class StoreWriter:
                                    [r.reason for r in records], [r.stage for r in records])
             self._write_shard(sh.ERRORS, table, len(records))
             self._errors = []
-            self.store._errors = None
 
     def _commit_vectors(self, full_only: bool) -> None:
         while self._keys and (len(self._keys) >= self.shard_size or not full_only):
@@ -792,18 +924,9 @@ class StoreWriter:
                 found = "missing" if size < 0 else f"{size} bytes, not {entry['bytes']}"
                 raise StoreError(f"feature store {store.path}: staged shard {entry['file']} is {found}",
                                  hint="the worker that wrote it did not finish; re-run the job to embed its items again")
-        manifest = dict(store.manifest, shards=store.manifest["shards"] + [dict(e) for e in entries])
-        for entry in entries:
-            manifest["n_vectors" if entry["kind"] == sh.VECTORS else "n_errors"] += int(entry["rows"])
-        store._commit_manifest(manifest)
-        for entry in entries:
-            if entry["kind"] == sh.ERRORS:
-                store._errors = None
-            elif store._keys is not None:  # keep a loaded key table current
-                keys = sh.read_table(store.path / entry["file"], ["key"]).column("key").to_pylist()
-                store._starts.append(len(store._keys))
-                store._ids.update((k, len(store._keys) + i) for i, k in enumerate(keys))
-                store._keys.extend(keys)
+        store.commit_manifest(add=[dict(e) for e in entries])  # one log line: the commit point
+        pause_point("store-manifest-logged", generation=store.manifest["generation"])
+        store.sync_key_index()
 
 
 __all__ = ["ErrorRecord", "FeatureStore", "StoreWriter", "VerifyReport"]

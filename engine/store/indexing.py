@@ -28,10 +28,7 @@ def _sample(store: "FeatureStore", size: int) -> np.ndarray:
     """``size`` rows spread evenly over the store."""
     n = len(store)
     ids = np.unique(np.linspace(0, n - 1, num=min(size, n)).astype(np.int64))
-    store._load_keys()
-    sample = store._rows(ids)
-    store._arrays.clear()  # drop the mappings the sample paged in
-    return sample
+    return store.read_rows(ids)  # maps each shard only while its rows are copied
 
 
 def update_index(store: "FeatureStore", rebuild: bool = False) -> None:
@@ -44,7 +41,7 @@ def update_index(store: "FeatureStore", rebuild: bool = False) -> None:
         return
     try:
         entry = _build_flat(store, old, rebuild) if kind == ix.FLAT else _build_ivf(store, old, rebuild, config)
-        store._commit_manifest(dict(store.manifest, index=entry))
+        store.commit_manifest(dict(store.manifest, index=entry))
     except OSError as exc:
         raise StoreError(f"could not write the index of feature store {store.path}: {exc.strerror or exc}",
                          hint="free disk space and run `headstart cache verify`; the shards are intact and "
@@ -66,12 +63,11 @@ def _build_flat(store: "FeatureStore", old: dict | None, rebuild: bool) -> dict:
             covered = int(old["n_vectors"])
         except RuntimeError:
             start, covered = None, 0
-    store._load_keys()
     ids = np.arange(covered, len(store), dtype=np.int64)
 
     def blocks():
         for lo in range(0, len(ids), 65536):
-            yield store._rows(ids[lo:lo + 65536])
+            yield store.read_rows(ids[lo:lo + 65536])
 
     index = ix.build_flat(store.dim, blocks, start)
     name = _new_name(store, "flat", ".faiss")
@@ -96,13 +92,12 @@ def _build_ivf(store: "FeatureStore", old: dict | None, rebuild: bool, config: i
         trained = ix.train_ivf(_sample(store, config.train_rows(n)), nlist)
         trained_name = _new_name(store, "ivf-trained", ".faiss")
         write_bytes_atomic(store.path / trained_name, trained)
-    store._load_keys()
     blocks = []
     try:
-        for entry, first in zip(store._vector_entries(), store._starts):
+        for entry, first in store.vector_shards():
             if first >= covered:  # shards are whole: an index covers a prefix of them
                 block = store.path / INDEX_DIR / "blocks" / f"{Path(entry['file']).stem}-{secrets.token_hex(3)}.faiss"
-                write_bytes_atomic(block, ix.ivf_block(trained, store._shard_array(entry, cache=False), first))
+                write_bytes_atomic(block, ix.ivf_block(trained, store.shard_vectors(entry), first))
                 blocks.append(block)
         name = _new_name(store, "ivf", ".faiss")
         ivfdata = name[:-len(".faiss")] + ".ivfdata"

@@ -41,6 +41,22 @@ def _sha256(buffer: Any) -> str:
     return hashlib.sha256(memoryview(buffer)).hexdigest()
 
 
+def size_problem(root: Path, entry: dict) -> str | None:
+    """Whether shard ``entry`` is missing or has another size than its manifest entry (one ``stat``):
+    the cheap check a store object makes of every shard before its first look-up."""
+    if not CHECKS:
+        return None
+    try:
+        size = (Path(root) / entry["file"]).stat().st_size
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if size != entry.get("bytes"):
+        return f"has {size} bytes, the manifest says {entry.get('bytes')}"
+    return None
+
+
 def vector_problem(vectors: np.ndarray, unit_norm: bool) -> str | None:
     """Why these stored vectors break the store's invariants (finite; unit norm), or None."""
     if not len(vectors):

@@ -6,9 +6,11 @@ re-embeds what a damaged shard held). The caller holds the write lock.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import integrity
+from . import keylookup
 from . import shards as sh
 from .indexing import INDEX_DIR, index_files
 
@@ -19,9 +21,10 @@ SHARD_DIR = "shards"
 
 
 def remove_orphans(root: Path, manifest: dict[str, Any]) -> list[Path]:
-    """Remove shard and index files the manifest does not list (caller holds the write lock)."""
+    """Remove shard and index files the manifest does not list, key indexes of other epochs and their
+    orphan segments (caller holds the write lock)."""
     live = {s["file"] for s in manifest["shards"]} | index_files(manifest.get("index"))
-    removed = []
+    removed = keylookup.remove_stale(root, manifest.get("key_index"))
     for sub in (SHARD_DIR, INDEX_DIR):
         folder = root / sub
         if not folder.is_dir():
@@ -37,7 +40,8 @@ def drop_shards(store: "FeatureStore", damaged: dict[str, str]) -> list[dict[str
     """Commit a manifest without the shards in ``damaged`` (file → reason); return what was dropped.
 
     Row ids of later vector shards shift, so an index that covers a dropped shard's rows is dropped too
-    (it is derived: the next search or ``headstart cache index`` builds it again).
+    (it is derived: the next search or ``headstart cache index`` builds it again), and the key index
+    starts a new epoch, indexed afresh from the remaining shards here.
     """
     manifest = store.manifest
     if not damaged:
@@ -55,15 +59,16 @@ def drop_shards(store: "FeatureStore", damaged: dict[str, str]) -> list[dict[str
             row += int(entry["rows"])
     if not dropped:
         return []
-    new = dict(manifest, shards=kept,
+    new = dict(manifest, shards=kept, key_index=keylookup.new_epoch(),
                n_vectors=sum(int(e["rows"]) for e in kept if e["kind"] == sh.VECTORS),
                n_errors=sum(int(e["rows"]) for e in kept if e["kind"] == sh.ERRORS))
     index = manifest.get("index")
     if index and first_dropped_row is not None and first_dropped_row < int(index["n_vectors"]):
         new["index"] = None
-    store._commit_manifest(new)
-    store._reset_caches()
-    remove_orphans(store.path, store.manifest)  # the damaged files and a dropped index
+    store.commit_manifest(new)
+    store.forget_reads()
+    remove_orphans(store.path, store.manifest)  # the damaged files, a dropped index, the old key index
+    store.sync_key_index()
     return dropped
 
 
@@ -73,7 +78,7 @@ def repair_store(store: "FeatureStore", lock_timeout: float) -> dict[str, Any]:
 
     with StoreLock(store.path, lock_timeout):
         store.refresh()
-        store._reset_caches()
+        store.forget_reads()
         damaged = {}
         for entry in store.manifest["shards"]:
             problem = integrity.shard_problem(store.path, entry, store.dim, store.unit_norm, use_cache=False)
@@ -86,7 +91,7 @@ def repair_store(store: "FeatureStore", lock_timeout: float) -> dict[str, Any]:
             integrity.forget(store.path, index["file"])
             problem = integrity.index_problem(store.path, index)
             if problem is not None:
-                store._commit_manifest(dict(store.manifest, index=None))
+                store.commit_manifest(dict(store.manifest, index=None))
                 remove_orphans(store.path, store.manifest)
                 index_note = f"dropped the index ({problem}); the next search or `headstart cache index` rebuilds it"
         elif dropped and any(d["kind"] == sh.VECTORS for d in dropped):

@@ -44,13 +44,13 @@ class Prepared:
 
 def prepare(fs: FeatureSet, val_fraction: float, seed: int) -> Prepared:
     """Drop unlabelled rows, refuse NaN/Inf (naming the keys), need two classes, split stratified."""
-    rows = [i for i, label in enumerate(fs.labels) if label is not None and str(label) != ""]
-    if not rows:
+    rows = np.flatnonzero(np.fromiter((label is not None and str(label) != "" for label in fs.labels), bool, len(fs)))
+    if not len(rows):
         raise DataError(f"none of the {len(fs)} items has a label",
                         hint="train on a labelled source (label column / class folders)")
-    data = fs.subset(np.asarray(rows)) if len(rows) < len(fs) else fs
+    data = fs.subset(rows) if len(rows) < len(fs) else fs
     X = check_finite(data.vectors, data.keys)
-    y = np.asarray([str(v) for v in data.labels], dtype=object)
+    y = np.fromiter((str(v) for v in data.labels), dtype=object, count=len(data))  # no list of n on the way
     classes = np.unique(y)
     if len(classes) < 2:
         raise DataError(f"only one class ({classes[0]!r}) among {len(y)} labelled items",

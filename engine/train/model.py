@@ -170,10 +170,10 @@ class Model:
         embed_options.setdefault("labelled", True)
         fs = self.features(source, engine=engine, **embed_options)
         n_errors = len(fs.errors)
-        rows = [i for i, label in enumerate(fs.labels) if label is not None]
-        if not rows:
+        rows = np.flatnonzero(np.fromiter((label is not None for label in fs.labels), bool, len(fs)))
+        if not len(rows):
             raise DataError("the evaluation source has no labelled items", hint="evaluate on labelled data")
-        labelled = fs.subset(np.asarray(rows))
+        labelled = fs.subset(rows)
         metrics = classification_metrics(labelled.labels, self.predict(labelled).labels, self.classes)
         seen = None
         if self.training_keys is not None:
