@@ -114,7 +114,7 @@ class SplitWorker:
         """A read-only view of the store as committed now: lookups skip what earlier splits (and runs) stored."""
         from ..store.features import FeatureStore
 
-        self._store = FeatureStore.load(self.task.store_path)
+        self._store = FeatureStore.load(self.task.store_path, check="hits")  # hash only the shards hit
 
     def encoder(self):
         if self._encoder is None:
