@@ -19,6 +19,7 @@ from .embed import embed
 from .export import export
 from .finetune import finetune
 from .plugin import plugin
+from .pretrain import pretrain
 from .train import eval_cmd, predict, sweep, train
 
 
@@ -81,7 +82,8 @@ def cli(ctx: click.Context, store: str | None, strict_plugins: bool | None, debu
     state.store, state.strict_plugins, state.debug = store, strict_plugins or None, debug
 
 
-for _command in (embed, train, sweep, eval_cmd, predict, finetune, export, backbones, heads, plugins, plugin, cache):
+for _command in (embed, train, sweep, eval_cmd, predict, finetune, pretrain, export, backbones, heads, plugins, plugin,
+                 cache):
     cli.add_command(_command)
 
 

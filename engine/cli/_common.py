@@ -108,13 +108,13 @@ def _event_option(ctx: click.Context, param: click.Parameter, value: Any) -> Non
         ctx.meta.setdefault("headstart.events", {})[param.name] = value
 
 
-def _events_from_context() -> Any:
+def _events_from_context(need_vocabulary: bool = True) -> Any:
     """The :class:`EventOptions` of this command line's event options (None without --group-by)."""
     from ..sequences.options import event_options
 
     ctx = click.get_current_context(silent=True)
     given = dict(ctx.meta.get("headstart.events", {})) if ctx is not None else {}
-    return event_options(**given)
+    return event_options(**given, need_vocabulary=need_vocabulary)
 
 
 def _window(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

@@ -83,9 +83,10 @@ def _names(value: str | Sequence[str] | None, option: str) -> tuple[str, ...]:
 
 def event_options(group_by: str | None = None, order_by: str | None = None, fields: Any = None,
                   categorical: Any = None, window: str | int | None = None, per: str | None = None,
-                  vocabulary: str | None = None) -> EventOptions | None:
+                  vocabulary: str | None = None, need_vocabulary: bool = True) -> EventOptions | None:
     """Check and combine the event options (None when none is given). Every mistake that needs no data is
-    a :class:`ConfigError` here, before any file is opened."""
+    a :class:`ConfigError` here, before any file is opened. ``need_vocabulary=False``: categoricals without a
+    vocabulary are allowed (``pretrain`` builds one)."""
     given = {"--order-by": order_by, "--fields": fields, "--categorical": categorical, "--window": window,
              "--per": per, "--vocabulary": vocabulary}
     if group_by is None:
@@ -108,7 +109,7 @@ def event_options(group_by: str | None = None, order_by: str | None = None, fiel
                           hint="drop it from --fields/--categorical")
     if per not in (None, "entity", "event"):
         raise ConfigError(f"--per '{per}' is not entity or event", hint="pass --per entity or --per event")
-    if cats and not vocabulary:
+    if cats and not vocabulary and need_vocabulary:
         raise ConfigError(f"categorical columns ({', '.join(cats)}) need a vocabulary",
                           hint="pass --vocabulary FILE (a pretrained backbone folder holds vocabulary.json; "
                                "make one with headstart.sequences.build_vocabulary)")

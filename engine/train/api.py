@@ -288,6 +288,8 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
                      "fit_seconds": metrics["fit_seconds"], "predict_seconds": metrics["predict_seconds"],
                      **({"subsample": metrics["subsample"]} if "subsample" in metrics else {})})
     scored = [r for r in rows if "error" not in r]
+    if rule is not None and save_best is not None:  # the model to save must reach the rule
+        scored = [r for r in scored if r.get("threshold") is not None] or scored
     best = max(scored, key=lambda r: (_rank(r.get(metric)), -r["fit_seconds"]))["head"] if scored else None
     for r in rows:
         r["best"] = r["head"] == best
