@@ -202,3 +202,103 @@ def test_bad_event_options_are_one_line_cli_errors_before_any_work(table: Path, 
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and lines[0].startswith(says) and lines[1].startswith("hint:") and len(lines) == 2
     assert not home.exists()
+
+
+# -- pretraining -------------------------------------------------------------------------------------------------
+
+TX_EVENTS = ["--group-by", "account_id", "--order-by", "ts", "--fields", "log_amount,log_gap", "--categorical",
+             "category,country", "--window", "16"]
+TX_PRETRAIN = [*TX_EVENTS, "--epochs", "3", "--hidden", "8", "--batch-size", "16", "--patience", "5"]
+
+
+@pytest.fixture(scope="module")
+def transactions(tmp_path_factory) -> Path:
+    """A tiny run of the example generator: 80 pool accounts, 120 labelled (30 % fraud to have some)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "transactions"))
+    try:
+        from generate import main
+    finally:
+        sys.path.pop(0)
+    folder = tmp_path_factory.mktemp("tx")
+    main([str(folder), "--pool", "80", "--labelled", "120", "--test", "20", "--fraud-rate", "0.3"])
+    return folder
+
+
+def test_pretrain_killed_mid_run_resumes_to_the_same_result(transactions: Path, tmp_path: Path):
+    from pause_control import env_with, pause_env, wait_paused
+
+    home, pauses = tmp_path / "home", tmp_path / "pauses"
+    pool = str(transactions / "pool.parquet")
+    reference = _cli("pretrain", pool, *TX_PRETRAIN, "-o", str(tmp_path / "ref"), home=home, cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    assert "epoch 3/3" in reference.stderr and "validation loss" in reference.stderr
+
+    env = env_with({"HEADSTART_HOME": str(home), **pause_env(pauses, "pretrain-epoch#2")})
+    proc = subprocess.Popen([sys.executable, "-m", "headstart", "pretrain", pool, *TX_PRETRAIN, "-o",
+                             str(tmp_path / "bb")], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        marker = wait_paused(pauses, "pretrain-epoch#2", proc)
+        assert marker["pid"] == proc.pid
+        os.kill(proc.pid, 9)  # SIGKILL right after epoch 2's checkpoint
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "bb" / "checkpoint.safetensors").is_file() and not (tmp_path / "bb" / "encoder.onnx").exists()
+    again = _cli("pretrain", pool, *TX_PRETRAIN, "-o", str(tmp_path / "bb"), home=home, cwd=tmp_path)
+    assert again.returncode != 0 and "pass --resume" in again.stderr  # never silently over a run
+    resumed = _cli("pretrain", pool, *TX_PRETRAIN, "-o", str(tmp_path / "bb"), "--resume", home=home, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 2" in resumed.stderr and "epoch 1/3" not in resumed.stderr
+    got = json.loads((tmp_path / "bb" / "pretrain.json").read_text())
+    want = json.loads((tmp_path / "ref" / "pretrain.json").read_text())
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(got["history"]) == strip(want["history"]) and len(got["history"]) == 3
+    assert (tmp_path / "bb" / "encoder.safetensors").read_bytes() == (tmp_path / "ref" / "encoder.safetensors").read_bytes()
+    assert not (tmp_path / "bb" / "checkpoint.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def pretrained(transactions: Path, tmp_path_factory) -> tuple[Path, Path]:
+    home = tmp_path_factory.mktemp("home")
+    out = tmp_path_factory.mktemp("pretrained") / "bb"
+    result = _cli("pretrain", str(transactions / "pool.parquet"), *TX_PRETRAIN, "-o", str(out), home=home,
+                  cwd=out.parent)
+    assert result.returncode == 0, result.stderr
+    return out, home
+
+
+def test_a_pretrained_backbone_embeds_events_and_trains_heads(transactions: Path, pretrained: tuple[Path, Path],
+                                                              tmp_path: Path):
+    out, home = pretrained
+    summary = json.loads((out / "pretrain.json").read_text())
+    assert summary["parity"]["max_abs_diff"] < 1e-4 and summary["objective"] == "next-event prediction"
+    assert set(json.loads((out / "vocabulary.json").read_text())["columns"]) == {"category", "country"}
+    events = [*TX_EVENTS, "--vocabulary", str(out / "vocabulary.json")]
+    train = _cli("train", str(transactions / "labelled.parquet"), "-b", f"onnx:{out / 'encoder.onnx'}", *events,
+                 "--head", "linear(class_weight='balanced')", "-o", str(tmp_path / "model"), "--json", home=home,
+                 cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    result = json.loads(train.stdout)
+    assert result["backbone"]["dim"] == 2 * 8 + 3 and result["training"]["n_labelled"] == 120
+    assert result["metrics"]["binary"]["positive"] == "fraud"
+    embed = _cli("embed", str(transactions / "labelled.parquet"), "-b", f"onnx:{out / 'encoder.onnx'}", *events,
+                 "--json", home=home, cwd=tmp_path)
+    assert embed.returncode == 0, embed.stderr
+    assert json.loads(embed.stdout)["embedded"] == 0  # every window was cached by train: the keys are the bytes
+
+
+@pytest.mark.parametrize("args, says", [
+    ([], "error: pretrain reads events: --group-by is missing"),
+    (["--fields", "log_amount"], "error: --fields needs --group-by"),
+    ([*TX_EVENTS, "--per", "event"], "error: pretrain reads one sequence per entity"),
+    ([*TX_EVENTS, "--resume"], "error: --resume: "),
+    ([*TX_EVENTS, "--epochs", "-1"], "Error: Invalid value for '--epochs'"),
+])
+def test_bad_pretrain_options_fail_before_any_work(transactions: Path, tmp_path: Path, args: list, says: str):
+    home = tmp_path / "home"
+    result = _cli("pretrain", str(transactions / "pool.parquet"), *args, "-o", str(tmp_path / "bb"), home=home,
+                  cwd=tmp_path)
+    assert result.returncode != 0 and says in result.stderr
+    assert not home.exists() and not (tmp_path / "bb").exists()
