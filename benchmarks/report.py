@@ -255,6 +255,24 @@ def integrity(results: Path, base: str) -> str:
             + "\n" + _machine_line(r) + "\n")
 
 
+def sequences(results: Path, base: str) -> str:
+    r = load("sequences", results)
+    if not r:
+        return _missing("sequences", "python benchmarks/bench_sequences.py")
+    d, pre = r["data"], r["pretrain"]["pretrained"]
+    out = [f"`{r['machine']['command']}` — {_source('sequences', r, base)}. Held-out PR-AUC (average precision) on "
+           f"{d['test_accounts']:,} test accounts ({d['test_frauds']} frauds), mean over {r['seeds']} labelled subsets "
+           f"(min–max in brackets); encoder pretrained on {d['pool_accounts']:,} unlabelled accounts in "
+           f"{_n(pre['seconds'])} s (best epoch {pre['best_epoch']}):\n"]
+    rows = [{"labels": x["labels"], "method": x["method"],
+             "PR-AUC": f"{x['pr_auc']:.3f} ({x['pr_auc_min']:.3f}–{x['pr_auc_max']:.3f})",
+             "train s": f"{x['train_s']:.2f}"} for x in r["rows"]]
+    out.append(_table(rows, [("labelled accounts", "labels"), ("method", "method"), ("PR-AUC", "PR-AUC"),
+                             ("train s", "train s")]))
+    out.append("\n" + _machine_line(r) + "\n")
+    return "".join(out)
+
+
 RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "readme-performance": readme_performance,
     "embed-text": embed_text,
@@ -264,6 +282,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "finetune": finetune,
     "ray": ray,
     "integrity": integrity,
+    "sequences": sequences,
 }
 
 
