@@ -122,10 +122,9 @@ class EventSource:
         ev = self.events
         order = batch.column(ev.order_by)
         if self.order_kind == "time":
-            t = order.cast(pa.timestamp("us")) if not pa.types.is_timestamp(order.type) else order
-            t = t.cast(pa.timestamp("us")).cast(pa.int64())
-            t = pc.divide(t.cast(pa.float64()), 1e6)
-            order_values = t.to_numpy(zero_copy_only=False)
+            tz = order.type.tz if pa.types.is_timestamp(order.type) else None  # dates become midnight
+            micros = order.cast(pa.timestamp("us", tz)).cast(pa.int64())
+            order_values = pc.divide(micros.cast(pa.float64()), 1e6).to_numpy(zero_copy_only=False)
             order_null = np.asarray(order.is_null())
         elif self.order_kind == "number":
             order_values = order.cast(pa.float64()).to_numpy(zero_copy_only=False)
