@@ -179,6 +179,41 @@ def _windows(path: Path, vocabulary: Path) -> tuple[list[str], list[np.ndarray],
             np.asarray([it.label for it in items]))
 
 
+def rss_scale(sizes: list[int], backbone: Path) -> list[dict[str, Any]]:
+    """Peak RSS of ``headstart embed`` (a child process, per-entity items) over generated tables of ``sizes``
+    accounts (about 40 events each), written as Parquet in row groups: memory must not grow with the table."""
+    import pyarrow.parquet as pq
+
+    from _common import child_env, run_process
+
+    sys.path.insert(0, str(ROOT / "examples" / "transactions"))
+    from generate import generate
+
+    rows = []
+    for n in sizes:
+        path = WORK / f"rss-{n}.parquet"
+        if not path.exists():
+            writer = None
+            for first in range(0, n, 5000):  # generated and written in slices: the generator holds one slice
+                table = generate(min(5000, n - first), 0.05, first, False, first)
+                writer = writer or pq.ParquetWriter(path, table.schema)
+                writer.write_table(table, row_group_size=65_536)
+            writer.close()
+        events = pq.ParquetFile(path).metadata.num_rows
+        home = WORK / f"home-rss-{n}"
+        shutil.rmtree(home, ignore_errors=True)
+        cmd = [sys.executable, "-m", "headstart", "embed", str(path), "-b", f"onnx:{backbone / 'encoder.onnx'}",
+               "--group-by", "account_id", "--order-by", "ts", "--fields", EVENTS["fields"], "--categorical",
+               EVENTS["categorical"], "--vocabulary", str(backbone / "vocabulary.json"), "--window", "48", "--json"]
+        result = run_process(cmd, child_env(2, home))
+        summary = json.loads(result["stdout"])
+        rows.append({"accounts": n, "events": events, "items": summary["rows"], "wall_s": result["wall_s"],
+                     "peak_rss_mb": result["peak_rss_mb"]})
+        print(f"{events:>10,} events  {summary['rows']:>8,} items  {result['wall_s']:.1f}s  "
+              f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", type=int, default=3000)
@@ -190,7 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--rss", default="", metavar="N,M",
+                        help="only measure embed's peak RSS over tables of N and M accounts (needs a finished run); "
+                             "added to the existing results")
     args = parser.parse_args(argv)
+    if args.rss:
+        path = RESULTS / "sequences.json"
+        result = json.loads(path.read_text())
+        result["rss"] = {"machine": {**machine(), "loadavg_end": loadavg()},
+                         "rows": rss_scale([int(n) for n in args.rss.split(",")], WORK / "seq-pretrained")}
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     import os
 
     os.environ.setdefault("HEADSTART_HOME", str(WORK / "home-sequences"))

@@ -269,6 +269,13 @@ def sequences(results: Path, base: str) -> str:
              "train s": f"{x['train_s']:.2f}"} for x in r["rows"]]
     out.append(_table(rows, [("labelled accounts", "labels"), ("method", "method"), ("PR-AUC", "PR-AUC"),
                              ("train s", "train s")]))
+    if r.get("rss"):
+        out.append("\nPeak RSS of `headstart embed` over larger generated tables (one item per account, Parquet "
+                   "read in row groups):\n")
+        out.append(_table([{**x, "events": f"{x['events']:,}", "items": f"{x['items']:,}",
+                            "peak": f"{_n(x['peak_rss_mb'])} MB", "wall": f"{_n(x['wall_s'])} s"}
+                           for x in r["rss"]["rows"]],
+                          [("events", "events"), ("items", "items"), ("wall", "wall"), ("peak RSS", "peak")]))
     out.append("\n" + _machine_line(r) + "\n")
     return "".join(out)
 

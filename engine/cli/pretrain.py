@@ -21,7 +21,7 @@ from ._common import CliState, echo_json, event_options, json_option
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Sequences per step.")
 @click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate.")
 @click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=1),
-              help="GRU state size (the embedding has 2 * hidden + 3 values).")
+              help="GRU state size.")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
               help="Share of the entities held out for the validation loss.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split, the data order and the weights.")

@@ -6,10 +6,12 @@ batch give the same vector: the export gate checks it). Next-event heads predict
 ``t``; their error on each step is its **surprise** (squared error of the standardised numbers plus the negative
 log-likelihood of each categorical id), the quantity :mod:`.pretrain` minimises.
 
-The embedding (one vector per item, pooled in the graph) is ``[last state, mean state, surprise of the last
-event, highest surprise of the last 4 events, mean surprise]``: ``2 * hidden + 3`` values. A pretrained encoder
-knows what an account usually does next, so its surprise at the recent events carries what single
-transactions cannot.
+The embedding (one vector per item, pooled in the graph) is the item's **surprise profile**: for each value of
+an event (every number, every categorical column), its surprise at the last event, the highest and the mean over
+the last 4 events, and the mean over the window, and log(1 + the number of events): ``4 * width + 1`` values. A pretrained encoder knows what an account
+usually does next, so it is surprised where single transactions look normal; a randomly initialised one is not.
+(Pooling the GRU states themselves was measured too: on the fraud example they dilute the signal a linear head
+finds with few labels; see docs/sequences.md.)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class EncoderConfig:
 
     @property
     def dim(self) -> int:
-        return 2 * self.hidden + 3
+        return 4 * self.width + 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,34 +77,37 @@ def build_encoder(config: EncoderConfig, seed: int = 0) -> Any:
             out, _ = self.gru(torch.cat(parts, dim=-1))
             return out
 
-        def surprise(self, states: Any, x: Any) -> Any:
-            """(B, T): the error of predicting step t from the state at t-1 (0 for the first step). The states
-            are shifted by one step (a zero state first), so no tensor is ever empty (one-event items)."""
+        def surprise_parts(self, states: Any, x: Any) -> Any:
+            """(B, T, width): per value of step t, the error of predicting it from the state at t-1: the squared
+            error of each standardised number, the negative log-likelihood of each categorical id (0 at t=0).
+            The states are shifted by one step (a zero state first), so no tensor is ever empty."""
             c = config
             before = torch.cat([states[:, :1] * 0.0, states[:, :-1]], dim=1)
-            total = x[..., 0] * 0.0  # (B, T) zeros, traced with a dynamic shape (new_zeros is not)
+            parts = []
             if c.n_numeric:
                 wanted = (x[..., : c.n_numeric] - self.mean) / self.std
-                total = total + ((self.next_numeric(before) - wanted) ** 2).sum(-1)
+                parts.append((self.next_numeric(before) - wanted) ** 2)
             for j, head in enumerate(self.next_categorical):
                 logp = torch.log_softmax(head(before), dim=-1)
-                total = total - logp.gather(-1, self.ids(x, j, head.out_features).unsqueeze(-1)).squeeze(-1)
-            first = (torch.arange(x.shape[1], device=x.device) > 0).to(total.dtype).unsqueeze(0)
-            return total * first
+                parts.append(-logp.gather(-1, self.ids(x, j, head.out_features).unsqueeze(-1)))
+            first = (torch.arange(x.shape[1], device=x.device) > 0).to(x.dtype).view(1, -1, 1)
+            return torch.cat(parts, dim=-1) * first
+
+        def surprise(self, states: Any, x: Any) -> Any:
+            """(B, T): the total surprise of each step (what pretraining minimises)."""
+            return self.surprise_parts(states, x).sum(dim=-1)
 
         def forward(self, x: Any, mask: Any) -> Any:
-            states = self.states(x)
-            m = mask.to(states.dtype)
+            m = mask.to(x.dtype)
+            s = self.surprise_parts(self.states(x), x) * m.unsqueeze(-1)
             lengths = m.sum(dim=1).clamp(min=1.0)
-            mean = (states * m.unsqueeze(-1)).sum(dim=1) / lengths.unsqueeze(-1)
             last_index = (lengths - 1).long()
-            last = states.gather(1, last_index.view(-1, 1, 1).expand(-1, 1, states.shape[-1])).squeeze(1)
-            s = self.surprise(states, x) * m
-            last_surprise = s.gather(1, last_index.view(-1, 1)).squeeze(1)
+            last = s.gather(1, last_index.view(-1, 1, 1).expand(-1, 1, s.shape[-1])).squeeze(1)
             steps = torch.arange(s.shape[1], device=s.device).unsqueeze(0).to(s.dtype)
-            recent = (steps > (lengths.unsqueeze(1) - 1 - RECENT)).to(s.dtype) * m
+            recent = ((steps > (lengths.unsqueeze(1) - 1 - RECENT)).to(s.dtype) * m).unsqueeze(-1)
             recent_max = (s * recent).max(dim=1).values
-            mean_surprise = s.sum(dim=1) / lengths
-            return torch.cat([last, mean, torch.stack([last_surprise, recent_max, mean_surprise], dim=1)], dim=1)
+            recent_mean = (s * recent).sum(dim=1) / recent.sum(dim=1).clamp(min=1.0)
+            mean = s.sum(dim=1) / lengths.unsqueeze(-1)
+            return torch.cat([last, recent_max, recent_mean, mean, torch.log1p(lengths).unsqueeze(-1)], dim=1)
 
     return EventEncoder()
