@@ -1,6 +1,6 @@
 """Event tables (CSV/TSV, JSON Lines, Parquet) as streams of Arrow record batches: never read whole.
 
-Parquet is read row group by row group (``iter_batches``), CSV and JSONL block by block with pyarrow's
+Parquet is read row group by row group (``iter_batches`` without pre-buffering), CSV and JSONL block by block with pyarrow's
 streaming readers (column types are inferred from the first block).
 """
 
@@ -62,7 +62,9 @@ def record_batches(path: str, columns: list[str]) -> Iterator[Any]:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            # pre_buffer=False: pyarrow's default pre-buffers the column chunks of every row group it will read,
+            # so memory grew with the file (383 MB peak for a 10M-event table against 139 MB without)
+            for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=BATCH_ROWS, columns=columns):
                 rows += batch.num_rows
                 yield batch
             return
