@@ -337,6 +337,31 @@ def quality(results: Path, base: str) -> str:
     return "".join(out)
 
 
+def sequences(results: Path, base: str) -> str:
+    r = load("sequences", results)
+    if not r:
+        return _missing("sequences", "python benchmarks/bench_sequences.py")
+    d, pre = r["data"], r["pretrain"]["pretrained"]
+    out = [f"`{r['machine']['command']}` — {_source('sequences', r, base)}. Held-out PR-AUC (average precision) on "
+           f"{d['test_accounts']:,} test accounts ({d['test_frauds']} frauds), mean over {r['seeds']} labelled subsets "
+           f"(min–max in brackets); encoder pretrained on {d['pool_accounts']:,} unlabelled accounts in "
+           f"{_n(pre['seconds'])} s (best epoch {pre['best_epoch']}):\n"]
+    rows = [{"labels": x["labels"], "method": x["method"],
+             "PR-AUC": f"{x['pr_auc']:.3f} ({x['pr_auc_min']:.3f}–{x['pr_auc_max']:.3f})",
+             "train s": f"{x['train_s']:.2f}"} for x in r["rows"]]
+    out.append(_table(rows, [("labelled accounts", "labels"), ("method", "method"), ("PR-AUC", "PR-AUC"),
+                             ("train s", "train s")]))
+    if r.get("rss"):
+        out.append("\nPeak RSS of `headstart embed` over larger generated tables (one item per account, Parquet "
+                   "read in row groups):\n")
+        out.append(_table([{**x, "events": f"{x['events']:,}", "items": f"{x['items']:,}",
+                            "peak": f"{_n(x['peak_rss_mb'])} MB", "wall": f"{_n(x['wall_s'])} s"}
+                           for x in r["rss"]["rows"]],
+                          [("events", "events"), ("items", "items"), ("wall", "wall"), ("peak RSS", "peak")]))
+    out.append("\n" + _machine_line(r) + "\n")
+    return "".join(out)
+
+
 def _scale_detail(step: dict[str, Any]) -> str | None:
     """The store-only steps' own figures (commit cost, sizes, look-up times), in words."""
     if "commits" in step:
@@ -381,6 +406,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "ray-paper": ray_paper,
     "integrity": integrity,
     "quality": quality,
+    "sequences": sequences,
 }
 
 

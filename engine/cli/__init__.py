@@ -20,6 +20,7 @@ from .export import export
 from .finetune import finetune
 from .plugin import plugin
 from .report import report
+from .pretrain import pretrain
 from .train import eval_cmd, predict, sweep, train
 
 
@@ -82,7 +83,7 @@ def cli(ctx: click.Context, store: str | None, strict_plugins: bool | None, debu
     state.store, state.strict_plugins, state.debug = store, strict_plugins or None, debug
 
 
-for _command in (embed, train, sweep, eval_cmd, predict, report, finetune, export, backbones, heads, plugins, plugin,
+for _command in (embed, train, sweep, eval_cmd, predict, report, finetune, pretrain, export, backbones, heads, plugins, plugin,
                  cache):
     cli.add_command(_command)
 

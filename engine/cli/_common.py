@@ -102,6 +102,49 @@ trust_option = click.option("--trust-pickle", is_flag=True,
 progress_option = click.option("--progress/--no-progress", default=None,
                                help="Progress bar with items/s and ETA on stderr (default: when stderr is a terminal).")
 
+def _event_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """Keep an event option's value for :func:`make_reader_options` (so no command signature has to list them)."""
+    if value is not None:
+        ctx.meta.setdefault("headstart.events", {})[param.name] = value
+
+
+def _events_from_context(need_vocabulary: bool = True) -> Any:
+    """The :class:`EventOptions` of this command line's event options (None without --group-by)."""
+    from ..sequences.options import event_options
+
+    ctx = click.get_current_context(silent=True)
+    given = dict(ctx.meta.get("headstart.events", {})) if ctx is not None else {}
+    return event_options(**given, need_vocabulary=need_vocabulary)
+
+
+def _window(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        from ..sequences.options import parse_window
+
+        parse_window(value)  # a window <= 0 fails now
+    _event_option(ctx, param, value)
+
+
+#: Reading an event table as sequences (CSV/JSONL/Parquet): see docs/sequences.md.
+event_options = _apply([
+    click.option("--group-by", "group_by", default=None, metavar="COLUMN", expose_value=False, callback=_event_option,
+                 help="Read the table as events: one sequence per value of COLUMN (e.g. account_id); the rows of "
+                      "an entity must be together in the file."),
+    click.option("--order-by", "order_by", default=None, metavar="COLUMN", expose_value=False,
+                 callback=_event_option, help="With --group-by: the column that orders an entity's events (a timestamp)."),
+    click.option("--fields", "fields", default=None, metavar="A,B", expose_value=False, callback=_event_option,
+                 help="With --group-by: numeric columns of each event."),
+    click.option("--categorical", "categorical", default=None, metavar="C,D", expose_value=False,
+                 callback=_event_option, help="With --group-by: categorical columns, mapped to ids by --vocabulary."),
+    click.option("--vocabulary", "vocabulary", default=None, metavar="FILE", expose_value=False,
+                 callback=_event_option, help="With --categorical: the vocabulary.json of the backbone."),
+    click.option("--window", "window", default=None, metavar="N|SPAN", expose_value=False, callback=_window,
+                 help="With --group-by: the last N events (default 64), or a time span like 30d, 12h, 90m."),
+    click.option("--per", "per", default=None, type=click.Choice(["entity", "event"]), expose_value=False,
+                 callback=_event_option,
+                 help="With --group-by: one item per entity (its last window; default) or per event (with its history)."),
+])
+
 #: The reader options: every command that reads a source takes exactly these.
 reader_options = _apply([
     click.option("--text-column", default=None,
@@ -114,6 +157,7 @@ reader_options = _apply([
                  help="Force a reader by name (see docs/readers.md) instead of choosing by path."),
     click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict", show_default=True,
                  help="Non-UTF-8 bytes: fail that item (strict) or replace them and count (replace)."),
+    event_options,
 ])
 
 #: How the backbone embeds: device, batch size, workers, threads, progress (embed, train, sweep, eval, predict).
@@ -134,7 +178,7 @@ def make_reader_options(text_column: str | None, label_column: str | None, reade
     from ..embed.items import ReaderOptions
 
     return ReaderOptions(text_column=text_column, label_column=label_column, reader=reader,
-                         encoding_errors=encoding_errors, labelled=labelled)
+                         encoding_errors=encoding_errors, labelled=labelled, events=_events_from_context())
 
 
 def embed_kwargs(*, text_column: str | None, label_column: str | None, reader: str | None, encoding_errors: str,

@@ -32,6 +32,19 @@ _val_options = [
 ]
 
 
+def _threshold_rule(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """Parse --threshold-for when the command line is read (a bad value fails before any work)."""
+    from ..train.metrics import parse_threshold_rule
+
+    return None if value is None else parse_threshold_rule(value)
+
+
+_threshold_option = click.option(
+    "--threshold-for", "threshold_for", default=None, metavar="METRIC=VALUE", callback=_threshold_rule,
+    help="Two classes: choose the decision threshold that reaches precision=P, fpr=F or recall=R on validation "
+         "(e.g. precision=0.9, fpr=0.01); the model keeps it and predict labels with it.")
+
+
 _allow_pickle_option = click.option(
     "--allow-pickle", is_flag=True,
     help="Save a head that has no safe form (safetensors/skops) as pickle; loading it then needs --trust-pickle.")
@@ -40,7 +53,7 @@ _allow_pickle_option = click.option(
 def _source_options(fn):
     """What train and sweep take: backbone and precision, the shared embedding and reader options, the split."""
     for option in reversed([backbone_option, precision_option, embed_runtime_options, reader_options, *_val_options,
-                            _allow_pickle_option, json_option]):
+                            _threshold_option, _allow_pickle_option, json_option]):
         fn = option(fn)
     return fn
 
@@ -67,20 +80,26 @@ def _say_int8(training: dict[str, Any]) -> None:
 @click.pass_context
 def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, target: str | None,
           allow_finetune: bool, backbone: str | None, precision: str, val_fraction: float, seed: int, as_json: bool,
-          allow_pickle: bool, **options: Any) -> None:
+          allow_pickle: bool, threshold_for: Any, **options: Any) -> None:
     """Embed SOURCE (cache hits are free), fit a head, print validation metrics, write MODEL_DIR."""
     from ..train.api import train as train_api
     from ..train.report import format_metrics
 
     engine = CliState.from_ctx(ctx).engine()
     if target is not None or allow_finetune:
+        from ..errors import ConfigError
         from .finetune import escalate_cli
+
+        if threshold_for is not None:
+            raise ConfigError("--threshold-for does not combine with --target/--allow-finetune",
+                              hint="train with --target first, then `headstart train --head HEAD --threshold-for ...`")
 
         escalate_cli(source, target, allow_finetune, out=out, backbone=backbone, val_fraction=val_fraction, seed=seed,
                      engine=engine, as_json=as_json, **embed_kwargs(precision=precision, **options))
         return
     result = train_api(source, head, backbone=backbone, out=out, val_fraction=val_fraction, seed=seed,
-                       refit=not no_refit, engine=engine, allow_pickle=allow_pickle, **embed_kwargs(precision=precision, **options))
+                       refit=not no_refit, engine=engine, allow_pickle=allow_pickle, threshold_for=threshold_for,
+                       **embed_kwargs(precision=precision, **options))
     manifest = result.model.manifest
     _say_int8(manifest["training"])
     if as_json:
@@ -99,7 +118,9 @@ def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, 
 @click.argument("source")
 @click.option("--heads", default="linear,mlp,knn,sklearn:LogisticRegression(max_iter=1000)", show_default=True,
               help="Comma-separated head refs (commas inside parentheses are kept).")
-@click.option("--metric", default="accuracy", type=click.Choice(["accuracy", "macro_f1"]), show_default=True)
+@click.option("--metric", default="accuracy", show_default=True,
+              type=click.Choice(["accuracy", "macro_f1", "roc_auc", "average_precision"]),
+              help="What picks the best head; roc_auc and average_precision (PR-AUC): two classes, rare events.")
 @click.option("--save-best", default=None, metavar="DIR", help="Refit the best head on all rows and save it here.")
 @click.option("--curve", is_flag=True,
               help="Also fit each head at 6 training sizes (stratified, repeated): learning curve, trend, advice.")
@@ -109,7 +130,7 @@ def train(ctx: click.Context, source: str, head: str, out: str, no_refit: bool, 
 @click.pass_context
 def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: str | None, curve: bool,
           html_out: str | None, backbone: str | None, precision: str, val_fraction: float, seed: int, as_json: bool,
-          allow_pickle: bool, **options: Any) -> None:
+          allow_pickle: bool, threshold_for: Any, **options: Any) -> None:
     """Fit several heads on the same cached features and compare them in one table (best marked)."""
     from ..train.api import sweep as sweep_api
     from ..train.report import format_sweep
@@ -119,7 +140,7 @@ def sweep(ctx: click.Context, source: str, heads: str, metric: str, save_best: s
         _check_html_out(html_out, source)
     result = sweep_api(source, split_heads(heads), backbone=backbone, val_fraction=val_fraction, seed=seed,
                        metric=metric, save_best=save_best, engine=engine, allow_pickle=allow_pickle, curve=curve,
-                       **embed_kwargs(precision=precision, **options))
+                       threshold_for=threshold_for, **embed_kwargs(precision=precision, **options))
     _say_int8(result.training)
     if html_out is not None:
         from ..report.build import sweep_report, write_report
@@ -161,7 +182,8 @@ def _check_html_out(out: str, *inputs: Any) -> None:
 @click.pass_context
 def eval_cmd(ctx: click.Context, model_dir: str, source: str, html_out: str | None, trust_pickle: bool,
              as_json: bool, **options: Any) -> None:
-    """Evaluate the model in MODEL_DIR on labelled SOURCE (accuracy, macro-F1, confusion matrix)."""
+    """Evaluate the model in MODEL_DIR on labelled SOURCE (accuracy, macro-F1, confusion matrix; two classes:
+    ROC-AUC, PR-AUC, recall at precision/FPR targets and at the model's decision threshold)."""
     from ..train.api import evaluate, load_model
     from ..train.report import format_metrics
 

@@ -72,6 +72,7 @@ class ReaderOptions:
     follow_symlinks: bool = True
     reader: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    events: Any = None  # a headstart.engine.sequences.options.EventOptions: read the table as event sequences
 
 
 class Source(Protocol):

@@ -22,11 +22,13 @@ from ..errors import ConfigError, DataError, HeadstartError
 from ..heads.features import FeatureMatrix, FeatureSet, check_finite, fit_input, predict_in_chunks
 from ..heads.resolve import build_head
 from ..heads.spec import HeadRef, parse_head_ref
-from .metrics import classification_metrics
+from .metrics import DEFAULT_RULES, ThresholdRule, choose_threshold, classification_metrics, parse_threshold_rule, rare_event_metrics
 from .model import Model, Predictions, load_features, load_model, make_manifest
 from .splits import Split, stratified_split
 
 DEFAULT_SWEEP = ("linear", "mlp", "knn", "sklearn:LogisticRegression(max_iter=1000)")
+RARE_EVENT_METRICS = ("roc_auc", "average_precision")
+SWEEP_METRICS = ("accuracy", "macro_f1", *RARE_EVENT_METRICS)
 
 
 @dataclass
@@ -40,6 +42,13 @@ class Prepared:
     n_unlabelled: int
     n_errors: int
     seed: int = 0
+
+    @property
+    def positive(self) -> str | None:
+        """A two-class task's positive class: the rarer label (see :func:`~.metrics.positive_class`)."""
+        from .metrics import positive_class
+
+        return positive_class(self.y) if len(np.unique(self.y)) == 2 else None
 
 
 def prepare(fs: FeatureSet, val_fraction: float, seed: int) -> Prepared:
@@ -58,7 +67,8 @@ def prepare(fs: FeatureSet, val_fraction: float, seed: int) -> Prepared:
     return Prepared(data, X, y, stratified_split(y, val_fraction, seed), len(fs) - len(rows), len(fs.errors), seed)
 
 
-def _fit_and_score(ref: HeadRef | str, prep: Prepared, engine: Any) -> tuple[Any, HeadRef, dict[str, Any]]:
+def _fit_and_score(ref: HeadRef | str, prep: Prepared, engine: Any, threshold_for: ThresholdRule | None = None,
+                   strict: bool = True) -> tuple[Any, HeadRef, dict[str, Any]]:
     head, canonical = build_head(ref, engine)
     train_rows = prep.split.train
     X, y, subsample = fit_input(head, prep.X, prep.y, train_rows, prep.seed)
@@ -73,11 +83,15 @@ def _fit_and_score(ref: HeadRef | str, prep: Prepared, engine: Any) -> tuple[Any
     metrics = classification_metrics(prep.y[scored], predicted, head.classes_)
     metrics.update(split="validation" if len(prep.split.val) else "train", fit_seconds=round(fit_s, 4),
                    predict_seconds=round(predict_s, 4))
-    if len(prep.split.val) and hasattr(head, "predict_proba"):
-        from .calibration import calibrate
+    proba = None
+    if hasattr(head, "predict_proba") and (len(prep.split.val) or prep.positive is not None):
+        proba = predict_in_chunks(head, prep.X[scored], "predict_proba")
+    if len(prep.split.val) and proba is not None:
+        from .calibration import apply_temperature, calibrate, temperature_of
 
-        metrics["calibration"] = calibrate(predict_in_chunks(head, prep.X[scored], "predict_proba"),
-                                           prep.y[scored], head.classes_)
+        metrics["calibration"] = calibrate(proba, prep.y[scored], head.classes_)
+        proba = apply_temperature(proba, temperature_of({"metrics": metrics}))  # what the model will predict
+    _rare_event_scores(head, prep, scored, metrics, threshold_for, strict, proba)
     if subsample is not None:
         metrics["subsample"] = subsample
     return head, canonical, metrics
@@ -95,6 +109,48 @@ def _judge_int8(ref: Any, prep: Prepared, source: Any, backbone: str | None, val
                                     **{**embed_options, "precision": "fp32"}), val_fraction, prep.seed)
     record = judge_int8(ref, prep, fp_prep, engine)
     return (fp_prep if record["fallback"] else prep), record
+
+
+def _rare_event_scores(head: Any, prep: Prepared, scored: np.ndarray, metrics: dict[str, Any],
+                       threshold_for: ThresholdRule | None, strict: bool = True, proba: np.ndarray | None = None) -> None:
+    """Two classes: add the ``binary`` block (ROC-AUC, PR-AUC, operating points) and, with ``threshold_for``,
+    the ``decision`` (threshold chosen on the scored split) the model keeps. A rule no threshold meets is an
+    error (``strict``) or recorded under ``decision_error`` (a sweep goes on). ``proba``: the scored rows'
+    probabilities as the model will give them (calibrated), when the caller has them."""
+    positive = prep.positive
+    if positive is None or not hasattr(head, "predict_proba"):
+        return
+    if proba is None:
+        proba = predict_in_chunks(head, prep.X[scored], "predict_proba")
+    decision = None
+    if threshold_for is not None:
+        from .metrics import positive_scores
+
+        negative = next(str(c) for c in head.classes_ if str(c) != positive)
+        try:
+            decision = choose_threshold(prep.y[scored], positive_scores(proba, head.classes_, positive), positive,
+                                        negative, threshold_for)
+        except DataError as exc:
+            if strict:
+                raise
+            metrics["decision_error"] = exc.message
+        else:
+            metrics["decision"] = {**decision, "split": metrics["split"]}
+    metrics["binary"] = rare_event_metrics(prep.y[scored], proba, head.classes_, positive,
+                                           rules=[*DEFAULT_RULES, *([threshold_for] if threshold_for else [])])
+
+
+def _check_threshold_task(threshold_for: ThresholdRule | None, prep: Prepared) -> None:
+    """A decision threshold needs two classes (checked once the labels are known, before any fitting)."""
+    if threshold_for is not None and prep.positive is None:
+        raise DataError(f"--threshold-for {threshold_for} needs a two-class task; the labels hold "
+                        f"{len(np.unique(prep.y))} classes", hint="drop --threshold-for, or relabel as positive/negative")
+
+
+def _check_scores(estimator: Any, ref: Any, threshold_for: ThresholdRule | None) -> None:
+    if threshold_for is not None and not hasattr(estimator, "predict_proba"):
+        raise ConfigError(f"head '{ref}' gives no probabilities, so no decision threshold can be chosen for it",
+                          hint="use a head with predict_proba (linear, mlp, knn, sklearn:LogisticRegression, ...)")
 
 
 def _training(prep: Prepared, val_fraction: float, seed: int, refit: bool,
@@ -134,7 +190,8 @@ class TrainResult:
 
 def train(source: Any, head: str = "linear", *, backbone: str | None = None, out: str | Path | None = None,
           val_fraction: float = 0.2, seed: int = 0, refit: bool = True, engine: Any = None,
-          allow_pickle: bool = False, **embed_options: Any) -> TrainResult:
+          allow_pickle: bool = False, threshold_for: str | ThresholdRule | None = None,
+          **embed_options: Any) -> TrainResult:
     """Embed ``source`` (cache hits are free), fit ``head`` on a stratified train split, score it on the
     validation split, refit on all labelled rows (``refit``), and write the model folder to ``out``.
 
@@ -142,8 +199,14 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     reader_options, progress, ...). Returns the model and its validation metrics. A head with no safe saved
     form (safetensors/skops) is refused before any work unless ``allow_pickle``; the written folder is loaded
     back and must predict as the trained head does before ``train`` returns.
+
+    ``threshold_for`` (``precision=0.9``, ``fpr=0.01``, ``recall=0.8``; two classes): the decision threshold
+    on the positive class's probability that meets it on validation is chosen and kept in the model
+    (``manifest["decision"]``); ``predict`` then labels with it. Two-class metrics carry a ``binary`` block.
     """
+    rule = parse_threshold_rule(threshold_for) if threshold_for is not None else None
     estimator, _ = build_head(head, engine)  # fail on a bad head ref before embedding anything
+    _check_scores(estimator, head, rule)
     if out is not None:
         _check_savable(estimator, head, allow_pickle)
         from ..embed.sources import refuse_output_over_inputs
@@ -153,14 +216,22 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
         check_target(out)  # ... never a file or someone else's folder
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
+    _check_threshold_task(rule, prep)
     prep, int8_check = _judge_int8(head, prep, source, backbone, val_fraction, engine, embed_options)
-    fitted, ref, metrics = _fit_and_score(head, prep, engine)
+    fitted, ref, metrics = _fit_and_score(head, prep, engine, rule)
     final, refitted, subsample = _final(ref, fitted, prep, refit, engine, metrics)
-    model = Model(final, make_manifest(ref, final, prep.features, metrics,
-                                       _training(prep, val_fraction, seed, refitted, subsample, int8_check)),
+    model = Model(final, _with_decision(make_manifest(ref, final, prep.features, metrics,
+                                                      _training(prep, val_fraction, seed, refitted, subsample,
+                                                                int8_check))),
                   training_keys=_training_keys(prep, refitted))
     path = model.save(out, allow_pickle=allow_pickle, check_rows=_check_rows(prep)) if out is not None else None
     return TrainResult(model, metrics, path)
+
+
+def _with_decision(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with the validation-chosen decision threshold (if any) where ``Model.predict`` reads it."""
+    decision = manifest["metrics"].get("decision")
+    return {**manifest, "decision": decision} if decision else manifest
 
 
 def _check_savable(estimator: Any, ref: Any, allow_pickle: bool) -> None:
@@ -188,16 +259,22 @@ class SweepResult:
 
 def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | None = None,
           val_fraction: float = 0.2, seed: int = 0, metric: str = "accuracy", save_best: str | Path | None = None,
-          engine: Any = None, allow_pickle: bool = False, curve: bool = False, **embed_options: Any) -> SweepResult:
+          engine: Any = None, allow_pickle: bool = False, curve: bool = False,
+          threshold_for: str | ThresholdRule | None = None, **embed_options: Any) -> SweepResult:
     """Fit every head on the same cached features and split; compare on validation; best marked.
 
     A head that fails gets a row with its error and the sweep goes on. With ``save_best`` the
     best head is refitted on all labelled rows and written there as a model folder. With ``curve``
     each head that fitted also gets a learning curve (:mod:`headstart.engine.train.curve`) and the
     result one line of advice.
+
+    Two classes: each row also has ``roc_auc`` and ``average_precision`` (metrics for rare events; either can
+    be the sweep ``metric``), and with ``threshold_for`` the recall (``recall_at_rule``) at the threshold that
+    meets the rule on validation; the saved best model keeps that threshold.
     """
-    if metric not in ("accuracy", "macro_f1"):
-        raise ConfigError(f"unknown sweep metric '{metric}'", hint="use accuracy or macro_f1")
+    if metric not in SWEEP_METRICS:
+        raise ConfigError(f"unknown sweep metric '{metric}'", hint=f"use one of {', '.join(SWEEP_METRICS)}")
+    rule = parse_threshold_rule(threshold_for) if threshold_for is not None else None
     if not heads:
         raise ConfigError("no heads to sweep", hint="e.g. --heads linear,mlp,knn")
     if val_fraction <= 0:
@@ -209,6 +286,7 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
                           hint="name each head once (give the same head other parameters to compare them)")
     for ref in refs:  # fail on a typo (or, with save_best, a head only pickle could save) before any fitting
         estimator, _ = build_head(ref, engine)
+        _check_scores(estimator, ref, rule)
         if save_best is not None:
             _check_savable(estimator, ref, allow_pickle)
     if save_best is not None:  # a bad output path fails now, not after the fitting
@@ -219,11 +297,15 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
         check_target(save_best)
     fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
     prep = prepare(fs, val_fraction, seed)
+    _check_threshold_task(rule, prep)
+    if metric in RARE_EVENT_METRICS and prep.positive is None:
+        raise DataError(f"sweep metric '{metric}' needs a two-class task; the labels hold {len(np.unique(prep.y))} "
+                        "classes", hint="use --metric accuracy or macro_f1")
     prep, int8_check = _judge_int8(refs[0], prep, source, backbone, val_fraction, engine, embed_options)
     rows, fitted = [], {}
     for ref in refs:
         try:
-            head, canonical, metrics = _fit_and_score(ref, prep, engine)
+            head, canonical, metrics = _fit_and_score(ref, prep, engine, rule, strict=False)
         except HeadstartError as exc:
             rows.append({"head": str(ref), "error": exc.message})
             continue
@@ -232,10 +314,13 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
             continue
         fitted[str(ref)] = (canonical, head, metrics)
         rows.append({"head": str(ref), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                     **_rare_event_row(metrics, prep),
                      "fit_seconds": metrics["fit_seconds"], "predict_seconds": metrics["predict_seconds"],
                      **({"subsample": metrics["subsample"]} if "subsample" in metrics else {})})
     scored = [r for r in rows if "error" not in r]
-    best = max(scored, key=lambda r: (r[metric], -r["fit_seconds"]))["head"] if scored else None
+    if rule is not None and save_best is not None:  # the model to save must reach the rule
+        scored = [r for r in scored if r.get("threshold") is not None] or scored
+    best = max(scored, key=lambda r: (_rank(r.get(metric)), -r["fit_seconds"]))["head"] if scored else None
     for r in rows:
         r["best"] = r["head"] == best
     result = SweepResult(rows, metric, best, training=_training(prep, val_fraction, seed, save_best is not None,
@@ -247,13 +332,33 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
                                       seed=seed)
     if save_best is not None and best is not None:
         canonical, head, metrics = fitted[best]
+        if "decision_error" in metrics:
+            raise DataError(f"best head {best}: {metrics['decision_error']}; nothing was saved",
+                            hint=f"ask for a lower {rule.kind}, or save another head with `headstart train --head`")
         final, refitted, subsample = _final(canonical, head, prep, True, engine, metrics)
         training = {**_training(prep, val_fraction, seed, refitted, subsample, int8_check), "sweep": rows,
                     "sweep_metric": metric, **({"curve": result.curve} if result.curve else {})}
-        result.model = Model(final, make_manifest(canonical, final, prep.features, metrics, training),
+        result.model = Model(final, _with_decision(make_manifest(canonical, final, prep.features, metrics, training)),
                              training_keys=_training_keys(prep, refitted))
         result.model.save(save_best, allow_pickle=allow_pickle, check_rows=_check_rows(prep))
     return result
+
+
+def _rare_event_row(metrics: dict[str, Any], prep: Prepared) -> dict[str, Any]:
+    """A sweep row's two-class figures (None where the head gives no probabilities)."""
+    if prep.positive is None:
+        return {}
+    binary = metrics.get("binary") or {}
+    row = {"roc_auc": binary.get("roc_auc"), "average_precision": binary.get("average_precision")}
+    if "decision" in metrics:
+        row.update(threshold=metrics["decision"]["threshold"], recall_at_rule=metrics["decision"]["validation"]["recall"])
+    elif "decision_error" in metrics:
+        row.update(threshold=None, recall_at_rule=None, threshold_error=metrics["decision_error"])
+    return row
+
+
+def _rank(value: Any) -> float:
+    return float("-inf") if value is None or value != value else float(value)
 
 
 def _model(model: Model | str | Path, trust: bool, engine: Any) -> Model:
@@ -264,7 +369,9 @@ def evaluate(model_dir: Model | str | Path, source: Any, *, trust: bool = False,
              **embed_options: Any) -> dict[str, Any]:
     """Score a model on labelled ``source``: accuracy, macro_f1, n, n_errors (items that could not be
     embedded), confusion (rows true, columns predicted, in ``classes`` order), classes, n_unseen_labels,
-    n_seen_in_training (evaluation items the head was fitted on; None for models without the record)."""
+    n_seen_in_training (evaluation items the head was fitted on; None for models without the record).
+    Two-class models add ``binary`` (ROC-AUC, PR-AUC, operating points, and ``at_threshold`` for a model
+    with a decision threshold, whose labels then use that threshold)."""
     return _model(model_dir, trust, engine).evaluate(source, engine=engine, **embed_options)
 
 

@@ -157,7 +157,28 @@ class Model:
         X = check_finite(fs.vectors, fs.keys, what="prediction")  # rows are read chunk by chunk
         proba = self.predict_proba_features(X)
         labels = (np.asarray(self.head.classes_)[proba.argmax(1)] if proba is not None else self.predict_features(X))
+        if self.decision and proba is not None:
+            labels = self._decide(proba)
         return Predictions(fs.keys, fs.refs, [_plain(v) for v in labels], proba, self.classes, fs.errors)
+
+    @property
+    def decision(self) -> dict[str, Any] | None:
+        """The decision threshold chosen on validation (``train --threshold-for``), or None."""
+        return self.manifest.get("decision") or None
+
+    def _decide(self, proba: np.ndarray) -> np.ndarray:
+        """Labels by the decision threshold: positive where its probability is at least the threshold."""
+        from .metrics import positive_scores
+
+        d = self.decision
+        try:
+            scores = positive_scores(proba, self.head.classes_, str(d["positive"]))
+            threshold = float(d["threshold"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"the model's decision record is damaged ({type(exc).__name__}: {exc})",
+                                 hint="retrain with --threshold-for, or copy the model folder again") from None
+        classes = {str(c): c for c in self.head.classes_}
+        return np.where(scores >= threshold, classes[str(d["positive"])], classes[str(d["negative"])])
 
     def predict_proba(self, source: Any, **kwargs: Any) -> np.ndarray | None:
         return self.predict(source, **kwargs).proba
@@ -165,7 +186,7 @@ class Model:
     def evaluate(self, source: Any, *, engine: Any = None, **embed_options: Any) -> dict[str, Any]:
         """accuracy, macro_f1, n, n_errors (items that could not be embedded), confusion, classes, ..."""
         from ..errors import DataError
-        from .metrics import classification_metrics
+        from .metrics import classification_metrics, rare_event_metrics
 
         embed_options.setdefault("labelled", True)
         fs = self.features(source, engine=engine, **embed_options)
@@ -173,8 +194,14 @@ class Model:
         rows = np.flatnonzero(np.fromiter((label is not None for label in fs.labels), bool, len(fs)))
         if not len(rows):
             raise DataError("the evaluation source has no labelled items", hint="evaluate on labelled data")
-        labelled = fs.subset(rows)
-        metrics = classification_metrics(labelled.labels, self.predict(labelled).labels, self.classes)
+        labelled = fs.subset(np.asarray(rows))
+        predictions = self.predict(labelled)
+        metrics = classification_metrics(labelled.labels, predictions.labels, self.classes)
+        binary = rare_event_metrics(labelled.labels, predictions.proba, self.classes,
+                                    ((self.manifest.get("metrics") or {}).get("binary") or {}).get("positive"),
+                                    self.decision)
+        if binary is not None:
+            metrics["binary"] = binary
         seen = None
         if self.training_keys is not None:
             from .overlap import count_seen
@@ -295,6 +322,7 @@ def load_model(path: str | Path, trust: bool = False, *, engine: Any = None) -> 
     for key, kind in (("classes", list), ("backbone", dict)):
         if not isinstance(manifest.get(key), kind):
             raise IntegrityError(f"{manifest_path}: '{key}' is missing or not a {kind.__name__}", hint=hint)
+    _check_decision(manifest, manifest_path, hint)
 
     def build() -> Any:
         params = record.get("params", {})
@@ -305,6 +333,19 @@ def load_model(path: str | Path, trust: bool = False, *, engine: Any = None) -> 
 
     head = load_head(path, record, build=build, trust=trust)
     return Model(head=head, manifest=manifest, path=path, training_keys=_load_training_keys(path, manifest))
+
+
+def _check_decision(manifest: dict[str, Any], manifest_path: Path, hint: str) -> None:
+    """A decision record (``train --threshold-for``) names two of the model's classes and a finite threshold."""
+    d = manifest.get("decision")
+    if d is None:
+        return
+    classes = [str(c) for c in manifest["classes"]]
+    threshold = d.get("threshold") if isinstance(d, dict) else None
+    if not (isinstance(d, dict) and str(d.get("positive")) in classes and str(d.get("negative")) in classes
+            and isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and np.isfinite(threshold)):
+        raise IntegrityError(f"{manifest_path}: 'decision' must name the positive and negative class among "
+                             f"{classes} and a finite threshold", hint=hint)
 
 
 def _save_training_keys(path: Path, digests: np.ndarray) -> dict[str, Any]:

@@ -44,6 +44,8 @@ def format_metrics(metrics: dict[str, Any], *, confusion: bool = False) -> str:
         from .calibration import format_calibration
 
         lines.append(format_calibration(metrics["calibration"]))
+    if metrics.get("binary"):
+        lines.extend(format_binary(metrics["binary"], metrics.get("decision")))
     per_class = metrics.get("per_class", {})
     lines.append(_table(["class", "precision", "recall", "f1", "support"],
                         [[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
@@ -55,16 +57,48 @@ def format_metrics(metrics: dict[str, Any], *, confusion: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _num(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_binary(binary: dict[str, Any], decision: dict[str, Any] | None = None) -> list[str]:
+    """Two-class lines: positive class and prevalence, ROC-AUC, PR-AUC, recall at each operating point, and
+    the decision threshold (chosen on validation) with what it gives."""
+    lines = [f"positive '{binary['positive']}' ({binary['n_positive']} items, prevalence {_num(binary['prevalence'])}): "
+             f"ROC-AUC {_num(binary['roc_auc'])}  PR-AUC {_num(binary['average_precision'])}"]
+    points = [f"{'precision' if rule.startswith('recall') else 'recall'}@{rule} "
+              f"{_num(p['precision' if rule.startswith('recall') else 'recall']) if p['met'] else 'unreachable'}"
+              for rule, p in binary.get("operating_points", {}).items()]
+    if points:
+        lines.append("  ".join(points) + "  (best thresholds on these items)")
+    if decision:
+        v = decision["validation"]
+        lines.append(f"decision threshold {decision['threshold']:.6g} ({decision['rule']} on {decision.get('split', 'validation')}): "
+                     f"precision {_num(v['precision'])}  recall {_num(v['recall'])}  fpr {_num(v['fpr'])}")
+    at = binary.get("at_threshold")
+    if at:
+        lines.append(f"at the model's threshold {at['threshold']:.6g} ({at['rule']}): precision {_num(at['precision'])}  "
+                     f"recall {_num(at['recall'])}  fpr {_num(at['fpr'])}  flagged {at['n_flagged']}")
+    return lines
+
+
 def format_sweep(rows: list[dict[str, Any]], metric: str) -> str:
-    """One comparison table; the best head is marked with ``*``."""
+    """One comparison table; the best head is marked with ``*`` (two classes: ROC-AUC and PR-AUC columns)."""
+    binary = any("roc_auc" in r for r in rows)
+    rule = any("recall_at_rule" in r for r in rows)
+    notes = [f"{r['head']}: {r['threshold_error']}" for r in rows if r.get("threshold_error")]
     table = []
     for r in rows:
+        extra = ([_num(r.get("roc_auc")), _num(r.get("average_precision"))] if binary else []) + \
+            ([_num(r.get("recall_at_rule"))] if rule else [])
         if "error" in r:
-            table.append([r["head"], "-", "-", "-", "-", "failed: " + r["error"]])
+            table.append([r["head"], "-", "-", *["-"] * len(extra), "-", "-", "failed: " + r["error"]])
         else:
-            table.append([r["head"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['fit_seconds']:.3f}",
+            table.append([r["head"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", *extra, f"{r['fit_seconds']:.3f}",
                           f"{r['predict_seconds']:.3f}", "*" if r["best"] else ""])
-    return _table(["head", "accuracy", "macro_f1", "fit_s", "predict_s", f"best ({metric})"], table)
+    headers = ["head", "accuracy", "macro_f1", *(["roc_auc", "pr_auc"] if binary else []),
+               *(["recall@threshold"] if rule else []), "fit_s", "predict_s", f"best ({metric})"]
+    return _table(headers, table) + "".join(f"\nnote: {n}" for n in notes)
 
 
 def output_format(path: str | Path) -> str:

@@ -138,4 +138,8 @@ def _label(fields: list[str], index: int) -> str | None:
 
 
 def open_csv(source: str, options: ReaderOptions) -> CsvSource:
+    if options.events is not None:  # --group-by: the table is events, read as sequences
+        from .events import open_events
+
+        return open_events(source, options)
     return CsvSource(os.fspath(source), options)

@@ -99,4 +99,8 @@ class JsonlSource:
 
 
 def open_jsonl(source: str, options: ReaderOptions) -> JsonlSource:
+    if options.events is not None:  # --group-by: the table is events, read as sequences
+        from .events import open_events
+
+        return open_events(source, options)
     return JsonlSource(os.fspath(source), options)

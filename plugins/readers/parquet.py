@@ -177,4 +177,8 @@ def _numeric(t: Any) -> bool:
 
 
 def open_parquet(source: str, options: ReaderOptions) -> ParquetSource:
+    if options.events is not None:  # --group-by: the table is events, read as sequences
+        from .events import open_events
+
+        return open_events(source, options)
     return ParquetSource(os.fspath(source), options)
