@@ -82,8 +82,15 @@ def the_store(home: Path):
 
 
 def scores(metrics: dict) -> dict:
-    """Metrics without the timings."""
-    return {k: v for k, v in metrics.items() if not k.endswith("_seconds")}
+    """Metrics without the timings and the calibration (see :func:`assert_same_calibration`)."""
+    return {k: v for k, v in metrics.items() if not k.endswith("_seconds") and k != "calibration"}
+
+
+def assert_same_calibration(a: dict, b: dict) -> None:
+    """The same decision; the fitted temperature moves with float rounding of the vectors (1e-7), so 1 % apart."""
+    a, b = a["calibration"], b["calibration"]
+    assert a["applied"] == b["applied"]
+    assert abs(a["fitted_temperature"] - b["fitted_temperature"]) <= 0.01 * b["fitted_temperature"]
 
 
 def assert_same_vectors(store, reference) -> None:
@@ -259,6 +266,7 @@ def test_ray_and_local_stores_are_interchangeable(tmp_path, ray_address, tiny_ba
     set_engine(None)
     on_local = train(source, "linear", backbone=tiny_backbone, out=tmp_path / "model-local", progress=False)
     assert scores(on_ray.metrics) == scores(on_local.metrics)  # the same vectors: the same fit and scores
+    assert_same_calibration(on_ray.metrics, on_local.metrics)
     scored_here = evaluate(tmp_path / "model-ray", source, progress=False)  # Ray-trained head, local store
     monkeypatch.setenv("HEADSTART_HOME", str(home))
     set_engine(None)
