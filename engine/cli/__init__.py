@@ -13,6 +13,7 @@ import click
 
 from ..errors import HeadstartError
 from ._common import CliState
+from .bundle import bundle
 from .cache import cache
 from .catalog import backbones, heads, plugins
 from .embed import embed
@@ -81,7 +82,7 @@ def cli(ctx: click.Context, store: str | None, strict_plugins: bool | None, debu
     state.store, state.strict_plugins, state.debug = store, strict_plugins or None, debug
 
 
-for _command in (embed, train, sweep, eval_cmd, predict, finetune, export, backbones, heads, plugins, plugin, cache):
+for _command in (embed, train, sweep, eval_cmd, predict, bundle, finetune, export, backbones, heads, plugins, plugin, cache):
     cli.add_command(_command)
 
 

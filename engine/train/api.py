@@ -137,10 +137,20 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     fitted, ref, metrics = _fit_and_score(head, prep, engine)
     final, refitted, subsample = _final(ref, fitted, prep, refit, engine, metrics)
     model = Model(final, make_manifest(ref, final, prep.features, metrics,
-                                       _training(prep, val_fraction, seed, refitted, subsample)),
+                                       {**_training(prep, val_fraction, seed, refitted, subsample),
+                                        "source": _source_path(source)}),
                   training_keys=_training_keys(prep, refitted))
     path = model.save(out, allow_pickle=allow_pickle, check_rows=_check_rows(prep)) if out is not None else None
     return TrainResult(model, metrics, path)
+
+
+def _source_path(source: Any) -> str | None:
+    """The training source as an absolute path (``headstart bundle`` checks the bundle on its items)."""
+    import os
+
+    if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
+        return os.path.abspath(source)
+    return None
 
 
 def _check_savable(estimator: Any, ref: Any, allow_pickle: bool) -> None:
@@ -219,7 +229,8 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
         canonical, head, metrics = fitted[best]
         final, refitted, subsample = _final(canonical, head, prep, True, engine, metrics)
         result.model = Model(final, make_manifest(canonical, final, prep.features, metrics,
-                                                  _training(prep, val_fraction, seed, refitted, subsample)),
+                                                  {**_training(prep, val_fraction, seed, refitted, subsample),
+                                                   "source": _source_path(source)}),
                              training_keys=_training_keys(prep, refitted))
         result.model.save(save_best, allow_pickle=allow_pickle, check_rows=_check_rows(prep))
     return result
