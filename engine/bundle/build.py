@@ -181,6 +181,7 @@ def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: list[Any], sample
     groups = {"training": [it.payload for it in chosen], "probe": probe_items(spec)}
     refs = {"training": [it.ref for it in chosen], "probe": [f"probe item {i}" for i in range(len(groups["probe"]))]}
     figures: dict[str, Any] = {}
+    tolerance = gate.IMAGE_MAX_ABS_DIFF if spec.modality == "image" else gate.MAX_ABS_DIFF
     for name, payloads in groups.items():
         reference = embed_items(model, payloads, engine=engine)
         keep = list(reference.ok)
@@ -203,7 +204,7 @@ def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: list[Any], sample
         ref_labels = [str(v) for v in model.predict(vectors).labels] if len(vectors) else []
         labels, proba = run([feed_of(spec, payloads[i]) for i in keep])
         fig = gate.compare(ref_scores, ref_labels, proba, labels)
-        gate.check_exact(fig, f"{name} items", [refs[name][i] for i in keep])
+        gate.check_exact(fig, f"{name} items", [refs[name][i] for i in keep], tolerance)
         fig["label_mismatches"] = len(fig["label_mismatches"])
         fig["worst_item"] = refs[name][keep[fig["worst_item"]]] if fig["worst_item"] is not None else None
         if left_out:
@@ -211,7 +212,7 @@ def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: list[Any], sample
             notes.append(f"{len(left_out)} {name} texts tokenise differently in the graph (left out of the "
                          f"comparison): {', '.join(fig['tokenizer_differences'])}")
         figures[name] = fig
-    figures["threshold_max_abs_diff"] = gate.MAX_ABS_DIFF
+    figures["threshold_max_abs_diff"] = tolerance
     return figures, notes
 
 

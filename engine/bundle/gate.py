@@ -3,7 +3,8 @@
 On a sample of the model's training items (or ``--check-on`` data) and the backbone's probe items the
 bundle's ``probabilities`` are compared with the model's (:mod:`headstart.engine.bundle.reference`):
 
-- same precision as the model (fp32): max abs difference <= :data:`MAX_ABS_DIFF` and identical labels,
+- same precision as the model (fp32): max abs difference <= :data:`MAX_ABS_DIFF` (images:
+  :data:`IMAGE_MAX_ABS_DIFF`, see there) and identical labels,
   else :class:`ExportParityError`. Text items whose in-graph token ids differ from headstart's tokenizer
   are counted apart: on training items they fail the gate, on probe items (exotic text: NUL, Greek
   capitals, voiced kana) they are recorded in the metadata and left out of the comparison.
@@ -21,6 +22,11 @@ import numpy as np
 from ..errors import ExportParityError
 
 MAX_ABS_DIFF = 1e-4
+#: Image bundles: the in-graph resize equals Pillow's bit for bit when Pillow resamples rows first (landscape
+#: and square images, many portrait ones); Pillow 13 resamples some portrait images columns first, and then
+#: pixels differ by at most one 8-bit level. Worst probability difference measured on the probe images (a
+#: 1500x4 noise strip): 1.1e-3; on photo crops <= 1e-4. Labels must still be identical.
+IMAGE_MAX_ABS_DIFF = 5e-3
 MAX_ACCURACY_DROP = 0.005  # 0.5 percentage points
 
 
@@ -33,14 +39,14 @@ def compare(reference: np.ndarray, ref_labels: list[str], proba: np.ndarray, lab
             "label_mismatches": [i for i, same in enumerate(agree) if not same]}
 
 
-def check_exact(figures: dict[str, Any], what: str, refs: list[str]) -> None:
-    """Raise :class:`ExportParityError` when ``figures`` miss the fp32 tolerance."""
-    if figures["max_abs_diff"] <= MAX_ABS_DIFF and not figures["label_mismatches"]:
+def check_exact(figures: dict[str, Any], what: str, refs: list[str], tolerance: float = MAX_ABS_DIFF) -> None:
+    """Raise :class:`ExportParityError` when ``figures`` miss the tolerance or a label differs."""
+    if figures["max_abs_diff"] <= tolerance and not figures["label_mismatches"]:
         return
     worst = refs[figures["worst_item"]] if figures["worst_item"] is not None else "?"
     raise ExportParityError(
         f"the bundle does not reproduce `headstart predict` on {what}: max abs probability difference "
-        f"{figures['max_abs_diff']:.3g} (needs <= {MAX_ABS_DIFF}, worst item {worst}), "
+        f"{figures['max_abs_diff']:.3g} (needs <= {tolerance}, worst item {worst}), "
         f"{len(figures['label_mismatches'])} different labels of {figures['items']}; no file was written",
         hint="report it with the item named; serve the model through headstart (`headstart predict`) meanwhile",
         details={"parity": figures})
