@@ -167,3 +167,131 @@ def test_bad_output_names_are_refused_before_any_work(models, tmp_path: Path) ->
     assert done.returncode == 2 and "does not end in .onnx" in done.stderr
     done = _cli("bundle", str(tmp_path / "nothing"), "-o", str(tmp_path / "m.onnx"))
     assert done.returncode != 0 and "not a headstart model folder" in done.stderr
+
+
+# -- images ------------------------------------------------------------------------------------------------
+
+PLAIN_IMAGE = """
+import json, sys
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+labels = []
+for path in sys.argv[2:]:
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    proba, label = session.run(["probabilities", "label"], {"image": pixels})
+    labels.append(str(label[0]))
+print(json.dumps({"labels": labels,
+                  "headstart_loaded": any(m == "headstart" or m.startswith("headstart.") for m in sys.modules)}))
+"""
+
+
+def photo_folder(root: Path, per_class: int, seed: int) -> Path:
+    """JPEG crops (120-480 px a side, portrait and landscape) of scikit-learn's two sample photographs,
+    one class folder per photo."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    for name, photo in zip(("china", "flower"), load_sample_images().images):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            h, w = (int(v) for v in rng.integers(120, 420, size=2))
+            y, x = int(rng.integers(0, photo.shape[0] - h)), int(rng.integers(0, photo.shape[1] - w))
+            Image.fromarray(photo[y:y + h, x:x + w]).save(root / name / f"{j:02d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def photo_model(tmp_path_factory, session_home) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("photos")
+    train_dir, new_dir = photo_folder(root / "train", 16, 0), photo_folder(root / "new", 6, 1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADSTART_HOME", str(session_home))
+        train(str(train_dir), "linear", backbone="efficientnet-lite0", out=root / "model", progress=False)
+    return {"model": root / "model", "new": new_dir}
+
+
+def test_image_bundle_runs_on_plain_onnxruntime_with_the_same_labels(photo_model, tmp_path: Path) -> None:
+    """Acceptance 1 (images): a model trained on a real photo folder bundles through its gate; plain
+    onnxruntime fed Pillow-decoded pixels, in a process without headstart, gives `headstart predict`'s labels."""
+    bundle = tmp_path / "photos.onnx"
+    done = _cli("bundle", str(photo_model["model"]), "-o", str(bundle), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["modality"] == "image" and report["parity"]["training"]["label_mismatches"] == 0
+    assert report["parity"]["training"]["max_abs_diff"] <= report["parity"]["threshold_max_abs_diff"] <= 5e-3
+    assert report["parity"]["probe"]["label_mismatches"] == 0
+    assert max(report["parity"][g]["max_pixel_levels"] for g in ("training", "probe")) <= 1
+    done = _cli("predict", str(photo_model["model"]), str(photo_model["new"]), "-o", str(tmp_path / "pred.csv"))
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "pred.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12
+    plain = subprocess.run([sys.executable, "-c", PLAIN_IMAGE, str(bundle), *[r["ref"] for r in rows]],
+                           capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    got = json.loads(plain.stdout)
+    assert not got["headstart_loaded"] and got["labels"] == [r["label"] for r in rows]
+
+
+def test_image_graph_reproduces_headstart_pixels(photo_model) -> None:
+    """The in-graph resize + crop + normalisation equals headstart's preprocessing exactly on landscape and
+    square images and within one 8-bit level (1/128 after normalisation) on portrait ones."""
+    import io
+
+    import onnxruntime as ort
+    from PIL import Image
+
+    from headstart.engine.bundle.feeds import decoded_pixels
+    from headstart.engine.bundle.image_graph import image_graph
+    from headstart.engine.embed.imaging import prepare_image
+    from headstart.plugins.backbones.efficientnet import efficientnet_spec
+
+    prep = efficientnet_spec().preprocessing
+    session = ort.InferenceSession(image_graph(prep).SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for h, w in [(240, 320), (300, 300), (224, 224), (1, 1), (3, 2000), (480, 640), (300, 200), (1000, 333)]:
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+        data = buf.getvalue()
+        got = session.run(None, {"image": decoded_pixels(data, prep)})[0][0]
+        diff = np.abs(got - prepare_image(data, prep)).max()
+        assert diff == 0.0 if w >= h else diff <= 1 / 128 + 1e-6, (h, w, diff)
+
+
+# -- fine-tuned ------------------------------------------------------------------------------------------
+
+def tiny_wordpiece_bert(folder: Path, words: list[str]) -> Path:
+    """A 2-layer random BERT with a WordPiece tokenizer (vocab.txt + tokenizer.json) in hub layout."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    return folder
+
+
+def test_finetuned_model_bundles_and_predicts_like_headstart(tmp_path: Path, monkeypatch) -> None:
+    from finetune_data import FILLERS, easy_task
+
+    from headstart.engine.train.finetune import FinetuneOptions, finetune
+
+    monkeypatch.setenv("HEADSTART_HOME", str(tmp_path / "home"))
+    bert = tiny_wordpiece_bert(tmp_path / "bert", FILLERS)
+    data = easy_task(tmp_path / "train.csv", 64, 0)
+    result = finetune(str(data), f"hf:{bert}", "linear", out=tmp_path / "tuned",
+                      options=FinetuneOptions(epochs=2, lr=3e-3, batch_size=16, patience=1))
+    assert result.model.backbone["name"].startswith("finetuned:")
+    report = build_bundle(result.path, tmp_path / "tuned.onnx", check_on=data)
+    assert report.parity["training"]["max_abs_diff"] <= 1e-4 and report.parity["training"]["items"] == 64
+    texts = _texts(easy_task(tmp_path / "new.csv", 20, 5))
+    labels, proba = load_bundle(tmp_path / "tuned.onnx").predict(texts)
+    expected = predict(result.path, str(tmp_path / "new.csv"))
+    assert labels == [str(v) for v in expected.labels] and np.abs(proba - expected.proba).max() <= 1e-4

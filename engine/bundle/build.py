@@ -204,7 +204,10 @@ def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: list[Any], sample
         ref_labels = [str(v) for v in model.predict(vectors).labels] if len(vectors) else []
         labels, proba = run([feed_of(spec, payloads[i]) for i in keep])
         fig = gate.compare(ref_scores, ref_labels, proba, labels)
-        gate.check_exact(fig, f"{name} items", [refs[name][i] for i in keep], tolerance)
+        limit = float("inf") if spec.modality == "image" and name == "probe" else tolerance
+        gate.check_exact(fig, f"{name} items", [refs[name][i] for i in keep], limit)
+        if spec.modality == "image":
+            fig["max_pixel_levels"] = _pixel_levels(pre, spec, [payloads[i] for i in keep], refs[name], keep)
         fig["label_mismatches"] = len(fig["label_mismatches"])
         fig["worst_item"] = refs[name][keep[fig["worst_item"]]] if fig["worst_item"] is not None else None
         if left_out:
@@ -214,6 +217,30 @@ def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: list[Any], sample
         figures[name] = fig
     figures["threshold_max_abs_diff"] = tolerance
     return figures, notes
+
+
+def _pixel_levels(pre: Any, spec: Any, payloads: list[bytes], refs: list[str], keep: list[int]) -> int:
+    """Largest difference, in 8-bit levels, between the in-graph resized pixels and headstart's; more than
+    :data:`gate.MAX_PIXEL_LEVELS` fails the gate."""
+    import onnxruntime as ort
+
+    from ..embed.imaging import prepare_image
+    from .feeds import decoded_pixels
+
+    session = ort.InferenceSession(pre.SerializeToString(), providers=["CPUExecutionProvider"])
+    step = float(np.max(np.asarray(spec.preprocessing.std))) * 255.0  # one level, normalised: 1 / (255 std)
+    worst, worst_at = 0, 0
+    for j, data in enumerate(payloads):
+        got = session.run(None, {"image": decoded_pixels(data, spec.preprocessing)})[0][0]
+        levels = int(round(float(np.abs(got - prepare_image(data, spec.preprocessing)).max()) * step))
+        if levels > worst:
+            worst, worst_at = levels, j
+    if worst > gate.MAX_PIXEL_LEVELS:
+        raise gate.ExportParityError(
+            f"the in-graph image preprocessing differs from headstart's by {worst} 8-bit levels on "
+            f"{refs[keep[worst_at]]} (at most {gate.MAX_PIXEL_LEVELS} accepted); no file was written",
+            hint="report it with the image named; serve the model with `headstart predict` meanwhile")
+    return worst
 
 
 def _token_differences(pre: Any, spec: Any, texts: list[str]) -> list[int]:
