@@ -295,3 +295,12 @@ def test_finetuned_model_bundles_and_predicts_like_headstart(tmp_path: Path, mon
     labels, proba = load_bundle(tmp_path / "tuned.onnx").predict(texts)
     expected = predict(result.path, str(tmp_path / "new.csv"))
     assert labels == [str(v) for v in expected.labels] and np.abs(proba - expected.proba).max() <= 1e-4
+
+
+def test_int8_bundle_reports_agreement_and_accuracy_on_the_validation_split(models, tmp_path: Path) -> None:
+    out = tmp_path / "int8.onnx"
+    report = build_bundle(models["linear"], out, precision="int8")
+    val = report.parity["validation"]
+    assert val["items"] == 45 and val["label_agreement"] >= 0.9 and val["accuracy_delta_pt"] >= -0.5
+    assert load_bundle(out).metadata["backbone"]["precision"] == "int8"
+    assert out.stat().st_size < build_bundle(models["linear"], tmp_path / "fp32.onnx").bytes

@@ -84,7 +84,8 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
     pre = _preprocessing_graph(spec)
     proto = assemble(pre, exported.path, head_graph(model, spec.dim), spec.output_name, {})
     data = proto.SerializeToString()
-    parity, notes = _gate(model, spec, pre, data, items, sample, precision != model_precision, engine)
+    parity, notes = _gate(model, spec, pre, data, items, sample, precision != model_precision, engine,
+                          cuda=precision == "fp16")
     metadata = {
         "headstart_version": _version(), "modality": spec.modality, "classes": [str(c) for c in model.classes],
         "backbone": {"name": spec.name, "fingerprint": exported.fingerprint, "precision": precision,
@@ -112,7 +113,9 @@ def _version() -> str:
 def _need_cuda() -> None:
     import onnxruntime as ort
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    from ..backbones.runtime import _cuda_driver_loadable
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or not _cuda_driver_loadable():
         raise BundleError("an fp16 bundle is checked on the CUDA provider, which this onnxruntime lacks",
                           hint="bundle at fp32 or int8, or run `headstart bundle` where onnxruntime-gpu has CUDA")
 
@@ -166,7 +169,7 @@ def _spread(n: int, k: int) -> list[int]:
 
 
 def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: list[Any], sample: int, other_precision: bool,
-          engine: Any) -> tuple[dict[str, Any], list[str]]:
+          engine: Any, cuda: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Run the gate (see :mod:`.gate`); returns the figures for the metadata and notes for the report."""
     from ..backbones.parity import probe_items
     from .feeds import bundle_runner, feed_of
@@ -174,7 +177,7 @@ def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: list[Any], sample
     from .reference import embed_items
 
     notes: list[str] = []
-    run = bundle_runner(data, spec)
+    run = bundle_runner(data, spec, cuda=cuda)
     if other_precision:
         return _gate_precision(model, spec, items, run, engine), notes
     chosen = [items[i] for i in _spread(len(items), sample)]

@@ -41,14 +41,15 @@ def feed_of(spec: Any, payload: Any) -> Any:
     return pre.collate(pre.prepare_many([payload]))
 
 
-def bundle_runner(data: bytes, spec: Any) -> Callable[[list[Any]], tuple[list[str], np.ndarray]]:
-    """``run(feeds) -> (labels, probabilities)`` over the serialized bundle ``data``."""
+def bundle_runner(data: bytes, spec: Any, cuda: bool = False) -> Callable[[list[Any]], tuple[list[str], np.ndarray]]:
+    """``run(feeds) -> (labels, probabilities)`` over the serialized bundle ``data`` (``cuda``: on the CUDA
+    provider, as fp16 bundles run)."""
     import onnxruntime as ort
 
     from .loader import session_options
 
     session = ort.InferenceSession(data, session_options(needs_extensions=spec.modality == "text"),
-                                   providers=["CPUExecutionProvider"])
+                                   providers=(["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"])
     outputs = ["probabilities", "label"]
 
     def run(feeds: list[Any]) -> tuple[list[str], np.ndarray]:
