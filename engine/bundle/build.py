@@ -174,7 +174,7 @@ def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: list[Any], sample
     from ..backbones.parity import probe_items
     from .feeds import bundle_runner, feed_of
     from .head_graph import reference_scores
-    from .reference import embed_items
+    from ..train.direct import embed_items
 
     notes: list[str] = []
     run = bundle_runner(data, spec, cuda=cuda)
@@ -265,7 +265,7 @@ def _gate_precision(model: Any, spec: Any, items: list[Any], run: Any, engine: A
     """int8/fp16: label agreement and accuracy against the model on its validation split."""
     from ..train.splits import stratified_split
     from .feeds import feed_of
-    from .reference import embed_items
+    from ..train.direct import embed_items
 
     labelled = [it for it in items if it.label not in (None, "")]
     if not labelled:
