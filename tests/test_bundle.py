@@ -21,6 +21,9 @@ from headstart.engine.bundle.loader import load_bundle
 from headstart.engine.errors import BundleError, ExportParityError
 from headstart.engine.train.api import predict, train
 
+# a hang guard only: the module fixtures train several heads on MiniLM / EfficientNet features and build bundles
+pytestmark = pytest.mark.timeout(1200)
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "examples" / "support-tickets" / "train.csv"
 TEST = ROOT / "examples" / "support-tickets" / "test.csv"

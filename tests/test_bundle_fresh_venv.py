@@ -19,6 +19,9 @@ import pytest
 from headstart.engine.bundle.build import build_bundle
 from headstart.engine.train.api import predict, train
 
+# a hang guard only: the module fixtures train several heads on MiniLM / EfficientNet features and build bundles
+pytestmark = pytest.mark.timeout(900)
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "examples" / "support-tickets" / "train.csv"
 NEW = ROOT / "examples" / "support-tickets" / "new.txt"

@@ -57,6 +57,11 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
         raise ConfigError(f"the bundle's file name {out} does not end in .onnx", hint="e.g. -o model.onnx")
     if out.is_dir():
         raise ConfigError(f"the output {out} is a folder", hint="give a file name, e.g. -o model.onnx")
+    from ..embed.sources import refuse_output_over_inputs
+
+    folder = Path(model_dir)
+    refuse_output_over_inputs(out, [*(p for p in folder.iterdir() if p.is_file()), *([check_on] if check_on else [])]
+                              if folder.is_dir() else [])
     engine = engine or get_engine()
     model = load_model(model_dir, trust=trust, engine=engine)
     if not model.backbone.get("name"):
@@ -72,10 +77,14 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
     if source is None:
         raise ConfigError(f"the model in {model_dir} does not record its training source, so the gate has no "
                           "training items to check the bundle on", hint="pass --check-on with the training data")
-    items = _read_items(source, engine)
+    if check_on is None and not Path(source).exists():
+        raise ConfigError(f"the training source the model records ({source}) no longer exists, so the gate has no "
+                          "training items to check the bundle on", hint="pass --check-on with the training data")
+    items = _Source(source, engine)
     if precision != model_precision and precision == "fp16":
         _need_cuda()
-    calibration = [it.payload for it in items[:128]] if precision == "int8" and spec.modality != "text" else None
+    calibration = ([it.payload for it in items.take(range(128))] if precision == "int8" and spec.modality != "text"
+                   else None)
     exported = export(spec, precision, settings=engine.settings, engine=engine, calibration=calibration)
 
     from .assemble import assemble
@@ -153,22 +162,33 @@ def _pad_id(spec: Any) -> int:
     return int(pre._pad_id)
 
 
-def _read_items(source: str | Path, engine: Any) -> list[Any]:
-    from ..embed.items import ReaderOptions
-    from ..embed.sources import open_source
+class _Source:
+    """The gate's items, read in two passes so only the chosen items' payloads are held in memory:
+    ``labels`` (one per readable item, in order) first, then ``take(positions)``."""
 
-    src = open_source(str(source), ReaderOptions(), engine=engine)
-    items = [it for it in src if it.payload is not None]
-    if not items:
-        raise ConfigError(f"{source} holds no readable items to check the bundle on", hint="pass --check-on DATA")
-    return items
+    def __init__(self, source: str | Path, engine: Any) -> None:
+        self.source, self.engine = source, engine
+        self.labels = [it.label for it in self._readable()]
+        if not self.labels:
+            raise ConfigError(f"{source} holds no readable items to check the bundle on",
+                              hint="pass --check-on DATA")
+
+    def _readable(self) -> Any:
+        from ..embed.items import ReaderOptions
+        from ..embed.sources import open_source
+
+        return (it for it in open_source(str(self.source), ReaderOptions(), engine=self.engine) if it.payload is not None)
+
+    def take(self, positions: Any) -> list[Any]:
+        wanted = set(int(p) for p in positions)
+        return [it for i, it in enumerate(self._readable()) if i in wanted]
 
 
 def _spread(n: int, k: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, num=min(n, k)).round().astype(int).tolist())) if n else []
 
 
-def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: list[Any], sample: int, other_precision: bool,
+def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: "_Source", sample: int, other_precision: bool,
           engine: Any, cuda: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Run the gate (see :mod:`.gate`); returns the figures for the metadata and notes for the report."""
     from ..backbones.parity import probe_items
@@ -180,7 +200,7 @@ def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: list[Any], sample
     run = bundle_runner(data, spec, cuda=cuda)
     if other_precision:
         return _gate_precision(model, spec, items, run, engine), notes
-    chosen = [items[i] for i in _spread(len(items), sample)]
+    chosen = items.take(_spread(len(items.labels), sample))
     groups = {"training": [it.payload for it in chosen], "probe": probe_items(spec)}
     refs = {"training": [it.ref for it in chosen], "probe": [f"probe item {i}" for i in range(len(groups["probe"]))]}
     figures: dict[str, Any] = {}
@@ -261,21 +281,21 @@ def _token_differences(pre: Any, spec: Any, texts: list[str]) -> list[int]:
     return [i for i, t in enumerate(mine) if ids[i][mask[i] == 1].tolist() != t.ids.tolist()]
 
 
-def _gate_precision(model: Any, spec: Any, items: list[Any], run: Any, engine: Any) -> dict[str, Any]:
+def _gate_precision(model: Any, spec: Any, items: "_Source", run: Any, engine: Any) -> dict[str, Any]:
     """int8/fp16: label agreement and accuracy against the model on its validation split."""
+    from ..train.direct import embed_items
     from ..train.splits import stratified_split
     from .feeds import feed_of
-    from ..train.direct import embed_items
 
-    labelled = [it for it in items if it.label not in (None, "")]
+    labelled = [i for i, label in enumerate(items.labels) if label not in (None, "")]
     if not labelled:
         raise ConfigError("an int8/fp16 bundle is checked on the model's validation split, which needs labelled "
                           "items", hint="pass --check-on with the labelled training data")
     training = model.manifest.get("training") or {}
-    y = np.asarray([str(it.label) for it in labelled], dtype=object)
+    y = np.asarray([str(items.labels[i]) for i in labelled], dtype=object)
     split = stratified_split(y, float(training.get("val_fraction", 0.2)), int(training.get("seed", 0)))
     rows = split.val if len(split.val) else np.arange(len(y))
-    chosen = [labelled[i] for i in rows]
+    chosen = items.take([labelled[i] for i in rows])
     reference = embed_items(model, [it.payload for it in chosen], engine=engine)
     ref_labels = [str(v) for v in model.predict(reference.vectors).labels]
     chosen = [chosen[i] for i in reference.ok]
