@@ -259,7 +259,7 @@ def predict(results: Path, base: str) -> str:
     r = load("predict", results)
     if not r:
         return _missing("predict", "python benchmarks/bench_predict.py")
-    out = [f"`{r['machine']['command']}` — {r['threads']} threads, {r['calls']} warm single-item calls per engine; "
+    out = [f"`{r['machine']['command']}` — {r['threads']} thread(s) per engine, {r['calls']} warm single-item calls per engine; "
            f"{_source('predict', r, base)}:\n"]
     for name, what in (("text", "texts"), ("images", "images")):
         part = r.get(name)
