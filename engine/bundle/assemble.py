@@ -11,7 +11,7 @@ def assemble(pre: Any | None, backbone_path: Path, head: Any, output_name: str, 
     """``pre`` (or None: the backbone's own inputs) -> backbone at ``backbone_path`` -> ``head``; metadata
     values that are not strings are stored as JSON."""
     import onnx
-    from onnx import compose, helper
+    from onnx import compose
 
     backbone = onnx.load(str(backbone_path))
     ir = backbone.ir_version
@@ -28,9 +28,15 @@ def assemble(pre: Any | None, backbone_path: Path, head: Any, output_name: str, 
         merged = compose.merge_models(pre, merged, io_map=links)
     merged.graph.name = "headstart_bundle"
     merged.producer_name = "headstart"
-    del merged.metadata_props[:]
+    set_metadata(merged, metadata)
+    return merged
+
+
+def set_metadata(model: Any, metadata: dict[str, Any]) -> None:
+    """Replace ``model``'s metadata_props with ``metadata`` (non-strings as JSON)."""
+    import onnx
+
+    del model.metadata_props[:]
     for key, value in metadata.items():
         text = value if isinstance(value, str) else json.dumps(value, default=str)
-        merged.metadata_props.append(onnx.StringStringEntryProto(key=key, value=text))
-    del helper
-    return merged
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=text))

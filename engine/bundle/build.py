@@ -87,7 +87,7 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
                    else None)
     exported = export(spec, precision, settings=engine.settings, engine=engine, calibration=calibration)
 
-    from .assemble import assemble
+    from .assemble import assemble, set_metadata
     from .head_graph import SCORES_KIND, head_graph, head_kind
 
     pre = _preprocessing_graph(spec)
@@ -103,7 +103,7 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
         "inputs": _inputs_doc(spec), "probabilities": SCORES_KIND[head_kind(model)], "parity": parity,
         "model_created": model.manifest.get("created"),
     }
-    proto = assemble(pre, exported.path, head_graph(model, spec.dim), spec.output_name, metadata)
+    set_metadata(proto, metadata)  # the graph the gate ran, now with its figures
     data = proto.SerializeToString()
     write_bytes_atomic(out, data)
     return BundleReport(out, len(data), precision, spec.modality, str(model.manifest["head"].get("ref")), parity,
