@@ -434,8 +434,31 @@ def scale(results: Path, base: str) -> str:
             + "\n" + _machine_line(r) + "\n")
 
 
+def predict(results: Path, base: str) -> str:
+    r = load("predict", results)
+    if not r:
+        return _missing("predict", "python benchmarks/bench_predict.py")
+    out = [f"`{r['machine']['command']}` — {r['threads']} thread(s) per engine, {r['calls']} warm single-item calls per engine; "
+           f"{_source('predict', r, base)}:\n"]
+    for name, what in (("text", "texts"), ("images", "images")):
+        part = r.get(name)
+        if not part:
+            continue
+        out += [f"\n{name.capitalize()}: {part['items']} test {what}, batches of {part['batch_size']} over "
+                f"{part['batch_items']} {what}; bundle p50 {part['p50_ratio']}× faster than the baseline, batch "
+                f"throughput {part['throughput_ratio']}× the baseline's, label agreement {part['label_agreement']}:\n",
+                _table(part["rows"], [("engine", "engine"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
+                                      (f"{what}/s", "items_per_s")])]
+    if r.get("knn"):
+        out += ["\nThe kNN head alone (random 384-d training vectors; the bundle's file grows by their bytes):\n",
+                _table(r["knn"]["rows"], [("training vectors", "n"), ("file bytes", "bytes"), ("build s", "build_s"),
+                                          ("load s", "load_s"), ("query p50 ms", "p50_ms"), ("p99 ms", "p99_ms")])]
+    return "".join(out) + "\n" + _machine_line(r) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "scale": scale,
+    "predict": predict,
     "readme-performance": readme_performance,
     "embed-text": embed_text,
     "embed-images": embed_images,

@@ -68,6 +68,10 @@ class ExportParityError(BackboneError):
     """The exported ONNX graph does not reproduce the PyTorch model within tolerance."""
 
 
+class BundleError(HeadstartError):
+    """A model cannot be bundled into one ONNX file (unsupported head, tokenizer or backbone)."""
+
+
 class IntegrityError(HeadstartError):
     """A cached file does not match its manifest (edited, truncated or replaced)."""
 

@@ -13,6 +13,7 @@ import click
 
 from ..errors import HeadstartError
 from ._common import CliState
+from .bundle import bundle
 from .cache import cache
 from .catalog import backbones, heads, plugins
 from .embed import embed
@@ -83,8 +84,8 @@ def cli(ctx: click.Context, store: str | None, strict_plugins: bool | None, debu
     state.store, state.strict_plugins, state.debug = store, strict_plugins or None, debug
 
 
-for _command in (embed, train, sweep, eval_cmd, predict, report, finetune, pretrain, export, backbones, heads, plugins, plugin,
-                 cache):
+for _command in (embed, train, sweep, eval_cmd, predict, bundle, report, finetune, pretrain, export, backbones, heads,
+                 plugins, plugin, cache):
     cli.add_command(_command)
 
 

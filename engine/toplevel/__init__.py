@@ -13,8 +13,6 @@ from typing import Any
 
 from .engine.errors import *  # noqa: F401,F403 - the exception hierarchy is public
 from .engine.errors import HeadstartError
-from .engine.hookspecs import hookimpl
-from .engine.plugins import Engine, get_engine
 
 try:
     from importlib.metadata import version as _version
@@ -23,8 +21,14 @@ try:
 except Exception:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-# name -> "module:attribute", resolved on first access
+# name -> "module:attribute", resolved on first access (the plugin machinery too: pluggy is not needed to
+# import ``headstart.load_bundle`` where only numpy + onnxruntime are installed)
 _LAZY = {
+    "hookimpl": "headstart.engine.hookspecs:hookimpl",
+    "Engine": "headstart.engine.plugins:Engine",
+    "get_engine": "headstart.engine.plugins:get_engine",
+    "bundle": "headstart.engine.bundle.build:build_bundle",
+    "load_bundle": "headstart.engine.bundle.loader:load_bundle",
     "export": "headstart.engine.backbones.export:export",
     "embed": "headstart.engine.embed.pipeline:embed",
     "FeatureStore": "headstart.engine.store.features:FeatureStore",
@@ -56,4 +60,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["Engine", "HeadstartError", "get_engine", "hookimpl", "__version__", *_LAZY]
+__all__ = ["HeadstartError", "__version__", *_LAZY]

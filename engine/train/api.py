@@ -221,8 +221,9 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     fitted, ref, metrics = _fit_and_score(head, prep, engine, rule)
     final, refitted, subsample = _final(ref, fitted, prep, refit, engine, metrics)
     model = Model(final, _with_decision(make_manifest(ref, final, prep.features, metrics,
-                                                      _training(prep, val_fraction, seed, refitted, subsample,
-                                                                int8_check))),
+                                                      {**_training(prep, val_fraction, seed, refitted, subsample,
+                                                                   int8_check),
+                                                       "source": _source_path(source)})),
                   training_keys=_training_keys(prep, refitted))
     path = model.save(out, allow_pickle=allow_pickle, check_rows=_check_rows(prep)) if out is not None else None
     return TrainResult(model, metrics, path)
@@ -232,6 +233,15 @@ def _with_decision(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest with the validation-chosen decision threshold (if any) where ``Model.predict`` reads it."""
     decision = manifest["metrics"].get("decision")
     return {**manifest, "decision": decision} if decision else manifest
+
+
+def _source_path(source: Any) -> str | None:
+    """The training source as an absolute path (``headstart bundle`` checks the bundle on its items)."""
+    import os
+
+    if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
+        return os.path.abspath(source)
+    return None
 
 
 def _check_savable(estimator: Any, ref: Any, allow_pickle: bool) -> None:
@@ -337,7 +347,8 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
                             hint=f"ask for a lower {rule.kind}, or save another head with `headstart train --head`")
         final, refitted, subsample = _final(canonical, head, prep, True, engine, metrics)
         training = {**_training(prep, val_fraction, seed, refitted, subsample, int8_check), "sweep": rows,
-                    "sweep_metric": metric, **({"curve": result.curve} if result.curve else {})}
+                    "sweep_metric": metric, **({"curve": result.curve} if result.curve else {}),
+                    "source": _source_path(source)}
         result.model = Model(final, _with_decision(make_manifest(canonical, final, prep.features, metrics, training)),
                              training_keys=_training_keys(prep, refitted))
         result.model.save(save_best, allow_pickle=allow_pickle, check_rows=_check_rows(prep))

@@ -1,0 +1,70 @@
+"""What the bundle is fed for a raw item, and a runner over an in-memory bundle (used by the gate)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+#: Texts per bundle call in the gate (padding inside a batch is part of what is checked).
+TEXT_BATCH = 16
+
+
+def decoded_pixels(data: bytes, prep: Any) -> np.ndarray:
+    """Image file bytes -> uint8 RGB [H, W, 3] as headstart decodes them (format check, draft for large
+    JPEGs, EXIF orientation, alpha on the background), before any resize: the bundle's ``image`` input."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    from ..embed.imaging import _decode_rgb, sniff_format
+    from ..errors import ItemError
+
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ItemError("not an image", hint="give image bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            return np.asarray(_decode_rgb(im, prep), dtype=np.uint8)
+
+
+def feed_of(spec: Any, payload: Any) -> Any:
+    if spec.modality == "text":
+        return payload
+    if spec.modality == "image":
+        return decoded_pixels(payload, spec.preprocessing)
+    from ..backbones.preprocess import make_preprocessor
+
+    pre = make_preprocessor(spec)
+    return pre.collate(pre.prepare_many([payload]))
+
+
+def bundle_runner(data: bytes, spec: Any, cuda: bool = False) -> Callable[[list[Any]], tuple[list[str], np.ndarray]]:
+    """``run(feeds) -> (labels, probabilities)`` over the serialized bundle ``data`` (``cuda``: on the CUDA
+    provider, as fp16 bundles run)."""
+    import onnxruntime as ort
+
+    from .loader import session_options
+
+    session = ort.InferenceSession(data, session_options(needs_extensions=spec.modality == "text"),
+                                   providers=(["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"])
+    outputs = ["probabilities", "label"]
+
+    def run(feeds: list[Any]) -> tuple[list[str], np.ndarray]:
+        labels: list[str] = []
+        probas = []
+        if spec.modality == "text":
+            calls = [{"text": np.array(feeds[i:i + TEXT_BATCH], dtype=object)} for i in range(0, len(feeds), TEXT_BATCH)]
+        elif spec.modality == "image":
+            calls = [{"image": f} for f in feeds]
+        else:
+            calls = list(feeds)
+        for call in calls:
+            proba, label = session.run(outputs, call)
+            probas.append(proba)
+            labels += [str(v) for v in label]
+        return labels, np.concatenate(probas) if probas else np.zeros((0, 0), np.float32)
+
+    return run

@@ -1,0 +1,94 @@
+"""Run a bundle with numpy + onnxruntime alone (+ onnxruntime-extensions for text bundles).
+
+This module imports nothing else from headstart and nothing heavy at import time, so a service can
+``from headstart.engine.bundle.loader import load_bundle`` (or copy this file) where torch, faiss,
+scikit-learn and pyarrow are absent. ``headstart.load_bundle`` is the same function.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+#: The custom-op domain of onnxruntime-extensions (the in-graph tokenizer).
+EXTENSIONS_DOMAIN = "ai.onnx.contrib"
+
+
+def session_options(*, threads: int | None = None, needs_extensions: bool = True) -> Any:
+    """onnxruntime SessionOptions with onnxruntime-extensions' ops registered when ``needs_extensions``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    if needs_extensions:
+        try:
+            from onnxruntime_extensions import get_library_path
+        except ImportError:
+            raise ImportError("this bundle tokenises text in the graph: pip install onnxruntime-extensions") from None
+        opts.register_custom_ops_library(get_library_path())
+    return opts
+
+
+class Bundle:
+    """A loaded bundle: ``predict(items) -> (labels, probabilities)``; ``metadata`` is its metadata_props."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        try:
+            import onnxruntime_extensions  # noqa: F401 - registered below when installed
+            extensions = True
+        except ImportError:
+            extensions = False
+        opts = session_options(threads=threads, needs_extensions=extensions)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts,
+                                                providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as exc:
+            if not extensions and EXTENSIONS_DOMAIN in str(exc):
+                raise ImportError(f"{self.path} tokenises text in the graph: pip install onnxruntime-extensions") from exc
+            raise
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata: dict[str, Any] = {k: _maybe_json(v) for k, v in meta.items()}
+        self.classes: list[str] = list(self.metadata.get("classes", []))
+        self.input = self.session.get_inputs()[0].name
+        self.modality: str = self.metadata.get("modality", "text")
+
+    def predict(self, items: Any) -> tuple[list[str], "Any"]:
+        """Labels and probabilities (float32 [n, classes]) of ``items``: a list of strings (text), one
+        decoded RGB uint8 image [H, W, 3] or a list of them (images), or the backbone's input arrays
+        (numeric, as a dict)."""
+        import numpy as np
+
+        if self.modality == "text":
+            texts = [items] if isinstance(items, str) else list(items)
+            if not texts:
+                return [], np.zeros((0, len(self.classes)), np.float32)
+            proba, labels = self.session.run(["probabilities", "label"], {self.input: np.array(texts, dtype=object)})
+            return [str(v) for v in labels], proba
+        if self.modality == "image":
+            images = [items] if isinstance(items, np.ndarray) and items.ndim == 3 else list(items)
+            outs = [self.session.run(["probabilities", "label"], {self.input: np.ascontiguousarray(im, np.uint8)})
+                    for im in images]
+            if not outs:
+                return [], np.zeros((0, len(self.classes)), np.float32)
+            return [str(o[1][0]) for o in outs], np.concatenate([o[0] for o in outs])
+        proba, labels = self.session.run(["probabilities", "label"], dict(items))
+        return [str(v) for v in labels], proba
+
+
+def _maybe_json(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def load_bundle(path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None) -> Bundle:
+    """Load the ONNX bundle written by ``headstart bundle``; see :class:`Bundle`."""
+    return Bundle(path, threads=threads, providers=providers)
