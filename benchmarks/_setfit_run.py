@@ -20,7 +20,11 @@ def read(path):
 
 
 def main() -> None:
+    import torch
     from datasets import Dataset
+
+    if os.environ.get("BENCH_TORCH_THREADS"):
+        torch.set_num_threads(int(os.environ["BENCH_TORCH_THREADS"]))
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     model_dir, train_csv, test_csv, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

