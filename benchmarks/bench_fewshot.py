@@ -75,7 +75,8 @@ def run_setfit(train_csv: Path, test_csv: Path, seed: int, threads: int) -> dict
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "BENCH_TORCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run([str(setfit_python()), str(Path(__file__).parent / "_setfit_run.py"), minilm_dir(),
-                          str(train_csv), str(test_csv), str(seed)], capture_output=True, text=True, env=env)
+                          str(train_csv), str(test_csv), str(seed)], capture_output=True, text=True, env=env,
+                         cwd=train_csv.parent)  # SetFit's Trainer writes checkpoints/ into its working directory
     if out.returncode != 0:
         raise RuntimeError(f"setfit failed: {out.stderr[-2000:]}")
     got = json.loads(out.stdout.strip().splitlines()[-1])
