@@ -185,10 +185,11 @@ def test_escalation_fine_tunes_a_small_labelled_set_with_the_contrastive_objecti
     from headstart.engine.cli import main
 
     out = tmp_path / "escalated"
-    code = main(["train", str(data["train"]), "-b", f"hf:{data['bert']}", "-o", str(out), "--target",
+    few = blind_task(tmp_path / "few.csv", 24, 14)  # 12 labelled items per class
+    code = main(["train", str(few), "-b", f"hf:{data['bert']}", "-o", str(out), "--target",
                  "accuracy=0.99", "--allow-finetune", "--json"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     stages = json.loads(printed)["stages"]
     assert [s["stage"] for s in stages] == ["sweep", "finetune"]
-    assert stages[1]["objective"] == "contrastive"  # 24 labelled items per class
+    assert stages[1]["objective"] == "contrastive"
