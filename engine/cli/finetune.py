@@ -15,12 +15,15 @@ from ._common import (CliState, backbone_option, device_option, echo_json, forma
 @backbone_option
 @click.option("--head", default="linear", show_default=True, help="linear or mlp[(hidden=(256,), ...)].")
 @click.option("--out", "-o", "out", required=True, metavar="MODEL_DIR", help="Model folder to write.")
-@click.option("--unfreeze", default="all", show_default=True, help="all | last:N (top N backbone blocks train).")
-@click.option("--epochs", default=5, show_default=True, type=int)
+@click.option("--objective", default="cross-entropy", type=click.Choice(["cross-entropy", "contrastive"]),
+              show_default=True, help="contrastive: few labels (SetFit-style pairs, epochs chosen by k-fold CV).")
+@click.option("--unfreeze", default=None, help="all | last:N (top N backbone blocks train) [default: all; "
+              "contrastive: last:2].")
+@click.option("--epochs", default=None, type=int, help="Most epochs [default: 5; contrastive: 10].")
 @click.option("--lr", default=None, type=float, help="Top backbone block LR [default: 5e-5 text, 1e-4 image].")
 @click.option("--head-lr", default=None, type=float, help="Head LR [default: 10 x --lr].")
 @click.option("--layer-decay", default=0.8, show_default=True, type=float, help="LR factor per block going down.")
-@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--batch-size", default=None, type=int, help="[default: 32; contrastive: 16].")
 @click.option("--patience", default=2, show_default=True, type=int, help="Epochs without improvement before stopping.")
 @click.option("--metric", default="accuracy", type=click.Choice(["accuracy", "macro_f1"]), show_default=True)
 @device_option
@@ -35,8 +38,9 @@ from ._common import (CliState, backbone_option, device_option, echo_json, forma
 @click.option("--seed", default=0, show_default=True, type=int)
 @json_option
 @click.pass_context
-def finetune(ctx: click.Context, source: str, backbone: str | None, head: str, out: str, unfreeze: str, epochs: int,
-             lr: float | None, head_lr: float | None, layer_decay: float, batch_size: int, patience: int, metric: str,
+def finetune(ctx: click.Context, source: str, backbone: str | None, head: str, out: str, objective: str,
+             unfreeze: str | None, epochs: int | None, lr: float | None, head_lr: float | None, layer_decay: float,
+             batch_size: int | None, patience: int, metric: str,
              device: str, precision: str, init_head: str | None, resume: bool, text_column: str | None,
              label_column: str | None, reader: str | None, encoding_errors: str, progress: bool | None,
              val_fraction: float, seed: int, as_json: bool) -> None:
@@ -46,9 +50,10 @@ def finetune(ctx: click.Context, source: str, backbone: str | None, head: str, o
 
     refuse_output_over_inputs(out, [source, init_head])
     engine = CliState.from_ctx(ctx).engine()
-    options = FinetuneOptions(unfreeze=unfreeze, epochs=epochs, lr=lr, head_lr=head_lr, layer_decay=layer_decay,
-                              batch_size=batch_size, device=device, precision=precision, patience=patience,
-                              metric=metric, val_fraction=val_fraction, seed=seed)
+    options = FinetuneOptions.for_objective(objective, unfreeze=unfreeze, epochs=epochs, lr=lr, head_lr=head_lr,
+                                            layer_decay=layer_decay, batch_size=batch_size, device=device,
+                                            precision=precision, patience=patience, metric=metric,
+                                            val_fraction=val_fraction, seed=seed)
     log = (lambda message: None) if as_json else (lambda message: click.echo(message, err=True))
     result = finetune_api(source, backbone, head, out=out, options=options, init_head=init_head, resume=resume,
                           engine=engine, progress=progress,
@@ -61,11 +66,17 @@ def finetune(ctx: click.Context, source: str, backbone: str | None, head: str, o
     click.echo(format_summary(summary))
 
 
+def _tuned_label(split: str | None) -> str:
+    """Where the fine-tuned score comes from: the ONNX export on the validation split, or k-fold held-out items."""
+    return "fine-tuned (k-fold held-out)" if split == "cross-validation" else "fine-tuned (ONNX export)"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """Frozen vs fine-tuned on the validation split, the epochs, the export."""
     metric = summary["metric"]
     rows = [["frozen features + head", summary["frozen"]["accuracy"], summary["frozen"]["macro_f1"]],
-            ["fine-tuned (ONNX export)", summary["finetuned"]["accuracy"], summary["finetuned"]["macro_f1"]]]
+            [_tuned_label(summary["finetuned"].get("split")), summary["finetuned"]["accuracy"],
+             summary["finetuned"]["macro_f1"]]]
     lines = [format_table(["validation", "accuracy", "macro_f1"], [[r[0], f"{r[1]:.4f}", f"{r[2]:.4f}"] for r in rows])]
     resumed = summary["resumed_from"]
     lines.append(f"{metric} {summary['improvement']:+.4f}; best epoch {summary['best_epoch']}, {summary['epochs_run']} "
@@ -117,9 +128,9 @@ def escalate_cli(source: str, target: str | None, allow_finetune: bool, *, out: 
     click.echo(format_sweep(sweep_stage["heads"], result.metric))
     if len(result.stages) > 1:
         ft = result.stages[1]
-        click.echo(f"stage 2: fine-tuning {ft['head']} end to end on {ft['backbone']['name']}")
+        click.echo(f"stage 2: fine-tuning {ft['head']} on {ft['backbone']['name']} ({ft['objective']} objective)")
         click.echo(format_table(["validation", result.metric], [
             ["frozen features + head", f"{ft['frozen_' + result.metric]:.4f}"],
-            ["fine-tuned (ONNX export)", f"{ft[result.metric]:.4f}"]]))
+            [_tuned_label(ft["split"]), f"{ft[result.metric]:.4f}"]]))
     click.echo(result.decision)
     click.echo(f"model written to {result.path}")

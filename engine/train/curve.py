@@ -68,8 +68,15 @@ def fit_trend(sizes: Sequence[float], accuracy: Sequence[float]) -> dict[str, An
                 "accuracy_at_2n": round(1 - float(err[-1]) + gain, 5), "gain_2x_pt": round(100 * gain, 2)}
 
 
-def advise(trend: dict[str, Any], accuracy: float, target: float | None = None, metric: str = "accuracy") -> dict[str, str]:
-    """One line of advice from a head's trend and its accuracy with all the labels."""
+#: At most this many labelled items per class, fine-tuning uses the contrastive objective (few-shot; the
+#: crossover with cross-entropy measured in docs/finetune.md); the escalation and the advice both follow it.
+CONTRASTIVE_MAX_PER_CLASS = 12
+
+
+def advise(trend: dict[str, Any], accuracy: float, target: float | None = None, metric: str = "accuracy",
+           per_class: float | None = None) -> dict[str, str]:
+    """One line of advice from a head's trend and its accuracy with all the labels (``per_class``: labelled
+    training items per class, which picks the fine-tune objective the advice names)."""
     gain = trend["gain_2x_pt"]
     if gain >= GAIN_PT:
         return {"kind": "more_labels", "text": f"more labels will help (+{gain:.1f} pt {metric} expected at 2x data)"}
@@ -77,8 +84,11 @@ def advise(trend: dict[str, Any], accuracy: float, target: float | None = None, 
     if accuracy >= goal:
         return {"kind": "enough", "text": f"frozen features are enough ({metric} {accuracy:.3f} has plateaued "
                                           f"at or above {goal:g}; +{gain:.1f} pt expected at 2x data)"}
+    few = per_class is not None and per_class <= CONTRASTIVE_MAX_PER_CLASS
+    command = "headstart finetune --objective contrastive" if few else "headstart finetune"
     return {"kind": "plateau", "text": f"plateaued at {metric} {accuracy:.3f} (+{gain:.1f} pt expected at 2x data, "
-                                       f"below {goal:g}): try fine-tuning (`headstart finetune`) or another backbone"}
+                                       f"below {goal:g}): try fine-tuning (`{command}`"
+                                       f"{', few labels per class' if few else ''}) or another backbone"}
 
 
 def learning_curve(X: Any, y: np.ndarray, train: np.ndarray, val: np.ndarray, refs: Sequence[Any], engine: Any,
@@ -114,7 +124,8 @@ def learning_curve(X: Any, y: np.ndarray, train: np.ndarray, val: np.ndarray, re
         mean = [float(np.mean(s)) for s in scores]
         trend = fit_trend(sizes, mean)
         heads[str(ref)] = {"mean": [round(m, 5) for m in mean], "std": [round(float(np.std(s)), 5) for s in scores],
-                           "trend": trend, "advice": advise(trend, mean[-1], target)}
+                           "trend": trend,
+                           "advice": advise(trend, mean[-1], target, per_class=len(train) / max(len(np.unique(y[train])), 1))}
     scored = {k: v for k, v in heads.items() if "error" not in v}
     best = max(scored, key=lambda k: scored[k]["mean"][-1]) if scored else None
     return {"sizes": sizes, "fractions": list(fractions), "repeats": repeats, "n_val": int(len(val)),

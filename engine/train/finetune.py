@@ -28,6 +28,10 @@ from .model import Model, load_features, load_model, make_manifest
 HEADS = ("linear", "mlp")
 PRECISIONS = ("fp32", "bf16", "fp16")
 METRICS = ("accuracy", "macro_f1")
+# objective -> the built-in finetuner that trains it (``finetune(finetuner=...)`` can name another plugin)
+OBJECTIVES = {"cross-entropy": "torch", "contrastive": "contrastive"}
+# each objective's defaults where they differ from FinetuneOptions' (the CLI's unset options take these)
+OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {"contrastive": {"unfreeze": "last:2", "epochs": 10, "batch_size": 16}}
 CHECKPOINT_DIR = "checkpoint"
 BACKBONE_DIR = "backbone"
 FINETUNED_DIR = "finetuned"  # <home>/finetuned/<sha16>/: fine-tuned weights, content-addressed
@@ -42,7 +46,9 @@ class FinetuneOptions:
     otherwise); each block below gets ``layer_decay`` times the one above (discriminative LRs).
     ``head_lr``: the head's learning rate (default ``10 * lr``). Early stopping: training stops
     after ``patience`` epochs without a better validation ``metric``; the best epoch is kept.
-    ``precision`` bf16/fp16 is mixed precision and needs CUDA.
+    ``precision`` bf16/fp16 is mixed precision and needs CUDA. ``objective``: ``cross-entropy`` (backbone +
+    head end to end) or ``contrastive`` (few labels: the body on pairs, epochs chosen by k-fold
+    cross-validation on every labelled item, then the head; see docs/finetune.md).
     """
 
     unfreeze: str = "all"
@@ -58,6 +64,7 @@ class FinetuneOptions:
     metric: str = "accuracy"
     val_fraction: float = 0.2
     seed: int = 0
+    objective: str = "cross-entropy"
 
     def check(self) -> "FinetuneOptions":
         """Raise :class:`ConfigError` on an invalid value; return self."""
@@ -69,6 +76,9 @@ class FinetuneOptions:
             raise ConfigError(f"unknown fine-tuning precision '{self.precision}'", hint=f"use one of {', '.join(PRECISIONS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"unknown device '{self.device}'", hint="use auto, cpu or cuda")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"unknown fine-tuning objective '{self.objective}'",
+                              hint=f"use one of {', '.join(OBJECTIVES)}")
         if self.metric not in METRICS:
             raise ConfigError(f"unknown metric '{self.metric}'", hint=f"use one of {', '.join(METRICS)}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -77,6 +87,13 @@ class FinetuneOptions:
         if not 0.0 < self.layer_decay <= 1.0 or any(v is not None and v <= 0 for v in (self.lr, self.head_lr)):
             raise ConfigError("learning rates must be positive and layer_decay in (0, 1]")
         return self
+
+    @classmethod
+    def for_objective(cls, objective: str, **overrides: Any) -> "FinetuneOptions":
+        """Options with ``objective``'s defaults (contrastive: top 2 blocks, up to 10 epochs, batches of 16),
+        then ``overrides`` (``None`` values keep the default)."""
+        defaults = OBJECTIVE_DEFAULTS.get(objective, {})
+        return cls(objective=objective, **{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
 
     def resolved_lr(self, modality: str) -> tuple[float, float]:
         """(backbone top-block lr, head lr)."""
@@ -241,7 +258,7 @@ def _identity(spec: Any, prep: Prepared, head: str, options: FinetuneOptions) ->
 
 def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, out: str | Path,
              options: FinetuneOptions | None = None, init_head: Any = None, resume: bool = False,
-             finetuner: str = "torch", engine: Any = None, reader_options: Any = None, progress: bool | None = None,
+             finetuner: str | None = None, engine: Any = None, reader_options: Any = None, progress: bool | None = None,
              log: Callable[[str], None] | None = None) -> FinetuneResult:
     """Fine-tune ``backbone`` + ``head`` (linear | mlp) end to end on labelled ``source``; write ``out``.
 
@@ -249,12 +266,14 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     by default the head is first fitted on the cached frozen features of the training split.
     ``resume``: continue from ``out``'s checkpoint after an interruption (without it, an
     unfinished checkpoint in ``out`` is an error, so it is never thrown away silently).
+    ``finetuner``: the plugin that trains [default: the one of ``options.objective``].
     """
     from ..backbones.export import export
     from ..backbones.resolve import resolve_backbone
 
     engine = _engine(engine)
     options = (options or FinetuneOptions()).check()
+    finetuner = finetuner or OBJECTIVES[options.objective]
     log = log or (lambda message: None)
     out = Path(out)
     checkpoint_dir = out / CHECKPOINT_DIR
@@ -309,6 +328,8 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     tuned = load_features(source, outcome.backbone_ref, labelled=True, engine=engine, reader_options=reader_options,
                           progress=progress)
     metrics = _score_onnx(tuned, prep, outcome.head)
+    if "cv_metrics" in outcome.info:  # the finetuner trained on the validation split too: its held-out folds score
+        metrics = {**outcome.info["cv_metrics"], "split": "cross-validation"}
     export_info = {"fingerprint": exported.fingerprint, "path": str(exported.path),
                    "parity": {k: exported.parity[k] for k in ("min_cosine", "max_abs_diff", "items", "reference")}}
     training = {"n_labelled": len(prep.y), "n_train": int(len(rows_train)), "n_val": int(len(rows_val)),
@@ -417,7 +438,13 @@ def escalate(source: Any, target: str | tuple[str, float], *, out: str | Path, b
         return EscalationResult(metric, goal, [stage], f"the best head {swept.best} reached {metric} {best[metric]:.4f} "
                                 f"< {goal}; fine-tuning was not allowed (pass --allow-finetune); learning curve: "
                                 f"{(stage['curve'].get('advice') or {}).get('text', 'none')}", False, swept.model, out)
-    opts = dataclasses.replace(options or FinetuneOptions(), metric=metric, val_fraction=val_fraction, seed=seed)
+    if options is None:  # few labels per class: the contrastive objective (the crossover measured in docs/finetune.md)
+        from .curve import CONTRASTIVE_MAX_PER_CLASS
+
+        per_class = swept.training.get("n_labelled", 0) / max(len(getattr(swept.model.head, "classes_", ())), 1)
+        options = FinetuneOptions.for_objective("contrastive" if per_class <= CONTRASTIVE_MAX_PER_CLASS
+                                                else "cross-entropy")
+    opts = dataclasses.replace(options, metric=metric, val_fraction=val_fraction, seed=seed)
     head = swept.best if swept.best.split("(")[0] in HEADS else "linear"
     ft_out = out.with_name(out.name + ".finetune-tmp")
     result = finetune(source, backbone, head, out=ft_out, options=opts, engine=engine,
@@ -426,7 +453,7 @@ def escalate(source: Any, target: str | tuple[str, float], *, out: str | Path, b
     ft_stage = {"stage": "finetune", "head": result.model.manifest["head"]["ref"], metric: result.metrics[metric],
                 "frozen_" + metric: result.frozen_metrics[metric], "target_met": result.metrics[metric] >= goal,
                 "best_epoch": result.outcome.best_epoch, "epochs_run": result.outcome.epochs_run,
-                "backbone": result.model.backbone}
+                "backbone": result.model.backbone, "objective": opts.objective, "split": result.metrics.get("split")}
     if result.metrics[metric] > best[metric]:
         shutil.rmtree(out, ignore_errors=True)
         ft_out.rename(out)

