@@ -229,3 +229,14 @@ def test_calibration_on_a_small_error_free_validation_split_stays_near_one():
     assert fit_temperature(proba, y) > 0.5 > T_MIN
     record = calibrate(proba, y, [0, 1, 2])
     assert record["held_out_log_loss"] is not None and record["fitted_temperature"] > 0.5
+
+
+def test_plateau_advice_names_the_contrastive_objective_when_labels_per_class_are_few():
+    """The advice names the fine-tune objective the escalation would choose (few labels: contrastive)."""
+    from headstart.engine.train.curve import CONTRASTIVE_MAX_PER_CLASS, advise
+
+    flat = {"gain_2x_pt": 0.1}
+    few = advise(flat, 0.6, target=0.9, per_class=CONTRASTIVE_MAX_PER_CLASS)
+    many = advise(flat, 0.6, target=0.9, per_class=CONTRASTIVE_MAX_PER_CLASS + 1)
+    assert few["kind"] == many["kind"] == "plateau"
+    assert "--objective contrastive" in few["text"] and "--objective" not in many["text"]
