@@ -34,12 +34,14 @@ def head_kind(model: Any) -> str:
     return "proba" if hasattr(head, "predict_proba") else "decision"
 
 
-def reference_scores(head: Any, X: Any) -> Any:
-    """What the head graph must reproduce on ``X``: predict_proba, else the softmax of decision_function."""
+def reference_scores(model: Any, X: Any) -> Any:
+    """What the head graph must reproduce on ``X``: the model's probabilities as ``predict`` gives them
+    (calibrated), else the softmax of decision_function."""
     import numpy as np
 
+    head = model.head
     if hasattr(head, "predict_proba"):
-        return np.asarray(head.predict_proba(X), dtype=np.float32)
+        return np.asarray(model.predict_proba_features(X), dtype=np.float32)
     d = np.asarray(head.decision_function(X), dtype=np.float64)
     if d.ndim == 1:
         d = np.stack([-d, d], axis=1)
@@ -64,16 +66,48 @@ def head_graph(model: Any, dim: int) -> Any:
         raise BundleError(f"head '{name}' has no graph form",
                           hint=f"bundles support the heads linear, mlp, knn and sklearn:* "
                                f"({', '.join(TESTED_SKLEARN)} tested); retrain with one of them")
+    if head_kind(model) == "proba":
+        proba = _temperature(g, proba, model.manifest)
     g.node("Identity", [proba], outputs=["probabilities"])
-    best = g.node("ArgMax", ["probabilities"], "best", axis=1, keepdims=0)
     classes = [str(c) for c in model.classes]
     import numpy as np
 
+    best = _decision(g, model, classes) if model.decision else g.node("ArgMax", ["probabilities"], "best", axis=1,
+                                                                      keepdims=0)
     g.node("Gather", [g.const(np.array(classes, dtype=object), hint="classes"), best], outputs=["label"], axis=0)
     extra = {"ai.onnx.ml": 3} if name == "sklearn" else None
     return g.model([helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", dim])],
                    [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", len(classes)]),
                     helper.make_tensor_value_info("label", TensorProto.STRING, ["n"])], "headstart_head", extra)
+
+
+def _temperature(g: GraphParts, proba: str, manifest: dict[str, Any]) -> str:
+    """The calibration ``predict`` applies (``train.calibration.apply_temperature``): softmax(log(p) / T)."""
+    import numpy as np
+
+    from ..train.calibration import EPS, temperature_of
+
+    t = temperature_of(manifest)
+    if t == 1.0:
+        return proba
+    clipped = g.node("Clip", [proba, g.const(np.array(EPS, np.float32), hint="eps")], "clip")
+    logp = g.node("Log", [clipped], "logp")
+    return g.node("Softmax", [g.node("Div", [logp, g.const(np.array(t, np.float32), hint="t")], "scaled")],
+                  "calibrated", axis=1)
+
+
+def _decision(g: GraphParts, model: Any, classes: list[str]) -> str:
+    """The class index by the model's decision threshold (``train --threshold-for``), as ``Model._decide``:
+    the positive class where its probability is at least the threshold, else the negative one."""
+    import numpy as np
+
+    d = model.decision
+    pos, neg = classes.index(str(d["positive"])), classes.index(str(d["negative"]))
+    score = g.node("Gather", ["probabilities", g.const(np.array(pos, np.int64), hint="pos")], "score", axis=1)
+    hit = g.node("GreaterOrEqual", [score, g.const(np.array(d["threshold"], np.float32), hint="threshold")], "hit")
+    step = g.node("Mul", [g.node("Cast", [hit], "hit64", to=7), g.const(np.array(pos - neg, np.int64), hint="step")],
+                  "step")
+    return g.node("Add", [step, g.const(np.array(neg, np.int64), hint="neg")], "best")
 
 
 def _linear(g: GraphParts, head: Any, x: str) -> str:
