@@ -181,8 +181,8 @@ class Rows:
         self.errors: list[Any] = []
         self.count = self.failed = 0
 
-    def add(self, job: "Job", rows: Sequence[tuple[str, str, str | None]], failed: dict[str, Any]) -> None:
-        """Fold in a chunk's (key, ref, label) rows; ``failed`` maps each failed key to its error record.
+    def add(self, job: "Job", rows: Sequence[Item], failed: dict[str, Any]) -> None:
+        """Fold in a chunk's rows (their key, ref and label); ``failed`` maps each failed key to its error record.
 
         A row the reader could not read gets the reason the reader gave for *that* row, never the stored
         record of its content key (which names the row of another file, or of an earlier run, that failed first).
@@ -191,7 +191,8 @@ class Rows:
         read_errors = job.read_errors
         if not failed and not read_errors and not self.keep:
             return
-        for key, ref, label in rows:
+        for row in rows:
+            key, ref, label = row.key, row.ref, row.label
             own = read_errors.get(ref) if read_errors else None
             record = failed.get(key) if failed else None
             if own is None and record is None:

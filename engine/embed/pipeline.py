@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 from ..errors import ConfigError, HeadstartError
 from .items import Item, ReaderOptions
 from .job import (CALIBRATION_SAMPLE, CALIBRATION_WINDOW, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE_CUDA,  # noqa: F401
@@ -34,7 +36,7 @@ IMAGE_SLICE = 32  # images per worker task: small, so encoding starts as soon as
 
 @dataclass
 class _Chunk:
-    rows: list[tuple[str, str, str | None]]  # (key, ref, label) of every source row in the chunk
+    items: list[Item]  # every source row of the chunk (its key, ref and label give the result's rows)
     todo_keys: list[str]
     todo_refs: list[str]
     prepared: Any  # list of prepared items, or a list of futures each giving (prepared, errors) for a slice
@@ -154,7 +156,7 @@ def embed(
                     encoder.start()  # the session loads while the first slices decode
                 done = bar.n if bar is not None else 0
                 if bar is not None:  # cached, duplicate and unreadable rows are done already
-                    bar.update(len(chunk.rows) - len(chunk.todo_keys))
+                    bar.update(len(chunk.items) - len(chunk.todo_keys))
                 vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size, stats,
                                                             advance=bar.update if bar is not None else None)
                 for record in errors:
@@ -167,9 +169,9 @@ def embed(
                 writer.commit()  # one shard per chunk: a killed job loses at most the chunk in flight
                 inflight.done(chunk.ticket)
                 stats.seconds["write"] += time.perf_counter() - t
-                rows.add(job, chunk.rows, failed)  # every key of the chunk has its outcome now
+                rows.add(job, chunk.items, failed)  # every key of the chunk has its outcome now
                 if bar is not None:  # the rest of the chunk (items that failed before encoding)
-                    bar.update(done + len(chunk.rows) - bar.n)
+                    bar.update(done + len(chunk.items) - bar.n)
     finally:
         if bar is not None:
             bar.close()
@@ -254,33 +256,37 @@ def _produce(src, store, inflight: InFlight, preprocessor, pool, chunk_size: int
 def _plan_chunk(items: list[Item], store, seen: SeenDigests, inflight: InFlight, preprocessor, pool,
                 stats: EmbedStats) -> _Chunk:
     """Sort a chunk's rows into cache hits, duplicates (of an earlier row of this job), unreadable rows and
-    work (see :mod:`.seen` for how duplicates are told apart without a set of every key)."""
-    rows = [(it.key, it.ref, it.label) for it in items]
-    keys = [row[0] for row in rows]
+    work (see :mod:`.seen` for how duplicates are told apart without a set of every key).
+
+    Rows the store holds are sorted with array operations (a warm re-run does no per-row Python work here);
+    only rows it lacks go through a loop, exactly (a set of the chunk's keys and the chunks in flight).
+    """
+    keys = [it.key for it in items]
     pending = inflight.snapshot()  # before the look-up: a chunk committed meanwhile is in one or the other
     present = store.contains(keys)
     short = short_digests(keys)
-    met = seen.contains(short)
-    errors, todo, cached, first = [], [], [], []
+    first = np.zeros(len(items), bool)  # the rows whose key this job meets for the first time
+    cached: list[str] = []
+    held = np.flatnonzero(present)
+    if len(held):
+        digest = short[held]
+        new = np.zeros(len(held), bool)
+        new[np.unique(digest, return_index=True)[1]] = True  # first in the chunk...
+        new &= ~seen.contains(digest)  # ...and not met in an earlier chunk (else committed or counted already)
+        first[held[new]] = True
+        cached = [keys[i] for i in held[new].tolist()]
+        stats.cached += len(cached)
+        stats.duplicates += len(held) - len(cached)
+    errors, todo = [], []
     here: set[str] = set()
-    for i, (item, is_present) in enumerate(zip(items, present)):
+    for i in np.flatnonzero(~present).tolist():
+        item = items[i]
         key = item.key
-        if key in here:
-            stats.duplicates += 1
+        if key in here or any(key in keys_ for keys_ in pending):  # met in this chunk, or planned earlier
+            stats.duplicates += 1  # and not committed yet
             continue
         here.add(key)
-        if is_present:
-            if met[i]:  # held by the store and met before: committed by this job, or a hit counted already
-                stats.duplicates += 1
-            else:
-                stats.cached += 1
-                cached.append(key)
-                first.append(i)
-            continue
-        if any(key in keys_ for keys_ in pending):  # planned in an earlier chunk, not committed yet
-            stats.duplicates += 1
-            continue
-        first.append(i)
+        first[i] = True
         if item.error is not None:
             errors.append(error_record(item.key, item.ref, item.error, "read"))
         else:
@@ -296,7 +302,7 @@ def _plan_chunk(items: list[Item], store, seen: SeenDigests, inflight: InFlight,
     else:
         prepared = preprocessor.prepare_many(payloads) if payloads else []
     stats.seconds["preprocess"] += time.perf_counter() - t
-    return _Chunk(rows=rows, todo_keys=[it.key for it in todo], todo_refs=[it.ref for it in todo],
+    return _Chunk(items=items, todo_keys=[it.key for it in todo], todo_refs=[it.ref for it in todo],
                   prepared=prepared, errors=errors, cached_keys=cached, ticket=ticket)
 
 
