@@ -181,18 +181,18 @@ class Rows:
         self.errors: list[Any] = []
         self.count = self.failed = 0
 
-    def add(self, job: "Job", rows: Sequence[Item], failed: dict[str, Any]) -> None:
-        """Fold in a chunk's rows (their key, ref and label); ``failed`` maps each failed key to its error record.
+    def add(self, job: "Job", keys: Sequence[str], refs: Sequence[str], labels: Sequence[str | None],
+            failed: dict[str, Any]) -> None:
+        """Fold in a chunk's rows (key, ref and label of each); ``failed`` maps each failed key to its error record.
 
         A row the reader could not read gets the reason the reader gave for *that* row, never the stored
         record of its content key (which names the row of another file, or of an earlier run, that failed first).
         """
-        self.count += len(rows)
+        self.count += len(keys)
         read_errors = job.read_errors
         if not failed and not read_errors and not self.keep:
             return
-        for row in rows:
-            key, ref, label = row.key, row.ref, row.label
+        for key, ref, label in zip(keys, refs, labels):
             own = read_errors.get(ref) if read_errors else None
             record = failed.get(key) if failed else None
             if own is None and record is None:

@@ -36,7 +36,7 @@ IMAGE_SLICE = 32  # images per worker task: small, so encoding starts as soon as
 
 @dataclass
 class _Chunk:
-    items: list[Item]  # every source row of the chunk (its key, ref and label give the result's rows)
+    rows: tuple[list[str], list[str], list[str | None]]  # keys, refs and labels of every source row (no payloads)
     todo_keys: list[str]
     todo_refs: list[str]
     prepared: Any  # list of prepared items, or a list of futures each giving (prepared, errors) for a slice
@@ -156,7 +156,7 @@ def embed(
                     encoder.start()  # the session loads while the first slices decode
                 done = bar.n if bar is not None else 0
                 if bar is not None:  # cached, duplicate and unreadable rows are done already
-                    bar.update(len(chunk.items) - len(chunk.todo_keys))
+                    bar.update(len(chunk.rows[0]) - len(chunk.todo_keys))
                 vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size, stats,
                                                             advance=bar.update if bar is not None else None)
                 for record in errors:
@@ -169,9 +169,9 @@ def embed(
                 writer.commit()  # one shard per chunk: a killed job loses at most the chunk in flight
                 inflight.done(chunk.ticket)
                 stats.seconds["write"] += time.perf_counter() - t
-                rows.add(job, chunk.items, failed)  # every key of the chunk has its outcome now
+                rows.add(job, *chunk.rows, failed)  # every key of the chunk has its outcome now
                 if bar is not None:  # the rest of the chunk (items that failed before encoding)
-                    bar.update(done + len(chunk.items) - bar.n)
+                    bar.update(done + len(chunk.rows[0]) - bar.n)
     finally:
         if bar is not None:
             bar.close()
@@ -302,7 +302,7 @@ def _plan_chunk(items: list[Item], store, seen: SeenDigests, inflight: InFlight,
     else:
         prepared = preprocessor.prepare_many(payloads) if payloads else []
     stats.seconds["preprocess"] += time.perf_counter() - t
-    return _Chunk(items=items, todo_keys=[it.key for it in todo], todo_refs=[it.ref for it in todo],
+    return _Chunk(rows=(keys, [it.ref for it in items], [it.label for it in items]), todo_keys=[it.key for it in todo], todo_refs=[it.ref for it in todo],
                   prepared=prepared, errors=errors, cached_keys=cached, ticket=ticket)
 
 
