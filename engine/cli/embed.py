@@ -53,7 +53,8 @@ def embed(ctx: click.Context, source: str, backbone, precision, device, batch_si
         else:
             from ..embed.pipeline import embed as run_embed
 
-            result = run_embed(source, threads=threads, progress=progress, **common)
+            result = run_embed(source, threads=threads, progress=progress, keep_rows=False,
+                               **common)  # the summary needs counts, not every row's key
     except ItemError as exc:  # --strict: the summary still shows (with --json it is part of the error object)
         if getattr(exc, "result", None) is not None and not as_json:
             _echo_summary(exc.result)
@@ -80,5 +81,5 @@ def _echo_summary(result) -> None:
     click.echo(f"store: {result.store_path}")
     for record in result.errors[:10]:
         click.echo(f"  failed {record.ref}: {record.reason}", err=True)
-    if len(result.errors) > 10:
-        click.echo(f"  ... and {len(result.errors) - 10} more (`headstart cache info --errors`)", err=True)
+    if s.failed > 10:  # the result keeps the first error records only; stats.failed counts them all
+        click.echo(f"  ... and {s.failed - 10} more (`headstart cache info --errors`)", err=True)

@@ -29,6 +29,7 @@ DEFAULT_CHUNK_SIZE = {"text": 4096, "image": 256, "numeric": 4096}
 CALIBRATION_SAMPLE = 128  # items of the source that calibrate a static int8 export when none are given,
 CALIBRATION_WINDOW = 4096  # spread over at most this many of its first items
 MAX_TOKENS_PER_BATCH = {"cpu": 16384, "cuda": 131072}  # padded tokens per text batch, at most
+MAX_ERRORS_KEPT = 100  # error records a result without per-row state keeps (all are counted in stats.failed)
 PROGRESS_REFRESH_SECONDS = 1.0  # the bar is redrawn at least this often (elapsed time, rate, ETA), even when idle
 
 
@@ -165,6 +166,53 @@ class Job:
             failure.result = result  # everything else was committed: callers may still report it
             raise failure
         return result
+
+
+class Rows:
+    """The result's rows, gathered chunk by chunk as each chunk's outcome is known: counts always; with
+    ``keep`` the key, ref and label of every good row (source order) and every error record, else only the
+    first ``max_errors`` error records (memory then does not grow with the number of rows)."""
+
+    def __init__(self, keep: bool = True, max_errors: int | None = None) -> None:
+        self.keep, self.max_errors = keep, max_errors
+        self.keys: list[str] = []
+        self.refs: list[str] = []
+        self.labels: list[str | None] = []
+        self.errors: list[Any] = []
+        self.count = self.failed = 0
+
+    def add(self, job: "Job", keys: Sequence[str], refs: Sequence[str], labels: Sequence[str | None],
+            failed: dict[str, Any]) -> None:
+        """Fold in a chunk's rows (key, ref and label of each); ``failed`` maps each failed key to its error record.
+
+        A row the reader could not read gets the reason the reader gave for *that* row, never the stored
+        record of its content key (which names the row of another file, or of an earlier run, that failed first).
+        """
+        self.count += len(keys)
+        read_errors = job.read_errors
+        if not failed and not read_errors and not self.keep:
+            return
+        for key, ref, label in zip(keys, refs, labels):
+            own = read_errors.get(ref) if read_errors else None
+            record = failed.get(key) if failed else None
+            if own is None and record is None:
+                if self.keep:
+                    self.keys.append(key)
+                    self.refs.append(ref)
+                    self.labels.append(label)
+                continue
+            self.failed += 1
+            if self.max_errors is None or len(self.errors) < self.max_errors:
+                self.errors.append(error_record(key, ref, own, "read") if own is not None
+                                   else error_record(key, ref, record.reason, record.stage))
+
+    def finish(self, job: "Job", strict: bool) -> "EmbedResult":
+        stats = job.stats
+        stats.rows, stats.failed = self.count, self.failed
+        stats.skipped = int(getattr(job.source, "stats", {}).get("skipped", 0))
+        stats.skipped_examples = list(getattr(job.source, "skipped_examples", []))
+        kept = (self.keys, self.refs, self.labels) if self.keep else None
+        return job.finish(None, {}, strict, errors=self.errors, kept=kept)
 
 
 class _RecordReadErrors:

@@ -19,11 +19,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 from ..errors import ConfigError, HeadstartError
 from .items import Item, ReaderOptions
 from .job import (CALIBRATION_SAMPLE, CALIBRATION_WINDOW, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE_CUDA,  # noqa: F401
-                  DEFAULT_CHUNK_SIZE, MAX_TOKENS_PER_BATCH, EmbedResult, EmbedStats, Job, calibration_sample,
-                  error_record, progress_bar, start_job)
+                  DEFAULT_CHUNK_SIZE, MAX_ERRORS_KEPT, MAX_TOKENS_PER_BATCH, EmbedResult, EmbedStats, Job, Rows,
+                  calibration_sample, error_record, progress_bar, start_job)
+from .seen import InFlight, SeenDigests, short_digests
 
 IMAGE_SLICE = 32  # images per worker task: small, so encoding starts as soon as the first slice is decoded
 
@@ -33,12 +36,13 @@ IMAGE_SLICE = 32  # images per worker task: small, so encoding starts as soon as
 
 @dataclass
 class _Chunk:
-    rows: list[tuple[str, str, str | None]]  # (key, ref, label) of every source row in the chunk
+    rows: tuple[list[str], list[str], list[str | None]]  # keys, refs and labels of every source row (no payloads)
     todo_keys: list[str]
     todo_refs: list[str]
     prepared: Any  # list of prepared items, or a list of futures each giving (prepared, errors) for a slice
     errors: list[Any]  # ErrorRecord of items that failed before encoding
     cached_keys: list[str]
+    ticket: int  # in InFlight until committed
 
 
 
@@ -111,6 +115,7 @@ def embed(
     progress: bool | None = None,
     strict: bool = False,
     calibration: Sequence[Any] | None = None,
+    keep_rows: bool = True,
 ) -> EmbedResult:
     """Embed every item of ``source`` into the feature store of ``backbone`` and return the rows.
 
@@ -119,6 +124,8 @@ def embed(
     processes for images (default: the CPU count; 0 preprocesses in this process).
     ``strict=True`` raises :class:`ItemError` after the job if any item failed (everything
     that succeeded is still committed). ``progress=None`` shows a bar when stderr is a terminal.
+    ``keep_rows=False`` keeps no per-row state: the result has the counts and the first
+    :data:`MAX_ERRORS_KEPT` error records, no keys (what ``headstart embed`` needs).
     """
     from ..backbones.preprocess import make_preprocessor
     from ..plugins import get_engine
@@ -134,12 +141,12 @@ def embed(
     pool = _LazyPool(spec.modality, workers)
     encoder = _LazyEncoder(job, device, threads, spin=pool.size == 0)  # idle threads sleep: int8 +12-36%, fp32 +2-6% images/s
     bar = progress_bar(progress, job.source.estimate_count(), f"embed [{spec.name}]")
-    rows: list[tuple[str, str, str | None]] = []
-    failed: dict[str, Any] = {}
+    rows = Rows(keep=keep_rows, max_errors=None if keep_rows else MAX_ERRORS_KEPT)
+    failed: dict[str, Any] = {}  # key -> error record, of failed keys only
+    inflight = InFlight()
     try:
         with job.store.writer(update_index=False) as writer:  # the index is built on first search
-            for chunk in _produce(job.source, job.store, preprocessor, pool, chunk_size, stats):
-                rows.extend(chunk.rows)
+            for chunk in _produce(job.source, job.store, inflight, preprocessor, pool, chunk_size, stats):
                 for record in chunk.errors:
                     failed[record.key] = record
                 if chunk.cached_keys:
@@ -149,7 +156,7 @@ def embed(
                     encoder.start()  # the session loads while the first slices decode
                 done = bar.n if bar is not None else 0
                 if bar is not None:  # cached, duplicate and unreadable rows are done already
-                    bar.update(len(chunk.rows) - len(chunk.todo_keys))
+                    bar.update(len(chunk.rows[0]) - len(chunk.todo_keys))
                 vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size, stats,
                                                             advance=bar.update if bar is not None else None)
                 for record in errors:
@@ -160,14 +167,16 @@ def embed(
                 if chunk.errors or errors:
                     writer.add_errors([*chunk.errors, *errors])
                 writer.commit()  # one shard per chunk: a killed job loses at most the chunk in flight
+                inflight.done(chunk.ticket)
                 stats.seconds["write"] += time.perf_counter() - t
+                rows.add(job, *chunk.rows, failed)  # every key of the chunk has its outcome now
                 if bar is not None:  # the rest of the chunk (items that failed before encoding)
-                    bar.update(done + len(chunk.rows) - bar.n)
+                    bar.update(done + len(chunk.rows[0]) - bar.n)
     finally:
         if bar is not None:
             bar.close()
         pool.shutdown()
-    return job.finish(rows, failed, strict)
+    return rows.finish(job, strict)
 
 
 class _LazyPool:
@@ -203,7 +212,8 @@ def _warm_worker() -> None:
     from PIL import Image  # noqa: F401
 
 
-def _produce(src, store, preprocessor, pool, chunk_size: int, stats: EmbedStats) -> Iterator[_Chunk]:
+def _produce(src, store, inflight: InFlight, preprocessor, pool, chunk_size: int,
+             stats: EmbedStats) -> Iterator[_Chunk]:
     """Read, deduplicate, look up and preprocess chunks in a background thread (bounded queue)."""
     out: queue.Queue = queue.Queue(maxsize=2)
     done = object()
@@ -211,7 +221,7 @@ def _produce(src, store, preprocessor, pool, chunk_size: int, stats: EmbedStats)
 
     def work() -> None:
         try:
-            seen: set[str] = set()
+            seen = SeenDigests()
             iterator = iter(src)
             while not stop.is_set():
                 t = time.perf_counter()
@@ -219,7 +229,7 @@ def _produce(src, store, preprocessor, pool, chunk_size: int, stats: EmbedStats)
                 stats.seconds["read"] += time.perf_counter() - t
                 if not chunk:
                     break
-                out.put(_plan_chunk(chunk, store, seen, preprocessor, pool, stats))
+                out.put(_plan_chunk(chunk, store, seen, inflight, preprocessor, pool, stats))
             out.put(done)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
             out.put(exc)
@@ -243,27 +253,46 @@ def _produce(src, store, preprocessor, pool, chunk_size: int, stats: EmbedStats)
                 thread.join(timeout=0.05)
 
 
-def _plan_chunk(items: list[Item], store, seen: set[str], preprocessor, pool, stats: EmbedStats) -> _Chunk:
-    rows = [(it.key, it.ref, it.label) for it in items]
-    present = store.contains([it.key for it in items])
-    errors, todo, cached = [], [], []
-    for item, is_present in zip(items, present):
-        if is_present:
-            if item.key not in seen:
-                stats.cached += 1
-                cached.append(item.key)
-            else:
-                stats.duplicates += 1
-            seen.add(item.key)
+def _plan_chunk(items: list[Item], store, seen: SeenDigests, inflight: InFlight, preprocessor, pool,
+                stats: EmbedStats) -> _Chunk:
+    """Sort a chunk's rows into cache hits, duplicates (of an earlier row of this job), unreadable rows and
+    work (see :mod:`.seen` for how duplicates are told apart without a set of every key).
+
+    Rows the store holds are sorted with array operations (a warm re-run does no per-row Python work here);
+    only rows it lacks go through a loop, exactly (a set of the chunk's keys and the chunks in flight).
+    """
+    keys = [it.key for it in items]
+    pending = inflight.snapshot()  # before the look-up: a chunk committed meanwhile is in one or the other
+    present = store.contains(keys)
+    short = short_digests(keys)
+    first = np.zeros(len(items), bool)  # the rows whose key this job meets for the first time
+    cached: list[str] = []
+    held = np.flatnonzero(present)
+    if len(held):
+        digest = short[held]
+        new = np.zeros(len(held), bool)
+        new[np.unique(digest, return_index=True)[1]] = True  # first in the chunk...
+        new &= ~seen.contains(digest)  # ...and not met in an earlier chunk (else committed or counted already)
+        first[held[new]] = True
+        cached = [keys[i] for i in held[new].tolist()]
+        stats.cached += len(cached)
+        stats.duplicates += len(held) - len(cached)
+    errors, todo = [], []
+    here: set[str] = set()
+    for i in np.flatnonzero(~present).tolist():
+        item = items[i]
+        key = item.key
+        if key in here or any(key in keys_ for keys_ in pending):  # met in this chunk, or planned earlier
+            stats.duplicates += 1  # and not committed yet
             continue
-        if item.key in seen:
-            stats.duplicates += 1
-            continue
-        seen.add(item.key)
+        here.add(key)
+        first[i] = True
         if item.error is not None:
             errors.append(error_record(item.key, item.ref, item.error, "read"))
         else:
             todo.append(item)
+    seen.add(short[first])
+    ticket = inflight.add([*(it.key for it in todo), *(record.key for record in errors)])
     payloads = [it.payload for it in todo]
     t = time.perf_counter()
     if payloads and pool.get() is not None:
@@ -273,8 +302,8 @@ def _plan_chunk(items: list[Item], store, seen: set[str], preprocessor, pool, st
     else:
         prepared = preprocessor.prepare_many(payloads) if payloads else []
     stats.seconds["preprocess"] += time.perf_counter() - t
-    return _Chunk(rows=rows, todo_keys=[it.key for it in todo], todo_refs=[it.ref for it in todo],
-                  prepared=prepared, errors=errors, cached_keys=cached)
+    return _Chunk(rows=(keys, [it.ref for it in items], [it.label for it in items]), todo_keys=[it.key for it in todo], todo_refs=[it.ref for it in todo],
+                  prepared=prepared, errors=errors, cached_keys=cached, ticket=ticket)
 
 
 def _prepared_slices(chunk: _Chunk, stats: EmbedStats) -> Iterator[tuple[int, list[Any]]]:
