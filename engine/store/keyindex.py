@@ -39,6 +39,7 @@ from .atomic import FS, TMP_MARK, clean_temp_files, fsync_dir, write_bytes_atomi
 
 FANOUT = 8
 LOG_COMPACT_LINES = 1000
+MERGE_RACE_RETRIES = 20  # look-ups racing a writer's merges: re-read the log this often before giving up
 MERGE_BLOCK = 1 << 18  # digests read per input per merge step
 #: keys looked up before the segments are unmapped again (bounds the index pages held in RSS)
 RELEASE_PROBES = 1 << 14
@@ -157,7 +158,8 @@ class KeyIndex:
         Segments stay memory-mapped between calls (opening ~40 maps per call would dominate small
         batches) until :data:`RELEASE_PROBES` keys have been looked up: then they are unmapped, so the
         index pages the searches touched leave this process (bounded RSS whatever the index size).
-        A segment a concurrent merge removed meanwhile makes the snapshot re-read the log once.
+        A segment a concurrent merge removed meanwhile makes the snapshot re-read the log and look up again
+        (while the log keeps changing, up to :data:`MERGE_RACE_RETRIES` times).
         """
         keys = np.asarray(keys, dtype=DIGEST)
         out = np.full(len(keys), -1, dtype=np.int64)
@@ -165,13 +167,14 @@ class KeyIndex:
             return out
         order = np.argsort(keys, kind="stable")  # sorted probes touch each segment's pages in order
         probe = keys[order]
-        try:
-            self._lookup_sorted(probe, order, out)
-        except StoreError:
-            if not self._reload_if_changed():
-                raise
-            out[:] = -1
-            self._lookup_sorted(probe, order, out)
+        for attempt in range(MERGE_RACE_RETRIES):
+            try:
+                self._lookup_sorted(probe, order, out)
+                break
+            except StoreError:  # a segment gone: retried while concurrent merges keep changing the log
+                if attempt == MERGE_RACE_RETRIES - 1 or not self._reload_if_changed():
+                    raise
+                out[:] = -1
         self._probes += len(keys)
         if self._probes >= RELEASE_PROBES:
             self.release()
