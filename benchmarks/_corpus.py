@@ -90,6 +90,16 @@ def write_csv(texts: list[str], path: Path) -> Path:
     return path
 
 
+def write_labelled_csv(rows: list[tuple[str, str]], path: Path) -> Path:
+    """A ``text,label`` CSV of ``(text, label)`` rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
 def write_lines(texts: list[str], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(texts) + "\n", encoding="utf-8")

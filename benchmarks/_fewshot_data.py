@@ -56,12 +56,3 @@ def sample(task: str, k: int, seed: int, n_test: int) -> tuple[list[tuple[str, s
         test += [(t, label) for t in held]
         train += [(t, label) for t in rng.sample(pool, k)]
     return train, test
-
-
-def write_csv(rows: list[tuple[str, str]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return path

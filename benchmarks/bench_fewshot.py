@@ -41,7 +41,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, WORK, loadavg, machine  # noqa: E402
-from _fewshot_data import TASKS, sample, write_csv  # noqa: E402
+from _corpus import write_labelled_csv  # noqa: E402
+from _fewshot_data import TASKS, sample  # noqa: E402
 
 RUNS = WORK / "fewshot" / "runs"
 VENV = WORK / "setfit-venv"
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             for task in args.tasks.split(","):
                 train_rows, test_rows = sample(task, k, seed, args.test_per_class)
                 folder = RUNS / f"{task}-{k}-{seed}"
-                train_csv, test_csv = write_csv(train_rows, folder / "train.csv"), write_csv(test_rows, folder / "test.csv")
+                train_csv = write_labelled_csv(train_rows, folder / "train.csv")
+                test_csv = write_labelled_csv(test_rows, folder / "test.csv")
                 for method in methods:
                     if method == "setfit" and (k not in setfit_sizes or seed >= setfit_seeds):
                         continue

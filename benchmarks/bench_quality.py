@@ -24,7 +24,6 @@ expected calibration error. Writes benchmarks/results/quality.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import os
 import re
@@ -41,19 +40,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import HOME, WORK, machine, save  # noqa: E402
+from _corpus import write_labelled_csv  # noqa: E402
 
 DATA = WORK / "quality"
 OLD_COMMIT = "0bc6622"  # the linear head before the k-fold choice
 SECTIONS = ("games", "science", "sound", "graphics", "net", "admin", "text", "x11")
-
-
-def _write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return path
 
 
 def _packages() -> list[tuple[str, str, str]]:
@@ -98,8 +89,8 @@ def debian_sections(per_class: int) -> tuple[Path, Path] | None:
     first = [(d, s) for n, s, d in pkgs if n[0] <= "m"]
     second = [(d, s) for n, s, d in pkgs if n[0] > "m"]
     folder = DATA / "debian-sections"
-    return (_write_csv(folder / "train.csv", _balanced(first, per_class, 0)),
-            _write_csv(folder / "test.csv", _balanced(second, per_class // 2, 1)))
+    return (write_labelled_csv(_balanced(first, per_class, 0), folder / "train.csv"),
+            write_labelled_csv(_balanced(second, per_class // 2, 1), folder / "test.csv"))
 
 
 def debian_games_science(per_class: int) -> tuple[Path, Path] | None:
@@ -108,7 +99,7 @@ def debian_games_science(per_class: int) -> tuple[Path, Path] | None:
         return None
     train, test = _split(_balanced(rows, per_class * 3 // 2, 2), 1 / 3, 3)
     folder = DATA / "debian-games-science"
-    return _write_csv(folder / "train.csv", train), _write_csv(folder / "test.csv", test)
+    return write_labelled_csv(train, folder / "train.csv"), write_labelled_csv(test, folder / "test.csv")
 
 
 def fortunes(per_class: int) -> tuple[Path, Path] | None:
@@ -128,7 +119,7 @@ def fortunes(per_class: int) -> tuple[Path, Path] | None:
         return None
     train, test = _split(_balanced(rows, per_class * 3 // 2, 4), 1 / 3, 5)
     folder = DATA / "fortunes"
-    return _write_csv(folder / "train.csv", train), _write_csv(folder / "test.csv", test)
+    return write_labelled_csv(train, folder / "train.csv"), write_labelled_csv(test, folder / "test.csv")
 
 
 def icons(per_class: int) -> tuple[Path, Path] | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -45,6 +46,21 @@ def wait_paused(folder: Path, point: str, proc: subprocess.Popen | None = None, 
             raise AssertionError(f"no process paused at {point} within {timeout:.0f} s")
         time.sleep(0.01)
     return json.loads(path.read_text())
+
+
+def kill_when_paused(folder: Path, point: str, proc: subprocess.Popen, timeout: float = 240) -> dict[str, Any]:
+    """Wait until ``proc`` pauses at ``point`` (it must be the process paused there), SIGKILL it and reap it;
+    return the marker. ``proc`` is killed and reaped whatever happens; its pipes are the caller's."""
+    try:
+        paused = wait_paused(folder, point, proc, timeout)
+        assert paused["pid"] == proc.pid, (paused, proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        return paused
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 def resume(folder: Path, point: str) -> None:

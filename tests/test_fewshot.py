@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from finetune_data import blind_task, tiny_bert_blind
-from pause_control import env_with, pause_env, wait_paused
+from pause_control import env_with, kill_when_paused, pause_env
 
 # the blind task needs the embedding rows to move, so the stem trains too (no split-point cache here)
 OPTS = dict(unfreeze="all", epochs=6, lr=3e-3, patience=3)
@@ -149,13 +149,8 @@ def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(data: dict[str,
     proc = subprocess.Popen(_cli(*args, home=env_home), env=env_with({**pause_env(pauses, point), **ONE_THREAD}),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        paused = wait_paused(pauses, point, proc)
-        assert (paused["pid"], paused["epoch"]) == (proc.pid, 2)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        assert kill_when_paused(pauses, point, proc)["epoch"] == 2
     finally:
-        if proc.poll() is None:
-            proc.kill()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL and not (out / "manifest.json").exists()
     meta = read_meta(out / "checkpoint")

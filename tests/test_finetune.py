@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from finetune_data import blind_task, easy_task, tiny_bert_blind
-from pause_control import env_with, pause_env, wait_paused
+from pause_control import env_with, kill_when_paused, pause_env
 
 OPTS = dict(epochs=5, lr=3e-3, batch_size=16, patience=2)
 
@@ -132,13 +132,8 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(data: dict[str, P
     proc = subprocess.Popen(_cli(*args, home=env_home), env=env_with(pause_env(pauses, point)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        paused = wait_paused(pauses, point, proc)
-        assert (paused["pid"], paused["epoch"]) == (proc.pid, 2)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        assert kill_when_paused(pauses, point, proc)["epoch"] == 2
     finally:
-        if proc.poll() is None:
-            proc.kill()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL and not (out / "manifest.json").exists()
     meta = read_meta(out / "checkpoint")

@@ -8,7 +8,6 @@ a Ray hang fails fast instead of stalling CI. Kills land at pause points (headst
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 import fixtures_faults as F
-from pause_control import env_with, pause_env, wait_paused
+from pause_control import env_with, kill_when_paused, pause_env, wait_paused
 from ray_cluster import session_cluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -210,14 +209,8 @@ def test_driver_sigkill_then_rerun_embeds_only_missing(tmp_path, ray_address, se
     log = tmp_path / "driver.log"
     driver = start_driver(source, ray_address, log, env=pause_env(pauses, point))
     try:
-        paused = wait_paused(pauses, point, driver, timeout=200)
-        assert paused["pid"] == driver.pid
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(30)
+        paused = kill_when_paused(pauses, point, driver, timeout=200)
     finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait(30)
         driver.stdout.close()
     assert driver.returncode == -signal.SIGKILL
     features = home / "features"

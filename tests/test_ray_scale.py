@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 import fixtures_faults as F
-from pause_control import env_with, pause_env, wait_paused
+from pause_control import env_with, kill_when_paused, pause_env, wait_paused
 from ray_cluster import session_cluster
 
 pytestmark = pytest.mark.timeout(480)
@@ -182,12 +182,8 @@ def test_driver_sigkill_loop_resumes_with_only_missing_items(tmp_path, ray_addre
         driver = start_driver(source, tiny_backbone, ray_address, tmp_path / f"driver{attempt}.log",
                               env=pause_env(pauses, point))
         try:
-            paused = wait_paused(pauses, point, driver, timeout=300)
-            assert paused["pid"] == driver.pid
-            driver.send_signal(signal.SIGKILL)
-            driver.wait(30)
+            paused = kill_when_paused(pauses, point, driver, timeout=300)
         finally:
-            kill(driver)
             driver.stdout.close()
         assert driver.returncode == -signal.SIGKILL
         store = the_store(home)

@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -30,7 +30,7 @@ from . import index as ix
 from . import integrity
 from . import shards as sh
 from .verify import VerifyReport, verify_store
-from .atomic import clean_temp_files, write_bytes_atomic
+from .atomic import clean_temp_files
 from .keyindex import DIGEST, digests
 from . import keylookup
 from .keylookup import ERROR_KEYS, VECTOR_KEYS, KindLookup, new_epoch
@@ -745,7 +745,7 @@ class StoreWriter:
         try:
             self.store.refresh()
             clean_temp_files(self.store.path)
-            from .repair import drop_shards, remove_orphans
+            from .repair import remove_orphans
 
             store = self.store
             if not store.manifest.get("key_index"):  # a store from before the key index (version 1): migrate

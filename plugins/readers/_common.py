@@ -185,3 +185,25 @@ def read_line_range(path: str, start: int, end: int) -> Iterator[bytes]:
             else:
                 yield line
             pos += len(line)
+
+
+class LineSource:
+    """What a one-item-per-line reader shares: whole-file iteration and line-range splits, both through the
+    reader's ``_items(lines, first_line_number)``."""
+
+    path: str
+
+    def _items(self, lines: Iterator[bytes], first: int) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._items(read_lines(self.path), 1)
+
+    def splits(self, rows: int) -> list[dict[str, int]]:
+        """Parts of ``rows`` lines each, for readers in other processes (:meth:`read_split`)."""
+        return line_splits(self.path, rows)
+
+    def read_split(self, split: dict[str, int]) -> Iterator[Any]:
+        """The items of one part from :meth:`splits` (refs number lines as in the whole file)."""
+        return self._items(read_line_range(self.path, split["start"], split["end"]), split["line"])
+

@@ -152,7 +152,7 @@ class EventSource:
         steps = np.concatenate([p["steps"] for p in parts])
         labels = [v for p in parts for v in p["labels"]]
         rows = np.arange(group["first_row"], group["first_row"] + len(steps))
-        key, where = group["key"], f"{ev.group_by}={group['key']!r}"
+        where = f"{ev.group_by}={group['key']!r}"
         if order_null.any():
             bad = int(rows[np.argmax(order_null)])
             reason = (f"{self.name}:row {bad} ({where}): --order-by column '{ev.order_by}' is empty, so the "

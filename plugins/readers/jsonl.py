@@ -14,11 +14,11 @@ from typing import Any, Iterator
 
 from headstart.sdk import Item, ReaderOptions, SchemaError
 
-from ._common import (all_empty_labels, bad_utf8, choose_columns, count_lines, decode, display_path, has_label,
-                      line_splits, new_stats, read_label, read_line_range, read_lines, strip_eol)
+from ._common import (LineSource, all_empty_labels, bad_utf8, choose_columns, count_lines, decode, display_path,
+                      has_label, new_stats, read_label, read_lines, strip_eol)
 
 
-class JsonlSource:
+class JsonlSource(LineSource):
     """An opened JSONL file; the schema (keys of the first object) is checked in ``__init__``."""
 
     modality = "text"
@@ -49,17 +49,6 @@ class JsonlSource:
                 yield n, json.loads(text)
             except ValueError as exc:
                 yield n, exc
-
-    def __iter__(self) -> Iterator[Item]:
-        return self._items(read_lines(self.path), 1)
-
-    def splits(self, rows: int) -> list[dict[str, int]]:
-        """Parts of ``rows`` lines each, for readers in other processes (:meth:`read_split`)."""
-        return line_splits(self.path, rows)
-
-    def read_split(self, split: dict[str, int]) -> Iterator[Item]:
-        """The items of one part from :meth:`splits` (refs number lines as in the whole file)."""
-        return self._items(read_line_range(self.path, split["start"], split["end"]), split["line"])
 
     def _items(self, lines: Iterator[bytes], first: int) -> Iterator[Item]:
         self.stats = stats = new_stats()

@@ -11,11 +11,10 @@ from typing import Iterator
 
 from headstart.sdk import Item, ReaderOptions
 
-from ._common import (bad_utf8, count_lines, decode, display_path, line_splits, new_stats, read_line_range,
-                      read_lines, strip_eol)
+from ._common import LineSource, bad_utf8, count_lines, decode, display_path, new_stats, strip_eol
 
 
-class TextFileSource:
+class TextFileSource(LineSource):
     """An opened text file."""
 
     modality = "text"
@@ -27,17 +26,6 @@ class TextFileSource:
         self.stats = new_stats()
         with open(path, "rb"):
             pass
-
-    def __iter__(self) -> Iterator[Item]:
-        return self._items(read_lines(self.path), 1)
-
-    def splits(self, rows: int) -> list[dict[str, int]]:
-        """Parts of ``rows`` lines each, for readers in other processes (:meth:`read_split`)."""
-        return line_splits(self.path, rows)
-
-    def read_split(self, split: dict[str, int]) -> Iterator[Item]:
-        """The items of one part from :meth:`splits` (refs number lines as in the whole file)."""
-        return self._items(read_line_range(self.path, split["start"], split["end"]), split["line"])
 
     def _items(self, lines: Iterator[bytes], first: int) -> Iterator[Item]:
         self.stats = stats = new_stats()
