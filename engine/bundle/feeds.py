@@ -46,25 +46,27 @@ def bundle_runner(data: bytes, spec: Any, cuda: bool = False) -> Callable[[list[
     provider, as fp16 bundles run)."""
     import onnxruntime as ort
 
-    from .loader import session_options
+    from .loader import image_feeds, session_options
 
     session = ort.InferenceSession(data, session_options(needs_extensions=spec.modality == "text"),
                                    providers=(["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"])
     outputs = ["probabilities", "label"]
 
     def run(feeds: list[Any]) -> tuple[list[str], np.ndarray]:
-        labels: list[str] = []
-        probas = []
-        if spec.modality == "text":
-            calls = [{"text": np.array(feeds[i:i + TEXT_BATCH], dtype=object)} for i in range(0, len(feeds), TEXT_BATCH)]
-        elif spec.modality == "image":
-            calls = [{"image": f} for f in feeds]
+        if spec.modality == "image":  # same-size images in one call: the batch input is checked as well
+            calls = image_feeds(feeds)
+        elif spec.modality == "text":
+            calls = [(list(range(i, min(i + TEXT_BATCH, len(feeds)))), {"text": np.array(feeds[i:i + TEXT_BATCH],
+                                                                                          dtype=object)})
+                     for i in range(0, len(feeds), TEXT_BATCH)]
         else:
-            calls = list(feeds)
-        for call in calls:
+            calls = [([i], f) for i, f in enumerate(feeds)]
+        labels: list[str] = [""] * len(feeds)
+        probas: list[Any] = [None] * len(feeds)
+        for rows, call in calls:
             proba, label = session.run(outputs, call)
-            probas.append(proba)
-            labels += [str(v) for v in label]
-        return labels, np.concatenate(probas) if probas else np.zeros((0, 0), np.float32)
+            for j, row in enumerate(rows):
+                probas[row], labels[row] = proba[j], str(label[j])
+        return labels, np.stack(probas) if probas else np.zeros((0, 0), np.float32)
 
     return run

@@ -56,13 +56,14 @@ class Bundle:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, Any] = {k: _maybe_json(v) for k, v in meta.items()}
         self.classes: list[str] = list(self.metadata.get("classes", []))
-        self.input = self.session.get_inputs()[0].name
+        self.inputs: list[str] = [i.name for i in self.session.get_inputs()]
+        self.input = self.inputs[0]
         self.modality: str = self.metadata.get("modality", "text")
 
     def predict(self, items: Any) -> tuple[list[str], "Any"]:
         """Labels and probabilities (float32 [n, classes]) of ``items``: a list of strings (text), one
-        decoded RGB uint8 image [H, W, 3] or a list of them (images), or the backbone's input arrays
-        (numeric, as a dict)."""
+        decoded RGB uint8 image [H, W, 3] or a list of them (images; same-size ones share a call), or the
+        backbone's input arrays (numeric, as a dict)."""
         import numpy as np
 
         if self.modality == "text":
@@ -72,14 +73,45 @@ class Bundle:
             proba, labels = self.session.run(["probabilities", "label"], {self.input: np.array(texts, dtype=object)})
             return [str(v) for v in labels], proba
         if self.modality == "image":
-            images = [items] if isinstance(items, np.ndarray) and items.ndim == 3 else list(items)
-            outs = [self.session.run(["probabilities", "label"], {self.input: np.ascontiguousarray(im, np.uint8)})
-                    for im in images]
-            if not outs:
-                return [], np.zeros((0, len(self.classes)), np.float32)
-            return [str(o[1][0]) for o in outs], np.concatenate([o[0] for o in outs])
+            return self._predict_images([items] if isinstance(items, np.ndarray) and items.ndim == 3 else list(items))
         proba, labels = self.session.run(["probabilities", "label"], dict(items))
         return [str(v) for v in labels], proba
+
+    def _predict_images(self, images: list[Any]) -> tuple[list[str], "Any"]:
+        import numpy as np
+
+        labels = [""] * len(images)
+        proba = np.zeros((len(images), len(self.classes)), np.float32)
+        for rows, feed in image_feeds(images, batch="images" in self.inputs):
+            got, names = self.session.run(["probabilities", "label"], feed)
+            proba[rows] = got
+            for row, name in zip(rows, names):
+                labels[row] = str(name)
+        return labels, proba
+
+
+#: Same-size images per call of a bundle's ``images`` input.
+IMAGE_BATCH = 16
+
+
+def image_feeds(images: list[Any], batch: bool = True, size: int = IMAGE_BATCH) -> list[tuple[list[int], dict[str, Any]]]:
+    """(rows, feed) per bundle call for decoded RGB uint8 ``images``: same-size images go together (up to
+    ``size`` a call) through ``images`` [n, H, W, 3] when ``batch``, the others one by one through ``image``."""
+    import numpy as np
+
+    arrays = [np.ascontiguousarray(im, np.uint8) for im in images]
+    if not batch:
+        return [([i], {"image": a}) for i, a in enumerate(arrays)]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(a.shape, []).append(i)
+    calls = []
+    for rows in groups.values():
+        for start in range(0, len(rows), size):
+            part = rows[start:start + size]
+            calls.append((part, {"images": np.stack([arrays[i] for i in part])} if len(part) > 1
+                          else {"image": arrays[part[0]]}))
+    return calls
 
 
 def _maybe_json(value: str) -> Any:
