@@ -9,8 +9,11 @@ today, in the same process, with the same thread count.
   bundle fed decoded pixels, against the PyTorch eager EfficientNet-Lite0 (the module headstart exports) fed the
   same pixels resized by Pillow + a fitted ``LogisticRegression.predict_proba``.
 
-Single item: warm p50/p99 of one call per item (``--calls`` calls after 10 warm-up calls). Batch: items/s over
-the test items in batches (text 32; images: the bundle takes one image per call, torch gets batches of 16).
+Single item: warm p50/p99 of one call per item (``--calls`` calls after 10 warm-up calls), the engines taking
+turns call by call so load from other jobs hits both alike; images also time the bundle's in-graph resize alone.
+Batch: items/s over the test items in batches (text 32; images of differing sizes: the bundle takes one image
+per call, torch gets batches of 16; same-size images (resized to ``SAME_SIZE``): batches of 16 for both, the
+bundle fed them stacked on the channel axis).
 knn: the kNN head alone over 10,000-200,000 random 384-d vectors (file size, build, load, query p50).
 Writes benchmarks/results/predict.json; ``python benchmarks/report.py`` renders it into docs/deploy.md.
 """
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HOME, RESULTS, ROOT, WORK, machine, save, table  # noqa: E402
 
 OUT = WORK / "predict"
+SAME_SIZE = (400, 300)  # (width, height) of the same-size image batch
 TRAIN = ROOT / "examples" / "support-tickets" / "train.csv"
 TEST = ROOT / "examples" / "support-tickets" / "test.csv"
 
@@ -46,15 +50,26 @@ def _labels(path: Path) -> list[str]:
 
 
 def latency(fn: Callable[[Any], Any], items: list[Any], calls: int) -> dict[str, float]:
+    return paired_latency([fn], items, calls)[0]
+
+
+def paired_latency(fns: list[Callable[[Any], Any]], items: list[Any], calls: int) -> list[dict[str, float]]:
+    """Warm p50/p99 of one call per item for each engine in ``fns``, the engines taking turns call by call
+    (so a burst of load from other jobs on this shared machine hits them alike)."""
     for item in items[:10]:
-        fn(item)
-    times = []
+        for fn in fns:
+            fn(item)
+    times: list[list[float]] = [[] for _ in fns]
     for i in range(calls):
-        start = time.perf_counter()
-        fn(items[i % len(items)])
-        times.append(time.perf_counter() - start)
-    ms = np.asarray(times) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+        for k, fn in enumerate(fns if i % 2 == 0 else fns[::-1]):
+            start = time.perf_counter()
+            fn(items[i % len(items)])
+            times[k if i % 2 == 0 else len(fns) - 1 - k].append(time.perf_counter() - start)
+    out = []
+    for t in times:
+        ms = np.asarray(t) * 1000
+        out.append({"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)})
+    return out
 
 
 def throughput(fn: Callable[[list[Any]], Any], items: list[Any], batch: int, repeat: int = 3) -> float:
@@ -107,9 +122,9 @@ def bench_text(threads: int, calls: int) -> dict[str, Any]:
     def st_many(ts: list[str]):
         return lr.predict_proba(st.encode(ts, batch_size=len(ts)))
 
-    rows = [{"engine": "headstart bundle (onnxruntime)", **latency(bundle_one, texts, calls),
-             "items_per_s": throughput(bundle_many, many, 32)},
-            {"engine": "SentenceTransformer.encode + LogisticRegression", **latency(st_one, texts, calls),
+    ours, theirs = paired_latency([bundle_one, st_one], texts, calls)
+    rows = [{"engine": "headstart bundle (onnxruntime)", **ours, "items_per_s": throughput(bundle_many, many, 32)},
+            {"engine": "SentenceTransformer.encode + LogisticRegression", **theirs,
              "items_per_s": throughput(st_many, many, 32)}]
     agree = float(np.mean([a == b for a, b in zip(bundle_many(texts)[1], lr.predict(st.encode(texts)))]))
     return {"rows": rows, "items": len(texts), "batch_items": len(many), "batch_size": 32,
@@ -141,6 +156,7 @@ def bench_images(threads: int, calls: int) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
 
     import headstart as hs
+    from headstart.engine.bundle.image_graph import image_graph
     from headstart.engine.embed.imaging import _resize_crop, normalise_batch
     from headstart.plugins.backbones.efficientnet import efficientnet_spec
 
@@ -169,8 +185,11 @@ def bench_images(threads: int, calls: int) -> dict[str, Any]:
     def bundle_one(im: np.ndarray):
         return session.run(["probabilities", "label"], {"image": im})
 
-    def bundle_many(ims: list[np.ndarray]):
+    def bundle_many(ims: list[np.ndarray]):  # one call per image: sizes differ
         return [bundle_one(im) for im in ims]
+
+    def bundle_batch(ims: list[np.ndarray]):  # same-size images: one call, stacked on the channel axis
+        return session.run(["probabilities", "label"], {"image": np.concatenate(ims, axis=2)})
 
     def torch_one(im: np.ndarray):
         return lr.predict_proba(torch_features([im]))
@@ -178,14 +197,31 @@ def bench_images(threads: int, calls: int) -> dict[str, Any]:
     def torch_many(ims: list[np.ndarray]):
         return lr.predict_proba(torch_features(ims))
 
-    rows = [{"engine": "headstart bundle (onnxruntime)", **latency(bundle_one, test_images, calls),
-             "items_per_s": throughput(bundle_many, test_images, 16)},
-            {"engine": "PyTorch eager EfficientNet-Lite0 + LogisticRegression", **latency(torch_one, test_images, calls),
-             "items_per_s": throughput(torch_many, test_images, 16)}]
+    pre = _session_of(image_graph(prep), threads)
+    ours, theirs, resize_only = paired_latency(
+        [bundle_one, torch_one, lambda im: pre.run(None, {"image": im})], test_images, calls)
+    same = [np.asarray(Image.fromarray(im).resize(SAME_SIZE, Image.Resampling.BILINEAR)) for im in test_images]
+    rows = [{"engine": "headstart bundle (onnxruntime)", **ours, "items_per_s": throughput(bundle_many, test_images, 16),
+             "same_size_items_per_s": throughput(bundle_batch, same, 16)},
+            {"engine": "PyTorch eager EfficientNet-Lite0 + LogisticRegression", **theirs,
+             "items_per_s": throughput(torch_many, test_images, 16), "same_size_items_per_s": throughput(torch_many, same, 16)}]
     agree = float(np.mean([str(bundle_one(im)[1][0]) == str(lr.predict(torch_features([im]))[0]) for im in test_images]))
+    batch_agree = float(np.mean([a == b for a, b in zip(bundle_batch(same)[1], [bundle_one(im)[1][0] for im in same])]))
     return {"rows": rows, "items": len(test_images), "batch_items": len(test_images), "batch_size": 16,
+            "same_size": list(SAME_SIZE), "in_graph_resize_p50_ms": resize_only["p50_ms"],
             "p50_ratio": round(rows[1]["p50_ms"] / rows[0]["p50_ms"], 2),
-            "throughput_ratio": round(rows[0]["items_per_s"] / rows[1]["items_per_s"], 2), "label_agreement": agree}
+            "throughput_ratio": round(rows[0]["items_per_s"] / rows[1]["items_per_s"], 2),
+            "same_size_throughput_ratio": round(rows[0]["same_size_items_per_s"] / rows[1]["same_size_items_per_s"], 2),
+            "label_agreement": agree, "batch_label_agreement": batch_agree}
+
+
+def _session_of(model: Any, threads: int):
+    import onnxruntime as ort
+
+    from headstart.engine.bundle.loader import session_options
+
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads=threads, needs_extensions=False),
+                                providers=["CPUExecutionProvider"])
 
 
 def bench_knn(threads: int, calls: int) -> dict[str, Any]:

@@ -467,7 +467,14 @@ def predict(results: Path, base: str) -> str:
                 f"{part['batch_items']} {what}; bundle p50 {part['p50_ratio']}× faster than the baseline, batch "
                 f"throughput {part['throughput_ratio']}× the baseline's, label agreement {part['label_agreement']}:\n",
                 _table(part["rows"], [("engine", "engine"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
-                                      (f"{what}/s", "items_per_s")])]
+                                      (f"{what}/s", "items_per_s")]
+                       + ([(f"same-size {what}/s", "same_size_items_per_s")] if "same_size" in part else []))]
+        if "same_size" in part:
+            w, h = part["same_size"]
+            out.append(f"\nSame-size batches ({w}×{h}, 16 a call; the bundle fed them stacked on the channel axis, `[H, W, 48]`): "
+                       f"{part['same_size_throughput_ratio']}× the baseline's throughput, labels as one-by-one calls: "
+                       f"{part['batch_label_agreement']}. The in-graph resize + crop + normalisation alone: "
+                       f"p50 {part['in_graph_resize_p50_ms']} ms.\n")
     if r.get("knn"):
         out += ["\nThe kNN head alone (random 384-d training vectors; the bundle's file grows by their bytes):\n",
                 _table(r["knn"]["rows"], [("training vectors", "n"), ("file bytes", "bytes"), ("build s", "build_s"),

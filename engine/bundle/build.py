@@ -134,9 +134,9 @@ def _inputs_doc(spec: Any) -> str:
         return f"text: string [n] (tokenised in the graph, cut at {spec.preprocessing.max_length} tokens)"
     if spec.modality == "image":
         p = spec.preprocessing
-        return (f"image: uint8 [H, W, 3], one decoded RGB image of any size, or images: uint8 [n, H, W, 3], "
-                f"same-size images (feed one of the two; shorter side to {p.resize} bilinear as Pillow does, centre "
-                f"crop {p.size}, normalised in the graph)")
+        return (f"image: uint8 [H, W, 3], one decoded RGB image of any size, or [H, W, 3 n]: n same-size images "
+                f"stacked on the channel axis (shorter side to {p.resize} bilinear as Pillow does, centre crop "
+                f"{p.size}, normalised in the graph; one row of outputs per image)")
     return "the backbone's own inputs: " + ", ".join([spec.preprocessing.input_name]
                                                     + ([spec.preprocessing.mask_name] if spec.preprocessing.mask_name
                                                        else []))

@@ -1,6 +1,6 @@
-"""Resize, crop and normalise as graph ops: ``image`` (uint8 [H, W, 3], one decoded RGB image of any size) or
-``images`` (uint8 [n, H, W, 3], same-size images; feed one of the two) -> the backbone's pixel input (float32
-[n, 3, size, size]), reproducing headstart's preprocessing (:func:`headstart.engine.embed.imaging._resize_crop`
+"""Resize, crop and normalise as graph ops: ``image`` (uint8 [H, W, 3], one decoded RGB image of any size, or
+[H, W, 3 n]: n same-size images stacked on the channel axis, ``np.concatenate(images, axis=2)``) -> the
+backbone's pixel input (float32 [n, 3, size, size]), reproducing headstart's preprocessing (:func:`headstart.engine.embed.imaging._resize_crop`
 + :func:`~headstart.engine.embed.imaging.normalise_batch`).
 
 Pillow's bilinear ``resize(box=...)`` is rebuilt exactly, not approximated by ONNX ``Resize``: the same box
@@ -104,31 +104,30 @@ def _pass(g: GraphParts, planes: str, taps: Taps) -> str:
     return g.node("Cast", [g.node("Add", [summed, g.const(0.5)])], to=TensorProto.UINT8)
 
 
-def _pick_input(g: GraphParts) -> str:
-    """``images`` (uint8 [n, H, W, 3]) when it holds any pixel, else ``image`` (uint8 [H, W, 3]) as a batch of
-    one, as channel planes uint8 [n, 3, H, W]. Both inputs have empty defaults (initializers of the same
-    name), so a caller feeds either. The transpose sits inside the branches so that onnxruntime's transpose
-    optimiser cannot fuse it with the one that follows into a single (ten times slower) general permutation."""
-    import numpy as np
-    from onnx import TensorProto, helper
+def _planes(g: GraphParts) -> str:
+    """``image`` uint8 [H, W, 3 n] (one RGB image, or n same-size ones side by side on the channel axis) as
+    channel planes uint8 [n, 3, H, W].
 
-    some = g.node("Greater", [g.node("Size", ["images"]), g.const(0, np.int64)])
-    then = GraphParts("img_then_")
-    then.node("Transpose", ["images"], outputs=["img_planes_then"], perm=[0, 3, 1, 2])
-    other = GraphParts("img_else_")
-    other.node("Unsqueeze", [other.node("Transpose", ["image"], perm=[2, 0, 1]), other.const([0], np.int64)],
-               outputs=["img_planes_else"])
-    branch = lambda parts, out: helper.make_graph(  # noqa: E731
-        parts.nodes, out, [], [helper.make_tensor_value_info(out, TensorProto.UINT8, None)], initializer=parts.inits)
-    return g.node("If", [some], "planes", then_branch=branch(then, "img_planes_then"),
-                  else_branch=branch(other, "img_planes_else"))
+    A batch rides on the channel axis because an ONNX input has one rank: a second ``images`` [n, H, W, 3]
+    input would need a default (an initializer of that name), which onnxruntime warns about at every load and
+    leaves out of ``get_inputs()`` in every language. The transpose is a 2-D one ([H W, 3 n] -> [3 n, H W]),
+    which onnxruntime runs fast, and the reshapes around it keep its transpose optimiser from fusing it with
+    the one after the crop into a single general permutation (ten times slower)."""
+    import numpy as np
+
+    dims = g.node("Shape", ["image"], "dims")
+    hw = g.node("Slice", [dims, g.const([0], np.int64), g.const([2], np.int64)], "hw")
+    flat = g.node("Reshape", ["image", g.node("Concat", [g.node("ReduceProd", [hw], keepdims=1),
+                                                          g.const([-1], np.int64)], axis=0)])
+    planes = g.node("Transpose", [flat], perm=[1, 0])  # [3 n, H W]
+    return g.node("Reshape", [planes, g.node("Concat", [g.const([-1, 3], np.int64), hw], axis=0)], "planes")
 
 
 def image_graph(prep: Any) -> Any:
-    """ModelProto: ``image`` (uint8 [H, W, 3]) or ``images`` (uint8 [n, H, W, 3], same-size images) ->
-    ``prep.input_name`` (float32 [n, 3, size, size])."""
+    """ModelProto: ``image`` (uint8 [H, W, 3], or [H, W, 3 n] for n same-size images stacked on the channel
+    axis) -> ``prep.input_name`` (float32 [n, 3, size, size])."""
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     if prep.interpolation != "bilinear":
         raise BundleError(f"the backbone resizes images with {prep.interpolation!r} interpolation, which the bundle's "
@@ -136,7 +135,7 @@ def image_graph(prep: Any) -> Any:
                           hint="bundle a backbone with bilinear preprocessing, or serve this one with `headstart predict`")
     f64 = np.float64
     g = GraphParts("img_")
-    planes = _pick_input(g)  # [n, 3, H, W]
+    planes = _planes(g)  # [n, 3, H, W]
     shape = g.node("Cast", [g.node("Shape", [planes])], to=TensorProto.DOUBLE)
     h = g.node("Gather", [shape, g.const(2, np.int64)], "h")
     w = g.node("Gather", [shape, g.const(3, np.int64)], "w")
@@ -162,9 +161,6 @@ def image_graph(prep: Any) -> Any:
     scaled = g.node("Mul", [g.node("Cast", [resized], to=TensorProto.FLOAT), g.const(np.float32(1.0 / 255.0))])
     column = lambda v: g.const(np.asarray(v, np.float32).reshape(1, 3, 1, 1))  # noqa: E731
     g.node("Div", [g.node("Sub", [scaled, column(prep.mean)]), column(prep.std)], outputs=[prep.input_name])
-    g.inits += [numpy_helper.from_array(np.zeros((0, 0, 3), np.uint8), "image"),
-                numpy_helper.from_array(np.zeros((0, 0, 0, 3), np.uint8), "images")]
-    return g.model([helper.make_tensor_value_info("image", TensorProto.UINT8, ["height", "width", 3]),
-                    helper.make_tensor_value_info("images", TensorProto.UINT8, ["n", "height", "width", 3])],
+    return g.model([helper.make_tensor_value_info("image", TensorProto.UINT8, ["height", "width", "channels"])],
                    [helper.make_tensor_value_info(prep.input_name, TensorProto.FLOAT, ["n", 3, prep.size, prep.size])],
                    "headstart_image_preprocessing")

@@ -82,7 +82,8 @@ class Bundle:
 
         labels = [""] * len(images)
         proba = np.zeros((len(images), len(self.classes)), np.float32)
-        for rows, feed in image_feeds(images, batch="images" in self.inputs):
+        batch = self.session.get_inputs()[0].shape[-1] != 3  # bundles before the batch: [H, W, 3]
+        for rows, feed in image_feeds(images, batch=batch):
             got, names = self.session.run(["probabilities", "label"], feed)
             proba[rows] = got
             for row, name in zip(rows, names):
@@ -90,13 +91,14 @@ class Bundle:
         return labels, proba
 
 
-#: Same-size images per call of a bundle's ``images`` input.
+#: Same-size images per call of an image bundle (stacked on the channel axis of its ``image`` input).
 IMAGE_BATCH = 16
 
 
 def image_feeds(images: list[Any], batch: bool = True, size: int = IMAGE_BATCH) -> list[tuple[list[int], dict[str, Any]]]:
     """(rows, feed) per bundle call for decoded RGB uint8 ``images``: same-size images go together (up to
-    ``size`` a call) through ``images`` [n, H, W, 3] when ``batch``, the others one by one through ``image``."""
+    ``size`` a call) as ``image`` [H, W, 3 n], stacked on the channel axis, when ``batch``; the others one by
+    one as [H, W, 3]."""
     import numpy as np
 
     arrays = [np.ascontiguousarray(im, np.uint8) for im in images]
@@ -109,8 +111,7 @@ def image_feeds(images: list[Any], batch: bool = True, size: int = IMAGE_BATCH) 
     for rows in groups.values():
         for start in range(0, len(rows), size):
             part = rows[start:start + size]
-            calls.append((part, {"images": np.stack([arrays[i] for i in part])} if len(part) > 1
-                          else {"image": arrays[part[0]]}))
+            calls.append((part, {"image": np.concatenate([arrays[i] for i in part], axis=2)}))
     return calls
 
 

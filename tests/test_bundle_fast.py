@@ -1,0 +1,122 @@
+"""Bundles, fast path: the in-graph image resize (channel planes, whole-row gathers) against headstart's own
+preprocessing, the batch of same-size images, and the loader's grouping of images by size.
+
+Real EfficientNet-Lite0 preprocessing settings, real Pillow-encoded images, real onnxruntime sessions.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# a hang guard only: the module fixture trains a head on EfficientNet-Lite0 features and builds a bundle
+pytestmark = pytest.mark.timeout(1200)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def prep():
+    from headstart.plugins.backbones.efficientnet import efficientnet_spec
+
+    return efficientnet_spec().preprocessing
+
+
+@pytest.fixture(scope="module")
+def resize_session(prep):
+    import onnxruntime as ort
+
+    from headstart.engine.bundle.image_graph import image_graph
+
+    return ort.InferenceSession(image_graph(prep).SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+SIZES = [(240, 320), (300, 300), (224, 224), (256, 256), (1, 1), (2, 5), (3, 2000), (2000, 3), (257, 1999),
+         (480, 640), (300, 200), (1000, 333), (225, 224), (224, 225), (255, 257)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_in_graph_resize_equals_headstarts_preprocessing(prep, resize_session, seed: int) -> None:
+    """Bit-identical to headstart's Pillow preprocessing on landscape and square images of many sizes (tiny,
+    strips, up- and downscaled, the tap span at the image edge), within one 8-bit level on portrait ones."""
+    from headstart.engine.bundle.feeds import decoded_pixels
+    from headstart.engine.embed.imaging import prepare_image
+
+    rng = np.random.default_rng(seed)
+    sizes = SIZES + [tuple(int(v) for v in rng.integers(1, 900, size=2)) for _ in range(20)]
+    for h, w in sizes:
+        data = _png(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        got = resize_session.run(None, {"image": decoded_pixels(data, prep)})[0]
+        assert got.shape == (1, 3, prep.size, prep.size)
+        diff = float(np.abs(got[0] - prepare_image(data, prep)).max())
+        assert diff == 0.0 if w >= h else diff <= 1 / 128 + 1e-6, (h, w, diff)
+
+
+def test_same_size_batch_equals_one_call_per_image(prep, resize_session) -> None:
+    """n same-size images stacked on the channel axis ([H, W, 3 n]) give, row for row, exactly what one call
+    per image gives."""
+    rng = np.random.default_rng(7)
+    for h, w in [(300, 400), (500, 280), (224, 224)]:
+        batch = rng.integers(0, 256, size=(5, h, w, 3), dtype=np.uint8)
+        together = resize_session.run(None, {"image": np.concatenate(list(batch), axis=2)})[0]
+        assert together.shape == (5, 3, prep.size, prep.size)
+        for i in range(5):
+            assert np.array_equal(together[i], resize_session.run(None, {"image": batch[i]})[0][0]), (h, w, i)
+
+
+def test_non_bilinear_preprocessing_is_refused_before_any_work(prep) -> None:
+    import dataclasses
+
+    from headstart.engine.bundle.image_graph import image_graph
+    from headstart.engine.errors import BundleError
+
+    with pytest.raises(BundleError, match="bicubic") as caught:
+        image_graph(dataclasses.replace(prep, interpolation="bicubic"))
+    assert caught.value.hint
+
+
+@pytest.fixture(scope="module")
+def photo_bundle(tmp_path_factory, session_home) -> dict[str, Path]:
+    from test_bundle import photo_folder
+
+    from headstart.engine.bundle.build import build_bundle
+    from headstart.engine.train.api import train
+
+    root = tmp_path_factory.mktemp("fast-photos")
+    train_dir = photo_folder(root / "train", 10, 0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADSTART_HOME", str(session_home))
+        train(str(train_dir), "linear", backbone="efficientnet-lite0", out=root / "model", progress=False)
+        build_bundle(root / "model", root / "photos.onnx")
+    return {"bundle": root / "photos.onnx", "train": train_dir}
+
+
+def test_loader_batches_same_size_images_and_keeps_the_order(photo_bundle) -> None:
+    """``Bundle.predict`` on a mix of sizes (groups of the same size go as one [n, H, W, 3] call) returns the
+    labels and probabilities of one call per image, in the order given."""
+    from PIL import Image
+
+    from headstart.engine.bundle.loader import image_feeds, load_bundle
+
+    photos = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(photo_bundle["train"].rglob("*.jpg"))]
+    same = [np.asarray(Image.fromarray(im).resize((320, 240))) for im in photos[:6]]
+    mixed = [same[0], photos[7], same[1], same[2], photos[8], same[3], same[4], same[5]]
+    calls = image_feeds(mixed, size=4)
+    assert sorted(r for rows, _ in calls for r in rows) == list(range(len(mixed)))
+    assert any(feed["image"].shape[2] > 3 for _, feed in calls)  # the batch path is what is compared below
+    bundle = load_bundle(photo_bundle["bundle"])
+    labels, proba = bundle.predict(mixed)
+    for i, im in enumerate(mixed):
+        one_labels, one_proba = bundle.predict(im)
+        assert one_labels == [labels[i]]
+        np.testing.assert_allclose(one_proba[0], proba[i], rtol=0, atol=1e-6)
+    assert "[H, W, 3 n]" in bundle.metadata["inputs"]
