@@ -202,7 +202,8 @@ def bench_images(threads: int, calls: int) -> dict[str, Any]:
         [bundle_one, torch_one, lambda im: pre.run(None, {"image": im})], test_images, calls)
     same = [np.asarray(Image.fromarray(im).resize(SAME_SIZE, Image.Resampling.BILINEAR)) for im in test_images]
     rows = [{"engine": "headstart bundle (onnxruntime)", **ours, "items_per_s": throughput(bundle_many, test_images, 16),
-             "same_size_items_per_s": throughput(bundle_batch, same, 16)},
+             "same_size_items_per_s": throughput(bundle_batch, same, 16),
+             "same_size_one_by_one_items_per_s": throughput(bundle_many, same, 16)},
             {"engine": "PyTorch eager EfficientNet-Lite0 + LogisticRegression", **theirs,
              "items_per_s": throughput(torch_many, test_images, 16), "same_size_items_per_s": throughput(torch_many, same, 16)}]
     agree = float(np.mean([str(bundle_one(im)[1][0]) == str(lr.predict(torch_features([im]))[0]) for im in test_images]))

@@ -101,8 +101,8 @@ def photo_bundle(tmp_path_factory, session_home) -> dict[str, Path]:
 
 
 def test_loader_batches_same_size_images_and_keeps_the_order(photo_bundle) -> None:
-    """``Bundle.predict`` on a mix of sizes (groups of the same size go as one [n, H, W, 3] call) returns the
-    labels and probabilities of one call per image, in the order given."""
+    """``Bundle.predict(batch=True)`` on a mix of sizes (groups of the same size go as one call, stacked on the
+    channel axis) returns the labels and probabilities of one call per image, in the order given."""
     from PIL import Image
 
     from headstart.engine.bundle.loader import image_feeds, load_bundle
@@ -114,9 +114,44 @@ def test_loader_batches_same_size_images_and_keeps_the_order(photo_bundle) -> No
     assert sorted(r for rows, _ in calls for r in rows) == list(range(len(mixed)))
     assert any(feed["image"].shape[2] > 3 for _, feed in calls)  # the batch path is what is compared below
     bundle = load_bundle(photo_bundle["bundle"])
-    labels, proba = bundle.predict(mixed)
+    labels, proba = bundle.predict(mixed, batch=True)
     for i, im in enumerate(mixed):
         one_labels, one_proba = bundle.predict(im)
         assert one_labels == [labels[i]]
         np.testing.assert_allclose(one_proba[0], proba[i], rtol=0, atol=1e-6)
     assert "[H, W, 3 n]" in bundle.metadata["inputs"]
+
+
+def test_fp16_bundle_is_gated_on_the_cpu_provider_and_says_so(tmp_path: Path, session_home: Path) -> None:
+    """Without CUDA an fp16 bundle is still checked (validation split, CPU provider) and written; the report,
+    the CLI and the metadata say where it was checked; the file predicts the model's labels on onnxruntime's CPU."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    from headstart.engine.bundle.loader import load_bundle
+    from headstart.engine.train.api import predict, train
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        from headstart.engine.backbones.runtime import _cuda_driver_loadable
+
+        assert not _cuda_driver_loadable(), "this test checks the CPU gate: run it where CUDA cannot load"
+    root = Path(__file__).resolve().parents[1] / "examples" / "support-tickets"
+    train(str(root / "train.csv"), "linear", backbone="minilm-l6", out=tmp_path / "model", progress=False)
+    done = subprocess.run([sys.executable, "-m", "headstart", "bundle", str(tmp_path / "model"), "-o",
+                           str(tmp_path / "m16.onnx"), "--precision", "fp16"], capture_output=True, text=True,
+                          env=dict(os.environ, HEADSTART_HOME=str(session_home)), timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "checked on the CPU provider" in done.stdout and "validation split" in done.stdout
+    bundle = load_bundle(tmp_path / "m16.onnx")
+    assert bundle.metadata["backbone"]["precision"] == "fp16"
+    assert bundle.metadata["parity"]["provider"] == "CPUExecutionProvider"
+    assert bundle.metadata["parity"]["validation"]["accuracy_delta_pt"] >= -0.5
+    with open(root / "test.csv", newline="", encoding="utf-8") as fh:
+        texts = [row["text"] for row in csv.DictReader(fh)]
+    labels, _ = bundle.predict(texts)
+    expected = [str(v) for v in predict(tmp_path / "model", str(root / "test.csv")).labels]
+    assert np.mean([a == b for a, b in zip(labels, expected)]) >= 0.97

@@ -140,13 +140,13 @@ def run_onnx(path: Path, singles: list[dict[str, "np.ndarray"]], name: str, prec
     import numpy as np
     import onnxruntime as ort
 
-    from .runtime import CPU_DISABLED_OPTIMIZERS
+    from .runtime import CPU_DISABLED_OPTIMIZERS, _cuda_driver_loadable
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
-    if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers():
+    if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_driver_loadable():
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     try:
         disabled = list(CPU_DISABLED_OPTIMIZERS) if providers[0] == "CPUExecutionProvider" else []

@@ -98,9 +98,9 @@ def _pass(g: GraphParts, planes: str, taps: Taps) -> str:
     import numpy as np
     from onnx import TensorProto
 
-    gathered = g.node("Gather", [g.node("Cast", [planes], to=TensorProto.DOUBLE), taps.index], axis=2)
+    gathered = g.node("Gather", [g.node("Cast", [planes], to=TensorProto.DOUBLE), taps.index], axis=1)
     weights = g.node("Unsqueeze", [taps.weights, g.const([2], np.int64)])  # [out, K, 1]
-    summed = g.node("ReduceSum", [g.node("Mul", [gathered, weights]), g.const([3], np.int64)], keepdims=0)
+    summed = g.node("ReduceSum", [g.node("Mul", [gathered, weights]), g.const([2], np.int64)], keepdims=0)
     return g.node("Cast", [g.node("Add", [summed, g.const(0.5)])], to=TensorProto.UINT8)
 
 
@@ -120,7 +120,7 @@ def _planes(g: GraphParts) -> str:
     flat = g.node("Reshape", ["image", g.node("Concat", [g.node("ReduceProd", [hw], keepdims=1),
                                                           g.const([-1], np.int64)], axis=0)])
     planes = g.node("Transpose", [flat], perm=[1, 0])  # [3 n, H W]
-    return g.node("Reshape", [planes, g.node("Concat", [g.const([-1, 3], np.int64), hw], axis=0)], "planes")
+    return g.node("Reshape", [planes, g.node("Concat", [g.const([-1], np.int64), hw], axis=0)], "planes")
 
 
 def image_graph(prep: Any) -> Any:
@@ -137,8 +137,8 @@ def image_graph(prep: Any) -> Any:
     g = GraphParts("img_")
     planes = _planes(g)  # [n, 3, H, W]
     shape = g.node("Cast", [g.node("Shape", [planes])], to=TensorProto.DOUBLE)
-    h = g.node("Gather", [shape, g.const(2, np.int64)], "h")
-    w = g.node("Gather", [shape, g.const(3, np.int64)], "w")
+    h = g.node("Gather", [shape, g.const(1, np.int64)], "h")
+    w = g.node("Gather", [shape, g.const(2, np.int64)], "w")
     resize, size = g.const(float(prep.resize), f64), g.const(float(prep.size), f64)
     portrait = g.node("LessOrEqual", [w, h])
     new_w = g.node("Where", [portrait, resize, g.node("Floor", [g.node("Div", [g.node("Mul", [resize, w]), h])])])
@@ -153,10 +153,11 @@ def image_graph(prep: Any) -> Any:
     # only the pixels some tap reads, columns before rows (a gathered tap is a whole row): [n, 3, W', H']
     one = lambda v: g.node("Unsqueeze", [v, g.const([0], np.int64)])  # noqa: E731
     box = g.node("Slice", [planes, g.node("Concat", [one(down.first), one(across.first)], axis=0),
-                           g.node("Concat", [one(down.end), one(across.end)], axis=0), g.const([2, 3], np.int64)])
-    columns = g.node("Transpose", [box], perm=[0, 1, 3, 2])
+                           g.node("Concat", [one(down.end), one(across.end)], axis=0), g.const([1, 2], np.int64)])
+    columns = g.node("Transpose", [box], perm=[0, 2, 1])
     rows = _pass(g, columns, across)  # Pillow's horizontal pass: [n, 3, size, H']
-    resized = _pass(g, g.node("Transpose", [rows], perm=[0, 1, 3, 2]), down)  # vertical: [n, 3, size, size]
+    resized = g.node("Reshape", [_pass(g, g.node("Transpose", [rows], perm=[0, 2, 1]), down),  # vertical pass
+                                 g.const([-1, 3, prep.size, prep.size], np.int64)])  # [n, 3, size, size]
     # (v * (1/255) - mean) / std in float32, the operations headstart's lookup table was computed with
     scaled = g.node("Mul", [g.node("Cast", [resized], to=TensorProto.FLOAT), g.const(np.float32(1.0 / 255.0))])
     column = lambda v: g.const(np.asarray(v, np.float32).reshape(1, 3, 1, 1))  # noqa: E731

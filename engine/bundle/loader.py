@@ -60,10 +60,11 @@ class Bundle:
         self.input = self.inputs[0]
         self.modality: str = self.metadata.get("modality", "text")
 
-    def predict(self, items: Any) -> tuple[list[str], "Any"]:
+    def predict(self, items: Any, *, batch: bool = False) -> tuple[list[str], "Any"]:
         """Labels and probabilities (float32 [n, classes]) of ``items``: a list of strings (text), one
-        decoded RGB uint8 image [H, W, 3] or a list of them (images; same-size ones share a call), or the
-        backbone's input arrays (numeric, as a dict)."""
+        decoded RGB uint8 image [H, W, 3] or a list of them (images), or the backbone's input arrays
+        (numeric, as a dict). ``batch``: same-size images share a call (stacked on the channel axis); on the
+        CPU one call per image measured faster (docs/deploy.md, Speed), hence off by default."""
         import numpy as np
 
         if self.modality == "text":
@@ -73,16 +74,18 @@ class Bundle:
             proba, labels = self.session.run(["probabilities", "label"], {self.input: np.array(texts, dtype=object)})
             return [str(v) for v in labels], proba
         if self.modality == "image":
-            return self._predict_images([items] if isinstance(items, np.ndarray) and items.ndim == 3 else list(items))
+            return self._predict_images([items] if isinstance(items, np.ndarray) and items.ndim == 3 else list(items),
+                                        batch)
         proba, labels = self.session.run(["probabilities", "label"], dict(items))
         return [str(v) for v in labels], proba
 
-    def _predict_images(self, images: list[Any]) -> tuple[list[str], "Any"]:
+    def _predict_images(self, images: list[Any], batch: bool) -> tuple[list[str], "Any"]:
         import numpy as np
 
         labels = [""] * len(images)
         proba = np.zeros((len(images), len(self.classes)), np.float32)
-        batch = self.session.get_inputs()[0].shape[-1] != 3  # bundles before the batch: [H, W, 3]
+        if batch and self.session.get_inputs()[0].shape[-1] == 3:
+            raise ValueError(f"{self.path} takes one image per call (made before batches were supported)")
         for rows, feed in image_feeds(images, batch=batch):
             got, names = self.session.run(["probabilities", "label"], feed)
             proba[rows] = got
