@@ -155,3 +155,64 @@ def test_fp16_bundle_is_gated_on_the_cpu_provider_and_says_so(tmp_path: Path, se
     labels, _ = bundle.predict(texts)
     expected = [str(v) for v in predict(tmp_path / "model", str(root / "test.csv")).labels]
     assert np.mean([a == b for a, b in zip(labels, expected)]) >= 0.97
+
+
+def _tiny_roberta(folder: Path, words: list[str]) -> Path:
+    """A 2-layer random RoBERTa with a word-level tokenizer (not WordPiece: no in-graph op reproduces it)."""
+    import torch
+    from transformers import RobertaConfig, RobertaModel
+
+    from tiny_tokenizer import save_word_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = save_word_tokenizer(folder, words)
+    torch.manual_seed(0)
+    RobertaModel(RobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=66, pad_token_id=0)).save_pretrained(folder)
+    return folder
+
+
+def test_tokenizer_the_graph_cannot_hold_ships_beside_the_bundle(tmp_path: Path, session_home: Path) -> None:
+    """A non-WordPiece tokenizer: the bundle takes input_ids/attention_mask, its tokenizer.json is written
+    beside it, the CLI and the metadata say so, and load_bundle (which uses the file) predicts what
+    `headstart predict` predicts; without the file it says what is missing."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+    from finetune_data import FILLERS, KEYWORDS, easy_task
+
+    from headstart.engine.bundle.loader import load_bundle
+    from headstart.engine.train.api import predict, train
+
+    roberta = _tiny_roberta(tmp_path / "roberta", [*FILLERS, *KEYWORDS])
+    data = easy_task(tmp_path / "train.csv", 48, 0)
+    train(str(data), "linear", backbone=f"hf:{roberta}", out=tmp_path / "model", progress=False)
+    out = tmp_path / "deploy" / "tickets.onnx"
+    out.parent.mkdir()
+    done = subprocess.run([sys.executable, "-m", "headstart", "bundle", str(tmp_path / "model"), "-o", str(out)],
+                          capture_output=True, text=True, env=dict(os.environ, HEADSTART_HOME=str(session_home)),
+                          timeout=900)
+    assert done.returncode == 0, done.stderr
+    shipped = tmp_path / "deploy" / "tickets.tokenizer.json"
+    assert "cannot be expressed as graph ops" in done.stdout and str(shipped) in done.stdout
+    assert shipped.is_file() and sorted(p.name for p in out.parent.iterdir()) == [out.name, shipped.name]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])  # no extensions needed
+    assert sorted(i.name for i in session.get_inputs()) == ["attention_mask", "input_ids"]
+    bundle = load_bundle(out)
+    meta = bundle.metadata["tokenizer"]
+    assert meta["in_graph"] is False and meta["file"] == shipped.name and meta["inputs"] == ["input_ids", "attention_mask"]
+    assert shipped.name in bundle.metadata["inputs"] and bundle.metadata["parity"]["training"]["max_abs_diff"] <= 1e-4
+    with open(easy_task(tmp_path / "new.csv", 20, 5), newline="", encoding="utf-8") as fh:
+        texts = [row["text"] for row in csv.DictReader(fh)] + ["", "FRAUD unknownword payment " * 40]
+    with open(tmp_path / "new2.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["text"], *([t] for t in texts)])
+    labels, proba = bundle.predict(texts)
+    expected = predict(tmp_path / "model", str(tmp_path / "new2.csv"))
+    assert len(expected.labels) == len(texts)
+    assert labels == [str(v) for v in expected.labels] and np.abs(proba - expected.proba).max() <= 1e-4
+    shipped.unlink()
+    with pytest.raises(FileNotFoundError, match="keep it beside"):
+        load_bundle(out)

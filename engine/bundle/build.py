@@ -32,10 +32,12 @@ class BundleReport:
     parity: dict[str, Any]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    tokenizer_file: Path | None = None  # a text bundle whose tokenizer cannot live in the graph ships it here
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "bytes": self.bytes, "precision": self.precision, "modality": self.modality,
-                "head": self.head, "parity": self.parity, "seconds": round(self.seconds, 2), "notes": self.notes}
+                "head": self.head, "parity": self.parity, "seconds": round(self.seconds, 2), "notes": self.notes,
+                "tokenizer_file": str(self.tokenizer_file) if self.tokenizer_file else None}
 
 
 def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | None = None,
@@ -59,9 +61,13 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
         raise ConfigError(f"the output {out} is a folder", hint="give a file name, e.g. -o model.onnx")
     from ..embed.sources import refuse_output_over_inputs
 
+    from .tokenizer_beside import beside
+
     folder = Path(model_dir)
-    refuse_output_over_inputs(out, [*(p for p in folder.iterdir() if p.is_file()), *([check_on] if check_on else [])]
-                              if folder.is_dir() else [])
+    inputs = ([*(p for p in folder.iterdir() if p.is_file()), *([check_on] if check_on else [])]
+              if folder.is_dir() else [])
+    refuse_output_over_inputs(out, inputs)
+    refuse_output_over_inputs(beside(out), inputs)
     engine = engine or get_engine()
     model = load_model(model_dir, trust=trust, engine=engine)
     if not model.backbone.get("name"):
@@ -89,11 +95,24 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
     from .assemble import assemble, set_metadata
     from .head_graph import SCORES_KIND, head_graph, head_kind
 
-    pre = _preprocessing_graph(spec)
+    pre, not_in_graph = _preprocessing_graph(spec)
+    tokenizer_json, tokenizer_meta, text_feed = None, None, None
+    if spec.modality == "text":
+        tokenizer_meta = {"in_graph": True}
+    if not_in_graph is not None:  # the tokenizer ships beside the bundle, which takes the backbone's inputs
+        from tokenizers import Tokenizer
+
+        from .loader import encode_texts
+        from .tokenizer_beside import configured_tokenizer, metadata as tokenizer_metadata
+
+        tokenizer_json, pad_id = configured_tokenizer(spec)
+        tokenizer_meta = tokenizer_metadata(spec, beside(out), pad_id, not_in_graph)
+        shipped = Tokenizer.from_str(tokenizer_json)
+        text_feed = lambda texts: encode_texts(shipped, texts, pad_id, spec.preprocessing.inputs)  # noqa: E731
     proto = assemble(pre, exported.path, head_graph(model, spec.dim), spec.output_name, {})
     data = proto.SerializeToString()
     parity, notes = _gate(model, spec, pre, data, items, sample, precision != model_precision, engine,
-                          cuda=gate_provider == "CUDAExecutionProvider")
+                          cuda=gate_provider == "CUDAExecutionProvider", text_feed=text_feed)
     if precision == "fp16":
         parity["provider"] = gate_provider
         if gate_provider != "CUDAExecutionProvider":
@@ -105,14 +124,20 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
         "backbone": {"name": spec.name, "fingerprint": exported.fingerprint, "precision": precision,
                      "source": spec.source, "dim": spec.dim},
         "head": {"ref": model.manifest["head"].get("ref"), "name": model.manifest["head"].get("name")},
-        "inputs": _inputs_doc(spec), "probabilities": SCORES_KIND[head_kind(model)], "parity": parity,
-        "model_created": model.manifest.get("created"),
+        "inputs": _inputs_doc(spec, tokenizer_meta), "probabilities": SCORES_KIND[head_kind(model)],
+        "parity": parity, "model_created": model.manifest.get("created"),
+        **({"tokenizer": tokenizer_meta} if tokenizer_meta else {}),
     }
     set_metadata(proto, metadata)  # the graph the gate ran, now with its figures
     data = proto.SerializeToString()
+    if tokenizer_json is not None:
+        write_bytes_atomic(beside(out), tokenizer_json.encode("utf-8"))
+        notes.append(f"the tokenizer cannot be expressed as graph ops ({not_in_graph}): the bundle takes "
+                     f"{', '.join(spec.preprocessing.inputs)} and its tokenizer is written beside it as "
+                     f"{beside(out)} (load_bundle uses it; keep the two files together)")
     write_bytes_atomic(out, data)
     return BundleReport(out, len(data), precision, spec.modality, str(model.manifest["head"].get("ref")), parity,
-                        time.perf_counter() - started, notes)
+                        time.perf_counter() - started, notes, beside(out) if tokenizer_json is not None else None)
 
 
 def _version() -> str:
@@ -138,7 +163,12 @@ def _gate_provider(precision: str) -> str:
     return "CPUExecutionProvider"
 
 
-def _inputs_doc(spec: Any) -> str:
+def _inputs_doc(spec: Any, tokenizer: dict[str, Any] | None = None) -> str:
+    if spec.modality == "text" and tokenizer and not tokenizer.get("in_graph", True):
+        return (f"{', '.join(spec.preprocessing.inputs)}: int64 [n, tokens] from the tokenizer shipped beside this "
+                f"file ({tokenizer['file']}: special tokens added, cut at {spec.preprocessing.max_length} tokens), "
+                f"padded with {tokenizer['pad_id']} to the longest; attention_mask 1 on tokens"
+                + (", token_type_ids 0" if "token_type_ids" in spec.preprocessing.inputs else ""))
     if spec.modality == "text":
         return f"text: string [n] (tokenised in the graph, cut at {spec.preprocessing.max_length} tokens)"
     if spec.modality == "image":
@@ -151,17 +181,23 @@ def _inputs_doc(spec: Any) -> str:
                                                        else []))
 
 
-def _preprocessing_graph(spec: Any) -> Any:
+def _preprocessing_graph(spec: Any) -> tuple[Any, str | None]:
+    """(the preprocessing graph or None: the backbone's own inputs; why the tokenizer is not in the graph)."""
     if spec.modality == "text":
         from .text_graph import text_graph
 
         p = spec.preprocessing
-        return text_graph(p.tokenizer, p.max_length, tuple(p.inputs), _pad_id(spec))
+        try:
+            return text_graph(p.tokenizer, p.max_length, tuple(p.inputs), _pad_id(spec)), None
+        except BundleError as exc:
+            if not (exc.details or {}).get("tokenizer_not_in_graph"):
+                raise
+            return None, str(exc.details["tokenizer_not_in_graph"])
     if spec.modality == "image":
         from .image_graph import image_graph
 
-        return image_graph(spec.preprocessing)
-    return None
+        return image_graph(spec.preprocessing), None
+    return None, None
 
 
 def _pad_id(spec: Any) -> int:
@@ -199,7 +235,7 @@ def _spread(n: int, k: int) -> list[int]:
 
 
 def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: "_Source", sample: int, other_precision: bool,
-          engine: Any, cuda: bool = False) -> tuple[dict[str, Any], list[str]]:
+          engine: Any, cuda: bool = False, text_feed: Any = None) -> tuple[dict[str, Any], list[str]]:
     """Run the gate (see :mod:`.gate`); returns the figures for the metadata and notes for the report."""
     from ..backbones.parity import probe_items
     from .feeds import bundle_runner, feed_of
@@ -207,7 +243,7 @@ def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: "_Source", sample
     from ..train.direct import embed_items
 
     notes: list[str] = []
-    run = bundle_runner(data, spec, cuda=cuda)
+    run = bundle_runner(data, spec, cuda=cuda, text_feed=text_feed)
     if other_precision:
         return _gate_precision(model, spec, items, run, engine), notes
     chosen = items.take(_spread(len(items.labels), sample))
@@ -219,7 +255,7 @@ def _gate(model: Any, spec: Any, pre: Any, data: bytes, items: "_Source", sample
         reference = embed_items(model, payloads, engine=engine)
         keep = list(reference.ok)
         left_out: list[int] = []
-        if spec.modality == "text":
+        if spec.modality == "text" and pre is not None:
             differ = set(_token_differences(pre, spec, [payloads[i] for i in keep]))
             left_out = [keep[j] for j in sorted(differ)]
             if left_out and name == "training":

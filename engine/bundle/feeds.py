@@ -41,14 +41,16 @@ def feed_of(spec: Any, payload: Any) -> Any:
     return pre.collate(pre.prepare_many([payload]))
 
 
-def bundle_runner(data: bytes, spec: Any, cuda: bool = False) -> Callable[[list[Any]], tuple[list[str], np.ndarray]]:
+def bundle_runner(data: bytes, spec: Any, cuda: bool = False, text_feed: Callable[[list[str]], dict] | None = None
+                  ) -> Callable[[list[Any]], tuple[list[str], np.ndarray]]:
     """``run(feeds) -> (labels, probabilities)`` over the serialized bundle ``data`` (``cuda``: on the CUDA
-    provider, as fp16 bundles run)."""
+    provider, as fp16 bundles run; ``text_feed``: strings -> the bundle's inputs, for a text bundle whose
+    tokenizer ships beside it)."""
     import onnxruntime as ort
 
     from .loader import image_feeds, session_options
 
-    session = ort.InferenceSession(data, session_options(needs_extensions=spec.modality == "text"),
+    session = ort.InferenceSession(data, session_options(needs_extensions=spec.modality == "text" and not text_feed),
                                    providers=(["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"])
     outputs = ["probabilities", "label"]
 
@@ -56,8 +58,8 @@ def bundle_runner(data: bytes, spec: Any, cuda: bool = False) -> Callable[[list[
         if spec.modality == "image":  # same-size images in one call: the batch input is checked as well
             calls = image_feeds(feeds)
         elif spec.modality == "text":
-            calls = [(list(range(i, min(i + TEXT_BATCH, len(feeds)))), {"text": np.array(feeds[i:i + TEXT_BATCH],
-                                                                                          dtype=object)})
+            make = text_feed or (lambda texts: {"text": np.array(texts, dtype=object)})
+            calls = [(list(range(i, min(i + TEXT_BATCH, len(feeds)))), make(feeds[i:i + TEXT_BATCH]))
                      for i in range(0, len(feeds), TEXT_BATCH)]
         else:
             calls = [([i], f) for i, f in enumerate(feeds)]

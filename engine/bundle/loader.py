@@ -1,4 +1,5 @@
-"""Run a bundle with numpy + onnxruntime alone (+ onnxruntime-extensions for text bundles).
+"""Run a bundle with numpy + onnxruntime alone (+ onnxruntime-extensions for text bundles that tokenise in the
+graph, or ``tokenizers`` for those whose tokenizer ships beside the file).
 
 This module imports nothing else from headstart and nothing heavy at import time, so a service can
 ``from headstart.engine.bundle.loader import load_bundle`` (or copy this file) where torch, faiss,
@@ -59,6 +60,11 @@ class Bundle:
         self.inputs: list[str] = [i.name for i in self.session.get_inputs()]
         self.input = self.inputs[0]
         self.modality: str = self.metadata.get("modality", "text")
+        tokenizer = self.metadata.get("tokenizer")
+        #: text bundles whose tokenizer ships beside the file: (tokenizers.Tokenizer, its metadata)
+        self.tokenizer: tuple[Any, dict[str, Any]] | None = None
+        if self.modality == "text" and isinstance(tokenizer, dict) and not tokenizer.get("in_graph", True):
+            self.tokenizer = (load_tokenizer(self.path.parent / tokenizer["file"]), tokenizer)
 
     def predict(self, items: Any, *, batch: bool = False) -> tuple[list[str], "Any"]:
         """Labels and probabilities (float32 [n, classes]) of ``items``: a list of strings (text), one
@@ -71,7 +77,11 @@ class Bundle:
             texts = [items] if isinstance(items, str) else list(items)
             if not texts:
                 return [], np.zeros((0, len(self.classes)), np.float32)
-            proba, labels = self.session.run(["probabilities", "label"], {self.input: np.array(texts, dtype=object)})
+            if self.tokenizer is not None:
+                feed = encode_texts(self.tokenizer[0], texts, self.tokenizer[1]["pad_id"], self.tokenizer[1]["inputs"])
+            else:
+                feed = {self.input: np.array(texts, dtype=object)}
+            proba, labels = self.session.run(["probabilities", "label"], feed)
             return [str(v) for v in labels], proba
         if self.modality == "image":
             return self._predict_images([items] if isinstance(items, np.ndarray) and items.ndim == 3 else list(items),
@@ -92,6 +102,35 @@ class Bundle:
             for row, name in zip(rows, names):
                 labels[row] = str(name)
         return labels, proba
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The ``tokenizers.Tokenizer`` a text bundle ships beside it (``<name>.tokenizer.json``)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise ImportError(f"this bundle's tokenizer ships beside it ({path}): pip install tokenizers") from None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"this bundle's tokenizer {path} is missing: keep it beside the .onnx file "
+                                "(headstart bundle writes both)")
+    return Tokenizer.from_file(str(path))
+
+
+def encode_texts(tokenizer: Any, texts: list[str], pad_id: int, inputs: Sequence[str]) -> dict[str, Any]:
+    """``texts`` -> the backbone's inputs as headstart makes them: special tokens, truncation as configured in
+    the tokenizer file, padded with ``pad_id`` to the longest, ``attention_mask`` 1 on tokens,
+    ``token_type_ids`` 0."""
+    import numpy as np
+
+    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=True)
+    width = max((len(e.ids) for e in encodings), default=0)
+    ids = np.full((len(encodings), width), int(pad_id), dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, e in enumerate(encodings):
+        ids[row, :len(e.ids)] = e.ids
+        mask[row, :len(e.ids)] = 1
+    arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    return {name: arrays[name] for name in inputs}
 
 
 #: Same-size images per call of an image bundle (stacked on the channel axis of its ``image`` input).

@@ -6,7 +6,8 @@ Hugging Face tokenizer), which takes one text at a time: a ``Loop`` tokenises ea
 a second ``Loop`` pads each to the batch's longest. Two settings are corrected against the tokenizer.json
 that headstart uses: accents are stripped when the normaliser lowercases and ``strip_accents`` is unset
 (as Hugging Face does), and texts are cut at the backbone's ``max_length``. Tokenizers other than
-BERT's WordPiece are refused (:class:`BundleError`).
+BERT's WordPiece raise a :class:`BundleError` marked ``tokenizer_not_in_graph``: the bundle then ships the
+tokenizer beside the file (:mod:`.tokenizer_beside`).
 
 Known differences from the Hugging Face tokenizer (onnxruntime-extensions 0.15, measured on headstart's
 probe texts): uppercase outside Latin (``Ω``) is not lowercased, voiced kana (``で``) keep their mark
@@ -48,9 +49,11 @@ def tokenizer_node_attributes(tokenizer_dir: str, max_length: int) -> dict[str, 
 
 
 def _unsupported(tokenizer_dir: str, why: str) -> BundleError:
+    """The error for a tokenizer the graph cannot hold; ``details["tokenizer_not_in_graph"]`` marks it, so a
+    bundle build can fall back to shipping the tokenizer beside the file (:mod:`.tokenizer_beside`)."""
     return BundleError(f"the tokenizer in {tokenizer_dir} cannot be expressed as graph ops ({why})",
-                       hint="bundles support BERT WordPiece tokenizers; serve this backbone through headstart "
-                            "(`headstart predict`) instead")
+                       hint="bundles tokenise BERT WordPiece in the graph; others ship their tokenizer.json beside "
+                            "the bundle", details={"tokenizer_not_in_graph": why})
 
 
 def text_graph(tokenizer_dir: str, max_length: int, outputs: tuple[str, ...], pad_id: int = 0) -> Any:
