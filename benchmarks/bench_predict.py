@@ -275,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         result.update({k: v for k, v in old.items() if k in ("text", "images", "knn") and k != args.only})
     for name, fn in (("text", bench_text), ("images", bench_images), ("knn", bench_knn)):
         if args.only in (None, name):
+            load_before = round(os.getloadavg()[0], 2)
             result[name] = fn(args.threads, args.calls)
+            result[name]["loadavg_1min"] = [load_before, round(os.getloadavg()[0], 2)]  # others' jobs share the CPUs
             if name == "knn":
                 print(table(result[name]["rows"], ["n", "cells", "bytes", "build_s", "load_s", "p50_ms", "p99_ms"]))
                 continue

@@ -453,6 +453,11 @@ def scale(results: Path, base: str) -> str:
             + "\n" + _machine_line(r) + "\n")
 
 
+def _load_during(part: dict[str, Any]) -> str:
+    load = part.get("loadavg_1min")
+    return f" (1-min load average {load[0]} → {load[1]} on the 2 cores)" if load else ""
+
+
 def predict(results: Path, base: str) -> str:
     r = load("predict", results)
     if not r:
@@ -465,7 +470,8 @@ def predict(results: Path, base: str) -> str:
             continue
         out += [f"\n{name.capitalize()}: {part['items']} test {what}, batches of {part['batch_size']} over "
                 f"{part['batch_items']} {what}; bundle p50 {part['p50_ratio']}× faster than the baseline, batch "
-                f"throughput {part['throughput_ratio']}× the baseline's, label agreement {part['label_agreement']}:\n",
+                f"throughput {part['throughput_ratio']}× the baseline's, label agreement {part['label_agreement']}"
+                f"{_load_during(part)}:\n",
                 _table(part["rows"], [("engine", "engine"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
                                       (f"{what}/s", "items_per_s")]
                        + ([(f"same-size {what}/s", "same_size_items_per_s")] if "same_size" in part else []))]

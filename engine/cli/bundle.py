@@ -22,8 +22,10 @@ def bundle(ctx: click.Context, model_dir: str, out: str, precision: str | None, 
            trust_pickle: bool, as_json: bool) -> None:
     """Write MODEL_DIR as one ONNX file that runs on onnxruntime alone.
 
-    Text bundles take raw strings (`text`, tokenised in the graph by onnxruntime-extensions), image bundles
-    one decoded RGB image (`image`, uint8 [H, W, 3]); outputs `probabilities` and `label`. The file is
+    Text bundles take raw strings (`text`, tokenised in the graph by onnxruntime-extensions; a tokenizer
+    the graph cannot hold is written beside the file as NAME.tokenizer.json and the bundle takes
+    `input_ids`/`attention_mask`), image bundles one decoded RGB image (`image`, uint8 [H, W, 3], or
+    same-size images stacked on the channel axis); outputs `probabilities` and `label`. The file is
     written only after it predicts as `headstart predict` does on training and probe items (docs/deploy.md).
     """
     from ..bundle.build import build_bundle
