@@ -87,14 +87,15 @@ class Taps(NamedTuple):
 
 
 def _pass(g: GraphParts, planes: str, taps: Taps) -> str:
-    """One 8-bit resampling pass along axis 2 of uint8 [n, 3, span, other] ``planes``: gather the taps (whole
-    rows of ``other`` values at a time), weight, sum, round -> uint8 [n, 3, out, other].
+    """One 8-bit resampling pass along axis 1 of uint8 [3 n, span, other] ``planes``: gather the taps (whole
+    rows of ``other`` values at a time), weight, sum, round -> uint8 [3 n, out, other].
 
     Pillow sums ``pixel * weight`` in int32 and keeps ``(sum + 2^21) >> 22`` clipped to 0..255. Here the
     weights are pre-scaled by 2^-22 (exact: a power of two) and summed in float64, which holds every product
     and partial sum exactly (multiples of 2^-22 below 256); + 0.5 and the truncating cast to uint8 are the
     shift. No clip is needed: bilinear weights are not negative and sum to at most 1 + K 2^-23, so the
-    rounded value stays within 0..255."""
+    rounded value stays within 0..255. (Measured on one core, loaded machine, a [3, 224, 5, 263] tensor:
+    Mul + ReduceSum 0.36 ms in float64 against 0.50 ms in int32, whose ReduceSum is the slow part.)"""
     import numpy as np
     from onnx import TensorProto
 
@@ -106,7 +107,7 @@ def _pass(g: GraphParts, planes: str, taps: Taps) -> str:
 
 def _planes(g: GraphParts) -> str:
     """``image`` uint8 [H, W, 3 n] (one RGB image, or n same-size ones side by side on the channel axis) as
-    channel planes uint8 [n, 3, H, W].
+    channel planes uint8 [3 n, H, W] (image-major: image i's R, G, B planes are rows 3i..3i+2).
 
     A batch rides on the channel axis because an ONNX input has one rank: a second ``images`` [n, H, W, 3]
     input would need a default (an initializer of that name), which onnxruntime warns about at every load and
@@ -135,7 +136,7 @@ def image_graph(prep: Any) -> Any:
                           hint="bundle a backbone with bilinear preprocessing, or serve this one with `headstart predict`")
     f64 = np.float64
     g = GraphParts("img_")
-    planes = _planes(g)  # [n, 3, H, W]
+    planes = _planes(g)  # [3 n, H, W]
     shape = g.node("Cast", [g.node("Shape", [planes])], to=TensorProto.DOUBLE)
     h = g.node("Gather", [shape, g.const(1, np.int64)], "h")
     w = g.node("Gather", [shape, g.const(2, np.int64)], "w")
@@ -150,12 +151,12 @@ def image_graph(prep: Any) -> Any:
     x0, x1 = g.node("Mul", [left, sx]), g.node("Mul", [g.node("Add", [left, size]), sx])
     y0, y1 = g.node("Mul", [top, sy]), g.node("Mul", [g.node("Add", [top, size]), sy])
     across, down = _coefficients(g, w, x0, x1, prep.size), _coefficients(g, h, y0, y1, prep.size)
-    # only the pixels some tap reads, columns before rows (a gathered tap is a whole row): [n, 3, W', H']
+    # only the pixels some tap reads, columns before rows (a gathered tap is a whole row): [3 n, W', H']
     one = lambda v: g.node("Unsqueeze", [v, g.const([0], np.int64)])  # noqa: E731
     box = g.node("Slice", [planes, g.node("Concat", [one(down.first), one(across.first)], axis=0),
                            g.node("Concat", [one(down.end), one(across.end)], axis=0), g.const([1, 2], np.int64)])
     columns = g.node("Transpose", [box], perm=[0, 2, 1])
-    rows = _pass(g, columns, across)  # Pillow's horizontal pass: [n, 3, size, H']
+    rows = _pass(g, columns, across)  # Pillow's horizontal pass: [3 n, size, H']
     resized = g.node("Reshape", [_pass(g, g.node("Transpose", [rows], perm=[0, 2, 1]), down),  # vertical pass
                                  g.const([-1, 3, prep.size, prep.size], np.int64)])  # [n, 3, size, size]
     # (v * (1/255) - mean) / std in float32, the operations headstart's lookup table was computed with
