@@ -241,7 +241,7 @@ def bench_knn(threads: int, calls: int) -> dict[str, Any]:
     for n in (10_000, 50_000, 100_000, 200_000):
         X = rng.standard_normal((n, 384)).astype(np.float32)
         head = KNNHead().fit(X, rng.integers(0, 10, n).astype(str))
-        model = type("M", (), {"head": head, "classes": list(head.classes_),
+        model = type("M", (), {"head": head, "classes": list(head.classes_), "decision": None,
                                "manifest": {"head": {"name": "knn"}}})()
         start = time.perf_counter()
         data = head_graph(model, 384).SerializeToString()
