@@ -34,6 +34,7 @@ from .block_cache import FrozenPrefix
 from .blocks import block_key, block_label, group_blocks
 from .checkpoint import load_checkpoint, read_meta, save_checkpoint
 from .finetuned import write_finetuned
+from .graph_patch import plan_for
 from .pair_loss import centroid_scores, pair_cosine_loss
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -163,6 +164,13 @@ def _choose_epoch(curves: list[list[dict[str, Any]]], y: np.ndarray, folds: list
     return best, mean, classification_metrics(classes[y], classes[pred], classes)
 
 
+def _graph_patch(spec: Any, body: _Body, tuned: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the tuned top blocks go in the base export's graph (graph_patch.py), or None: trace it."""
+    arrays = {n: v.detach().cpu().numpy() for n, v in tuned.items()}
+    base = {**arrays, **{n: v.cpu().numpy() for n, v in body.initial.items()}}
+    return plan_for(spec, base, arrays)
+
+
 def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     """Choose the epochs by k-fold CV, train the top blocks on every item, fit the head, write the backbone."""
     import torch
@@ -190,11 +198,16 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     resumed_from = None
     state: dict[str, Any] = {"phase": "cv", "curves": [], "epoch": 0, "history": [], "optimizer_steps": 0,
                              "best_epoch": 0, "best": None, "stale": 0, "target_epochs": None}
+
+    def weights(phase: str) -> Any:  # during the k-fold phase the weights are reset per fold: not saved
+        return body.trainable if phase == "final" else torch.nn.ParameterDict()
+
     if meta is not None:
         if meta.get("identity") != json.loads(json.dumps(request.identity)) or meta.get("objective") != "contrastive":
             raise FinetuneError(f"the checkpoint in {checkpoint} belongs to another run (other data, backbone, head, "
                                 "objective or options)", hint="resume with the same options, or delete the folder")
-        meta, _ = load_checkpoint(checkpoint, model=body.trainable, optimizer=optimizer, scaler=None, device="cpu")
+        meta, _ = load_checkpoint(checkpoint, model=weights(meta["phase"]), optimizer=optimizer, scaler=None,
+                                  device="cpu")
         state = {k: meta[k] for k in state}
         resumed_from = {"phase": state["phase"], "folds_done": len(state["curves"]), "epoch": state["epoch"],
                         "optimizer_steps": state["optimizer_steps"], "best_epoch": state["best_epoch"]}
@@ -202,7 +215,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     checkpoint.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
-        save_checkpoint(checkpoint, model=body.trainable, best={}, optimizer=optimizer, scaler=None,
+        save_checkpoint(checkpoint, model=weights(state["phase"]), best={}, optimizer=optimizer, scaler=None,
                         state={**state, "identity": request.identity, "objective": "contrastive"})
 
     epochs_run = 0
@@ -266,10 +279,12 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     head = clone(request.head)
     head.fit(emb, np.asarray(request.classes)[y_np])
     body.prefix.restore()
-    ref, files = write_finetuned(request.finetuned_root, request.spec.name, body.module.state_dict(),
+    tuned = body.module.state_dict()
+    ref, files = write_finetuned(request.finetuned_root, request.spec.name, tuned,
                                  {"head": request.head_name, "objective": "contrastive",
                                   "best_epoch": state["best_epoch"],
-                                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                  "graph_patch": _graph_patch(request.spec, body, tuned)})
     info = {"device": "cpu", "precision": "fp32", "objective": "contrastive", "trainable_blocks": body.trainable_names,
             "trainable_parameters": int(sum(v.numel() for v in body.initial.values())),
             "optimizer_steps": state["optimizer_steps"], "folds": len(folds), "items": len(items),
