@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headstart.sdk import ConfigError, FinetuneError, FinetunerSpec, hookimpl, pause_point
+from headstart.sdk import ConfigError, FinetuneError, FinetunerSpec, hookimpl, pause_point, write_bytes_atomic
 
 from .block_cache import FrozenPrefix
 from .blocks import block_key, block_label, group_blocks
-from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .checkpoint import FILE as CHECKPOINT_FILE
+from .checkpoint import BackgroundWriter, checkpoint_bytes, load_checkpoint, read_meta
 from .finetuned import write_finetuned
 from .graph_patch import plan_for
 from .pair_loss import centroid_scores, pair_cosine_loss
@@ -214,9 +215,12 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         request.log(f"resumed from the checkpoint after {len(state['curves'])} folds, final-run epoch {state['epoch']}")
     checkpoint.mkdir(parents=True, exist_ok=True)
 
+    def snapshot() -> bytes:
+        return checkpoint_bytes(model=weights(state["phase"]), best={}, optimizer=optimizer, scaler=None,
+                                state={**state, "identity": request.identity, "objective": "contrastive"})
+
     def save() -> None:
-        save_checkpoint(checkpoint, model=weights(state["phase"]), best={}, optimizer=optimizer, scaler=None,
-                        state={**state, "identity": request.identity, "objective": "contrastive"})
+        write_bytes_atomic(checkpoint / CHECKPOINT_FILE, snapshot())
 
     epochs_run = 0
     # 1. k-fold: how many epochs generalise (each fold trains from the base weights on the other folds)
@@ -260,6 +264,14 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
                                                                   if state["best"] else ""))
     # 2. the final run on every item, for the chosen number of epochs
     all_rows = np.arange(len(items))
+    # each epoch's checkpoint is written while the next epoch trains; its pause point follows once it is durable
+    writer, written = BackgroundWriter(checkpoint / CHECKPOINT_FILE), None
+
+    def durable() -> None:
+        writer.wait()
+        if written is not None:
+            pause_point("finetune-epoch-end", epoch=written)
+
     while state["epoch"] < state["target_epochs"]:
         epoch = state["epoch"] + 1
         tick = time.perf_counter()
@@ -271,24 +283,30 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         if row is not None:
             row["train_loss"] = round(loss, 6)
             row["seconds"] = round(time.perf_counter() - tick, 3)
-        save()
-        pause_point("finetune-epoch-end", epoch=epoch)
+        durable()
+        writer.submit(snapshot())
+        written = epoch
         request.log(f"epoch {epoch}/{state['target_epochs']} on all {len(items)} items: pair loss {loss:.4f}")
+    durable()
     # 3. the head on the tuned embeddings of every item
     emb = body.embed_all(all_rows)
     head = clone(request.head)
     head.fit(emb, np.asarray(request.classes)[y_np])
     body.prefix.restore()
     tuned = body.module.state_dict()
-    ref, files = write_finetuned(request.finetuned_root, request.spec.name, tuned,
-                                 {"head": request.head_name, "objective": "contrastive",
-                                  "best_epoch": state["best_epoch"],
-                                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                  "graph_patch": _graph_patch(request.spec, body, tuned)})
+    if state["target_epochs"] == 0:  # no epoch beat the frozen body: it is kept (its cached export, no new one)
+        ref, files = request.spec.name, []
+    else:
+        ref, files = write_finetuned(request.finetuned_root, request.spec.name, tuned,
+                                     {"head": request.head_name, "objective": "contrastive",
+                                      "best_epoch": state["best_epoch"],
+                                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                      "graph_patch": _graph_patch(request.spec, body, tuned)})
     info = {"device": "cpu", "precision": "fp32", "objective": "contrastive", "trainable_blocks": body.trainable_names,
             "trainable_parameters": int(sum(v.numel() for v in body.initial.values())),
             "optimizer_steps": state["optimizer_steps"], "folds": len(folds), "items": len(items),
             "cached_split": body.prefix.active, "cache_seconds": round(cache_seconds, 3),
+            "base_body_kept": state["target_epochs"] == 0,
             "seconds": round(time.perf_counter() - started, 3)}
     if state["best"]:
         info["cv_metrics"] = state["best"]
