@@ -14,8 +14,12 @@ on the tuned embeddings), made cheap on a CPU:
   sampling a few pairs per item;
 * the head (linear or mlp, as asked) is then fitted on the tuned embeddings of all items.
 
-A checkpoint is written after every fold and every epoch of the final run (``resume`` continues from
-it: finished folds are not re-run, the final run's weights, optimiser moments and RNG are restored).
+A checkpoint is written after every fold (curves and RNG only: each fold restarts from the base
+weights) and every epoch of the final run (weights, optimiser moments, RNG; written on a thread while
+the next epoch trains); ``resume`` continues from it: finished folds are not re-run, the final run's
+state is restored. The tuned backbone's graph is the base export with the tuned weights patched in
+(graph_patch.py) when every changed weight can be placed; when cross-validation keeps the frozen body
+(0 epochs), the base backbone itself is returned and nothing new is exported.
 The history holds the cross-validated curve (epoch 0 = the frozen body), ``info["cv_metrics"]`` the
 held-out accuracy / macro-F1 at the chosen epoch, which the engine reports as the validation score.
 """
