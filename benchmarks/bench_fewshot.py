@@ -2,6 +2,7 @@
 
     python benchmarks/bench_fewshot.py [--tasks debian6,debian-net-web] [--sizes 8,16,32] [--seeds 5]
                                        [--setfit-sizes 8,16,32] [--setfit-seeds 5] [--test-per-class 50]
+    python benchmarks/bench_fewshot.py --merge A.json B.json [--out benchmarks/results/fewshot.json]
 
 Tasks: benchmarks/_fewshot_data.py (Debian package descriptions by archive section; offline, public).
 For every (task, k examples per class, seed) the methods run back to back on the same sample
@@ -113,7 +114,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         acc, sec = [r["accuracy"] for r in rs], [r["seconds"] for r in rs]
         out.append({"task": task, "k": k, "method": method, "seeds": len(rs), "accuracy_mean": round(statistics.mean(acc), 4),
                     "accuracy_sd": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
-                    "seconds_mean": round(statistics.mean(sec), 1), "seed_list": sorted(r["seed"] for r in rs)})
+                    "seconds_mean": round(statistics.mean(sec), 1),
+                    "seconds_sd": round(statistics.stdev(sec), 1) if len(sec) > 1 else 0.0,
+                    "seed_list": sorted(r["seed"] for r in rs)})
     by = {(c["task"], c["k"], c["method"]): c for c in out}
     for c in out:  # paired ratios to SetFit on the seeds both ran
         s = by.get((c["task"], c["k"], "setfit"))
@@ -139,6 +142,19 @@ def table(cells: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def merge(parts: list[Path], out: Path) -> int:
+    """One result file from runs made side by side (each part keeps its own machine record and load)."""
+    loaded = [json.loads(p.read_text()) for p in parts]
+    rows = [r for d in loaded for r in d["rows"]]
+    first = loaded[0]
+    data = {**first, "machine": {**first["machine"], "command": " & ".join(d["machine"]["command"] for d in loaded)},
+            "parts": [{"file": p.name, "machine": d["machine"]} for p, d in zip(parts, loaded)],
+            "tasks": {t: v for d in loaded for t, v in d["tasks"].items()}, "rows": rows, "cells": summarise(rows)}
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    print(table(data["cells"]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", default="debian-net-web,debian6")
@@ -150,11 +166,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-per-class", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="torch threads of every method (SetFit's too)")
     p.add_argument("--out", default=str(RESULTS / "fewshot.json"))
+    p.add_argument("--home", default=None, help="HEADSTART_HOME of the run [default: benchmarks/.work/fewshot/home]; "
+                   "give runs made side by side their own")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="only merge the rows of these partial result files "
+                   "(e.g. one run per task side by side) into --out, and print the table")
     args = p.parse_args(argv)
-    os.environ["HEADSTART_HOME"] = str(WORK / "fewshot" / "home")
+    if args.merge:
+        return merge([Path(m) for m in args.merge], Path(args.out))
+    os.environ["HEADSTART_HOME"] = args.home or str(WORK / "fewshot" / "home")
     import torch
 
     torch.set_num_threads(args.threads)
+    import transformers.models.bert.modeling_bert  # noqa: F401 - imports are not timed (SetFit's are not either)
+    from headstart.engine.backbones.export import export
+
+    export("minilm", "fp32")  # the base export every headstart method starts from: shared, not timed
     sizes = [int(s) for s in args.sizes.split(",")]
     setfit_sizes = [int(s) for s in (args.setfit_sizes or args.sizes).split(",")]
     setfit_seeds = args.setfit_seeds if args.setfit_seeds is not None else args.seeds

@@ -236,14 +236,14 @@ def fewshot(results: Path, base: str) -> str:
     rows = []
     for c in r["cells"]:
         rows.append({**c, "accuracy": f"{c['accuracy_mean']:.3f} ± {c['accuracy_sd']:.3f}",
-                     "seconds": _n(c["seconds_mean"]),
+                     "seconds": _n(c["seconds_mean"]) + (f" ± {_n(c['seconds_sd'])}" if c.get("seconds_sd") else ""),
                      "vs": (f"{c['vs_setfit_accuracy_pts']:+.1f} pts, {c['vs_setfit_time_ratio']:.2f}× the time"
                             if "vs_setfit_accuracy_pts" in c else "")})
     tasks = "; ".join(f"`{t}`: {', '.join(labels)}" for t, labels in r["tasks"].items())
     return (f"`{r['machine']['command']}` — {_source('fewshot', r, base)}; test items per class: "
             f"{r['test_per_class']}; torch threads per method: {r.get('torch_threads', '?')}; sections: {tasks}.\n"
             + _table(rows, [("task", "task"), ("k / class", "k"), ("method", "method"), ("seeds", "seeds"),
-                            ("test accuracy (mean ± sd)", "accuracy"), ("train s", "seconds"),
+                            ("test accuracy (mean ± sd)", "accuracy"), ("train s (mean ± sd)", "seconds"),
                             ("vs SetFit, same seeds", "vs")])
             + "\n" + _machine_line(r) + "\n")
 

@@ -110,8 +110,15 @@ def reference_outputs(spec: "BackboneSpec", singles: list[Any], module: Any,
     if spec.build_torch is not None:
         from .torch_export import build_module, run_module
 
+        import numpy as np
+
         module = module if module is not None else build_module(spec)
-        return run_module(module, merge_singles(singles, len(singles))), "pytorch"
+        # length-sorted batches: one padded batch of every probe item pads the short ones to the longest
+        order = sorted(range(len(singles)), key=lambda i: tuple(a.shape for a in singles[i].values()))
+        out = run_module(module, merge_singles([singles[i] for i in order], PARITY_BATCH))
+        ref = np.empty_like(out)
+        ref[order] = out
+        return ref, "pytorch"
     return run_onnx(reference_graph, singles, spec.name, "fp32", batch_size=1), "onnx fp32, one item per batch"
 
 

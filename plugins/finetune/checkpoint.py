@@ -22,10 +22,17 @@ FORMAT = "headstart-finetune-checkpoint-1"
 def save_checkpoint(folder: Path, *, model: Any, best: dict[str, Any], optimizer: Any, scaler: Any,
                     state: dict[str, Any]) -> Path:
     """Write the checkpoint for the epoch just finished (replaces the previous one atomically)."""
+    from headstart.sdk import write_bytes_atomic
+
+    path = folder / FILE
+    write_bytes_atomic(path, checkpoint_bytes(model=model, best=best, optimizer=optimizer, scaler=scaler, state=state))
+    return path
+
+
+def checkpoint_bytes(*, model: Any, best: dict[str, Any], optimizer: Any, scaler: Any, state: dict[str, Any]) -> bytes:
+    """The checkpoint file's content now (a snapshot: training may go on while it is written)."""
     import torch
     from safetensors.torch import save
-
-    from headstart.sdk import write_bytes_atomic
 
     tensors: dict[str, Any] = {}
     for name, value in model.state_dict().items():
@@ -42,9 +49,40 @@ def save_checkpoint(folder: Path, *, model: Any, best: dict[str, Any], optimizer
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     meta = {**state, "format": FORMAT, "param_groups": opt["param_groups"],
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
-    path = folder / FILE
-    write_bytes_atomic(path, save(tensors, metadata={"headstart": json.dumps(meta)}))
-    return path
+    return save(tensors, metadata={"headstart": json.dumps(meta)})
+
+
+class BackgroundWriter:
+    """Writes one checkpoint at a time on a thread (the fsync of tens of MB overlaps the next epoch).
+
+    :meth:`wait` returns once the last submitted checkpoint is durable (and raises its error)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.thread, self.error = path, None, None
+
+    def submit(self, data: bytes) -> None:
+        import threading
+
+        from headstart.sdk import write_bytes_atomic
+
+        self.wait()
+
+        def write() -> None:
+            try:
+                write_bytes_atomic(self.path, data)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the training thread by wait()
+                self.error = exc
+
+        self.thread = threading.Thread(target=write, name="checkpoint-writer", daemon=True)
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def read_meta(folder: Path) -> dict[str, Any] | None:

@@ -14,8 +14,12 @@ on the tuned embeddings), made cheap on a CPU:
   sampling a few pairs per item;
 * the head (linear or mlp, as asked) is then fitted on the tuned embeddings of all items.
 
-A checkpoint is written after every fold and every epoch of the final run (``resume`` continues from
-it: finished folds are not re-run, the final run's weights, optimiser moments and RNG are restored).
+A checkpoint is written after every fold (curves and RNG only: each fold restarts from the base
+weights) and every epoch of the final run (weights, optimiser moments, RNG; written on a thread while
+the next epoch trains); ``resume`` continues from it: finished folds are not re-run, the final run's
+state is restored. The tuned backbone's graph is the base export with the tuned weights patched in
+(graph_patch.py) when every changed weight can be placed; when cross-validation keeps the frozen body
+(0 epochs), the base backbone itself is returned and nothing new is exported.
 The history holds the cross-validated curve (epoch 0 = the frozen body), ``info["cv_metrics"]`` the
 held-out accuracy / macro-F1 at the chosen epoch, which the engine reports as the validation score.
 """
@@ -28,12 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headstart.sdk import ConfigError, FinetuneError, FinetunerSpec, hookimpl, pause_point
+from headstart.sdk import ConfigError, FinetuneError, FinetunerSpec, hookimpl, pause_point, write_bytes_atomic
 
 from .block_cache import FrozenPrefix
 from .blocks import block_key, block_label, group_blocks
-from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .checkpoint import FILE as CHECKPOINT_FILE
+from .checkpoint import BackgroundWriter, checkpoint_bytes, load_checkpoint, read_meta
 from .finetuned import write_finetuned
+from .graph_patch import plan_for
 from .pair_loss import centroid_scores, pair_cosine_loss
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -163,6 +169,13 @@ def _choose_epoch(curves: list[list[dict[str, Any]]], y: np.ndarray, folds: list
     return best, mean, classification_metrics(classes[y], classes[pred], classes)
 
 
+def _graph_patch(spec: Any, body: _Body, tuned: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the tuned top blocks go in the base export's graph (graph_patch.py), or None: trace it."""
+    arrays = {n: v.detach().cpu().numpy() for n, v in tuned.items()}
+    base = {**arrays, **{n: v.cpu().numpy() for n, v in body.initial.items()}}
+    return plan_for(spec, base, arrays)
+
+
 def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     """Choose the epochs by k-fold CV, train the top blocks on every item, fit the head, write the backbone."""
     import torch
@@ -190,20 +203,28 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     resumed_from = None
     state: dict[str, Any] = {"phase": "cv", "curves": [], "epoch": 0, "history": [], "optimizer_steps": 0,
                              "best_epoch": 0, "best": None, "stale": 0, "target_epochs": None}
+
+    def weights(phase: str) -> Any:  # during the k-fold phase the weights are reset per fold: not saved
+        return body.trainable if phase == "final" else torch.nn.ParameterDict()
+
     if meta is not None:
         if meta.get("identity") != json.loads(json.dumps(request.identity)) or meta.get("objective") != "contrastive":
             raise FinetuneError(f"the checkpoint in {checkpoint} belongs to another run (other data, backbone, head, "
                                 "objective or options)", hint="resume with the same options, or delete the folder")
-        meta, _ = load_checkpoint(checkpoint, model=body.trainable, optimizer=optimizer, scaler=None, device="cpu")
+        meta, _ = load_checkpoint(checkpoint, model=weights(meta["phase"]), optimizer=optimizer, scaler=None,
+                                  device="cpu")
         state = {k: meta[k] for k in state}
         resumed_from = {"phase": state["phase"], "folds_done": len(state["curves"]), "epoch": state["epoch"],
                         "optimizer_steps": state["optimizer_steps"], "best_epoch": state["best_epoch"]}
         request.log(f"resumed from the checkpoint after {len(state['curves'])} folds, final-run epoch {state['epoch']}")
     checkpoint.mkdir(parents=True, exist_ok=True)
 
+    def snapshot() -> bytes:
+        return checkpoint_bytes(model=weights(state["phase"]), best={}, optimizer=optimizer, scaler=None,
+                                state={**state, "identity": request.identity, "objective": "contrastive"})
+
     def save() -> None:
-        save_checkpoint(checkpoint, model=body.trainable, best={}, optimizer=optimizer, scaler=None,
-                        state={**state, "identity": request.identity, "objective": "contrastive"})
+        write_bytes_atomic(checkpoint / CHECKPOINT_FILE, snapshot())
 
     epochs_run = 0
     # 1. k-fold: how many epochs generalise (each fold trains from the base weights on the other folds)
@@ -247,6 +268,14 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
                                                                   if state["best"] else ""))
     # 2. the final run on every item, for the chosen number of epochs
     all_rows = np.arange(len(items))
+    # each epoch's checkpoint is written while the next epoch trains; its pause point follows once it is durable
+    writer, written = BackgroundWriter(checkpoint / CHECKPOINT_FILE), None
+
+    def durable() -> None:
+        writer.wait()
+        if written is not None:
+            pause_point("finetune-epoch-end", epoch=written)
+
     while state["epoch"] < state["target_epochs"]:
         epoch = state["epoch"] + 1
         tick = time.perf_counter()
@@ -258,22 +287,30 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         if row is not None:
             row["train_loss"] = round(loss, 6)
             row["seconds"] = round(time.perf_counter() - tick, 3)
-        save()
-        pause_point("finetune-epoch-end", epoch=epoch)
+        durable()
+        writer.submit(snapshot())
+        written = epoch
         request.log(f"epoch {epoch}/{state['target_epochs']} on all {len(items)} items: pair loss {loss:.4f}")
+    durable()
     # 3. the head on the tuned embeddings of every item
     emb = body.embed_all(all_rows)
     head = clone(request.head)
     head.fit(emb, np.asarray(request.classes)[y_np])
     body.prefix.restore()
-    ref, files = write_finetuned(request.finetuned_root, request.spec.name, body.module.state_dict(),
-                                 {"head": request.head_name, "objective": "contrastive",
-                                  "best_epoch": state["best_epoch"],
-                                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    tuned = body.module.state_dict()
+    if state["target_epochs"] == 0:  # no epoch beat the frozen body: it is kept (its cached export, no new one)
+        ref, files = request.spec.name, []
+    else:
+        ref, files = write_finetuned(request.finetuned_root, request.spec.name, tuned,
+                                     {"head": request.head_name, "objective": "contrastive",
+                                      "best_epoch": state["best_epoch"],
+                                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                      "graph_patch": _graph_patch(request.spec, body, tuned)})
     info = {"device": "cpu", "precision": "fp32", "objective": "contrastive", "trainable_blocks": body.trainable_names,
             "trainable_parameters": int(sum(v.numel() for v in body.initial.values())),
             "optimizer_steps": state["optimizer_steps"], "folds": len(folds), "items": len(items),
             "cached_split": body.prefix.active, "cache_seconds": round(cache_seconds, 3),
+            "base_body_kept": state["target_epochs"] == 0,
             "seconds": round(time.perf_counter() - started, 3)}
     if state["best"]:
         info["cv_metrics"] = state["best"]

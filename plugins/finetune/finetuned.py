@@ -5,7 +5,9 @@ Weights live content-addressed under ``<home>/finetuned/<sha16>/``: ``backbone.s
 ref, sha256), written last: a folder without it does not exist. The spec keeps the base's
 preprocessing, pooling and output; its ``weights`` add the safetensors file (hashed into the
 fingerprint) and ``extra`` adds ``("finetuned", sha256)``. ``build_torch`` builds the base
-module and loads the fine-tuned weights (strict). Resolving never imports torch, so a
+module and loads the fine-tuned weights (strict). When ``finetuned.json`` holds a ``graph_patch`` plan
+(graph_patch.py), the ONNX graph is the base export with the tuned weights written into its
+initializers (already fused: no tracing, no fusion pass); otherwise the tuned module is traced. Resolving never imports torch, so a
 fine-tuned model predicts from its cached export on onnxruntime alone.
 """
 
@@ -75,9 +77,16 @@ def finetuned_spec(ref: str, engine: Any) -> Any:
         raise BackboneError(f"fine-tuned backbone '{ref}': its base '{base.name}' has no PyTorch model",
                             hint="fine-tuning needs a backbone with build_torch")
     weights = str(folder / WEIGHTS)
+    patch = meta.get("graph_patch")
+    exporter: dict[str, Any] = {"export_onnx": None}  # traced with torch.onnx: the base's exporter knows its weights only
+    extra: tuple = ()
+    if patch:
+        from .graph_patch import export_patched
+
+        exporter = {"export_onnx": lambda path: export_patched(base, patch, weights, Path(path))}
+        extra = (("exporter", "the base export's graph, tuned initializers"), ("graph_optimizer", None))
     return dataclasses.replace(
         base, name=ref, source=f"{base.name} fine-tuned ({weights})",
         description=f"{base.name} fine-tuned end to end ({meta.get('head', 'head')}, {meta.get('created', '')})",
         weights=(*base.weights, weights), build_torch=lambda: _build(base, weights), aliases=(), default=False,
-        export_onnx=None,  # the tuned module is traced with torch.onnx; the base's exporter knows only its weights
-        extra=(*base.extra, ("finetuned", meta["sha256"])))
+        extra=(*base.extra, *extra, ("finetuned", meta["sha256"])), **exporter)

@@ -1,0 +1,121 @@
+"""A fine-tuned backbone's ONNX graph from the base export: the tuned weights written into its initializers.
+
+Tracing and fusing the whole body again costs seconds on a CPU, for a fine-tune that changed only the top
+blocks. The base backbone's fp32 export (traced, fused, parity-checked) has the same architecture, so its
+graph can take the new weights directly. Initializers are matched to parameters *by value* (the names
+of fused or transposed weights are the exporter's own): an initializer equal to a base parameter, to its
+transpose, or to the concatenation of three of them along the last axis (the fused Q/K/V projection)
+gets the tuned values in the same form. :func:`graph_plan` returns ``None`` (trace instead) unless every
+changed parameter lands somewhere and no match is ambiguous (two parameters with equal values); weights
+that the exporter folded into others (e.g. batch norm into a convolution) have no match, so such a
+backbone is traced as before. The export's parity gate compares the patched graph with the tuned PyTorch
+model either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: the part counts an initializer may be split into along its last axis (fused Q/K/V: 3)
+SPLITS = (3,)
+
+
+def _key(arr: np.ndarray) -> tuple:
+    arr = np.ascontiguousarray(arr)
+    return arr.shape, arr.dtype.str, hashlib.blake2b(arr.tobytes(), digest_size=16).digest()
+
+
+def _index(base: dict[str, np.ndarray]) -> dict[tuple, list[tuple[str, str]]]:
+    index: dict[tuple, list[tuple[str, str]]] = {}
+    for name, value in base.items():
+        index.setdefault(_key(value), []).append((name, ""))
+        if value.ndim == 2:
+            index.setdefault(_key(value.T), []).append((name, "T"))
+    return index
+
+
+def _match(arr: np.ndarray, index: dict[tuple, list[tuple[str, str]]]) -> list[list[tuple[str, str]]] | None:
+    """The candidates of each part ``arr`` is made of (whole, or split along the last axis), or None."""
+    found = index.get(_key(arr))
+    if found is not None:
+        return [found]
+    for parts in SPLITS:
+        if arr.ndim in (1, 2) and arr.shape[-1] % parts == 0 and arr.shape[-1] > parts:
+            chunks = [index.get(_key(c)) for c in np.split(arr, parts, axis=-1)]
+            if all(c is not None for c in chunks):
+                return chunks  # type: ignore[return-value]
+    return None
+
+
+def graph_plan(graph: Path, base: dict[str, np.ndarray], changed: set[str]) -> dict[str, list[list[str]]] | None:
+    """{initializer name: [[parameter, form], ...]} for every initializer holding a changed parameter, or
+    None when a changed parameter is found nowhere or where it is cannot be told apart from another one."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(graph))
+    shapes = {base[n].shape for n in changed} | {base[n].T.shape for n in changed}
+    index = _index({n: v for n, v in base.items() if v.shape in shapes})  # every parameter a changed one could be
+    plan: dict[str, list[list[str]]] = {}
+    placed: set[str] = set()
+    for init in model.graph.initializer:
+        dims = tuple(init.dims)
+        if dims not in shapes and not any(dims[:-1] + (dims[-1] // p,) in shapes for p in SPLITS if dims):
+            continue  # cannot hold a changed parameter (the big embedding tables are never read)
+        parts = _match(numpy_helper.to_array(init), index)
+        if parts is None or not any(n in changed for group in parts for n, _ in group):
+            continue
+        if any(len(group) > 1 for group in parts):
+            return None  # equal values: which parameter this is cannot be told
+        plan[init.name] = [[group[0][0], group[0][1]] for group in parts]
+        placed |= {group[0][0] for group in parts}
+    return plan if changed <= placed else None
+
+
+def write_patched(graph: Path, plan: dict[str, list[list[str]]], tuned: dict[str, np.ndarray], out: Path) -> None:
+    """Copy ``graph`` to ``out`` with the planned initializers replaced by the ``tuned`` values."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(graph))
+    for init in model.graph.initializer:
+        parts = plan.get(init.name)
+        if parts is None:
+            continue
+        old = numpy_helper.to_array(init)
+        values = [tuned[n].T if form == "T" else tuned[n] for n, form in parts]
+        new = (values[0] if len(values) == 1 else np.concatenate(values, axis=-1)).astype(old.dtype)
+        if new.shape != old.shape:
+            raise ValueError(f"initializer {init.name}: tuned shape {new.shape} != {old.shape}")
+        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new), init.name))
+    onnx.save(model, str(out))
+
+
+def plan_for(base_spec: Any, base: dict[str, np.ndarray], tuned: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """The patch plan of a fine-tune against the base backbone's fp32 export (exported if not cached):
+    ``{"base_export": fingerprint, "plan": ...}`` (an empty plan when nothing changed: the base graph as it is),
+    or None when the graph must be traced instead."""
+    from headstart.sdk import export_backbone
+
+    changed = {n for n, v in tuned.items() if n in base and not np.array_equal(v, base[n])}
+    exported = export_backbone(base_spec, "fp32")
+    plan = graph_plan(exported.path, base, changed)
+    return None if plan is None else {"base_export": exported.fingerprint, "plan": plan}
+
+
+def export_patched(base_spec: Any, patch: dict[str, Any], weights: str, out: Path) -> None:
+    """The fine-tuned spec's ``export_onnx``: the base export with the tuned weights at ``weights`` patched in."""
+    from safetensors.numpy import load_file
+
+    from headstart.sdk import BackboneError, export_backbone
+
+    exported = export_backbone(base_spec, "fp32")
+    if exported.fingerprint != patch["base_export"]:
+        raise BackboneError(f"the fine-tuned weights {weights} were planned against export {patch['base_export']} of "
+                            f"'{base_spec.name}', this home has {exported.fingerprint} (other library versions)",
+                            hint="fine-tune again in this environment, or export with the versions it was made with")
+    write_patched(exported.path, patch["plan"], load_file(weights), out)
