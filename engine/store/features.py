@@ -79,6 +79,7 @@ class FeatureStore:
         self._on_damage: Any = None  # set by an open writer: drops damaged shards a look-up runs into
         self._sized: set[str] = set()  # shard files this object found with their recorded size
         self._stat_trusted: set[str] = set()  # ... and their recorded mtime: trusted for look-ups, not hashed
+        self._key_indexes: dict[Path, Any] = {}  # key indexes by folder, kept across snapshots (their maps too)
         self._check_all = False  # load(check="all"): the first look-up checks every shard
         # look-ups (an embedding job's reader thread) and commits (its writer) share one object
         self._lookup_lock = threading.RLock()
@@ -268,7 +269,7 @@ class FeatureStore:
             folder = VECTOR_KEYS if kind == sh.VECTORS else ERROR_KEYS
             entries = [e for e in self._manifest["shards"] if e["kind"] == kind]
             lookup = self._lookups[kind] = KindLookup(self.path, folder, self._manifest.get("key_index"),
-                                                      entries, self.shard_keys)
+                                                      entries, self.shard_keys, self._key_indexes)
         return lookup
 
     def _lookup_check(self, entry: dict) -> bool:
@@ -685,9 +686,7 @@ class FeatureStore:
             else:
                 self._manifest = append_commit(self.path, self._manifest, add)
             self._searcher, self._tail = None, None
-            for lookup in self._lookups.values():
-                lookup.release()
-            self._lookups = {}
+            self._lookups = {}  # the key indexes (self._key_indexes) and their maps stay: refreshed by their logs
 
     def sync_key_index(self) -> None:
         """Index the shards the key indexes do not cover yet (caller holds the write lock)."""
@@ -697,7 +696,7 @@ class FeatureStore:
                 return
             for kind, folder in ((sh.VECTORS, VECTOR_KEYS), (sh.ERRORS, ERROR_KEYS)):
                 entries = [e for e in self._manifest["shards"] if e["kind"] == kind]
-                keylookup.sync(self.path, folder, epoch, entries, self.shard_keys)
+                keylookup.sync(self.path, folder, epoch, entries, self.shard_keys, self._key_indexes)
             self._lookups = {}
 
     # -- checks ------------------------------------------------------------------------

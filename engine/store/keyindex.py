@@ -124,17 +124,32 @@ class KeyIndex:
         self.meta: dict = {}  # the caller's record of what the index covers (the last commit's ``meta``)
         self._lines = 0
         self._seq = 0
-        self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._maps: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._views: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._probes = 0
+        self._read_stat: tuple[int, int, int] | None = None
         self.reload()
 
     # -- reading --------------------------------------------------------------------
+    def refresh(self) -> "KeyIndex":
+        """:meth:`reload` when the log changed since it was last read (one ``stat`` otherwise)."""
+        if self._log_stat() != self._read_stat:
+            self.reload()
+        return self
+
+    def _log_stat(self) -> tuple[int, int, int] | None:
+        try:
+            info = (self.folder / LOG).stat()
+        except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_size, info.st_mtime_ns
+
     def reload(self) -> "KeyIndex":
-        """Re-read the log (a torn last line is ignored)."""
+        """Re-read the log (a torn last line is ignored); segments still live stay mapped."""
         live: dict[str, int] = {}
         meta: dict = {}
         lines = 0
-        self.release()
+        self._read_stat = self._log_stat()
         try:
             text = (self.folder / LOG).read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:
@@ -155,6 +170,9 @@ class KeyIndex:
                 live[name] = size
             self._seq = max(self._seq, int(record.get("seq", 0)))
         self.segments = [Segment(name, size) for name, size in live.items()]
+        for gone in set(self._maps) - set(live):
+            self._maps.pop(gone, None)
+            self._views.pop(gone, None)
         self.meta = meta
         self._lines = lines
         self._seq = max([self._seq, *(int(s.name.split("-")[0]) for s in self.segments)])
@@ -197,11 +215,16 @@ class KeyIndex:
             maps = self._maps.get(segment.name)
             if maps is None:
                 keys, vals = (_random_access(a) for a in segment.arrays(self.folder))
-                maps = self._maps[segment.name] = (keys, vals, _segment_hi(self.folder, segment, keys))
+                hi = _segment_hi(self.folder, segment, keys)
+                maps = self._maps[segment.name] = (keys, vals, hi)
+                self._views[segment.name] = tuple(a.view(np.ndarray) for a in maps)  # no memmap subclass per index
+            maps = self._views[segment.name]
             seg_keys, seg_vals, seg_hi = maps
             n = len(seg_keys)
             at = np.searchsorted(seg_hi, probe_hi)
             pending = np.flatnonzero(at < n)
+            # only probes whose first 8 bytes are there read the digests (their pages stay untouched otherwise)
+            pending = pending[seg_hi[at[pending]] == probe_hi[pending]]
             while len(pending):  # usually one pass; more only where two digests share their first 8 bytes
                 pos = at[pending]
                 match = seg_keys[pos] == probe[pending]
@@ -223,7 +246,7 @@ class KeyIndex:
 
     def release(self) -> None:
         """Unmap every segment (the next lookup maps them again)."""
-        self._maps = {}
+        self._maps, self._views = {}, {}
         self._probes = 0
 
     def drop_pages(self) -> None:
@@ -309,6 +332,7 @@ class KeyIndex:
         if self._lines == 0:
             fsync_dir(self.folder)
         self._lines += 1
+        self._read_stat = self._log_stat()  # the caller holds the write lock: nobody else appended
         self.meta = record.get("meta", self.meta)
         live = {s.name: s for s in self.segments}
         for name in record.get("remove", []):
@@ -323,6 +347,7 @@ class KeyIndex:
                            "meta": self.meta}) + "\n"
         write_bytes_atomic(self.folder / LOG, data.encode())
         self._lines = 1
+        self._read_stat = self._log_stat()
 
     def _merge_files(self, group: Sequence[Segment]) -> Segment:
         """Streaming k-way merge of sorted segments into a new one: blocks read with ``pread`` and appended

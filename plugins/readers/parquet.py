@@ -175,7 +175,7 @@ class ParquetSource:
             values = col.values.slice(col.offset * width, n * width)
             if values.null_count:
                 return None
-            payloads = values.to_numpy(zero_copy_only=False).reshape(n, width)
+            payloads = _as_numpy(values).reshape(n, width)
             keys = row_keys(payloads)
         else:
             cols = [batch.column(c) for c in self.inputs]
@@ -214,7 +214,11 @@ class ParquetSource:
         read = [read_label(v, self.label_column, "") for v in distinct] + [(None, None)]
         if any(bad is not None for _, bad in read):
             return None, {}
-        index = encoded.indices.fill_null(len(distinct)).to_numpy(zero_copy_only=False)
+        indices = encoded.indices
+        if indices.null_count:
+            index = np.asarray([len(distinct) if v is None else v for v in indices.to_pylist()], np.int64)
+        else:
+            index = _as_numpy(indices)
         return np.asarray([label for label, _ in read], dtype=object)[index], {}
 
     def _read_columns(self) -> list[str]:
@@ -266,6 +270,19 @@ class ParquetSource:
 
     def estimate_count(self) -> int | None:
         return int(self.file.metadata.num_rows)
+
+
+def _as_numpy(values: Any) -> Any:
+    """A primitive Arrow array without nulls as a numpy view of its buffer (``to_numpy`` would import pandas,
+    half a second, for the first call of a process)."""
+    import numpy as np
+    import pyarrow.types as pt
+
+    t = values.type
+    if values.null_count or not (pt.is_integer(t) or pt.is_floating(t)):
+        return values.to_numpy(zero_copy_only=False)
+    dtype = np.dtype(t.to_pandas_dtype())
+    return np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize)
 
 
 def _numeric(t: Any) -> bool:
