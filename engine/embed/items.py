@@ -146,15 +146,19 @@ class ItemBatch:
                    errors={i: it.error for i, it in enumerate(items) if it.error is not None})
 
 
-def item_batches(source: Any, size: int) -> Iterator[ItemBatch]:
-    """``source`` in batches of ``size`` items: the reader's own ``batches(size)`` when it has one (keys of a
-    whole batch at once), else its items grouped."""
-    if hasattr(source, "batches"):
+def item_batches(source: Any, size: int, split: Any = None) -> Iterator[ItemBatch]:
+    """``source`` (or its part ``split``, see ``splits``/``read_split``) in batches of at most ``size`` items:
+    the reader's own ``batches(size)`` / ``read_split_batches(split, size)`` when it has them (keys of a whole
+    batch at once), else its items grouped."""
+    if split is None and hasattr(source, "batches"):
         yield from source.batches(size)
+        return
+    if split is not None and hasattr(source, "read_split_batches"):
+        yield from source.read_split_batches(split, size)
         return
     import itertools
 
-    iterator = iter(source)
+    iterator = iter(source) if split is None else source.read_split(split)
     while chunk := list(itertools.islice(iterator, size)):
         yield ItemBatch.of(chunk, chunk[0].modality)
 
