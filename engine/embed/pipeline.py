@@ -145,37 +145,84 @@ def embed(
     inflight = InFlight()
     try:
         with job.store.writer(update_index=False) as writer:  # the index is built on first search
-            for chunk in _produce(job.source, job.store, inflight, preprocessor, pool, chunk_size, stats):
-                for record in chunk.errors:
-                    failed[record.key] = record
-                if chunk.cached_keys:
-                    failed.update(job.store.errors_for(chunk.cached_keys))
-                writer.require_writable(len(chunk.todo_keys) + len(chunk.errors))  # read-only store: fail now
-                if chunk.todo_keys:
-                    encoder.start()  # the session loads while the first slices decode
-                done = bar.n if bar is not None else 0
-                if bar is not None:  # cached, duplicate and unreadable rows are done already
-                    bar.update(len(chunk.rows[0]) - len(chunk.todo_keys))
-                vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size, stats,
-                                                            advance=bar.update if bar is not None else None)
-                for record in errors:
-                    failed[record.key] = record
+            committer = _Committer()
+
+            def commit(chunk: _Chunk, vectors: Any, keys: list[str], refs: list[str], errors: list[Any]) -> None:
                 t = time.perf_counter()
                 if keys:
                     writer.add(keys, vectors, refs)
                 if chunk.errors or errors:
                     writer.add_errors([*chunk.errors, *errors])
-                writer.commit()  # one shard per chunk: a killed job loses at most the chunk in flight
+                writer.commit()  # one shard per chunk: a killed job loses at most the chunks in flight
                 inflight.done(chunk.ticket)
                 stats.seconds["write"] += time.perf_counter() - t
                 rows.add(job, *chunk.rows, failed)  # every key of the chunk has its outcome now
-                if bar is not None:  # the rest of the chunk (items that failed before encoding)
-                    bar.update(done + len(chunk.rows[0]) - bar.n)
+
+            try:
+                for chunk in _produce(job.source, job.store, inflight, preprocessor, pool, chunk_size, stats):
+                    for record in chunk.errors:
+                        failed[record.key] = record
+                    if chunk.cached_keys:
+                        failed.update(job.store.errors_for(chunk.cached_keys))
+                    writer.require_writable(len(chunk.todo_keys) + len(chunk.errors))  # read-only store: fail now
+                    if chunk.todo_keys:
+                        encoder.start()  # the session loads while the first slices decode
+                    done = bar.n if bar is not None else 0
+                    if bar is not None:  # cached, duplicate and unreadable rows are done already
+                        bar.update(len(chunk.rows[0]) - len(chunk.todo_keys))
+                    vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size,
+                                                                stats, advance=bar.update if bar is not None else None)
+                    for record in errors:
+                        failed[record.key] = record
+                    if bar is not None:  # the rest of the chunk (items that failed before encoding)
+                        bar.update(done + len(chunk.rows[0]) - bar.n)
+                    committer.submit(lambda c=chunk, v=vectors, k=keys, r=refs, e=errors: commit(c, v, k, r, e))
+                committer.finish()
+            finally:
+                committer.stop()
     finally:
         if bar is not None:
             bar.close()
         pool.shutdown()
     return rows.finish(job, strict)
+
+
+class _Committer:
+    """Commits encoded chunks in order in a background thread while the next chunk encodes (a commit is mostly
+    hashing, writing and fsync, which release the GIL); at most one chunk waits for its commit."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="headstart-embed-commit", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (work := self._queue.get()) is not None:
+            if self._failure is None:  # after a failure nothing more is committed
+                try:
+                    work()
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the job's thread
+                    self._failure = exc
+
+    def submit(self, work: Any) -> None:
+        self._raise()
+        self._queue.put(work)
+
+    def finish(self) -> None:
+        """Wait for every submitted commit; re-raise the first failure."""
+        self.stop()
+        self._raise()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _raise(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
 
 
 class _LazyPool:

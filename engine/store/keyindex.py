@@ -43,6 +43,8 @@ MERGE_RACE_RETRIES = 20  # look-ups racing a writer's merges: re-read the log th
 MERGE_BLOCK = 1 << 18  # digests read per input per merge step
 #: keys looked up before the pages the searches touched are dropped from this process (bounds its RSS)
 RELEASE_PROBES = 1 << 12
+#: segments of fewer keys have no ``.hi.npy`` file: its 8 B a key are derived in memory when mapped
+HI_FILE_KEYS = 1 << 16
 LOG = "log"
 DIGEST = np.dtype("S16")
 
@@ -280,7 +282,8 @@ class KeyIndex:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(self.folder / f"{name}.keys.npy", _npy(keys[order]))
         write_bytes_atomic(self.folder / f"{name}.vals.npy", _npy(values[order]))
-        write_bytes_atomic(self.folder / f"{name}.hi.npy", _npy(_hi(keys[order])))
+        if len(keys) >= HI_FILE_KEYS:  # a small segment's is derived when it is mapped (one fsync less per commit)
+            write_bytes_atomic(self.folder / f"{name}.hi.npy", _npy(_hi(keys[order])))
         self._append({"add": [[name, int(len(keys))]], **({"meta": meta} if meta is not None else {})})
         self.merge()
 
