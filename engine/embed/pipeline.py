@@ -4,8 +4,8 @@ Cache hits never touch the backbone: the onnxruntime session is created only whe
 the first item that is not in the store arrives, so a re-run over an embedded
 dataset creates none. Bad items never drop their batch: each gets an error record
 (content key, source ref, reason, stage) in the store and the job goes on. Work is
-committed shard by shard, so a killed job loses at most the shard in flight and a
-re-run embeds only what is missing. Job setup (shared with the Ray engine) is in
+committed shard by shard (in a background thread, while the next chunk encodes), so a killed job
+loses at most the chunks in flight (about three) and a re-run embeds only what is missing. Job setup (shared with the Ray engine) is in
 :mod:`headstart.engine.embed.job`; the encode step (shared too) in :mod:`headstart.engine.embed.encode`.
 """
 
