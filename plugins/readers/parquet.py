@@ -158,7 +158,7 @@ class ParquetSource:
         import pyarrow.types as pt
 
         n = batch.num_rows
-        labels, errors = self._batch_labels(batch, refs)
+        labels = self._batch_labels(batch)
         if labels is None:
             return None
         if self.modality == "text":
@@ -181,10 +181,7 @@ class ParquetSource:
             cols = [batch.column(c) for c in self.inputs]
             payloads = np.column_stack([c.to_numpy(zero_copy_only=False) for c in cols])
             keys = row_keys(payloads)
-        nulls = self._null_rows(batch)
-        for i in nulls:
-            if i not in errors:
-                errors[i] = f"{refs[i]}: '{'/'.join(self.inputs)}' is null"
+        errors = {i: f"{refs[i]}: '{'/'.join(self.inputs)}' is null" for i in self._null_rows(batch)}
         for i in errors:
             keys[i] = failed_key(refs[i])
         return ItemBatch(self.modality, keys, payloads, refs, labels, errors)
@@ -199,27 +196,28 @@ class ParquetSource:
                 valid &= ~np.asarray(col.is_null())
         return np.flatnonzero(~valid).tolist()
 
-    def _batch_labels(self, batch: Any, refs: RowRefs) -> tuple[Any, dict[int, str]]:
-        """(label per row, {row: reason} for bad labels): :func:`read_label` once per distinct value."""
+    def _batch_labels(self, batch: Any) -> Any:
+        """The label of each row, :func:`read_label` once per distinct value; None when a value is refused
+        (then the row-by-row path names each bad row)."""
         import numpy as np
         import pyarrow.types as pt
 
         if not self.label_column:
-            return [None] * batch.num_rows, {}
+            return [None] * batch.num_rows
         col = batch.column(self.label_column)
         if pt.is_nested(col.type) or pt.is_dictionary(col.type):
-            return None, {}
+            return None
         encoded = col.dictionary_encode()
         distinct = encoded.dictionary.to_pylist()
         read = [read_label(v, self.label_column, "") for v in distinct] + [(None, None)]
         if any(bad is not None for _, bad in read):
-            return None, {}
+            return None
         indices = encoded.indices
         if indices.null_count:
             index = np.asarray([len(distinct) if v is None else v for v in indices.to_pylist()], np.int64)
         else:
             index = _as_numpy(indices)
-        return np.asarray([label for label, _ in read], dtype=object)[index], {}
+        return np.asarray([label for label, _ in read], dtype=object)[index]
 
     def _read_columns(self) -> list[str]:
         return self.inputs + ([self.label_column] if self.label_column else [])
