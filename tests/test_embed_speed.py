@@ -253,6 +253,11 @@ def test_warm_rerun_hashes_no_shard_and_an_edited_shard_is_still_found(tmp_path:
 # -- duplicate bookkeeping: a bit per store row held before the job ------------------------------------------
 
 
+def _manifest(epoch: str, vectors: list[tuple[str, int]], errors: list[tuple[str, int]]) -> dict:
+    return {"key_index": epoch, "shards": [{"file": f, "kind": "vectors", "rows": r} for f, r in vectors]
+            + [{"file": f, "kind": "errors", "rows": r} for f, r in errors]}
+
+
 def test_met_rows_answer_like_a_set() -> None:
     """MetRows.meet says "first time" exactly where a set of met rows says the row is new, for rows held
     before the job; rows committed during the job and absent keys are never "first time" here."""
@@ -260,7 +265,7 @@ def test_met_rows_answer_like_a_set() -> None:
 
     rng = np.random.default_rng(6)
     met, reference = MetRows(), set()
-    met.start(1000, 50)
+    met.follow(_manifest("e1", [("a", 600), ("b", 400)], [("x", 50)]))  # the first call starts it
     for size in (1, 7, 300, 5, 4096, 2, 1000):
         vectors = rng.integers(-1, 1200, size)  # -1: absent; >= 1000: committed during the job
         errors = np.where(vectors < 0, rng.integers(-1, 60, size), -1)
@@ -272,3 +277,19 @@ def test_met_rows_answer_like_a_set() -> None:
             if row is not None:
                 reference.add(row)
         assert first.tolist() == expected
+
+
+def test_met_rows_follow_a_dropped_shard() -> None:
+    """A look-up that hits a damaged shard drops it (new epoch, rows renumbered): the rows met before keep
+    their "met" bit at their new numbers, the dropped shard's rows are gone, later rows shift down."""
+    from headstart.engine.embed.seen import MetRows
+
+    met = MetRows()
+    met.follow(_manifest("e1", [("a", 10), ("b", 7), ("c", 5)], []))
+    assert met.meet(np.array([2, 12, 19, 2]), np.full(4, -1)).tolist() == [True, True, True, False]
+    met.follow(_manifest("e1", [("a", 10), ("b", 7), ("c", 5), ("new", 4)], []))  # a commit: same epoch
+    met.follow(_manifest("e2", [("a", 10), ("c", 5), ("new", 4)], []))  # "b" dropped
+    # a: row 2 met, row 3 not; c: old row 19 is new row 12 (met), old 18 new 11 (not); "new" (committed in
+    # the job): rows 15.. never first
+    assert met.meet(np.array([2, 3, 12, 11, 16, 4]), np.full(6, -1)).tolist() == [False, True, False, True,
+                                                                                  False, True]

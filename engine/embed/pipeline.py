@@ -310,9 +310,12 @@ def _plan_chunk(batch: ItemBatch, store, met: MetRows, inflight: InFlight, prepr
     """
     keys = batch.keys
     pending = inflight.snapshot()  # before the look-up: a chunk committed meanwhile is in one or the other
-    vector_rows, error_rows = store.locate(keys)
-    if not met.started:  # after the first look-up (which drops damaged shards), before any commit of this job
-        met.start(len(store), store.error_rows())
+    while True:  # rows of one key-index epoch (a look-up that hits a damaged shard drops it: rows renumbered)
+        manifest = store.manifest
+        vector_rows, error_rows = store.locate(keys)
+        if store.manifest.get("key_index") == manifest.get("key_index"):
+            break
+    met.follow(manifest)  # the first chunk: before any commit of this job, so its rows are those held before
     present = (vector_rows >= 0) | (error_rows >= 0)
     first = met.meet(vector_rows, error_rows)
     held = np.flatnonzero(present)

@@ -11,9 +11,9 @@ Per-item state of a job must not grow like a set of every key. The store answers
   keys of the chunks planned but not committed yet); once a chunk commits, its keys are found by look-ups.
 
 Look-ups give one row per key (the smallest, :meth:`KeyIndex.lookup`), so a key stored twice (two Ray
-workers met the same content) still counts once. Exact as long as row ids keep their meaning during the job:
-shards are only appended while the job's writer holds the lock; damaged shards are dropped (which renumbers
-rows) by the job's first look-up, before :meth:`MetRows.start` takes the row counts.
+workers met the same content) still counts once. Shards are only appended while the job's writer holds the
+lock, except that a look-up that hits a damaged shard drops it (a new key-index epoch, rows renumbered):
+:meth:`MetRows.follow` then carries the bits of the surviving shards over to the new numbering.
 """
 
 from __future__ import annotations
@@ -30,15 +30,42 @@ class MetRows:
     def __init__(self) -> None:
         self._base: tuple[int, int] | None = None
         self._bits: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.uint8), np.zeros(0, np.uint8))
+        self._epoch: str | None = None
+        self._shards: tuple[list[tuple[str, int]], list[tuple[str, int]]] = ([], [])  # (file, rows) held before
 
-    @property
-    def started(self) -> bool:
-        return self._base is not None
+    def start(self, manifest: dict) -> None:
+        """The rows of the store's ``manifest`` before the job commits anything."""
+        self._epoch = manifest.get("key_index")
+        self._shards = _shards(manifest)
+        self._base = tuple(sum(rows for _, rows in kind) for kind in self._shards)  # type: ignore[assignment]
+        self._bits = tuple(np.zeros(-(-n // 8), np.uint8) for n in self._base)  # type: ignore[assignment]
 
-    def start(self, vector_rows: int, error_rows: int) -> None:
-        """The store's row counts before the job commits anything (call after its first look-up)."""
-        self._base = (int(vector_rows), int(error_rows))
-        self._bits = (np.zeros(-(-self._base[0] // 8), np.uint8), np.zeros(-(-self._base[1] // 8), np.uint8))
+    def follow(self, manifest: dict) -> None:
+        """Renumber after the store dropped shards (``manifest``, the snapshot the rows at hand come from, has
+        another key-index epoch): bits of surviving shards move to their new rows, dropped shards' go."""
+        if self._base is None:
+            self.start(manifest)
+            return
+        if manifest.get("key_index") == self._epoch:
+            return
+        now = _shards(manifest)
+        kept: list[list[tuple[str, int]]] = [[], []]
+        bits: list[np.ndarray] = []
+        for kind in (0, 1):
+            old = np.unpackbits(self._bits[kind], bitorder="little")
+            alive = {name for name, _ in now[kind]}
+            starts = np.cumsum([0] + [rows for _, rows in self._shards[kind]])
+            parts = []
+            for (name, rows), start in zip(self._shards[kind], starts):
+                if name in alive:  # a drop keeps the order of the rest: survivors still come first
+                    kept[kind].append((name, rows))
+                    parts.append(old[start:start + rows])
+            joined = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+            bits.append(np.packbits(joined, bitorder="little"))
+        self._shards = (kept[0], kept[1])
+        self._base = tuple(sum(rows for _, rows in kind) for kind in kept)  # type: ignore[assignment]
+        self._bits = (bits[0], bits[1])
+        self._epoch = manifest.get("key_index")
 
     def meet(self, vector_rows: np.ndarray, error_rows: np.ndarray) -> np.ndarray:
         """Whether each row of a chunk (its key's vector row, else error row; -1 where the store has neither)
@@ -57,6 +84,14 @@ class MetRows:
             first[where[at[new]]] = True
             np.bitwise_or.at(bits, byte[new], mask[new])
         return first
+
+
+def _shards(manifest: dict) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(file, rows) of the vector shards and of the error shards, in row order."""
+    out: tuple[list[tuple[str, int]], list[tuple[str, int]]] = ([], [])
+    for entry in manifest["shards"]:
+        out[0 if entry["kind"] == "vectors" else 1].append((entry["file"], int(entry["rows"])))
+    return out
 
 
 class InFlight:

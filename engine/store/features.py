@@ -304,8 +304,6 @@ class FeatureStore:
             lookup = self._lookup(kind)
             if lookup.sizes_ok is None:  # one stat per shard and process: missing or truncated shards
                 lookup.sizes_ok = all([self._size_check(entry) for entry in lookup.entries])
-                if lookup.sizes_ok and self._on_damage is not None:  # a writer: damage is dropped now, before
-                    lookup.sizes_ok = all([self._lookup_check(e) for e in lookup.entries])  # rows are counted
             rows = lookup.find(wanted) if lookup.sizes_ok else None
             if rows is not None:
                 hits = rows[rows >= 0]
@@ -383,10 +381,6 @@ class FeatureStore:
             absent = np.flatnonzero(vector_rows < 0)
             error_rows[absent] = self._find(sh.ERRORS, wanted[absent])
         return vector_rows, error_rows
-
-    def error_rows(self) -> int:
-        """Rows of all error shards (error records, a key possibly more than once)."""
-        return sum(int(e["rows"]) for e in self._manifest["shards"] if e["kind"] == sh.ERRORS)
 
     def ids(self, keys: Sequence[str]) -> np.ndarray:
         """Row ids of ``keys`` (:class:`StoreError` naming the missing ones)."""
