@@ -42,7 +42,10 @@ LOG_COMPACT_LINES = 1000
 MERGE_RACE_RETRIES = 20  # look-ups racing a writer's merges: re-read the log this often before giving up
 MERGE_BLOCK = 1 << 18  # digests read per input per merge step
 #: keys looked up before the pages the searches touched are dropped from this process (bounds its RSS)
-RELEASE_PROBES = 1 << 12
+RELEASE_PROBES = 1 << 14
+#: segments of at least this many keys drop the pages a look-up touched as soon as it has searched them: the
+#: index pages in RSS are then those of one big segment's search (bounded by the batch), not of all segments
+DROP_AFTER_SEARCH_KEYS = 1 << 17
 #: segments of fewer keys have no ``.hi.npy`` file: its 8 B a key are derived in memory when mapped
 HI_FILE_KEYS = 1 << 16
 LOG = "log"
@@ -240,6 +243,9 @@ class KeyIndex:
                 same = seg_hi[step] == probe_hi[rest]
                 pending = rest[same]
                 at[pending] = step[same]
+            if segment.size >= DROP_AFTER_SEARCH_KEYS:  # a big segment: its touched pages leave RSS right away
+                for array in self._maps[segment.name]:
+                    _drop_pages(array)
 
     def _reload_if_changed(self) -> bool:
         before = [s.name for s in self.segments]
