@@ -373,7 +373,7 @@ class FeatureStore:
     def locate(self, keys: Sequence[str], include_errors: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(vector row, error-record row) of each key, -1 where absent; the error row only of keys without a
         vector (and only with ``include_errors``). Reads no vector: shards are trusted by their recorded
-        size and mtime (:func:`.integrity.stat_problem`), hashed only when those differ."""
+        size and mtime (:func:`.integrity.stat_matches`), hashed only when those differ."""
         wanted = digests(keys)
         vector_rows = self._find(sh.VECTORS, wanted)
         error_rows = np.full(len(wanted), -1, np.int64)
