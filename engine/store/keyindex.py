@@ -40,7 +40,7 @@ from .atomic import FS, TMP_MARK, clean_temp_files, fsync_dir, write_bytes_atomi
 FANOUT = 8
 LOG_COMPACT_LINES = 1000
 MERGE_RACE_RETRIES = 20  # look-ups racing a writer's merges: re-read the log this often before giving up
-MERGE_BLOCK = 1 << 18  # digests read per input per merge step
+MERGE_BLOCK = 1 << 15  # digests read per input per merge step: a step holds FANOUT blocks (~35 MB at most; 1 << 18 took ~185 MB at 8 x 262k keys)
 #: keys looked up before the pages the searches touched are dropped from this process (bounds its RSS)
 RELEASE_PROBES = 1 << 14
 #: segments of at least this many keys drop the pages a look-up touched as soon as it has searched them: the
