@@ -14,12 +14,12 @@ the store removes it as an orphan.
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..embed.items import item_batches
 from ..errors import HeadstartError
 from ..faultpoints import pause_point
 
@@ -140,17 +140,18 @@ class SplitWorker:
         """Embed split ``index`` (``None``: the whole source) and stage its shards; see the module docstring."""
         source = self.source()
         self._snapshot()
-        items = iter(source) if split is None else source.read_split(split)
+        batches = item_batches(source, self.task.chunk_size, split)  # keys computed a batch at a time
         out = SplitResult(index=index, row_list=[] if self.task.keep_rows else None)
         seen: set[str] = set()
         failed: dict[str, Any] = {}  # key -> ErrorRecord, for this split's later duplicates
         while True:
             t = time.perf_counter()
-            chunk = list(itertools.islice(items, self.task.chunk_size))
+            batch = next(batches, None)
             out.seconds["read"] += time.perf_counter() - t
-            if not chunk:
+            if batch is None:
                 break
-            self._chunk(chunk, seen, failed, out)
+            if len(batch):
+                self._chunk(list(batch), seen, failed, out)
         stats = getattr(source, "stats", {}) or {}
         out.skipped = int(stats.get("skipped", 0))
         out.skipped_examples = list(getattr(source, "skipped_examples", []))[:5]

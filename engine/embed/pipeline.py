@@ -4,14 +4,13 @@ Cache hits never touch the backbone: the onnxruntime session is created only whe
 the first item that is not in the store arrives, so a re-run over an embedded
 dataset creates none. Bad items never drop their batch: each gets an error record
 (content key, source ref, reason, stage) in the store and the job goes on. Work is
-committed shard by shard, so a killed job loses at most the shard in flight and a
-re-run embeds only what is missing. Job setup (shared with the Ray engine) is in
+committed shard by shard (in a background thread, while the next chunk encodes), so a killed job
+loses at most the chunks in flight (about three) and a re-run embeds only what is missing. Job setup (shared with the Ray engine) is in
 :mod:`headstart.engine.embed.job`; the encode step (shared too) in :mod:`headstart.engine.embed.encode`.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import queue
 import threading
@@ -22,11 +21,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import ConfigError, HeadstartError
-from .items import Item, ReaderOptions
+from .items import ItemBatch, ReaderOptions, item_batches
 from .job import (CALIBRATION_SAMPLE, CALIBRATION_WINDOW, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_SIZE_CUDA,  # noqa: F401
                   DEFAULT_CHUNK_SIZE, MAX_ERRORS_KEPT, MAX_TOKENS_PER_BATCH, EmbedResult, EmbedStats, Job, Rows,
                   calibration_sample, error_record, progress_bar, start_job)
-from .seen import InFlight, SeenDigests, short_digests
+from .seen import InFlight, MetRows
 
 IMAGE_SLICE = 32  # images per worker task: small, so encoding starts as soon as the first slice is decoded
 
@@ -36,7 +35,7 @@ IMAGE_SLICE = 32  # images per worker task: small, so encoding starts as soon as
 
 @dataclass
 class _Chunk:
-    rows: tuple[list[str], list[str], list[str | None]]  # keys, refs and labels of every source row (no payloads)
+    rows: tuple[Sequence[str], Sequence[str], Sequence[str | None]]  # keys, refs and labels of every source row
     todo_keys: list[str]
     todo_refs: list[str]
     prepared: Any  # list of prepared items, or a list of futures each giving (prepared, errors) for a slice
@@ -146,37 +145,84 @@ def embed(
     inflight = InFlight()
     try:
         with job.store.writer(update_index=False) as writer:  # the index is built on first search
-            for chunk in _produce(job.source, job.store, inflight, preprocessor, pool, chunk_size, stats):
-                for record in chunk.errors:
-                    failed[record.key] = record
-                if chunk.cached_keys:
-                    failed.update(job.store.errors_for(chunk.cached_keys))
-                writer.require_writable(len(chunk.todo_keys) + len(chunk.errors))  # read-only store: fail now
-                if chunk.todo_keys:
-                    encoder.start()  # the session loads while the first slices decode
-                done = bar.n if bar is not None else 0
-                if bar is not None:  # cached, duplicate and unreadable rows are done already
-                    bar.update(len(chunk.rows[0]) - len(chunk.todo_keys))
-                vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size, stats,
-                                                            advance=bar.update if bar is not None else None)
-                for record in errors:
-                    failed[record.key] = record
+            committer = _Committer()
+
+            def commit(chunk: _Chunk, vectors: Any, keys: list[str], refs: list[str], errors: list[Any]) -> None:
                 t = time.perf_counter()
                 if keys:
                     writer.add(keys, vectors, refs)
                 if chunk.errors or errors:
                     writer.add_errors([*chunk.errors, *errors])
-                writer.commit()  # one shard per chunk: a killed job loses at most the chunk in flight
+                writer.commit()  # one shard per chunk: a killed job loses at most the chunks in flight
                 inflight.done(chunk.ticket)
                 stats.seconds["write"] += time.perf_counter() - t
                 rows.add(job, *chunk.rows, failed)  # every key of the chunk has its outcome now
-                if bar is not None:  # the rest of the chunk (items that failed before encoding)
-                    bar.update(done + len(chunk.rows[0]) - bar.n)
+
+            try:
+                for chunk in _produce(job.source, job.store, inflight, preprocessor, pool, chunk_size, stats):
+                    for record in chunk.errors:
+                        failed[record.key] = record
+                    if chunk.cached_keys:
+                        failed.update(job.store.errors_for(chunk.cached_keys))
+                    writer.require_writable(len(chunk.todo_keys) + len(chunk.errors))  # read-only store: fail now
+                    if chunk.todo_keys:
+                        encoder.start()  # the session loads while the first slices decode
+                    done = bar.n if bar is not None else 0
+                    if bar is not None:  # cached, duplicate and unreadable rows are done already
+                        bar.update(len(chunk.rows[0]) - len(chunk.todo_keys))
+                    vectors, keys, refs, errors = _encode_chunk(chunk, preprocessor, encoder, spec, batch_size,
+                                                                stats, advance=bar.update if bar is not None else None)
+                    for record in errors:
+                        failed[record.key] = record
+                    if bar is not None:  # the rest of the chunk (items that failed before encoding)
+                        bar.update(done + len(chunk.rows[0]) - bar.n)
+                    committer.submit(lambda c=chunk, v=vectors, k=keys, r=refs, e=errors: commit(c, v, k, r, e))
+                committer.finish()
+            finally:
+                committer.stop()
     finally:
         if bar is not None:
             bar.close()
         pool.shutdown()
     return rows.finish(job, strict)
+
+
+class _Committer:
+    """Commits encoded chunks in order in a background thread while the next chunk encodes (a commit is mostly
+    hashing, writing and fsync, which release the GIL); at most one chunk waits for its commit."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="headstart-embed-commit", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (work := self._queue.get()) is not None:
+            if self._failure is None:  # after a failure nothing more is committed
+                try:
+                    work()
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the job's thread
+                    self._failure = exc
+
+    def submit(self, work: Any) -> None:
+        self._raise()
+        self._queue.put(work)
+
+    def finish(self) -> None:
+        """Wait for every submitted commit; re-raise the first failure."""
+        self.stop()
+        self._raise()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _raise(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
 
 
 class _LazyPool:
@@ -221,15 +267,16 @@ def _produce(src, store, inflight: InFlight, preprocessor, pool, chunk_size: int
 
     def work() -> None:
         try:
-            seen = SeenDigests()
-            iterator = iter(src)
+            met = MetRows()
+            batches = item_batches(src, chunk_size)
             while not stop.is_set():
                 t = time.perf_counter()
-                chunk = list(itertools.islice(iterator, chunk_size))
+                batch = next(batches, None)
                 stats.seconds["read"] += time.perf_counter() - t
-                if not chunk:
+                if batch is None:
                     break
-                out.put(_plan_chunk(chunk, store, seen, inflight, preprocessor, pool, stats))
+                if len(batch):
+                    out.put(_plan_chunk(batch, store, met, inflight, preprocessor, pool, stats))
             out.put(done)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
             out.put(exc)
@@ -253,7 +300,7 @@ def _produce(src, store, inflight: InFlight, preprocessor, pool, chunk_size: int
                 thread.join(timeout=0.05)
 
 
-def _plan_chunk(items: list[Item], store, seen: SeenDigests, inflight: InFlight, preprocessor, pool,
+def _plan_chunk(batch: ItemBatch, store, met: MetRows, inflight: InFlight, preprocessor, pool,
                 stats: EmbedStats) -> _Chunk:
     """Sort a chunk's rows into cache hits, duplicates (of an earlier row of this job), unreadable rows and
     work (see :mod:`.seen` for how duplicates are told apart without a set of every key).
@@ -261,39 +308,38 @@ def _plan_chunk(items: list[Item], store, seen: SeenDigests, inflight: InFlight,
     Rows the store holds are sorted with array operations (a warm re-run does no per-row Python work here);
     only rows it lacks go through a loop, exactly (a set of the chunk's keys and the chunks in flight).
     """
-    keys = [it.key for it in items]
+    keys = batch.keys
     pending = inflight.snapshot()  # before the look-up: a chunk committed meanwhile is in one or the other
-    present = store.contains(keys)
-    short = short_digests(keys)
-    first = np.zeros(len(items), bool)  # the rows whose key this job meets for the first time
-    cached: list[str] = []
+    while True:  # rows of one key-index epoch (a look-up that hits a damaged shard drops it: rows renumbered)
+        manifest = store.manifest
+        vector_rows, error_rows = store.locate(keys)
+        if store.manifest.get("key_index") == manifest.get("key_index"):
+            break
+    met.follow(manifest)  # the first chunk: before any commit of this job, so its rows are those held before
+    present = (vector_rows >= 0) | (error_rows >= 0)
+    first = met.meet(vector_rows, error_rows)
     held = np.flatnonzero(present)
-    if len(held):
-        digest = short[held]
-        new = np.zeros(len(held), bool)
-        new[np.unique(digest, return_index=True)[1]] = True  # first in the chunk...
-        new &= ~seen.contains(digest)  # ...and not met in an earlier chunk (else committed or counted already)
-        first[held[new]] = True
-        cached = [keys[i] for i in held[new].tolist()]
-        stats.cached += len(cached)
-        stats.duplicates += len(held) - len(cached)
+    cached_at = held[first[held]]
+    cached = [keys[i] for i in cached_at.tolist()]
+    stats.cached += len(cached)
+    stats.duplicates += len(held) - len(cached)
     errors, todo = [], []
     here: set[str] = set()
+    refs = batch.refs
     for i in np.flatnonzero(~present).tolist():
-        item = items[i]
-        key = item.key
+        key = keys[i]
         if key in here or any(key in keys_ for keys_ in pending):  # met in this chunk, or planned earlier
             stats.duplicates += 1  # and not committed yet
             continue
         here.add(key)
-        first[i] = True
-        if item.error is not None:
-            errors.append(error_record(item.key, item.ref, item.error, "read"))
+        reason = batch.errors.get(i)
+        if reason is not None:
+            errors.append(error_record(key, refs[i], reason, "read"))
         else:
-            todo.append(item)
-    seen.add(short[first])
-    ticket = inflight.add([*(it.key for it in todo), *(record.key for record in errors)])
-    payloads = [it.payload for it in todo]
+            todo.append(i)
+    todo_keys = [keys[i] for i in todo]
+    ticket = inflight.add([*todo_keys, *(record.key for record in errors)])
+    payloads = [batch.payloads[i] for i in todo]
     t = time.perf_counter()
     if payloads and pool.get() is not None:
         step = max(1, min(IMAGE_SLICE, -(-len(payloads) // (2 * (os.cpu_count() or 1)))))
@@ -302,7 +348,7 @@ def _plan_chunk(items: list[Item], store, seen: SeenDigests, inflight: InFlight,
     else:
         prepared = preprocessor.prepare_many(payloads) if payloads else []
     stats.seconds["preprocess"] += time.perf_counter() - t
-    return _Chunk(rows=(keys, [it.ref for it in items], [it.label for it in items]), todo_keys=[it.key for it in todo], todo_refs=[it.ref for it in todo],
+    return _Chunk(rows=(keys, refs, batch.labels), todo_keys=todo_keys, todo_refs=[refs[i] for i in todo],
                   prepared=prepared, errors=errors, cached_keys=cached, ticket=ticket)
 
 

@@ -78,6 +78,8 @@ class FeatureStore:
         self.writable = writable
         self._on_damage: Any = None  # set by an open writer: drops damaged shards a look-up runs into
         self._sized: set[str] = set()  # shard files this object found with their recorded size
+        self._stat_trusted: set[str] = set()  # ... and their recorded mtime: trusted for look-ups, not hashed
+        self._key_indexes: dict[Path, Any] = {}  # key indexes by folder, kept across snapshots (their maps too)
         self._check_all = False  # load(check="all"): the first look-up checks every shard
         # look-ups (an embedding job's reader thread) and commits (its writer) share one object
         self._lookup_lock = threading.RLock()
@@ -267,13 +269,25 @@ class FeatureStore:
             folder = VECTOR_KEYS if kind == sh.VECTORS else ERROR_KEYS
             entries = [e for e in self._manifest["shards"] if e["kind"] == kind]
             lookup = self._lookups[kind] = KindLookup(self.path, folder, self._manifest.get("key_index"),
-                                                      entries, self.shard_keys)
+                                                      entries, self.shard_keys, self._key_indexes)
         return lookup
+
+    def _lookup_check(self, entry: dict) -> bool:
+        """Whether a shard a look-up hit can be trusted for "is this key stored?": its size and mtime are
+        those recorded when it was written (one ``stat``; its bytes are hashed when its vectors or refs are
+        read), else (edited, copied without its mtime, or written before mtimes were recorded) a full check."""
+        name = entry["file"]
+        if name in self._stat_trusted or name in self._intact:
+            return True
+        if name not in self._damaged and integrity.stat_matches(self.path, entry):
+            self._stat_trusted.add(name)
+            return True
+        return self._check(entry)
 
     def _find(self, kind: str, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         """Row of each key among ``kind`` shards (-1 where absent); the shards holding hits are checked
-        first (once per process): a damaged one is dropped by an open writer (its keys then count as
-        absent), else :class:`StoreDamagedError`."""
+        first (once per process, :meth:`_lookup_check`): a damaged one is dropped by an open writer (its keys
+        then count as absent), else :class:`StoreDamagedError`."""
         if len(keys) > LOOKUP_BATCH:  # digests, sort order and probes of one batch at a time
             return np.concatenate([self._find(kind, keys[lo:lo + LOOKUP_BATCH])
                                    for lo in range(0, len(keys), LOOKUP_BATCH)])
@@ -294,7 +308,7 @@ class FeatureStore:
             if rows is not None:
                 hits = rows[rows >= 0]
                 shards = np.unique(lookup.shard_of(hits)) if len(hits) else ()
-                if all([self._check(lookup.entries[int(s)]) for s in shards]):
+                if all([self._lookup_check(lookup.entries[int(s)]) for s in shards]):
                     return rows
             if self._on_damage is None:
                 raise self._damaged_error("a lookup")
@@ -353,12 +367,20 @@ class FeatureStore:
 
     def contains(self, keys: Sequence[str], include_errors: bool = True) -> np.ndarray:
         """A bool per key: has a vector (or, with ``include_errors``, an error record)."""
+        vector_rows, error_rows = self.locate(keys, include_errors)
+        return (vector_rows >= 0) | (error_rows >= 0)
+
+    def locate(self, keys: Sequence[str], include_errors: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(vector row, error-record row) of each key, -1 where absent; the error row only of keys without a
+        vector (and only with ``include_errors``). Reads no vector: shards are trusted by their recorded
+        size and mtime (:func:`.integrity.stat_matches`), hashed only when those differ."""
         wanted = digests(keys)
-        present = self._find(sh.VECTORS, wanted) >= 0
-        if include_errors and int(self._manifest.get("n_errors", 0)) and not present.all():
-            absent = np.flatnonzero(~present)
-            present[absent] = self._find(sh.ERRORS, wanted[absent]) >= 0
-        return present
+        vector_rows = self._find(sh.VECTORS, wanted)
+        error_rows = np.full(len(wanted), -1, np.int64)
+        if include_errors and int(self._manifest.get("n_errors", 0)) and not (vector_rows >= 0).all():
+            absent = np.flatnonzero(vector_rows < 0)
+            error_rows[absent] = self._find(sh.ERRORS, wanted[absent])
+        return vector_rows, error_rows
 
     def ids(self, keys: Sequence[str]) -> np.ndarray:
         """Row ids of ``keys`` (:class:`StoreError` naming the missing ones)."""
@@ -658,9 +680,7 @@ class FeatureStore:
             else:
                 self._manifest = append_commit(self.path, self._manifest, add)
             self._searcher, self._tail = None, None
-            for lookup in self._lookups.values():
-                lookup.release()
-            self._lookups = {}
+            self._lookups = {}  # the key indexes (self._key_indexes) and their maps stay: refreshed by their logs
 
     def sync_key_index(self) -> None:
         """Index the shards the key indexes do not cover yet (caller holds the write lock)."""
@@ -670,7 +690,7 @@ class FeatureStore:
                 return
             for kind, folder in ((sh.VECTORS, VECTOR_KEYS), (sh.ERRORS, ERROR_KEYS)):
                 entries = [e for e in self._manifest["shards"] if e["kind"] == kind]
-                keylookup.sync(self.path, folder, epoch, entries, self.shard_keys)
+                keylookup.sync(self.path, folder, epoch, entries, self.shard_keys, self._key_indexes)
             self._lookups = {}
 
     # -- checks ------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -40,9 +40,14 @@ from .atomic import FS, TMP_MARK, clean_temp_files, fsync_dir, write_bytes_atomi
 FANOUT = 8
 LOG_COMPACT_LINES = 1000
 MERGE_RACE_RETRIES = 20  # look-ups racing a writer's merges: re-read the log this often before giving up
-MERGE_BLOCK = 1 << 18  # digests read per input per merge step
-#: keys looked up before the segments are unmapped again (bounds the index pages held in RSS)
+MERGE_BLOCK = 1 << 15  # digests read per input per merge step: a step holds FANOUT blocks (~35 MB at most; 1 << 18 took ~185 MB at 8 x 262k keys)
+#: keys looked up before the pages the searches touched are dropped from this process (bounds its RSS)
 RELEASE_PROBES = 1 << 14
+#: segments of at least this many keys drop the pages a look-up touched as soon as it has searched them: the
+#: index pages in RSS are then those of one big segment's search (bounded by the batch), not of all segments
+DROP_AFTER_SEARCH_KEYS = 1 << 17
+#: segments of fewer keys have no ``.hi.npy`` file: its 8 B a key are derived in memory when mapped
+HI_FILE_KEYS = 1 << 16
 LOG = "log"
 DIGEST = np.dtype("S16")
 
@@ -89,6 +94,17 @@ def _random_access(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _drop_pages(array: np.ndarray) -> None:
+    import mmap
+
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            handle.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
 def _segment_hi(folder: Path, segment: "Segment", keys: np.ndarray) -> np.ndarray:
     path = folder / f"{segment.name}.hi.npy"
     try:
@@ -113,17 +129,32 @@ class KeyIndex:
         self.meta: dict = {}  # the caller's record of what the index covers (the last commit's ``meta``)
         self._lines = 0
         self._seq = 0
-        self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._maps: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._views: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._probes = 0
+        self._read_stat: tuple[int, int, int] | None = None
         self.reload()
 
     # -- reading --------------------------------------------------------------------
+    def refresh(self) -> "KeyIndex":
+        """:meth:`reload` when the log changed since it was last read (one ``stat`` otherwise)."""
+        if self._log_stat() != self._read_stat:
+            self.reload()
+        return self
+
+    def _log_stat(self) -> tuple[int, int, int] | None:
+        try:
+            info = (self.folder / LOG).stat()
+        except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_size, info.st_mtime_ns
+
     def reload(self) -> "KeyIndex":
-        """Re-read the log (a torn last line is ignored)."""
+        """Re-read the log (a torn last line is ignored); segments still live stay mapped."""
         live: dict[str, int] = {}
         meta: dict = {}
         lines = 0
-        self.release()
+        self._read_stat = self._log_stat()
         try:
             text = (self.folder / LOG).read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:
@@ -144,6 +175,9 @@ class KeyIndex:
                 live[name] = size
             self._seq = max(self._seq, int(record.get("seq", 0)))
         self.segments = [Segment(name, size) for name, size in live.items()]
+        for gone in set(self._maps) - set(live):
+            self._maps.pop(gone, None)
+            self._views.pop(gone, None)
         self.meta = meta
         self._lines = lines
         self._seq = max([self._seq, *(int(s.name.split("-")[0]) for s in self.segments)])
@@ -177,7 +211,7 @@ class KeyIndex:
                 out[:] = -1
         self._probes += len(keys)
         if self._probes >= RELEASE_PROBES:
-            self.release()
+            self.drop_pages()
         return out
 
     def _lookup_sorted(self, probe: np.ndarray, order: np.ndarray, out: np.ndarray) -> None:
@@ -186,15 +220,22 @@ class KeyIndex:
             maps = self._maps.get(segment.name)
             if maps is None:
                 keys, vals = (_random_access(a) for a in segment.arrays(self.folder))
-                maps = self._maps[segment.name] = (keys, vals, _segment_hi(self.folder, segment, keys))
+                hi = _segment_hi(self.folder, segment, keys)
+                maps = self._maps[segment.name] = (keys, vals, hi)
+                self._views[segment.name] = tuple(a.view(np.ndarray) for a in maps)  # no memmap subclass per index
+            maps = self._views[segment.name]
             seg_keys, seg_vals, seg_hi = maps
             n = len(seg_keys)
             at = np.searchsorted(seg_hi, probe_hi)
             pending = np.flatnonzero(at < n)
+            # only probes whose first 8 bytes are there read the digests (their pages stay untouched otherwise)
+            pending = pending[seg_hi[at[pending]] == probe_hi[pending]]
             while len(pending):  # usually one pass; more only where two digests share their first 8 bytes
                 pos = at[pending]
                 match = seg_keys[pos] == probe[pending]
-                out[order[pending[match]]] = seg_vals[pos[match]]
+                target, found = order[pending[match]], seg_vals[pos[match]]
+                earlier = out[target]  # a digest in two segments (stored twice): the smallest value wins
+                out[target] = np.where(earlier >= 0, np.minimum(earlier, found), found)
                 rest = pending[~match]
                 step = at[rest] + 1
                 inside = step < n
@@ -202,6 +243,9 @@ class KeyIndex:
                 same = seg_hi[step] == probe_hi[rest]
                 pending = rest[same]
                 at[pending] = step[same]
+            if segment.size >= DROP_AFTER_SEARCH_KEYS:  # a big segment: its touched pages leave RSS right away
+                for array in self._maps[segment.name]:
+                    _drop_pages(array)
 
     def _reload_if_changed(self) -> bool:
         before = [s.name for s in self.segments]
@@ -210,7 +254,15 @@ class KeyIndex:
 
     def release(self) -> None:
         """Unmap every segment (the next lookup maps them again)."""
-        self._maps = {}
+        self._maps, self._views = {}, {}
+        self._probes = 0
+
+    def drop_pages(self) -> None:
+        """Let the pages the searches touched leave this process's memory (``MADV_DONTNEED``; they stay in
+        the page cache), keeping the maps: RSS of one look-up batch, whatever the index size."""
+        for arrays in self._maps.values():
+            for array in arrays:
+                _drop_pages(array)
         self._probes = 0
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
@@ -231,12 +283,13 @@ class KeyIndex:
             if meta is not None:
                 self._append({"add": [], "meta": meta})
             return
-        order = np.argsort(keys, kind="stable")
+        order = np.lexsort((values, keys))  # by digest, then value: the first match is the smallest value
         name = self._new_name()
         self.folder.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(self.folder / f"{name}.keys.npy", _npy(keys[order]))
         write_bytes_atomic(self.folder / f"{name}.vals.npy", _npy(values[order]))
-        write_bytes_atomic(self.folder / f"{name}.hi.npy", _npy(_hi(keys[order])))
+        if len(keys) >= HI_FILE_KEYS:  # a small segment's is derived when it is mapped (one fsync less per commit)
+            write_bytes_atomic(self.folder / f"{name}.hi.npy", _npy(_hi(keys[order])))
         self._append({"add": [[name, int(len(keys))]], **({"meta": meta} if meta is not None else {})})
         self.merge()
 
@@ -288,6 +341,7 @@ class KeyIndex:
         if self._lines == 0:
             fsync_dir(self.folder)
         self._lines += 1
+        self._read_stat = self._log_stat()  # the caller holds the write lock: nobody else appended
         self.meta = record.get("meta", self.meta)
         live = {s.name: s for s in self.segments}
         for name in record.get("remove", []):
@@ -302,47 +356,88 @@ class KeyIndex:
                            "meta": self.meta}) + "\n"
         write_bytes_atomic(self.folder / LOG, data.encode())
         self._lines = 1
+        self._read_stat = self._log_stat()
 
     def _merge_files(self, group: Sequence[Segment]) -> Segment:
-        """Streaming k-way merge of sorted segments into a new one (one block per input in memory)."""
-        inputs = [s.arrays(self.folder) for s in group]
+        """Streaming k-way merge of sorted segments into a new one: blocks read with ``pread`` and appended
+        with ``write`` (never mapped), so memory is one block per input whatever the segments' size."""
+        for segment in group:
+            segment.arrays(self.folder)  # validates each segment against its log record
+        inputs = [(_NpyReader(self.folder / f"{s.name}.keys.npy"), _NpyReader(self.folder / f"{s.name}.vals.npy"))
+                  for s in group]
         total = sum(s.size for s in group)
         name = self._new_name()
         paths = {kind: self.folder / f".{name}.{kind}.npy{TMP_MARK}{os.getpid()}" for kind in ("keys", "vals", "hi")}
-        out_keys = np.lib.format.open_memmap(paths["keys"], mode="w+", dtype=DIGEST, shape=(total,))
-        out_vals = np.lib.format.open_memmap(paths["vals"], mode="w+", dtype=np.int64, shape=(total,))
-        out_hi = np.lib.format.open_memmap(paths["hi"], mode="w+", dtype=np.uint64, shape=(total,))
-        cursors = [0] * len(inputs)
-        written = 0
-        while written < total:
-            blocks = [(k[c:c + MERGE_BLOCK], v[c:c + MERGE_BLOCK]) for (k, v), c in zip(inputs, cursors)]
-            # everything up to the smallest last key of the unfinished inputs' blocks can be emitted now
-            bound = min((k[-1] for (k, _), (full, _), c in zip(blocks, inputs, cursors)
-                         if len(k) and c + len(k) < len(full)), default=None)
-            parts_k, parts_v = [], []
-            for i, (k, v) in enumerate(blocks):
-                take = len(k) if bound is None else int(np.searchsorted(k, bound, side="right"))
-                parts_k.append(k[:take])
-                parts_v.append(v[:take])
-                cursors[i] += take
-            keys = np.concatenate(parts_k)
-            order = np.argsort(keys, kind="stable")
-            out_keys[written:written + len(keys)] = keys[order]
-            out_vals[written:written + len(keys)] = np.concatenate(parts_v)[order]
-            out_hi[written:written + len(keys)] = _hi(keys[order])
-            written += len(keys)
-        for kind, array in (("keys", out_keys), ("vals", out_vals), ("hi", out_hi)):
-            array.flush()
-            fd = os.open(paths[kind], os.O_RDONLY)
-            try:
-                FS.fsync(fd)
-            finally:
-                os.close(fd)
-            del array
+        outs = {"keys": _NpyWriter(paths["keys"], DIGEST, total), "vals": _NpyWriter(paths["vals"], np.int64, total),
+                "hi": _NpyWriter(paths["hi"], np.uint64, total)}
+        try:
+            cursors = [0] * len(inputs)
+            sizes = [s.size for s in group]
+            written = 0
+            while written < total:
+                blocks = [(k.read(c, MERGE_BLOCK), v.read(c, MERGE_BLOCK)) for (k, v), c in zip(inputs, cursors)]
+                # everything up to the smallest last key of the unfinished inputs' blocks can be emitted now
+                bound = min((k[-1] for (k, _), size, c in zip(blocks, sizes, cursors)
+                             if len(k) and c + len(k) < size), default=None)
+                parts_k, parts_v = [], []
+                for i, (k, v) in enumerate(blocks):
+                    take = len(k) if bound is None else int(np.searchsorted(k, bound, side="right"))
+                    parts_k.append(k[:take])
+                    parts_v.append(v[:take])
+                    cursors[i] += take
+                keys, vals = np.concatenate(parts_k), np.concatenate(parts_v)
+                order = np.lexsort((vals, keys))  # equal digests: smallest value first (see commit)
+                outs["keys"].write(keys[order])
+                outs["vals"].write(vals[order])
+                outs["hi"].write(_hi(keys[order]))
+                written += len(keys)
+        finally:
+            for k, v in inputs:
+                k.close()
+                v.close()
+        for kind, out in outs.items():
+            out.finish()
             FS.replace(paths[kind], self.folder / f"{name}.{kind}.npy")
-        del out_keys, out_vals, out_hi
         fsync_dir(self.folder)
         return Segment(name, total)
+
+
+class _NpyReader:
+    """Reads rows of a 1-D ``.npy`` file with ``pread`` (no mapping: nothing stays in this process's RSS)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+            self.offset, self.dtype, self.size = fh.tell(), dtype, int(shape[0])
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        count = max(0, min(count, self.size - start))
+        width = self.dtype.itemsize
+        data = os.pread(self.fd, count * width, self.offset + start * width)
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _NpyWriter:
+    """Writes a 1-D ``.npy`` file of ``size`` rows block by block, then fsyncs it."""
+
+    def __init__(self, path: Path, dtype: Any, size: int) -> None:
+        self.fh = open(path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (size,)}
+        np.lib.format.write_array_header_1_0(self.fh, header)
+
+    def write(self, block: np.ndarray) -> None:
+        self.fh.write(np.ascontiguousarray(block).tobytes())
+
+    def finish(self) -> None:
+        self.fh.flush()
+        FS.fsync(self.fh.fileno())
+        self.fh.close()
 
 
 def _tier(size: int) -> int:

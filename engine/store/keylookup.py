@@ -46,11 +46,11 @@ class KindLookup:
     """Look-ups of one kind of shard (vectors or error records) for one snapshot's ``entries``."""
 
     def __init__(self, root: Path, folder: str, epoch: str | None, entries: list[dict],
-                 read_keys: Callable[[dict], list[str]]) -> None:
+                 read_keys: Callable[[dict], list[str]], indexes: dict[Path, KeyIndex] | None = None) -> None:
         self.entries = entries
         self.starts = _starts(entries)
         path = Path(root) / folder / epoch if epoch else None
-        self.index = KeyIndex(path) if path is not None and (path / "log").is_file() else None
+        self.index = open_index(path, indexes) if path is not None and (path / "log").is_file() else None
         covered = int((self.index.meta if self.index else {}).get("shards", 0))
         self.covered = min(covered, len(entries))
         self._read_keys = read_keys
@@ -96,13 +96,27 @@ class KindLookup:
             self.index.release()
 
 
-def sync(root: Path, folder: str, epoch: str, entries: list[dict], read_keys: Callable[[dict], list[str]]) -> None:
+def open_index(path: Path, indexes: dict[Path, KeyIndex] | None) -> KeyIndex:
+    """The key index at ``path``: the one in ``indexes`` (a store object's, kept across its snapshots so that
+    its maps survive commits) brought up to date with its log, else a new one."""
+    if indexes is None:
+        return KeyIndex(path)
+    index = indexes.get(path)
+    if index is None:
+        index = indexes[path] = KeyIndex(path)
+    return index.refresh()
+
+
+def sync(root: Path, folder: str, epoch: str, entries: list[dict], read_keys: Callable[[dict], list[str]],
+         indexes: dict[Path, KeyIndex] | None = None) -> None:
     """Index every shard of ``entries`` the index of ``epoch`` does not cover yet (caller holds the write lock)."""
-    index = KeyIndex(Path(root) / folder / epoch)
+    index = open_index(Path(root) / folder / epoch, indexes)
     covered = int(index.meta.get("shards", 0))
     if covered > len(entries):  # cannot happen within an epoch under the lock; never trust such an index
         shutil.rmtree(index.folder, ignore_errors=True)
         index = KeyIndex(index.folder)
+        if indexes is not None:
+            indexes[index.folder] = index
         covered = 0
     starts = _starts(entries)
     parts_k: list[np.ndarray] = []
@@ -116,7 +130,8 @@ def sync(root: Path, folder: str, epoch: str, entries: list[dict], read_keys: Ca
             index.commit(np.concatenate(parts_k), np.concatenate(parts_v),
                          meta={"shards": i + 1, "rows": int(starts[i + 1])})
             parts_k, parts_v, pending = [], [], 0
-    index.release()
+    if indexes is None:
+        index.release()
 
 
 def remove_stale(root: Path, epoch: str | None) -> list[Path]:

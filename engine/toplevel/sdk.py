@@ -34,7 +34,8 @@ from headstart.engine.heads.features import ArrayMatrix, FeatureMatrix
 from headstart.engine.train.splits import stratified_split
 from headstart.engine.train.metrics import classification_metrics
 # readers
-from headstart.engine.embed.items import Item, ReaderOptions, ReaderSpec, content_key
+from headstart.engine.embed.items import (Item, ItemBatch, ReaderOptions, ReaderSpec, RowRefs, content_key, failed_key,
+                                          row_keys, text_keys)
 from headstart.engine.sequences.options import EventOptions, Vocabulary
 from headstart.engine.sequences.tables import record_batches as event_record_batches, table_schema as event_table_schema
 # fine-tuners
@@ -57,6 +58,7 @@ __all__ = [
     "vision_transformer_encoder", "append_pooling",
     "Head", "HeadSpec", "FeatureMatrix", "ArrayMatrix", "class_weights", "resolve_device", "stratified_split", "classification_metrics",
     "Item", "ReaderOptions", "ReaderSpec", "content_key",
+    "ItemBatch", "RowRefs", "failed_key", "row_keys", "text_keys",
     "EventOptions", "Vocabulary", "event_record_batches", "event_table_schema",
     "FinetunerSpec", "FinetuneRequest", "FinetuneOutcome", "unfreeze_blocks",
     "did_you_mean", "write_bytes_atomic", "write_json_atomic", "confined_file", "read_confined", "check_regular_file",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
-from headstart.sdk import Item, ReaderOptions, SchemaError
+from headstart.sdk import Item, ItemBatch, ReaderOptions, RowRefs, SchemaError, failed_key, row_keys, text_keys
 
 from ._common import (LABEL_DEFAULTS, TEXT_DEFAULTS, all_empty_labels, bad_utf8, decode, display_path, has_label,
                       new_stats, pick_column, read_label)
@@ -82,12 +82,13 @@ class ParquetSource:
                           + ", ".join(f"{c} ({schema.field(c).type})" for c in self.columns),
                           hint=f"pass --text-column (defaults tried: {', '.join(TEXT_DEFAULTS)})")
 
-    def _batches(self, columns: list[str], row_groups: list[int] | None = None) -> Iterator[Any]:
+    def _batches(self, columns: list[str], row_groups: list[int] | None = None,
+                 batch_rows: int = BATCH_ROWS) -> Iterator[Any]:
         """Record batches of ``columns``, one row group at a time: pyarrow's ``iter_batches`` over many row
         groups keeps memory that grows with the file (~70 B a row measured at 1M and 2M rows), per group not."""
         groups = range(self.file.metadata.num_row_groups) if row_groups is None else row_groups
         for group in groups:
-            yield from self.file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group],
+            yield from self.file.iter_batches(batch_size=batch_rows, row_groups=[group],
                                               columns=list(dict.fromkeys(columns)))
 
     def _labels_only(self) -> Iterator[list[Any]]:
@@ -121,6 +122,102 @@ class ParquetSource:
     def read_split(self, split: dict[str, Any]) -> Iterator[Item]:
         """The items of one part from :meth:`splits` (refs number rows as in the whole file)."""
         return self._items(self._batches(self._read_columns(), split["row_groups"]), split["first"])
+
+    def batches(self, size: int) -> Iterator[ItemBatch]:
+        """The items in batches of at most ``size`` rows (a row group's last batch is shorter), each row's key
+        computed with the batch's (:func:`row_keys` / :func:`text_keys`: the keys ``__iter__`` gives)."""
+        return self._item_batches(self._batches(self._read_columns(), batch_rows=size), 0)
+
+    def read_split_batches(self, split: dict[str, Any], size: int) -> Iterator[ItemBatch]:
+        """:meth:`read_split` in batches (see :meth:`batches`)."""
+        return self._item_batches(self._batches(self._read_columns(), split["row_groups"], size), split["first"])
+
+    def _item_batches(self, batches: Iterator[Any], row: int) -> Iterator[ItemBatch]:
+        self.stats = stats = new_stats()
+        for batch in batches:
+            n = batch.num_rows
+            refs = RowRefs(self.name, row + 1, n)
+            out = self._fast_batch(batch, refs)
+            if out is None:  # a column kind without a batch path: item by item (the same keys)
+                items = [self._item(refs[i], value, label, stats)
+                         for i, (value, label) in enumerate(zip(self._values(batch), self._raw_labels(batch)))]
+                out = ItemBatch.of(items, self.modality)
+                out.refs = refs
+            stats["items"] += n
+            stats["failed"] += len(out.errors)
+            row += n
+            yield out
+
+    def _raw_labels(self, batch: Any) -> list[Any]:
+        return batch.column(self.label_column).to_pylist() if self.label_column else [None] * batch.num_rows
+
+    def _fast_batch(self, batch: Any, refs: RowRefs) -> ItemBatch | None:
+        """The batch from Arrow buffers (no Python object per row for numeric inputs), or None when its
+        columns need the row-by-row path (binary text, variable-length lists, nulls inside a list)."""
+        import numpy as np
+        import pyarrow.types as pt
+
+        n = batch.num_rows
+        labels = self._batch_labels(batch)
+        if labels is None:
+            return None
+        if self.modality == "text":
+            col = batch.column(self.inputs[0])
+            if not (pt.is_string(col.type) or pt.is_large_string(col.type)):
+                return None
+            payloads = col.to_pylist()
+            keys = text_keys(["" if v is None else v for v in payloads])
+        elif len(self.inputs) == 1:
+            col = batch.column(self.inputs[0])
+            width = getattr(col.type, "list_size", None)
+            if width is None or not pt.is_fixed_size_list(col.type) or pt.is_boolean(col.type.value_type):
+                return None
+            values = col.values.slice(col.offset * width, n * width)
+            if values.null_count:
+                return None
+            payloads = _as_numpy(values).reshape(n, width)
+            keys = row_keys(payloads)
+        else:
+            cols = [batch.column(c) for c in self.inputs]
+            payloads = np.column_stack([c.to_numpy(zero_copy_only=False) for c in cols])
+            keys = row_keys(payloads)
+        errors = {i: f"{refs[i]}: '{'/'.join(self.inputs)}' is null" for i in self._null_rows(batch)}
+        for i in errors:
+            keys[i] = failed_key(refs[i])
+        return ItemBatch(self.modality, keys, payloads, refs, labels, errors)
+
+    def _null_rows(self, batch: Any) -> list[int]:
+        import numpy as np
+
+        valid = np.ones(batch.num_rows, dtype=bool)
+        for name in self.inputs:
+            col = batch.column(name)
+            if col.null_count:
+                valid &= ~np.asarray(col.is_null())
+        return np.flatnonzero(~valid).tolist()
+
+    def _batch_labels(self, batch: Any) -> Any:
+        """The label of each row, :func:`read_label` once per distinct value; None when a value is refused
+        (then the row-by-row path names each bad row)."""
+        import numpy as np
+        import pyarrow.types as pt
+
+        if not self.label_column:
+            return [None] * batch.num_rows
+        col = batch.column(self.label_column)
+        if pt.is_nested(col.type) or pt.is_dictionary(col.type):
+            return None
+        encoded = col.dictionary_encode()
+        distinct = encoded.dictionary.to_pylist()
+        read = [read_label(v, self.label_column, "") for v in distinct] + [(None, None)]
+        if any(bad is not None for _, bad in read):
+            return None
+        indices = encoded.indices
+        if indices.null_count:
+            index = np.asarray([len(distinct) if v is None else v for v in indices.to_pylist()], np.int64)
+        else:
+            index = _as_numpy(indices)
+        return np.asarray([label for label, _ in read], dtype=object)[index]
 
     def _read_columns(self) -> list[str]:
         return self.inputs + ([self.label_column] if self.label_column else [])
@@ -171,6 +268,19 @@ class ParquetSource:
 
     def estimate_count(self) -> int | None:
         return int(self.file.metadata.num_rows)
+
+
+def _as_numpy(values: Any) -> Any:
+    """A primitive Arrow array without nulls as a numpy view of its buffer (``to_numpy`` would import pandas,
+    half a second, for the first call of a process)."""
+    import numpy as np
+    import pyarrow.types as pt
+
+    t = values.type
+    if values.null_count or not (pt.is_integer(t) or pt.is_floating(t)):
+        return values.to_numpy(zero_copy_only=False)
+    dtype = np.dtype(t.to_pandas_dtype())
+    return np.frombuffer(values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize)
 
 
 def _numeric(t: Any) -> bool:
