@@ -64,6 +64,8 @@ CHILD = """
 import json, sys
 from click.testing import CliRunner
 from headstart.engine.cli import cli
+from headstart.engine.heads import features
+features.CHUNK_BYTES = 1 << 20  # chunks of 1,024 rows: both sizes span many chunks, so only per-item state differs
 out = CliRunner().invoke(cli, sys.argv[1:], catch_exceptions=False)
 assert out.exit_code == 0, out.output
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -79,8 +81,8 @@ def _child(args: list[str], env: dict[str, str]) -> dict:
 
 def test_train_and_eval_peak_memory_does_not_grow_with_items(tmp_path, tiny_backbone):
     """`headstart train --head linear` and `headstart eval` on an embedded source of 20,000 and of 200,000
-    items (clean child processes; embedded before, so both read cached rows): the peak RSS grows by less
-    than 300 B per added item. Lists of every row's key, ref and label (and the label strings made from
+    items (clean child processes; embedded before, so both read cached rows; 1 MiB feature chunks, so that
+    both sizes are many chunks): the peak RSS grows by less than 300 B per added item. Lists of every row's key, ref and label (and the label strings made from
     them) took ~1.1 KB an item; the columns now kept are ~60 B an item (key digest, label code, row id,
     storage order, split indices, label index), the vectors are read chunk by chunk."""
     peaks: dict[tuple[int, str], int] = {}
