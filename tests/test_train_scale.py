@@ -65,7 +65,7 @@ import json, sys
 from click.testing import CliRunner
 from headstart.engine.cli import cli
 from headstart.engine.heads import features
-features.CHUNK_BYTES = 1 << 20  # chunks of 1,024 rows: both sizes span many chunks, so only per-item state differs
+features.CHUNK_BYTES = 4 << 20  # chunks of 2,730 rows: both sizes span several chunks, so only per-item state differs
 out = CliRunner().invoke(cli, sys.argv[1:], catch_exceptions=False)
 assert out.exit_code == 0, out.output
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -74,14 +74,14 @@ print(json.dumps({"out": json.loads(out.stdout), "vmhwm_kb": peak}))
 
 
 def _child(args: list[str], env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, *args], env=env, capture_output=True, text=True, timeout=800)
+    proc = subprocess.run([sys.executable, "-c", CHILD, *args], env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_train_and_eval_peak_memory_does_not_grow_with_items(tmp_path, tiny_backbone):
     """`headstart train --head linear` and `headstart eval` on an embedded source of 20,000 and of 200,000
-    items (clean child processes; embedded before, so both read cached rows; 1 MiB feature chunks, so that
+    items (clean child processes; embedded before, so both read cached rows; 4 MiB feature chunks, so that
     both sizes are many chunks): the peak RSS grows by less than 300 B per added item. Lists of every row's key, ref and label (and the label strings made from
     them) took ~1.1 KB an item; the columns now kept are ~60 B an item (key digest, label code, row id,
     storage order, split indices, label index), the vectors are read chunk by chunk."""
