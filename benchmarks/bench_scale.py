@@ -213,9 +213,9 @@ def measure(n: int, threads: int, steps: tuple[str, ...] = STEPS, reuse_store: b
     if "train" in steps or "eval" in steps or "predict" in steps:
         train = step("train linear", [HEADSTART, "train", str(data), "-b", backbone, "--head", "linear", "-o",
                                       str(out), "--json"], env, n)
-        metrics = json.loads(train["_stdout"])["metrics"]
-        train["accuracy"] = round(metrics["accuracy"], 5)
-        train["fit_passes"] = metrics.get("fit_passes")  # full passes over the training rows (validation fit)
+        output = json.loads(train["_stdout"])
+        train["accuracy"] = round(output["metrics"]["accuracy"], 5)
+        train["fit_passes"] = output["training"].get("fit_passes")  # full passes over the rows (validation, refit)
         rows.append(train)
     if "eval" in steps:
         ev = step("eval", [HEADSTART, "eval", str(out), str(data), "--json"], env, n)

@@ -133,8 +133,6 @@ def _fit_and_score(ref: HeadRef | str, prep: Prepared, engine: Any, threshold_fo
     _rare_event_scores(head, prep, scored, metrics, threshold_for, strict, proba)
     if subsample is not None:
         metrics["subsample"] = subsample
-    if getattr(head, "fit_passes_", None) is not None:  # streaming heads: full passes over the training rows
-        metrics["fit_passes"] = int(head.fit_passes_)
     return head, canonical, metrics
 
 
@@ -259,15 +257,22 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     prep, int8_check = _judge_int8(head, prep, source, backbone, val_fraction, engine, embed_options)
     fitted, ref, metrics = _fit_and_score(head, prep, engine, rule)
     final, refitted, subsample = _final(ref, fitted, prep, refit, engine, metrics)
-    if refitted and getattr(final, "fit_passes_", None) is not None:
-        metrics["refit_passes"] = int(final.fit_passes_)
     model = Model(final, _with_decision(make_manifest(ref, final, prep.features, metrics,
                                                       {**_training(prep, val_fraction, seed, refitted, subsample,
                                                                    int8_check),
+                                                       **_passes(fitted, final if refitted else None),
                                                        "source": _source_path(source)})),
                   training_keys=_training_keys(prep, refitted))
     path = model.save(out, allow_pickle=allow_pickle, check_rows=_check_rows(prep)) if out is not None else None
     return TrainResult(model, metrics, path)
+
+
+def _passes(fitted: Any, refitted: Any) -> dict[str, Any]:
+    """Full passes over the training rows a streaming head made (``fit_passes_``; they move with float
+    rounding, like timings): ``{"fit_passes": {"validation": n, "refit": m}}``, or nothing."""
+    passes = {name: int(head.fit_passes_) for name, head in (("validation", fitted), ("refit", refitted))
+              if getattr(head, "fit_passes_", None) is not None}
+    return {"fit_passes": passes} if passes else {}
 
 
 def _with_decision(manifest: dict[str, Any]) -> dict[str, Any]:
