@@ -5,6 +5,7 @@
     python benchmarks/bench_scale.py --tag out-of-core   # label this run in the JSON
     python benchmarks/bench_scale.py --items 2000000 --steps train eval   # only some steps
     python benchmarks/bench_scale.py --store-only --items 10000000        # the store alone (no embedding)
+    python benchmarks/bench_scale.py --items 10000000 --reuse-store --steps train eval predict  # the heads only
 
 The backbone is one MatMul 16→384 followed by an L2 norm (``onnx:`` + its ``.headstart.json``
 sidecar), over a Parquet file with a fixed-size-list column ``x`` of 16 float32 per row and a
@@ -189,31 +190,42 @@ def step(name: str, cmd: list[str], env: dict[str, str], items: int | None = Non
 
 
 STEPS = ("embed-cold", "embed-warm", "train", "eval", "verify", "index", "knn")
+EXTRA_STEPS = ("predict",)  # only when named: `predict -o` writes a Parquet row per item
 
 
-def measure(n: int, threads: int, steps: tuple[str, ...] = STEPS) -> list[dict[str, Any]]:
+def measure(n: int, threads: int, steps: tuple[str, ...] = STEPS, reuse_store: bool = False) -> list[dict[str, Any]]:
     data = make_parquet(n, C.DATA)
     model = make_backbone(C.DATA)
     backbone = f"onnx:{model}"
     home = C.WORK / f"home-scale-{n}"
     env = C.child_env(threads, home)
     C.run_process([HEADSTART, "export", backbone], env)  # untimed: the cold embed measures embedding only
-    shutil.rmtree(home / "features", ignore_errors=True)
     shutil.rmtree(home / "models", ignore_errors=True)
     embed = [HEADSTART, "embed", str(data), "-b", backbone, "--json"]
-    rows = [step("embed cold", embed, env, n)]  # always: the later steps need the store
+    if reuse_store and any((home / "features").glob("*/manifest.json")):
+        rows = []  # the store of an earlier run (--reuse-store): only the later steps are measured
+    else:
+        shutil.rmtree(home / "features", ignore_errors=True)
+        rows = [step("embed cold", embed, env, n)]  # the later steps need the store
     if "embed-warm" in steps:
         rows.append(step("embed warm", embed, env, n))
     out = home / "models" / "linear"
-    if "train" in steps or "eval" in steps:
+    if "train" in steps or "eval" in steps or "predict" in steps:
         train = step("train linear", [HEADSTART, "train", str(data), "-b", backbone, "--head", "linear", "-o",
                                       str(out), "--json"], env, n)
-        train["accuracy"] = round(json.loads(train["_stdout"])["metrics"]["accuracy"], 5)
+        output = json.loads(train["_stdout"])
+        train["accuracy"] = round(output["metrics"]["accuracy"], 5)
+        train["fit_passes"] = output["training"].get("fit_passes")  # full passes over the rows (validation, refit)
         rows.append(train)
     if "eval" in steps:
         ev = step("eval", [HEADSTART, "eval", str(out), str(data), "--json"], env, n)
         ev["accuracy"] = round(json.loads(ev["_stdout"])["accuracy"], 5)
         rows.append(ev)
+    if "predict" in steps:
+        predicted = home / "predictions.parquet"
+        rows.append(step("predict -o parquet", [HEADSTART, "predict", str(out), str(data), "-o", str(predicted),
+                                                "--json"], env, n))
+        predicted.unlink(missing_ok=True)
     if "verify" in steps:
         rows.append(step("cache verify", [HEADSTART, "cache", "verify", "--json"], env, n))
     if "index" in steps:
@@ -248,8 +260,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, nargs="+", default=[1_000_000], help="dataset sizes (default 1M)")
     parser.add_argument("--tag", default="current", help="label of this run in scale.json (e.g. baseline)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS,
-                        help="steps to run (embed cold always runs first; index builds an IVF of all vectors in RAM)")
+    parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS + EXTRA_STEPS,
+                        help="steps to run (embed cold always runs first; index builds an IVF of all vectors in RAM; "
+                             "predict only when named)")
+    parser.add_argument("--reuse-store", action="store_true",
+                        help="keep the store an earlier run of this N left (no cold embed): train/eval/predict only")
     parser.add_argument("--store-only", action="store_true",
                         help=f"only the store: N {STORE_DIM}-d items committed as staged shards, then look-ups "
                              "in a fresh process (no embedding; results under the tag TAG-store)")
@@ -264,9 +279,9 @@ def main() -> None:
             print(f"wrote {record(n, args.tag + '-store', rows, info)}")
         return
     for n in args.items:
-        rows = measure(n, args.threads, tuple(args.steps))
+        rows = measure(n, args.threads, tuple(args.steps), args.reuse_store)
         print(f"\n{n:,} items ({args.tag})")
-        print(C.table(rows, ["step", "wall_s", "items_per_s", "peak_rss_mb", "accuracy", "loadavg"]))
+        print(C.table(rows, ["step", "wall_s", "items_per_s", "peak_rss_mb", "accuracy", "fit_passes", "loadavg"]))
         if rows[-1]["step"] == "knn search":
             print(f"knn search: first {rows[-1]['first_s']} s, p50 {rows[-1]['p50_ms']} ms, p95 {rows[-1]['p95_ms']} ms "
                   f"({rows[-1]['index']})")

@@ -427,6 +427,8 @@ def _scale_detail(step: dict[str, Any]) -> str | None:
         return (f"{step['commits']:,} commits, {_n(step['first_10pct_ms'])} ms each over the first 10 %, "
                 f"{_n(step['last_10pct_ms'])} ms over the last; checkpoint {_n(step['manifest_kb'])} KB; key index "
                 f"{_n(step['key_index_mb'])} MB on disk (a Python key table: ~{step['table_mb_before']:,} MB in RAM)")
+    if step.get("incomplete"):  # a step stopped before it finished (what it reached, and its peak RSS so far)
+        return str(step["incomplete"])
     if "lookup_cold_s" in step:
         return (f"open {step['open_s']} s; 11,000 look-ups {step['lookup_cold_s']} s cold (hashes the shards hit), "
                 f"{step['lookup_warm_s']} s warm; get 10,000 vectors {step['get_s']} s")

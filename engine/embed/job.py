@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError, ItemError
 from .items import Item, ReaderOptions, item_batches
+from .rowtable import RowTable, RowTableBuilder
 
 # text 16: int8 ran 5-8% faster than at 32 (fp32 within noise; 16..256 measured) and dynamic int8, which
 # scales each batch by its own range, couples fewer texts. images 4: batches of 2-4 were fastest beside the
@@ -65,13 +66,14 @@ class EmbedStats:
 class EmbedResult:
     """What :func:`embed` returns: one row per successfully embedded source row, in source order.
 
-    ``vectors`` is read from the store on first access (rows sharing content share a key and
-    so a vector). ``errors`` lists every failed row with its reason.
+    The rows are compact columns (``rows``, a :class:`~.rowtable.RowTable`: key digests, label codes
+    and, unless the job was asked not to keep them, refs); ``keys``, ``refs`` and ``labels`` are
+    lists made from them on first access (keys through the store), for callers of small results.
+    ``row_ids`` are the rows' ids in the store and ``vectors`` their vectors (both read on first access;
+    rows sharing content share a key and so a vector). ``errors`` lists every failed row with its reason.
     """
 
-    keys: list[str]
-    refs: list[str]
-    labels: list[str | None]
+    rows: RowTable
     errors: list[Any]
     backbone: str
     fingerprint: str
@@ -80,6 +82,8 @@ class EmbedResult:
     store_path: Path
     stats: EmbedStats
     _vectors: np.ndarray | None = field(default=None, repr=False)
+    _ids: np.ndarray | None = field(default=None, repr=False)
+    _lists: dict[str, list[Any]] = field(default_factory=dict, repr=False)
 
     @property
     def store(self):
@@ -88,19 +92,52 @@ class EmbedResult:
         return FeatureStore.load(self.store_path)
 
     @property
+    def row_ids(self) -> np.ndarray:
+        """The rows' ids in the store (int64, looked up by key digest once)."""
+        if self._ids is None:
+            self._ids = self.store.ids(self.rows.digests) if len(self.rows) else np.empty(0, np.int64)
+        return self._ids
+
+    @property
     def vectors(self) -> np.ndarray:
         if self._vectors is None:
-            self._vectors = self.store.get(self.keys) if self.keys else np.empty((0, 0), np.float32)
+            self._vectors = self.store.read_rows(self.row_ids) if len(self.rows) else np.empty((0, 0), np.float32)
         return self._vectors
 
+    @property
+    def keys(self) -> list[str]:
+        if "keys" not in self._lists:
+            self._lists["keys"] = self.rows.keys if self.rows.keys is not None else \
+                (self.store.keys_at(self.row_ids).tolist() if len(self.rows) else [])
+        return self._lists["keys"]
+
+    @property
+    def refs(self) -> list[str]:
+        """Each row's ref (kept refs; for a job that kept none, the ref the store recorded for its key)."""
+        if "refs" not in self._lists:
+            refs = self.rows.refs
+            if refs is None:
+                refs = self.store.refs_at(self.row_ids) if len(self.rows) else []
+            self._lists["refs"] = refs if isinstance(refs, list) else refs.to_pylist()
+        return self._lists["refs"]
+
+    @property
+    def labels(self) -> list[str | None]:
+        if "labels" not in self._lists:
+            self._lists["labels"] = self.rows.labels()
+        return self._lists["labels"]
+
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.rows)
 
     def summary(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "fingerprint": self.fingerprint, "precision": self.precision,
                 "store": str(self.store_path), **self.stats.as_dict(),
                 "errors": [{"key": e.key, "ref": e.ref, "reason": e.reason, "stage": e.stage} for e in self.errors[:20]]}
 
+
+#: ``keep_rows`` value: keep the good rows' key digests and labels, not their refs (train and eval)
+KEEP_COLUMNS = "columns"
 
 
 @dataclass
@@ -121,20 +158,25 @@ class Job:
 
     def finish(self, rows: Sequence[tuple[str, str, str | None]] | None, failed: dict[str, Any], strict: bool,
                errors: Sequence[Any] | None = None,
-               kept: tuple[list[str], list[str], list[str | None]] | None = None) -> EmbedResult:
+               kept: RowTable | tuple[list[str], list[str], list[str | None]] | None = None) -> EmbedResult:
         """Assemble the result (one entry per source row, failed rows to ``errors``); apply ``strict``.
 
         A row the reader could not read gets the reason the reader gave for *that* row now, never the stored
         record of its content key (which names the row of another file, or of an earlier run, that failed first).
         ``rows=None``: an engine that keeps no per-row state passes the error records of failed rows as
-        ``errors``, has set ``stats.rows``/``stats.failed``, and gives the good rows as ``kept`` (keys, refs,
-        labels) or none (the result then lists no keys).
+        ``errors``, has set ``stats.rows``/``stats.failed``, and gives the good rows as ``kept`` (a RowTable,
+        or lists of keys, refs, labels) or none (the result then lists no rows).
         """
-        keys, refs, labels = kept if kept is not None else ([], [], [])
         if rows is None:
             errors = list(errors or [])
+            if isinstance(kept, RowTable):
+                table = kept
+            else:
+                keys, refs, labels = kept if kept is not None else ([], [], [])
+                table = RowTable.from_lists(keys, refs, labels)
         else:
             errors = []
+            builder = RowTableBuilder()
             for key, ref, label in rows:
                 record = failed.get(key)
                 own = self.read_errors.get(ref)
@@ -143,9 +185,8 @@ class Job:
                 elif record is not None:
                     errors.append(error_record(key, ref, record.reason, record.stage))
                 else:
-                    keys.append(key)
-                    refs.append(ref)
-                    labels.append(label)
+                    builder.add([key], [ref], [label])
+            table = builder.build()
         stats = self.stats
         if rows is not None:
             stats.rows = len(rows)
@@ -154,7 +195,7 @@ class Job:
         if rows is not None:
             stats.failed = len(errors)
         stats.seconds["total"] = time.perf_counter() - self.started
-        result = EmbedResult(keys=keys, refs=refs, labels=labels, errors=errors, backbone=self.spec.name,
+        result = EmbedResult(rows=table, errors=errors, backbone=self.spec.name,
                              fingerprint=self.exported.fingerprint, precision=self.precision,
                              modality=self.spec.modality, store_path=self.store.path, stats=stats)
         if strict and errors:
@@ -170,14 +211,13 @@ class Job:
 
 class Rows:
     """The result's rows, gathered chunk by chunk as each chunk's outcome is known: counts always; with
-    ``keep`` the key, ref and label of every good row (source order) and every error record, else only the
-    first ``max_errors`` error records (memory then does not grow with the number of rows)."""
+    ``keep`` the good rows as compact columns (key digest, label code and, unless ``keep`` is
+    :data:`KEEP_COLUMNS`, ref; see :mod:`.rowtable`) and every error record, else only the first
+    ``max_errors`` error records (memory then does not grow with the number of rows)."""
 
-    def __init__(self, keep: bool = True, max_errors: int | None = None) -> None:
-        self.keep, self.max_errors = keep, max_errors
-        self.keys: list[str] = []
-        self.refs: list[str] = []
-        self.labels: list[str | None] = []
+    def __init__(self, keep: bool | str = True, max_errors: int | None = None) -> None:
+        self.keep, self.max_errors = bool(keep), max_errors
+        self.table = RowTableBuilder(keep_refs=keep is not False and keep != KEEP_COLUMNS)
         self.errors: list[Any] = []
         self.count = self.failed = 0
 
@@ -190,28 +230,33 @@ class Rows:
         """
         self.count += len(keys)
         read_errors = job.read_errors
-        if not failed and not read_errors and not self.keep:
+        if not failed and not read_errors:
+            if self.keep:
+                self.table.add(keys, refs, labels)
             return
-        for key, ref, label in zip(keys, refs, labels):
+        good: list[int] = []
+        for i, (key, ref) in enumerate(zip(keys, refs)):
             own = read_errors.get(ref) if read_errors else None
             record = failed.get(key) if failed else None
             if own is None and record is None:
-                if self.keep:
-                    self.keys.append(key)
-                    self.refs.append(ref)
-                    self.labels.append(label)
+                good.append(i)
                 continue
             self.failed += 1
             if self.max_errors is None or len(self.errors) < self.max_errors:
                 self.errors.append(error_record(key, ref, own, "read") if own is not None
                                    else error_record(key, ref, record.reason, record.stage))
+        if self.keep and good:
+            if len(good) == len(keys):
+                self.table.add(keys, refs, labels)
+            else:
+                self.table.add([keys[i] for i in good], [refs[i] for i in good], [labels[i] for i in good])
 
     def finish(self, job: "Job", strict: bool) -> "EmbedResult":
         stats = job.stats
         stats.rows, stats.failed = self.count, self.failed
         stats.skipped = int(getattr(job.source, "stats", {}).get("skipped", 0))
         stats.skipped_examples = list(getattr(job.source, "skipped_examples", []))
-        kept = (self.keys, self.refs, self.labels) if self.keep else None
+        kept = self.table.build() if self.keep else None
         return job.finish(None, {}, strict, errors=self.errors, kept=kept)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, HeadError, NotFittedError
 from .features import ArrayMatrix, FeatureMatrix, check_finite
-from .validate import check_features
+from .validate import check_features, unique_inverse
 
 
 #: Key under which :meth:`Head.saved_state` keeps the base attributes in a head's metadata.
@@ -93,7 +93,7 @@ class Head:
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != len(X):
             raise HeadError(f"{type(self).__name__}.fit: y has shape {y.shape}, expected ({len(X)},)")
-        classes, y_idx = np.unique(y, return_inverse=True)
+        classes, y_idx = unique_inverse(y)
         if len(classes) < 2:
             raise DataError(f"{type(self).__name__}.fit: only one class ({classes[0]!r}) in the training data",
                             hint="a classifier needs at least two labelled classes")

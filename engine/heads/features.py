@@ -14,7 +14,6 @@ manifest). Predictions are always made chunk by chunk (:func:`predict_in_chunks`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -224,58 +223,164 @@ def predict_in_chunks(estimator: Any, X: Any, method: str = "predict") -> np.nda
     return out if out is not None else np.asarray(getattr(estimator, method)(np.empty((0, X.dim), np.float32)))
 
 
-@dataclass
 class FeatureSet:
-    keys: list[str]
-    refs: list[str]
-    labels: list[str | None]
-    vectors: Any  # (n, dim) float32: a numpy array or a FeatureMatrix (e.g. rows of the feature store)
-    errors: list[Any] = field(default_factory=list)
-    fingerprint: str | None = None
-    backbone: str | None = None
-    precision: str = "fp32"
-    stats: dict[str, Any] | None = None  # the embedding job's counts (cached, embedded, session_created, ...)
+    """Rows to train or predict on: ``vectors`` (an array or a :class:`FeatureMatrix`, e.g. rows of the
+    feature store) and per-row columns (``rows``: a :class:`~headstart.engine.embed.rowtable.RowTable` of key
+    digests, label codes and, where kept, refs). ``keys``, ``refs`` and ``labels`` are lists made on first
+    access (for small sets and callers that want them); training, evaluation and prediction use the columns.
+    """
+
+    def __init__(self, keys: Sequence[str] | None = None, refs: Sequence[str] | None = None,
+                 labels: Sequence[Any] | None = None, vectors: Any = None, errors: list[Any] | None = None,
+                 fingerprint: str | None = None, backbone: str | None = None, precision: str = "fp32",
+                 stats: dict[str, Any] | None = None, *, rows: Any = None) -> None:
+        from ..embed.rowtable import RowTable
+
+        if vectors is None:
+            raise DataError("a FeatureSet needs its vectors", hint="pass vectors=(n, dim) array")
+        if not hasattr(vectors, "shape"):
+            vectors = np.asarray(vectors)
+        self.vectors = vectors
+        n = int(vectors.shape[0])
+        self.rows = rows if rows is not None else RowTable.from_lists(keys, refs, labels, n, digests=False)
+        if len(self.rows) != n:
+            raise DataError(f"a FeatureSet of {n} vectors got {len(self.rows)} keys/labels",
+                            hint="pass one key, ref and label per row")
+        self.errors = list(errors or [])
+        self.fingerprint, self.backbone, self.precision, self.stats = fingerprint, backbone, precision, stats
+        self._lists: dict[str, list[Any]] = {}
 
     @classmethod
     def from_arrays(cls, X: Any, y: Sequence[Any] | None = None, *, keys: Sequence[str] | None = None,
                     fingerprint: str | None = None, backbone: str | None = None) -> "FeatureSet":
         """Wrap your own vectors (rows keyed ``row 0``, ``row 1``, ... unless ``keys`` are given)."""
         X = np.asarray(X)
-        names = list(keys) if keys is not None else [f"row {i}" for i in range(len(X))]
-        labels = [None if v is None else str(v) for v in y] if y is not None else [None] * len(X)
-        return cls(keys=names, refs=list(names), labels=labels, vectors=X, fingerprint=fingerprint,
-                   backbone=backbone)
+        labels = [None if v is None else str(v) for v in y] if y is not None else None
+        return cls(keys=list(keys) if keys is not None else None, labels=labels, vectors=X,
+                   fingerprint=fingerprint, backbone=backbone)
 
     @classmethod
     def coerce(cls, obj: Any) -> "FeatureSet":
-        """A FeatureSet from an ``EmbedResult``-like object (``.keys .refs .labels .vectors ...``).
+        """A FeatureSet from an ``EmbedResult``-like object (``.rows`` or ``.keys .refs .labels``, ``.vectors``).
 
         An embedding result whose vectors were not read yet becomes a :class:`StoreMatrix` over its
         store: the vectors stay on disk until a head reads them chunk by chunk.
         """
         if isinstance(obj, cls):
             return obj
+        from ..embed.rowtable import RowTable
+
+        rows = getattr(obj, "rows", None)
+        if not isinstance(rows, RowTable):
+            rows = RowTable.from_lists(_as_list(obj.keys), _as_list(obj.refs), _as_list(obj.labels))
         vectors = _store_rows(obj)
         if vectors is None:
             vectors = np.asarray(obj.vectors)
-        return cls(keys=_as_list(obj.keys), refs=_as_list(obj.refs), labels=_as_list(obj.labels), vectors=vectors,
-                   errors=list(getattr(obj, "errors", []) or []), fingerprint=getattr(obj, "fingerprint", None),
-                   backbone=getattr(obj, "backbone", None), precision=getattr(obj, "precision", "fp32") or "fp32",
+            if len(rows) == 0 and vectors.ndim != 2:
+                vectors = np.empty((0, 0), np.float32)
+        return cls(vectors=vectors, rows=rows, errors=list(getattr(obj, "errors", []) or []),
+                   fingerprint=getattr(obj, "fingerprint", None), backbone=getattr(obj, "backbone", None),
+                   precision=getattr(obj, "precision", "fp32") or "fp32",
                    stats=obj.stats.as_dict() if hasattr(getattr(obj, "stats", None), "as_dict") else None)
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"FeatureSet({len(self)} rows, backbone={self.backbone!r})"
 
     @property
     def matrix(self) -> FeatureMatrix:
         return as_matrix(self.vectors)
 
+    @property
+    def keys(self) -> list[str]:
+        """Every row's key (made on first access: from the store for store rows)."""
+        if "keys" not in self._lists:
+            self._lists["keys"] = list(self.key_names) if self.rows.keys is None else self.rows.keys
+        return self._lists["keys"]
+
+    @property
+    def key_names(self) -> "KeyNames":
+        """Keys by row, looked up only for the rows asked for (naming a few bad rows among millions)."""
+        return KeyNames(self)
+
+    @property
+    def ref_names(self) -> "KeyNames":
+        """Refs by row, made only for the rows asked for."""
+        return KeyNames(self, refs=True)
+
+    @property
+    def refs(self) -> list[str]:
+        if "refs" not in self._lists:
+            refs = self.rows.refs
+            if refs is None:
+                refs = self.refs_of(np.arange(len(self)))
+            self._lists["refs"] = refs if isinstance(refs, list) else refs.to_pylist()
+        return self._lists["refs"]
+
+    @property
+    def labels(self) -> list[Any]:
+        if "labels" not in self._lists:
+            self._lists["labels"] = self.rows.labels()
+        return self._lists["labels"]
+
+    @property
+    def digests(self) -> np.ndarray:
+        """Every row's 16-byte key digest (the store's key digest; ``training_keys`` of a model)."""
+        if self.rows.digests is None:
+            from ..embed.rowtable import key_digests
+
+            self.rows.digests = key_digests(self.keys)
+        return self.rows.digests
+
     def subset(self, rows: np.ndarray) -> "FeatureSet":
         rows = np.asarray(rows, dtype=np.int64)
-        return FeatureSet(keys=[self.keys[i] for i in rows], refs=[self.refs[i] for i in rows],
-                          labels=[self.labels[i] for i in rows], vectors=self.vectors[rows], errors=[],
+        return FeatureSet(vectors=self.vectors[rows], rows=self.rows.take(rows), errors=[],
                           fingerprint=self.fingerprint, backbone=self.backbone, precision=self.precision,
                           stats=self.stats)
+
+    def keys_of(self, rows: np.ndarray) -> list[str]:
+        """Keys of ``rows`` (looked up in the store for store rows: memory of those rows only)."""
+        if self.rows.keys is not None:
+            return [self.rows.keys[i] for i in rows]
+        if isinstance(self.vectors, StoreMatrix):
+            return self.vectors.store.keys_at(self.vectors.ids[rows]).tolist()
+        return [f"row {i}" for i in rows]
+
+    def refs_of(self, rows: np.ndarray) -> list[str | None]:
+        """Refs of ``rows`` (kept refs; else the ones the store recorded; else the keys)."""
+        refs = self.rows.refs
+        if refs is None:
+            if isinstance(self.vectors, StoreMatrix):
+                return self.vectors.store.refs_at(self.vectors.ids[rows])
+            return self.keys_of(rows)
+        return [refs[i] for i in rows] if isinstance(refs, list) else refs.take(np.asarray(rows)).to_pylist()
+
+
+class KeyNames:
+    """A FeatureSet's keys (or refs) by row index, each looked up when asked for (naming a few bad rows
+    among millions, or writing predictions chunk by chunk)."""
+
+    def __init__(self, fs: FeatureSet, refs: bool = False) -> None:
+        self.fs, self.of = fs, (fs.refs_of if refs else fs.keys_of)
+
+    def __len__(self) -> int:
+        return len(self.fs)
+
+    def __getitem__(self, i: int) -> str:
+        return self.of(np.asarray([i]))[0]
+
+    def take(self, rows: np.ndarray) -> list[str]:
+        return self.of(np.asarray(rows, dtype=np.int64))
+
+    def __iter__(self) -> Iterator[str]:
+        step = 1 << 16
+        for start in range(0, len(self), step):
+            yield from self.take(np.arange(start, min(start + step, len(self))))
+
+    def __eq__(self, other: Any) -> bool:
+        return list(self) == list(other)
 
 
 def _as_list(values: Sequence[Any]) -> list[Any]:
@@ -286,14 +391,14 @@ def _as_list(values: Sequence[Any]) -> list[Any]:
 def _store_rows(obj: Any) -> StoreMatrix | None:
     """The rows of an unread ``EmbedResult`` as a StoreMatrix (None: not store-backed, or already read).
 
-    Keys become row ids through the store's key index (memory of the keys, not of the store); the
-    matrix reads through a second snapshot (reading rows by id needs only the manifest; shards are
-    append-only within a key-index epoch, so the ids stay valid).
+    The row ids come from the result (looked up once by key digest); the matrix reads through a second
+    snapshot (reading rows by id needs only the manifest; shards are append-only within a key-index
+    epoch, so the ids stay valid).
     """
     path = getattr(obj, "store_path", None)
-    if path is None or getattr(obj, "_vectors", None) is not None or not len(obj.keys):
+    if path is None or getattr(obj, "_vectors", None) is not None or not len(obj):
         return None
     from ..store.features import FeatureStore
 
-    ids = FeatureStore.load(path).ids(obj.keys)
+    ids = obj.row_ids if hasattr(obj, "row_ids") else FeatureStore.load(path).ids(obj.keys)
     return StoreMatrix(FeatureStore.load(path), ids)

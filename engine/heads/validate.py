@@ -31,3 +31,20 @@ def check_features(X: Any, keys: Sequence[str] | None = None, *, what: str = "tr
         raise DataError(f"{len(rows)} {what} item(s) have NaN/Inf features: {_name_rows(rows, keys)}",
                         hint="drop or re-embed these items; NaN features usually mean a broken backbone or input")
     return arr
+
+
+def unique_inverse(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(y, return_inverse=True)``, in linear time for object arrays (labels as shared strings:
+    sorting millions of Python objects took tens of seconds; a dict of the few distinct values does not)."""
+    y = np.asarray(y)
+    if y.dtype != object or len(y) < 4096:
+        classes, inverse = np.unique(y, return_inverse=True)
+        return classes, inverse.reshape(-1)
+    seen: dict[Any, int] = {}
+    codes = np.fromiter((seen.setdefault(v, len(seen)) for v in y), np.int64, len(y))
+    values = np.empty(len(seen), dtype=object)
+    values[:] = list(seen)
+    order = np.argsort(values, kind="stable")  # the order np.unique gives
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return values[order], rank[codes]

@@ -421,7 +421,11 @@ class FeatureStore:
 
     def refs(self, keys: Sequence[str]) -> list[str | None]:
         """Source refs (path or row) of stored ``keys``, in the order given."""
-        ids = self.ids(keys)
+        return self.refs_at(self.ids(keys))
+
+    def refs_at(self, ids: np.ndarray) -> list[str | None]:
+        """Source refs recorded with row ``ids`` (the ref of the row that first embedded each key), in order."""
+        ids = np.asarray(ids, dtype=np.int64)
         out: list[str | None] = [None] * len(ids)
         lookup = self._lookup(sh.VECTORS)
         shard_of = lookup.shard_of(ids)

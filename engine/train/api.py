@@ -33,7 +33,8 @@ SWEEP_METRICS = ("accuracy", "macro_f1", *RARE_EVENT_METRICS)
 
 @dataclass
 class Prepared:
-    """Labelled, finite training data and its validation split."""
+    """Labelled, finite training data and its validation split (labels as an object array of shared
+    label strings, 8 bytes per row; ``classes``/``counts``: the distinct labels, sorted, and their counts)."""
 
     features: FeatureSet
     X: FeatureMatrix  # labelled rows, all finite; read chunk by chunk
@@ -42,29 +43,67 @@ class Prepared:
     n_unlabelled: int
     n_errors: int
     seed: int = 0
+    classes: np.ndarray | None = None
+    counts: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.classes is None:
+            from ..heads.validate import unique_inverse
+
+            self.classes, inverse = unique_inverse(self.y)
+            self.counts = np.bincount(inverse, minlength=len(self.classes))
 
     @property
     def positive(self) -> str | None:
         """A two-class task's positive class: the rarer label (see :func:`~.metrics.positive_class`)."""
-        from .metrics import positive_class
-
-        return positive_class(self.y) if len(np.unique(self.y)) == 2 else None
+        if len(self.classes) != 2:
+            return None
+        if self.counts[0] != self.counts[1]:
+            return str(self.classes[int(np.argmin(self.counts))])
+        return str(self.classes[-1])
 
 
 def prepare(fs: FeatureSet, val_fraction: float, seed: int) -> Prepared:
-    """Drop unlabelled rows, refuse NaN/Inf (naming the keys), need two classes, split stratified."""
-    rows = np.flatnonzero(np.fromiter((label is not None and str(label) != "" for label in fs.labels), bool, len(fs)))
+    """Drop unlabelled rows, refuse NaN/Inf (naming the keys), need two classes, split stratified.
+
+    Works on the label codes of ``fs.rows``: no per-row Python object is made (the labels become an object
+    array pointing at the few distinct label strings)."""
+    table = fs.rows
+    names = np.empty(len(table.label_names), dtype=object)
+    names[:] = [str(v) for v in table.label_names]
+    codes = table.label_codes
+    usable = np.append(names != "", False) if len(names) else np.zeros(1, bool)  # code -1 (no label) -> False
+    rows = np.flatnonzero(usable[np.where(codes < 0, len(names), codes)])
     if not len(rows):
         raise DataError(f"none of the {len(fs)} items has a label",
                         hint="train on a labelled source (label column / class folders)")
     data = fs.subset(rows) if len(rows) < len(fs) else fs
-    X = check_finite(data.vectors, data.keys)
-    y = np.fromiter((str(v) for v in data.labels), dtype=object, count=len(data))  # no list of n on the way
-    classes = np.unique(y)
-    if len(classes) < 2:
-        raise DataError(f"only one class ({classes[0]!r}) among {len(y)} labelled items",
+    X = check_finite(data.vectors, data.key_names)
+    label_codes = codes[rows]
+    present = np.bincount(label_codes, minlength=len(names))
+    present_names = names[present > 0]
+    distinct, inverse = np.unique(present_names.astype(str), return_inverse=True) if len(present_names) \
+        else (np.empty(0, str), np.empty(0, np.int64))
+    if len(distinct) < 2:
+        raise DataError(f"only one class ({distinct[0]!r}) among {len(rows)} labelled items",
                         hint="a classifier needs at least two classes; check the label column")
-    return Prepared(data, X, y, stratified_split(y, val_fraction, seed), len(fs) - len(rows), len(fs.errors), seed)
+    classes = np.empty(len(distinct), dtype=object)
+    classes[:] = distinct.tolist()
+    remap = np.full(len(names), -1, np.int64)  # code -> index in classes (equal strings share one)
+    remap[np.flatnonzero(present > 0)] = inverse.reshape(-1)
+    y_idx = remap[label_codes]
+    y = classes[y_idx]
+    counts = np.bincount(y_idx, minlength=len(classes))
+    return Prepared(data, X, y, stratified_split(y, val_fraction, seed), len(fs) - len(rows), len(fs.errors), seed,
+                    classes=classes, counts=counts)
+
+
+def _columns_only(embed_options: dict[str, Any]) -> dict[str, Any]:
+    """Embedding options for training: the result keeps key digests and label codes per row, not refs
+    (what ``train``/``sweep`` need; see :data:`~headstart.engine.embed.job.KEEP_COLUMNS`)."""
+    from ..embed.job import KEEP_COLUMNS
+
+    return {"keep_rows": KEEP_COLUMNS, **embed_options}
 
 
 def _fit_and_score(ref: HeadRef | str, prep: Prepared, engine: Any, threshold_for: ThresholdRule | None = None,
@@ -106,7 +145,7 @@ def _judge_int8(ref: Any, prep: Prepared, source: Any, backbone: str | None, val
     from .int8_check import judge_int8
 
     fp_prep = prepare(load_features(source, backbone or prep.features.backbone, labelled=True, engine=engine,
-                                    **{**embed_options, "precision": "fp32"}), val_fraction, prep.seed)
+                                    **_columns_only({**embed_options, "precision": "fp32"})), val_fraction, prep.seed)
     record = judge_int8(ref, prep, fp_prep, engine)
     return (fp_prep if record["fallback"] else prep), record
 
@@ -144,7 +183,7 @@ def _check_threshold_task(threshold_for: ThresholdRule | None, prep: Prepared) -
     """A decision threshold needs two classes (checked once the labels are known, before any fitting)."""
     if threshold_for is not None and prep.positive is None:
         raise DataError(f"--threshold-for {threshold_for} needs a two-class task; the labels hold "
-                        f"{len(np.unique(prep.y))} classes", hint="drop --threshold-for, or relabel as positive/negative")
+                        f"{len(prep.classes)} classes", hint="drop --threshold-for, or relabel as positive/negative")
 
 
 def _check_scores(estimator: Any, ref: Any, threshold_for: ThresholdRule | None) -> None:
@@ -175,10 +214,8 @@ def _final(ref: HeadRef, head: Any, prep: Prepared, refit: bool, engine: Any,
 
 def _training_keys(prep: Prepared, refitted: bool) -> np.ndarray:
     """Digests of the keys the final head was fitted on (all labelled rows after a refit)."""
-    from .overlap import training_digests
-
-    keys = prep.features.keys
-    return training_digests(keys if refitted else [keys[i] for i in prep.split.train])
+    digests = prep.features.digests
+    return np.unique(digests if refitted else digests[prep.split.train])
 
 
 @dataclass
@@ -214,7 +251,7 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
 
         refuse_output_over_inputs(out, [source])  # before any work: never over an input, ...
         check_target(out)  # ... never a file or someone else's folder
-    fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
+    fs = load_features(source, backbone, labelled=True, engine=engine, **_columns_only(embed_options))
     prep = prepare(fs, val_fraction, seed)
     _check_threshold_task(rule, prep)
     prep, int8_check = _judge_int8(head, prep, source, backbone, val_fraction, engine, embed_options)
@@ -223,10 +260,19 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
     model = Model(final, _with_decision(make_manifest(ref, final, prep.features, metrics,
                                                       {**_training(prep, val_fraction, seed, refitted, subsample,
                                                                    int8_check),
+                                                       **_passes(fitted, final if refitted else None),
                                                        "source": _source_path(source)})),
                   training_keys=_training_keys(prep, refitted))
     path = model.save(out, allow_pickle=allow_pickle, check_rows=_check_rows(prep)) if out is not None else None
     return TrainResult(model, metrics, path)
+
+
+def _passes(fitted: Any, refitted: Any) -> dict[str, Any]:
+    """Full passes over the training rows a streaming head made (``fit_passes_``; they move with float
+    rounding, like timings): ``{"fit_passes": {"validation": n, "refit": m}}``, or nothing."""
+    passes = {name: int(head.fit_passes_) for name, head in (("validation", fitted), ("refit", refitted))
+              if getattr(head, "fit_passes_", None) is not None}
+    return {"fit_passes": passes} if passes else {}
 
 
 def _with_decision(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -305,11 +351,11 @@ def sweep(source: Any, heads: Sequence[str] = DEFAULT_SWEEP, *, backbone: str | 
 
         refuse_output_over_inputs(save_best, [source], option="--save-best")
         check_target(save_best)
-    fs = load_features(source, backbone, labelled=True, engine=engine, **embed_options)
+    fs = load_features(source, backbone, labelled=True, engine=engine, **_columns_only(embed_options))
     prep = prepare(fs, val_fraction, seed)
     _check_threshold_task(rule, prep)
     if metric in RARE_EVENT_METRICS and prep.positive is None:
-        raise DataError(f"sweep metric '{metric}' needs a two-class task; the labels hold {len(np.unique(prep.y))} "
+        raise DataError(f"sweep metric '{metric}' needs a two-class task; the labels hold {len(prep.classes)} "
                         "classes", hint="use --metric accuracy or macro_f1")
     prep, int8_check = _judge_int8(refs[0], prep, source, backbone, val_fraction, engine, embed_options)
     rows, fitted = [], {}
@@ -404,9 +450,34 @@ def predict(model_dir: Model | str | Path, source: Any, out: str | Path | None =
         refuse_output_over_inputs(out, [source, *_files_of(model_dir)])
     model = _model(model_dir, trust, engine)
     embed_options.setdefault("labelled", False)  # new data: labels (often a blank column) are ignored
-    predictions = model.predict(source, engine=engine, **embed_options)
-    if out is not None:
-        from .report import write_predictions
+    if out is None:
+        return model.predict(source, engine=engine, **embed_options)
+    return _predict_to(model, model.features(source, engine=engine, **embed_options), out)
 
-        write_predictions(predictions, out)
-    return predictions
+
+#: rows per block of a prediction file written while predicting
+PREDICT_BLOCK_ROWS = 65_536
+
+
+def _predict_to(model: Model, fs: FeatureSet, out: str | Path) -> Predictions:
+    """Predict ``fs`` and write ``out`` block by block: keys and refs are looked up for one block at a time
+    (the returned Predictions look them up again on access), so nothing per row but the labels and
+    probabilities is held."""
+    from ..heads.features import KeyNames
+    from .model import _plain
+    from .report import write_prediction_blocks
+
+    if len(fs) == 0:
+        write_prediction_blocks([], fs.errors, model.classes, out)
+        return Predictions([], [], [], None, model.classes, fs.errors)
+    proba, labels = model._label(fs)
+    labels = [_plain(v) for v in labels]
+
+    def blocks():
+        for start in range(0, len(fs), PREDICT_BLOCK_ROWS):
+            rows = np.arange(start, min(start + PREDICT_BLOCK_ROWS, len(fs)))
+            yield (fs.keys_of(rows), fs.refs_of(rows), labels[start:rows[-1] + 1],
+                   None if proba is None else proba[rows])
+
+    write_prediction_blocks(blocks(), fs.errors, model.classes, out)
+    return Predictions(KeyNames(fs), KeyNames(fs, refs=True), labels, proba, model.classes, fs.errors)

@@ -34,14 +34,18 @@ def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any],
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    t = np.asarray([str(v) for v in y_true], dtype=object)
-    p = np.asarray([str(v) for v in y_pred], dtype=object)
-    known = [str(c) for c in classes] if classes is not None else sorted(set(t.tolist()))
-    unseen = sorted(set(t.tolist()) - set(known))
-    labels = sorted(set(known) | set(t.tolist()) | set(p.tolist()))
+    t_codes, t_names = _str_codes(y_true)
+    p_codes, p_names = _str_codes(y_pred)
+    known = [str(c) for c in classes] if classes is not None else sorted(set(t_names))
+    unseen = sorted(set(t_names) - set(known))
+    labels = sorted(set(known) | set(t_names) | set(p_names))
+    index = {label: i for i, label in enumerate(labels)}
+    t = np.asarray([index[v] for v in t_names], np.int64)[t_codes]  # label indices: sklearn on ints, not strings
+    p = np.asarray([index[v] for v in p_names], np.int64)[p_codes]
+    ids = list(range(len(labels)))
     if len(t):
-        confusion = confusion_matrix(t, p, labels=labels)
-        precision, recall, f1, support = precision_recall_fscore_support(t, p, labels=labels, zero_division=0)
+        confusion = confusion_matrix(t, p, labels=ids)
+        precision, recall, f1, support = precision_recall_fscore_support(t, p, labels=ids, zero_division=0)
     else:
         confusion = np.zeros((len(labels), len(labels)), np.int64)
         precision = recall = f1 = np.zeros(len(labels))
@@ -59,6 +63,23 @@ def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any],
         "per_class": {label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                               "support": int(support[i])} for i, label in enumerate(labels)},
     }
+
+
+def _str_codes(values: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
+    """(code per value, the distinct values as sorted strings): labels compared as strings (as ``str(v)``)
+    without a string per row."""
+    array = values if isinstance(values, np.ndarray) and values.ndim == 1 else np.asarray(list(values), dtype=object)
+    if array.dtype == object:  # a dict of the few distinct values (no sort of Python objects)
+        seen: dict[Any, int] = {}
+        inverse = np.fromiter((seen.setdefault(v, len(seen)) for v in array), np.int64, len(array))
+        uniques = list(seen)
+    else:
+        found, inverse = np.unique(array, return_inverse=True)
+        uniques, inverse = found.tolist(), inverse.reshape(-1)
+    names = [str(u) for u in uniques]
+    distinct = sorted(set(names))
+    where = {name: i for i, name in enumerate(distinct)}
+    return np.asarray([where[n] for n in names], np.int64)[inverse] if names else inverse, distinct
 
 
 @dataclass(frozen=True)

@@ -154,12 +154,30 @@ class Model:
         fs = self.features(source, engine=engine, **embed_options)
         if len(fs) == 0:
             return Predictions([], [], [], None, self.classes, fs.errors)
-        X = check_finite(fs.vectors, fs.keys, what="prediction")  # rows are read chunk by chunk
+        proba, labels = self._label(fs)
+        return Predictions(fs.keys, fs.refs, [_plain(v) for v in labels], proba, self.classes, fs.errors)
+
+    def _label(self, fs: FeatureSet, keep_proba: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """(probabilities or None, labels) of every row of ``fs``, read chunk by chunk; without ``keep_proba``
+        (and no decision threshold) only the labels are kept (the probabilities of one chunk at a time)."""
+        X = check_finite(fs.vectors, fs.key_names, what="prediction")  # rows are read chunk by chunk
+        if not keep_proba and not self.decision and hasattr(self.head, "predict_proba"):
+            return None, self._labels_by_chunk(X)
         proba = self.predict_proba_features(X)
         labels = (np.asarray(self.head.classes_)[proba.argmax(1)] if proba is not None else self.predict_features(X))
         if self.decision and proba is not None:
             labels = self._decide(proba)
-        return Predictions(fs.keys, fs.refs, [_plain(v) for v in labels], proba, self.classes, fs.errors)
+        return proba, labels
+
+    def _labels_by_chunk(self, X: Any) -> np.ndarray:
+        """The labels ``predict`` gives (argmax of the calibrated probabilities), one chunk at a time."""
+        from .calibration import apply_temperature, temperature_of
+
+        classes, temperature = np.asarray(self.head.classes_), temperature_of(self.manifest)
+        out = np.empty(len(X), dtype=classes.dtype)
+        for positions, block in X.chunks():
+            out[positions] = classes[apply_temperature(np.asarray(self.head.predict_proba(block)), temperature).argmax(1)]
+        return out
 
     @property
     def decision(self) -> dict[str, Any] | None:
@@ -189,24 +207,29 @@ class Model:
         from .metrics import classification_metrics, rare_event_metrics
 
         embed_options.setdefault("labelled", True)
+        if not hasattr(source, "vectors") and not isinstance(source, np.ndarray):
+            from ..embed.job import KEEP_COLUMNS
+
+            embed_options.setdefault("keep_rows", KEEP_COLUMNS)  # key digests and label codes; no refs
         fs = self.features(source, engine=engine, **embed_options)
         n_errors = len(fs.errors)
-        rows = np.flatnonzero(np.fromiter((label is not None for label in fs.labels), bool, len(fs)))
+        rows = np.flatnonzero(fs.rows.label_codes >= 0)
         if not len(rows):
             raise DataError("the evaluation source has no labelled items", hint="evaluate on labelled data")
-        labelled = fs.subset(np.asarray(rows))
-        predictions = self.predict(labelled)
-        metrics = classification_metrics(labelled.labels, predictions.labels, self.classes)
-        binary = rare_event_metrics(labelled.labels, predictions.proba, self.classes,
+        labelled = fs.subset(rows) if len(rows) < len(fs) else fs
+        proba, predicted = self._label(labelled, keep_proba=len(self.classes) == 2)  # two classes: scores too
+        true = labelled.rows.label_array()  # shared label values: no string per row
+        metrics = classification_metrics(true, predicted, self.classes)
+        binary = rare_event_metrics(true, proba, self.classes,
                                     ((self.manifest.get("metrics") or {}).get("binary") or {}).get("positive"),
                                     self.decision)
         if binary is not None:
             metrics["binary"] = binary
         seen = None
         if self.training_keys is not None:
-            from .overlap import count_seen
+            from .overlap import count_seen_digests
 
-            seen = count_seen(self.training_keys, labelled.keys)
+            seen = count_seen_digests(self.training_keys, labelled.digests)
         return {**metrics, "n_errors": n_errors, "n_unlabelled": len(fs) - len(rows), "n_seen_in_training": seen}
 
     # -- persistence ----------------------------------------------------------------------

@@ -27,7 +27,11 @@ def training_digests(keys: Iterable[str]) -> np.ndarray:
 
 def count_seen(training: np.ndarray, keys: Iterable[str]) -> int:
     """How many of ``keys`` (duplicates counted) are among the ``training`` digests."""
-    digests = key_digests(keys)
+    return count_seen_digests(training, key_digests(keys))
+
+
+def count_seen_digests(training: np.ndarray, digests: np.ndarray) -> int:
+    """How many of the key ``digests`` (duplicates counted) are among the ``training`` digests (sorted)."""
     if not len(digests) or not len(training):
         return 0
     return int(np.isin(digests, training, assume_unique=False).sum())

@@ -6,7 +6,9 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 from ..errors import ConfigError
 from ..store.atomic import write_bytes_atomic
@@ -108,35 +110,87 @@ def output_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
+PREDICTION_COLUMNS = ["key", "ref", "label", "probabilities", "error"]
+
+
 def write_predictions(predictions: Any, path: str | Path) -> Path:
     """Write one row per item (key, ref, label, probabilities, error) atomically; returns the path."""
+    block = (list(predictions.keys), list(predictions.refs), list(predictions.labels), predictions.proba)
+    return write_prediction_blocks([block], predictions.errors, predictions.classes, path)
+
+
+def write_prediction_blocks(blocks: Iterable[tuple[list[Any], list[Any], list[Any], Any]], errors: list[Any],
+                            classes: list[Any], path: str | Path) -> Path:
+    """Write predictions block by block (``(keys, refs, labels, proba or None)`` each), then one row per
+    error, atomically: only one block's rows are held at a time, whatever the number of items."""
     fmt = output_format(path)
-    rows = [{**r, "error": None} for r in predictions.rows()]
-    for e in predictions.errors:
-        rows.append({"key": getattr(e, "key", None), "ref": getattr(e, "ref", None), "label": None,
-                     "probabilities": None, "error": getattr(e, "reason", str(e))})
-    if fmt == "jsonl":
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
-    elif fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["key", "ref", "label", "probabilities", "error"])
-        writer.writeheader()
+    names = [str(c) for c in classes]
+
+    def records() -> Iterator[list[dict[str, Any]]]:
+        for keys, refs, labels, proba in blocks:
+            probs = [None] * len(keys) if proba is None else \
+                [dict(zip(names, row)) for row in np.asarray(proba, dtype=np.float64).tolist()]
+            yield [{"key": k, "ref": r, "label": label, "probabilities": p, "error": None}
+                   for k, r, label, p in zip(keys, refs, labels, probs)]
+        if errors:
+            yield [{"key": getattr(e, "key", None), "ref": getattr(e, "ref", None), "label": None,
+                    "probabilities": None, "error": getattr(e, "reason", str(e))} for e in errors]
+
+    write_bytes_atomic(path, {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet}[fmt](records()))
+    return Path(path)
+
+
+def _jsonl(parts: Iterable[list[dict[str, Any]]]) -> Iterator[bytes]:
+    for rows in parts:
+        yield "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+def _csv(parts: Iterable[list[dict[str, Any]]]) -> Iterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PREDICTION_COLUMNS)
+    writer.writeheader()
+    for rows in parts:
         for r in rows:
             probs = r["probabilities"]
             writer.writerow({**r, "probabilities": "" if probs is None else json.dumps(probs)})
-        data = buffer.getvalue().encode()
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        yield buffer.getvalue().encode()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue().encode()
 
-        table = pa.table({
-            "key": [r["key"] for r in rows], "ref": [r["ref"] for r in rows],
-            "label": [None if r["label"] is None else str(r["label"]) for r in rows],
-            "probabilities": pa.array([None if r["probabilities"] is None else list(r["probabilities"].items())
-                                       for r in rows], type=pa.map_(pa.string(), pa.float64())),
-            "error": [r["error"] for r in rows]})
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        data = sink.getvalue().to_pybytes()
-    write_bytes_atomic(path, data)
-    return Path(path)
+
+class _Collect(io.RawIOBase):
+    """A write-only sink whose bytes are taken out after each row group (streaming a Parquet file)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+def _parquet(parts: Iterable[list[dict[str, Any]]]) -> Iterator[bytes]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("key", pa.string()), ("ref", pa.string()), ("label", pa.string()),
+                        ("probabilities", pa.map_(pa.string(), pa.float64())), ("error", pa.string())])
+    sink = _Collect()
+    with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema) as writer:
+        for rows in parts:
+            writer.write_table(pa.table({
+                "key": [r["key"] for r in rows], "ref": [r["ref"] for r in rows],
+                "label": [None if r["label"] is None else str(r["label"]) for r in rows],
+                "probabilities": [None if r["probabilities"] is None else list(r["probabilities"].items())
+                                  for r in rows],
+                "error": [r["error"] for r in rows]}, schema=schema))
+            yield sink.drain()
+    yield sink.drain()

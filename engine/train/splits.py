@@ -33,10 +33,14 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int = 0, *, max_v
     if val_fraction == 0.0:
         return Split(np.arange(len(y)), np.empty(0, np.int64))
     fraction = val_fraction if not max_val else min(val_fraction, max_val / max(len(y), 1))
-    classes, y_idx = np.unique(y, return_inverse=True)
+    from ..heads.validate import unique_inverse
+
+    classes, y_idx = unique_inverse(y)
     train, val, single = [], [], []
+    order = np.argsort(y_idx, kind="stable")  # each class's rows, ascending: one sort, not a scan per class
+    bounds = np.searchsorted(y_idx[order], np.arange(len(classes) + 1))
     for c in range(len(classes)):
-        rows = rng.permutation(np.flatnonzero(y_idx == c))
+        rows = rng.permutation(order[bounds[c]:bounds[c + 1]])
         if len(rows) < 2:
             single.append(classes[c].item() if hasattr(classes[c], "item") else classes[c])
             train.append(rows)

@@ -10,13 +10,16 @@ identity and few iterations suffice; P is folded into the weights, never into th
 variance, strong → weak) is fitted on each fold's training part and scored by the mean validation
 log-loss; the strongest strength within one standard error of the best mean is kept (the one-SE rule:
 a single 80/20 split chose by accuracy before, and its optimum did not survive a shifted test set).
-The final fit on all rows starts from the fold-averaged weights at that strength. The model is plain ``softmax(X @ coef_.T + intercept_)``.
+The final fit on all rows starts from the fold-averaged weights at that strength (above 200,000 rows, from a
+fit at that strength on a random sample of 200,000 rows in memory, so that the full-batch fit, one pass over
+every row per loss evaluation, starts near its optimum and needs few passes; ``fit_passes_`` counts them).
+The model is plain ``softmax(X @ coef_.T + intercept_)``.
 
 Out of core: the final fit reads the training rows chunk by chunk (a
 :class:`~headstart.engine.heads.features.FeatureMatrix`, e.g. rows of the feature store) and sums the
 full-batch loss and gradient over the chunks, so it reaches the same optimum as with every row in
 memory while holding one chunk at a time. The whitening sample and the folds' subsample are read
-into memory (at most 20,000 and 5,000 rows).
+into memory (at most 20,000 and 5,000 rows), and so is the warm-start sample (200,000 rows).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ PATH_ITERS = 10  # L-BFGS iterations per (warm-started) step of the path
 FINAL_ROW_BUDGET = 2_000_000  # max_iter=None: final-fit iterations × rows, clipped to 10..100 iterations
 PATIENCE = 2  # path steps without a better mean validation log-loss before stopping
 COV_ROWS = 20_000  # rows used to estimate the whitening
+WARM_ROWS = 200_000  # above this many rows, the final fit starts from a fit on a random sample of this many
+WARM_ITERS = 100  # L-BFGS iterations of that in-memory fit (cheap: its rows are in memory)
 
 
 class LinearHead(Head):
@@ -92,7 +97,13 @@ class LinearHead(Head):
             else:
                 l2, W, b, path = _choose_l2(X, y_idx, folds, cw, geometry, self.tol, device)
         iters = self.max_iter or int(np.clip(FINAL_ROW_BUDGET // n, 10, 100))
-        W, b = _lbfgs(_Rows(X, y_idx, cw, device), l2, W, b, geometry, iters, self.tol)
+        if n > WARM_ROWS:  # start the full-batch fit (one pass over every row per evaluation) near its optimum
+            warm = np.sort(rng.choice(n, size=WARM_ROWS, replace=False))
+            W, b = _lbfgs(_Rows(ArrayMatrix(X.take(warm)), y_idx[warm], cw, device), l2, W, b, geometry,
+                          WARM_ITERS, self.tol)
+        rows = _Rows(X, y_idx, cw, device)
+        W, b = _lbfgs(rows, l2, W, b, geometry, iters, self.tol)
+        self.fit_passes_ = rows.passes
         self.coef_ = W.T.contiguous().cpu().numpy()
         self.intercept_ = (b - geometry.mu @ W).cpu().numpy()
         self.l2_ = float(l2)
@@ -258,7 +269,10 @@ class _Rows:
             yield (torch.from_numpy(block).to(self.device), torch.from_numpy(self.y[positions]).to(self.device),
                    torch.from_numpy(self.w[positions])[:, None].to(self.device))
 
+    passes = 0  # full passes over the rows (loss and gradient evaluations)
+
     def __iter__(self) -> Iterator[tuple[Any, Any, Any]]:
+        self.passes += 1
         return iter(self._cached) if self._cached is not None else self._blocks()
 
 
