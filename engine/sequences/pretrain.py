@@ -342,5 +342,6 @@ def export_encoder(out: Path, config: EncoderConfig, probe: list[Any], engine: A
     write_json_atomic(out / "encoder.headstart.json", {
         "modality": "numeric", "dim": config.dim, "normalize": False,
         "description": "event-sequence encoder pretrained by headstart pretrain (next-event prediction)",
-        "preprocessing": {"input_name": "x", "shape": [None, config.width], "dtype": "float32", "mask_name": "mask"}})
+        "preprocessing": {"input_name": "x", "shape": [None, config.width], "dtype": "float32", "mask_name": "mask",
+                          **({"vocabulary": VOCABULARY} if (out / VOCABULARY).is_file() else {})}})
     return dict(exported.parity or {})

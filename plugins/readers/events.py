@@ -64,6 +64,10 @@ class EventSource:
             raise SchemaError(f"label column '{label}' of {self.name} is also an event column",
                               hint="a label must not be an input; pass --label-column with another column")
         self.label_column, self.has_labels = label, label is not None
+        if ev.categorical and ev.vocabulary is None:
+            raise SchemaError(f"the categorical columns ({', '.join(ev.categorical)}) of {self.name} need a vocabulary",
+                              hint="pass --vocabulary FILE, or a backbone made by headstart pretrain (it carries its "
+                                   "vocabulary.json)")
         vocab = Vocabulary.load(ev.vocabulary, ev.categorical) if ev.categorical else None
         self.ids = [vocab.ids(c) for c in ev.categorical] if vocab else []
         self.width = ev.width
