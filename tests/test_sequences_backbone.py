@@ -211,3 +211,19 @@ def test_backbone_names_and_missing_vocabularies_are_one_line_errors(transaction
         assert result.returncode != 0 and says in lines[0] and lines[1].startswith("hint:") and len(lines) == 2, \
             result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_contrastive_pretraining_learns_and_embeds_pooled_states(transactions: Path, tmp_path: Path):
+    home, out = tmp_path / "home", tmp_path / "cb"
+    result = _cli("pretrain", str(transactions / "pool.parquet"), *WITH_CATEGORIES, "--objective", "contrastive",
+                  "--epochs", "3", "--hidden", "8", "--batch-size", "16", "--patience", "5", "-o", str(out),
+                  home=home, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "pretrain.json").read_text())
+    assert summary["objective"] == "contrastive views" and summary["parity"]["max_abs_diff"] < 1e-4
+    first = float(result.stderr.split("epoch 0: validation loss ")[1].split()[0])
+    assert min(e["val_loss"] for e in summary["history"]) < first  # the views of an account got closer
+    train = _cli("train", str(transactions / "labelled.parquet"), "-b", str(out), *WITH_CATEGORIES, "--head", "linear",
+                 "-o", str(tmp_path / "model"), "--json", home=home, cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    assert json.loads(train.stdout)["backbone"]["dim"] == 2 * 8  # last + mean GRU state

@@ -20,6 +20,9 @@ from ._common import CliState, echo_json, event_options, json_option
               help="Stop after this many epochs without a better validation loss.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Sequences per step.")
 @click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate.")
+@click.option("--objective", type=click.Choice(["next-event", "contrastive"]), default="next-event", show_default=True,
+              help="next-event: predict each next event (embedding: the surprise profile); contrastive: match two "
+                   "stretches of the same account (embedding: the pooled GRU states). See docs/sequences.md.")
 @click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=1),
               help="GRU state size.")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
@@ -32,9 +35,11 @@ from ._common import CliState, echo_json, event_options, json_option
 @json_option
 @click.pass_context
 def pretrain(ctx: click.Context, source: str, out: str, epochs: int, patience: int, batch_size: int, lr: float,
-             hidden: int, val_fraction: float, seed: int, resume: bool, name: str | None, as_json: bool) -> None:
-    """Pretrain a sequence encoder on the unlabelled events of SOURCE (next-event prediction) and write an
-    backbone to BACKBONE_DIR (use it as -b BACKBONE_DIR, -b NAME with --name, or onnx:BACKBONE_DIR/encoder.onnx). Needs --group-by, --order-by and --fields/--categorical; categoricals get a
+             objective: str, hidden: int, val_fraction: float, seed: int, resume: bool, name: str | None,
+             as_json: bool) -> None:
+    """Pretrain a sequence encoder on the unlabelled events of SOURCE (next-event prediction, or contrastive
+    views) and write a backbone to BACKBONE_DIR: use it as -b BACKBONE_DIR, as -b NAME with --name NAME, or as
+    onnx:BACKBONE_DIR/encoder.onnx. Needs --group-by, --order-by and --fields/--categorical; categoricals get a
     vocabulary built from SOURCE (or --vocabulary). Progress and the validation loss go to stderr per epoch."""
     from ..errors import ConfigError
     from ..sequences.backbone import check_name, register
@@ -54,7 +59,7 @@ def pretrain(ctx: click.Context, source: str, out: str, epochs: int, patience: i
         if state.engine().catalog.find("backbone", name) is not None:
             raise ConfigError(f"--name '{name}' is already a registered backbone", hint="choose another name")
     options = PretrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden,
-                              val_fraction=val_fraction, patience=patience, seed=seed)
+                              val_fraction=val_fraction, patience=patience, seed=seed, objective=objective)
     log = (lambda message: None) if as_json else (lambda message: click.echo(message, err=True))
     result = pretrain_api(source, events, out, options, resume=resume, engine=state.engine(), log=log)
     backbone = str(result.folder.resolve())
