@@ -25,8 +25,8 @@ def bundle(ctx: click.Context, model_dir: str, out: str, precision: str | None, 
 
     Text bundles take raw strings (`text`, tokenised in the graph by onnxruntime-extensions), image bundles
     one decoded RGB image (`image`, uint8 [H, W, 3]), numeric backbones their own inputs (event sequences: `x`
-    [batch, steps, values] and `mask`; read the gate's source with the same --group-by ... options); outputs `probabilities` and `label`. The file is
-    written only after it predicts as `headstart predict` does on training and probe items (docs/deploy.md).
+    [batch, steps, values] and `mask`; read the gate's source with the same --group-by ... options); outputs
+    `probabilities` and `label`. The file is written only after it predicts as `headstart predict` does on training and probe items (docs/deploy.md).
     """
     from ..bundle.build import build_bundle
     from ..embed.items import ReaderOptions

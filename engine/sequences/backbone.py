@@ -79,7 +79,8 @@ def pretrained_spec(ref: str, folder: Path) -> Any:
         summary = json.loads((folder / SUMMARY).read_text())
         config = EncoderConfig.from_json(summary["config"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{folder / SUMMARY} cannot be read: {exc}", hint="pretrain again into a new folder") from None
+        raise ConfigError(f"{folder / SUMMARY} cannot be read: {exc}",
+                          hint="pretrain again into a new folder") from None
     vocabulary = folder / VOCABULARY
     prep = NumericPreprocessing(input_name="x", shape=(None, config.width), dtype="float32", mask_name="mask",
                                 vocabulary=str(vocabulary) if vocabulary.is_file() else None)

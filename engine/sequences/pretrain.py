@@ -1,18 +1,19 @@
 """``headstart pretrain``: a sequence encoder trained self-supervised on unlabelled events, exported to ONNX
-through the parity gate and written as a local ``onnx:`` backbone folder.
+through the parity gate and written as a backbone folder (``-b FOLDER``, a ``--name``, or
+``onnx:FOLDER/encoder.onnx``).
 
-Objective: **next-event prediction** (the causal form of masked-event modelling): from the encoder's state
-after step ``t`` it predicts step ``t+1``: the standardised numeric fields (squared error) and each categorical
-id (cross-entropy). Or ``objective="contrastive"``: two random stretches (50-100 %) of each account's window are
-its two views, and an InfoNCE loss (temperature 0.1, the other accounts of the batch as negatives) on a
-projection of the pooled GRU states pulls them together. One item per entity (its last ``window`` events) from the events reader; a seeded share of
-the entities is held out and their loss is the validation loss that says when to stop (the best epoch is kept;
-``patience`` epochs without improvement end the run).
+Objective: **next-event prediction** (the causal form of masked-event modelling): from the encoder's state after
+step ``t`` it predicts step ``t+1``: the standardised numeric fields (squared error) and each categorical id
+(cross-entropy). Or ``objective="contrastive"``: two random stretches (50-100 %) of each account's window are its
+two views, and an InfoNCE loss (temperature 0.1, the other accounts of the batch as negatives) on a projection of
+the pooled GRU states pulls them together. One item per entity (its last ``window`` events) from the events reader;
+a seeded share of the entities is held out and their loss is the validation loss that says when to stop (the best
+epoch is kept; ``patience`` epochs without improvement end the run).
 
 The output folder::
 
-    OUT/encoder.onnx, encoder.headstart.json   the backbone: use it as onnx:OUT/encoder.onnx
-    OUT/vocabulary.json                         categorical ids (pass it as --vocabulary)
+    OUT/encoder.onnx, encoder.headstart.json   the graph and its onnx: sidecar (names the vocabulary)
+    OUT/vocabulary.json                         categorical ids (the backbone carries it)
     OUT/encoder.safetensors, pretrain.json      best weights + config, options, per-epoch losses
     OUT/checkpoint.safetensors                  while training: every epoch (atomic); removed at the end
 

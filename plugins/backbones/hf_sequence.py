@@ -77,7 +77,8 @@ def build_sequence_encoder(folder: str, normalize: bool, exportable: bool = Fals
             hidden = self.model(past_values=window, **{mask_argument: observed}).last_hidden_state  # (b, c, p, d)
             weight = valid.to(x.dtype)[:, self.patch_index.reshape(-1)].reshape(x.shape[0], *self.patch_index.shape)
             weight = weight.mean(dim=2)  # (batch, patches): the share of real steps in each patch
-            pooled = (hidden * weight[:, None, :, None]).sum(dim=(1, 2)) / (weight.sum(dim=1, keepdim=True) * x.shape[2])
+            total = weight.sum(dim=1, keepdim=True) * x.shape[2]
+            pooled = (hidden * weight[:, None, :, None]).sum(dim=(1, 2)) / total
             return nn.functional.normalize(pooled, dim=-1) if normalize else pooled
 
     return SequenceEncoder().eval()

@@ -1,13 +1,13 @@
 """``hf:<model id or local folder>[?pooling=mean|cls&normalize=true|false&max_length=N]``: Hugging Face encoders.
 
-Time-series encoders (PatchTST) embed event sequences: see :mod:`.hf_sequence`. Text encoders (BERT, RoBERTa, DistilBERT, ... with a fast tokenizer, ``tokenizer.json``) and ViT-style image
-encoders (a ``preprocessor_config.json`` gives the input size and normalisation). The graph is exported by
-optimum's exporter (its per-architecture configs and dynamic axes; eager attention, so onnxruntime can fuse
-it), which stops at ``last_hidden_state``; the chosen pooling and normalisation are appended to that graph
-(:func:`~headstart.sdk.append_pooling`), and headstart's parity gate compares the result with the same model
-pooled in PyTorch (optimum's own validation only warns). A hub id is fetched with
-``huggingface_hub.snapshot_download`` (which honours ``HF_HUB_OFFLINE`` and its cache) when the spec is
-resolved.
+Time-series encoders (PatchTST) embed event sequences: see :mod:`.hf_sequence`. Text encoders (BERT, RoBERTa,
+DistilBERT, ... with a fast tokenizer, ``tokenizer.json``) and ViT-style image encoders (a
+``preprocessor_config.json`` gives the input size and normalisation). The graph is exported by optimum's exporter
+(its per-architecture configs and dynamic axes; eager attention, so onnxruntime can fuse it), which stops at
+``last_hidden_state``; the chosen pooling and normalisation are appended to that graph
+(:func:`~headstart.sdk.append_pooling`), and headstart's parity gate compares the result with the same model pooled
+in PyTorch (optimum's own validation only warns). A hub id is fetched with ``huggingface_hub.snapshot_download``
+(which honours ``HF_HUB_OFFLINE`` and its cache) when the spec is resolved.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Events in, sequences out: an event table (CSV/TSV, JSONL, Parquet) read as one numeric item per entity or
 per event-with-history (``ReaderOptions.events``; the CSV/JSONL/Parquet readers hand over to this one).
 
-Streaming design: the table is read batch by batch (Parquet row groups, CSV/JSONL blocks), never whole. The
-rows of one entity (``group_by``) must be **together** in the file (sorted or clustered by the group column);
-this is verified while reading (the finished entities are kept as 8-byte key hashes, :class:`FinishedEntities`),
-and an entity that shows up again after another one is an error naming both rows. Within an entity, rows may come in any order: they are sorted by ``order_by`` in memory (one entity at a
-time). A missing ``order_by`` value fails that entity's items with the row named; a missing numeric field fails
-the items whose window holds that row.
+Streaming design: the table is read batch by batch (Parquet row groups, CSV/JSONL blocks), never whole. The rows of
+one entity (``group_by``) must be **together** in the file (sorted or clustered by the group column); this is
+verified while reading (the finished entities are kept as 8-byte key hashes, :class:`FinishedEntities`), and an
+entity that shows up again after another one is an error naming both rows. Within an entity, rows may come in any
+order: they are sorted by ``order_by`` in memory (one entity at a time). A missing ``order_by`` value fails that
+entity's items with the row named; a missing numeric field fails the items whose window holds that row.
 
 Each item is a float32 array ``(steps, len(fields) + len(categorical))``, oldest step first; categorical values
 are ids from the vocabulary (0 missing, 1 unseen). Its content key is the hash of those bytes: re-runs and
