@@ -6,7 +6,8 @@
 (a) what a fintech team writes today: hand-made aggregate features of each account's window (counts, sums,
 amount statistics, time since last, recent bursts, country / category changes) + scikit-learn's
 HistGradientBoostingClassifier; (b) a headstart `linear` head on a randomly initialised encoder (`pretrain
---epochs 0`); (c) the same head on the encoder pretrained on the unlabelled pool (next-event prediction);
+--epochs 0`); (c) the same head on the encoder pretrained on the unlabelled pool (next-event prediction), and
+on one pretrained with contrastive views of the same account (`--objective contrastive`);
 (d) that encoder fine-tuned end to end with a logistic output on the labelled subset (linear probe first, then
 ``--finetune-steps`` steps of both). Each labelled subset is a
 stratified sample of the labelled accounts (seeded; at least 2 frauds); every figure is the mean over seeds.
@@ -239,23 +240,27 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("HEADSTART_HOME", str(WORK / "home-sequences"))
+    from headstart.engine.sequences.encoder import EncoderConfig
     from headstart.engine.sequences.options import event_options
     from headstart.engine.sequences.pretrain import PretrainOptions, pretrain
 
     started = machine()
     data = _data(args)
     encoders: dict[str, dict[str, Any]] = {}
-    for name, epochs in (("random", 0), ("pretrained", args.epochs)):
+    for name, epochs, objective in (("random", 0, "next-event"), ("pretrained", args.epochs, "next-event"),
+                                    ("contrastive", args.epochs, "contrastive")):
         folder = WORK / f"seq-{name}"
         shutil.rmtree(folder, ignore_errors=True)
         t = time.perf_counter()
         result = pretrain(str(data / "pool.parquet"), event_options(**EVENTS, need_vocabulary=False), folder,
-                          PretrainOptions(epochs=epochs, hidden=args.hidden, patience=3),
+                          PretrainOptions(epochs=epochs, hidden=args.hidden, patience=3, objective=objective),
                           log=lambda m: print(m, file=sys.stderr))
-        encoders[name] = {"folder": folder, "seconds": round(time.perf_counter() - t, 1),
+        encoders[name] = {"folder": folder, "seconds": round(time.perf_counter() - t, 1), "objective": objective,
+                          "dim": EncoderConfig.from_json(result.summary["config"]).dim,
                           "history": result.summary["history"], "best_epoch": result.summary["best_epoch"]}
     vocabulary = WORK / "seq-pretrained" / "vocabulary.json"
-    shutil.copy(vocabulary, WORK / "seq-random" / "vocabulary.json")  # both read the pool's vocabulary
+    for name in ("random", "contrastive"):  # all read the pool's vocabulary (the same file, built the same way)
+        shutil.copy(vocabulary, WORK / f"seq-{name}" / "vocabulary.json")
     ids, agg, y = aggregate_features(data / "labelled.parquet")
     ids_t, agg_t, y_t = aggregate_features(data / "test.parquet")
     feats = {}
@@ -272,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         "linear head, random encoder": lambda rows, s: _head(feats["random"][0][rows], y[rows], feats["random"][1], s),
         "linear head, pretrained encoder": lambda rows, s: _head(feats["pretrained"][0][rows], y[rows],
                                                                  feats["pretrained"][1], s),
+        "linear head, contrastive encoder": lambda rows, s: _head(feats["contrastive"][0][rows], y[rows],
+                                                                  feats["contrastive"][1], s),
         "fine-tuned pretrained encoder": lambda rows, s: _finetune(encoders["pretrained"]["folder"],
                                                                    ([windows[i] for i in rows], y[rows]), windows_t,
                                                                    args.finetune_steps, s),
@@ -297,9 +304,12 @@ def main(argv: list[str] | None = None) -> int:
                        "window": WINDOW, "generator": "examples/transactions/generate.py"},
               "seeds": args.seeds, "pretrain": {k: {kk: vv for kk, vv in v.items() if kk != "folder"}
                                                 for k, v in encoders.items()},
-              "encoder": {"hidden": args.hidden, "dim": 2 * args.hidden + 3}, "finetune_steps": args.finetune_steps,
+              "encoder": {"hidden": args.hidden}, "finetune_steps": args.finetune_steps,
               "rows": rows_out}
     RESULTS.mkdir(parents=True, exist_ok=True)
+    previous = RESULTS / "sequences.json"
+    if previous.exists() and "rss" in json.loads(previous.read_text()):  # measured by --rss, kept
+        result["rss"] = json.loads(previous.read_text())["rss"]
     (RESULTS / "sequences.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS / 'sequences.json'}")
     return 0

@@ -404,7 +404,9 @@ def sequences(results: Path, base: str) -> str:
     out = [f"`{r['machine']['command']}` — {_source('sequences', r, base)}. Held-out PR-AUC (average precision) on "
            f"{d['test_accounts']:,} test accounts ({d['test_frauds']} frauds), mean over {r['seeds']} labelled subsets "
            f"(min–max in brackets); encoder pretrained on {d['pool_accounts']:,} unlabelled accounts in "
-           f"{_n(pre['seconds'])} s (best epoch {pre['best_epoch']}):\n"]
+           f"{_n(pre['seconds'])} s (best epoch {pre['best_epoch']})"
+           + (f"; the contrastive one in {_n(r['pretrain']['contrastive']['seconds'])} s (best epoch "
+              f"{r['pretrain']['contrastive']['best_epoch']})" if "contrastive" in r["pretrain"] else "") + ":\n"]
     rows = [{"labels": x["labels"], "method": x["method"],
              "PR-AUC": f"{x['pr_auc']:.3f} ({x['pr_auc_min']:.3f}–{x['pr_auc_max']:.3f})",
              "train s": f"{x['train_s']:.2f}"} for x in r["rows"]]

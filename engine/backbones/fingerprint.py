@@ -90,6 +90,11 @@ def fingerprint_key(spec: Any, precision: str, exports_dir: Path, calibration: s
         # hash the tokenizer's content, not where it happens to be installed
         identity["preprocessing"] = {**identity["preprocessing"], "tokenizer": None}
         files.append(str(tokenizer_file(spec.preprocessing.tokenizer)))
+    if spec.modality == "numeric":  # the vocabulary's content, not its place; no key without one (as before)
+        vocabulary = identity["preprocessing"].pop("vocabulary", None)
+        if vocabulary is not None:
+            identity["preprocessing"]["vocabulary"] = "file"
+            files.append(str(vocabulary))
     key = {
         "recipe": RECIPE,
         "identity": identity,

@@ -61,7 +61,9 @@ class NumericPreprocessing:
     ``shape`` is the shape of one item, ``None`` for a dynamic axis. ``dtype`` is the
     ONNX input's numpy dtype name. Items of different lengths along dynamic axes are
     padded with ``pad_value`` per batch; when ``mask_name`` is set the graph also gets an
-    int64 mask of shape (batch, first dynamic axis) with 1 for real steps.
+    int64 mask of shape (batch, first dynamic axis) with 1 for real steps. ``vocabulary``: for event
+    sequences, the ``vocabulary.json`` mapping the categorical columns to the ids the graph was trained on (the
+    events reader uses it when no ``--vocabulary`` is given; its content is part of the fingerprint).
     """
 
     input_name: str = "input"
@@ -69,6 +71,7 @@ class NumericPreprocessing:
     dtype: str = "float32"
     mask_name: str | None = None
     pad_value: float = 0.0
+    vocabulary: str | None = None
     kind: Literal["numeric"] = "numeric"
 
 

@@ -42,11 +42,11 @@ class BundleReport:
 
 def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | None = None,
                  check_on: str | Path | None = None, sample: int = GATE_SAMPLE, trust: bool = False,
-                 engine: Any = None) -> BundleReport:
+                 engine: Any = None, reader_options: Any = None) -> BundleReport:
     """Write the bundle of the model at ``model_dir`` to ``out`` after it passed the gate (see module doc).
 
     ``check_on``: items to gate on (default: the training source recorded in the model); ``precision``:
-    of the bundle's backbone (default: the model's)."""
+    of the bundle's backbone (default: the model's); ``reader_options``: how that source is read (e.g. events)."""
     from ..backbones.export import export
     from ..backbones.resolve import resolve_backbone
     from ..plugins import get_engine
@@ -86,7 +86,9 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
     if check_on is None and not Path(source).exists():
         raise ConfigError(f"the training source the model records ({source}) no longer exists, so the gate has no "
                           "training items to check the bundle on", hint="pass --check-on with the training data")
-    items = _Source(source, engine)
+    from ..sequences.backbone import backbone_vocabulary
+
+    items = _Source(source, engine, backbone_vocabulary(reader_options, spec, engine))
     gate_provider = _gate_provider(precision)
     calibration = ([it.payload for it in items.take(range(128))] if precision == "int8" and spec.modality != "text"
                    else None)
@@ -212,8 +214,8 @@ class _Source:
     """The gate's items, read in two passes so only the chosen items' payloads are held in memory:
     ``labels`` (one per readable item, in order) first, then ``take(positions)``."""
 
-    def __init__(self, source: str | Path, engine: Any) -> None:
-        self.source, self.engine = source, engine
+    def __init__(self, source: str | Path, engine: Any, reader_options: Any = None) -> None:
+        self.source, self.engine, self.reader_options = source, engine, reader_options
         self.labels = [it.label for it in self._readable()]
         if not self.labels:
             raise ConfigError(f"{source} holds no readable items to check the bundle on",
@@ -223,7 +225,8 @@ class _Source:
         from ..embed.items import ReaderOptions
         from ..embed.sources import open_source
 
-        return (it for it in open_source(str(self.source), ReaderOptions(), engine=self.engine) if it.payload is not None)
+        options = self.reader_options or ReaderOptions()
+        return (it for it in open_source(str(self.source), options, engine=self.engine) if it.payload is not None)
 
     def take(self, positions: Any) -> list[Any]:
         wanted = set(int(p) for p in positions)

@@ -178,7 +178,8 @@ def make_reader_options(text_column: str | None, label_column: str | None, reade
     from ..embed.items import ReaderOptions
 
     return ReaderOptions(text_column=text_column, label_column=label_column, reader=reader,
-                         encoding_errors=encoding_errors, labelled=labelled, events=_events_from_context())
+                         encoding_errors=encoding_errors, labelled=labelled,
+                         events=_events_from_context(need_vocabulary=False))  # or the backbone's
 
 
 def embed_kwargs(*, text_column: str | None, label_column: str | None, reader: str | None, encoding_errors: str,

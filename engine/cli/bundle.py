@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import CliState, echo_json, json_option, trust_option
+from ._common import CliState, _events_from_context, echo_json, event_options, json_option, trust_option
 
 
 @click.command("bundle")
@@ -15,6 +15,7 @@ from ._common import CliState, echo_json, json_option, trust_option
                    "is checked on the validation split (at most 0.5 pt accuracy lost).")
 @click.option("--check-on", "check_on", metavar="SOURCE", default=None,
               help="Items to run the parity gate on [default: the training source the model records].")
+@event_options
 @trust_option
 @json_option
 @click.pass_context
@@ -25,13 +26,18 @@ def bundle(ctx: click.Context, model_dir: str, out: str, precision: str | None, 
     Text bundles take raw strings (`text`, tokenised in the graph by onnxruntime-extensions; a tokenizer
     the graph cannot hold is written beside the file as NAME.tokenizer.json and the bundle takes
     `input_ids`/`attention_mask`), image bundles one decoded RGB image (`image`, uint8 [H, W, 3], or
-    same-size images stacked on the channel axis); outputs `probabilities` and `label`. The file is
-    written only after it predicts as `headstart predict` does on training and probe items (docs/deploy.md).
+    same-size images stacked on the channel axis), numeric backbones their own inputs (event sequences: `x`
+    [batch, steps, values] and `mask`; read the gate's source with the same --group-by ... options); outputs
+    `probabilities` and `label`. The file is written only after it predicts as `headstart predict` does on
+    training and probe items (docs/deploy.md).
     """
     from ..bundle.build import build_bundle
+    from ..embed.items import ReaderOptions
 
+    events = _events_from_context(need_vocabulary=False)
     engine = CliState.from_ctx(ctx).engine()
-    report = build_bundle(model_dir, out, precision=precision, check_on=check_on, trust=trust_pickle, engine=engine)
+    report = build_bundle(model_dir, out, precision=precision, check_on=check_on, trust=trust_pickle, engine=engine,
+                          reader_options=ReaderOptions(events=events) if events is not None else None)
     if as_json:
         echo_json(report.as_dict())
         return

@@ -294,6 +294,9 @@ def start_job(source: str | os.PathLike[str], backbone: str | Any | None, *, eng
 
     started = time.perf_counter()
     settings = engine.settings
+    from ..sequences.backbone import backbone_vocabulary
+
+    reader_options = backbone_vocabulary(reader_options, backbone, engine)  # categorical ids: the backbone's
     src = open_source(str(source), reader_options, reader=reader, engine=engine)
     spec = resolve_backbone(backbone, engine) if backbone is not None else default_backbone(src.modality, engine)
     if spec.modality != src.modality:

@@ -11,7 +11,9 @@ an event (every number, every categorical column), its surprise at the last even
 the last 4 events, and the mean over the window, and log(1 + the number of events): ``4 * width + 1`` values. A pretrained encoder knows what an account
 usually does next, so it is surprised where single transactions look normal; a randomly initialised one is not.
 (Pooling the GRU states themselves was measured too: on the fraud example they dilute the signal a linear head
-finds with few labels; see docs/sequences.md.)
+finds with few labels; see docs/sequences.md.) With ``objective="contrastive"`` the encoder is trained to match
+two views of the same account instead, and its embedding is those pooled states (the state after the last event
+and the mean state): ``2 * hidden`` values.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 UNSEEN_ID = 1
 RECENT = 4  # events whose highest surprise is a feature
+PROJECTION = 32  # width of the contrastive projection
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class EncoderConfig:
     embedding: int = 8
     mean: tuple[float, ...] = field(default=())  # per numeric field (standardisation)
     std: tuple[float, ...] = field(default=())
+    objective: str = "next-event"  # or "contrastive": the embedding is then the pooled GRU states
 
     @property
     def width(self) -> int:
@@ -38,7 +42,7 @@ class EncoderConfig:
 
     @property
     def dim(self) -> int:
-        return 4 * self.width + 1
+        return 2 * self.hidden if self.objective == "contrastive" else 4 * self.width + 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +69,9 @@ def build_encoder(config: EncoderConfig, seed: int = 0) -> Any:
             self.gru = nn.GRU(c.n_numeric + c.embedding * len(c.categorical_sizes), c.hidden, batch_first=True)
             self.next_numeric = nn.Linear(c.hidden, c.n_numeric) if c.n_numeric else None
             self.next_categorical = nn.ModuleList(nn.Linear(c.hidden, n) for n in c.categorical_sizes)
+            if c.objective == "contrastive":  # the projection the contrastive loss compares (not in the graph)
+                self.projection = nn.Sequential(nn.Linear(2 * c.hidden, c.hidden), nn.ReLU(),
+                                                nn.Linear(c.hidden, PROJECTION))
 
         def ids(self, x: Any, j: int, size: int) -> Any:
             ids = x[..., config.n_numeric + j].long()
@@ -97,7 +104,19 @@ def build_encoder(config: EncoderConfig, seed: int = 0) -> Any:
             """(B, T): the total surprise of each step (what pretraining minimises)."""
             return self.surprise_parts(states, x).sum(dim=-1)
 
+        def pooled_states(self, x: Any, mask: Any) -> Any:
+            """(B, 2 * hidden): the state after the last real step and the mean state over the real steps."""
+            m = mask.to(x.dtype)
+            states = self.states(x)
+            lengths = m.sum(dim=1).clamp(min=1.0)
+            index = (lengths - 1).long().view(-1, 1, 1).expand(-1, 1, states.shape[-1])
+            last = states.gather(1, index).squeeze(1)
+            mean = (states * m.unsqueeze(-1)).sum(dim=1) / lengths.unsqueeze(-1)
+            return torch.cat([last, mean], dim=1)
+
         def forward(self, x: Any, mask: Any) -> Any:
+            if config.objective == "contrastive":
+                return self.pooled_states(x, mask)
             m = mask.to(x.dtype)
             s = self.surprise_parts(self.states(x), x) * m.unsqueeze(-1)
             lengths = m.sum(dim=1).clamp(min=1.0)

@@ -1,16 +1,19 @@
 """``headstart pretrain``: a sequence encoder trained self-supervised on unlabelled events, exported to ONNX
-through the parity gate and written as a local ``onnx:`` backbone folder.
+through the parity gate and written as a backbone folder (``-b FOLDER``, a ``--name``, or
+``onnx:FOLDER/encoder.onnx``).
 
-Objective: **next-event prediction** (the causal form of masked-event modelling): from the encoder's state
-after step ``t`` it predicts step ``t+1``: the standardised numeric fields (squared error) and each categorical
-id (cross-entropy). One item per entity (its last ``window`` events) from the events reader; a seeded share of
-the entities is held out and their loss is the validation loss that says when to stop (the best epoch is kept;
-``patience`` epochs without improvement end the run).
+Objective: **next-event prediction** (the causal form of masked-event modelling): from the encoder's state after
+step ``t`` it predicts step ``t+1``: the standardised numeric fields (squared error) and each categorical id
+(cross-entropy). Or ``objective="contrastive"``: two random stretches (50-100 %) of each account's window are its
+two views, and an InfoNCE loss (temperature 0.1, the other accounts of the batch as negatives) on a projection of
+the pooled GRU states pulls them together. One item per entity (its last ``window`` events) from the events reader;
+a seeded share of the entities is held out and their loss is the validation loss that says when to stop (the best
+epoch is kept; ``patience`` epochs without improvement end the run).
 
 The output folder::
 
-    OUT/encoder.onnx, encoder.headstart.json   the backbone: use it as onnx:OUT/encoder.onnx
-    OUT/vocabulary.json                         categorical ids (pass it as --vocabulary)
+    OUT/encoder.onnx, encoder.headstart.json   the graph and its onnx: sidecar (names the vocabulary)
+    OUT/vocabulary.json                         categorical ids (the backbone carries it)
     OUT/encoder.safetensors, pretrain.json      best weights + config, options, per-epoch losses
     OUT/checkpoint.safetensors                  while training: every epoch (atomic); removed at the end
 
@@ -39,6 +42,8 @@ VOCABULARY = "vocabulary.json"
 WEIGHTS = "encoder.safetensors"
 GRAPH = "encoder.onnx"
 FORMAT = "headstart-pretrain-1"
+OBJECTIVES = ("next-event", "contrastive")
+TEMPERATURE = 0.1  # of the contrastive loss
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,12 @@ class PretrainOptions:
     val_fraction: float = 0.1
     patience: int = 3
     seed: int = 0
+    objective: str = "next-event"  # or "contrastive"
 
     def check(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective '{self.objective}' is not one of {', '.join(OBJECTIVES)}",
+                              hint="pass --objective next-event or --objective contrastive")
         for name in ("batch_size", "hidden", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1", hint="pass a positive number")
@@ -141,7 +150,7 @@ def _config(events: EventOptions, arrays: list[Any], options: PretrainOptions) -
         vocab = Vocabulary.load(events.vocabulary, events.categorical)
         sizes = tuple(len(vocab.values[c]) + 2 for c in events.categorical)
     return EncoderConfig(n, sizes, options.hidden, 8, tuple(steps.mean(0).tolist()),
-                         tuple(np.maximum(steps.std(0), 1e-6).tolist()))
+                         tuple(np.maximum(steps.std(0), 1e-6).tolist()), options.objective)
 
 
 def _split(n: int, options: PretrainOptions) -> tuple[Any, Any]:
@@ -152,17 +161,52 @@ def _split(n: int, options: PretrainOptions) -> tuple[Any, Any]:
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _batch(arrays: list[Any], rows: Any) -> tuple[Any, Any]:
+def _pad(items: list[Any]) -> tuple[Any, Any]:
     import numpy as np
     import torch
 
-    length = max(arrays[i].shape[0] for i in rows)
-    x = np.zeros((len(rows), length, arrays[rows[0]].shape[1]), np.float32)
-    mask = np.zeros((len(rows), length), np.int64)
-    for r, i in enumerate(rows):
-        x[r, : len(arrays[i])] = arrays[i]
-        mask[r, : len(arrays[i])] = 1
+    length = max(a.shape[0] for a in items)
+    x = np.zeros((len(items), length, items[0].shape[1]), np.float32)
+    mask = np.zeros((len(items), length), np.int64)
+    for r, a in enumerate(items):
+        x[r, : len(a)] = a
+        mask[r, : len(a)] = 1
     return torch.from_numpy(x), torch.from_numpy(mask)
+
+
+def _batch(arrays: list[Any], rows: Any) -> tuple[Any, Any]:
+    return _pad([arrays[i] for i in rows])
+
+
+def _views(arrays: list[Any], rows: Any, rng: Any) -> tuple[list[Any], list[Any]]:
+    """Two views of each account: random contiguous stretches of 50-100 % of its window."""
+    first, second = [], []
+    for i in rows:
+        seq = arrays[i]
+        for views in (first, second):
+            k = max(1, int(round(len(seq) * rng.uniform(0.5, 1.0))))
+            start = int(rng.integers(0, len(seq) - k + 1))
+            views.append(seq[start: start + k])
+    return first, second
+
+
+def contrastive_loss(model: Any, first: list[Any], second: list[Any]) -> Any:
+    """InfoNCE both ways: each view must pick the other view of its account among the batch's accounts."""
+    import torch
+    from torch.nn import functional as F
+
+    za = F.normalize(model.projection(model.pooled_states(*_pad(first))), dim=-1)
+    zb = F.normalize(model.projection(model.pooled_states(*_pad(second))), dim=-1)
+    logits = za @ zb.T / TEMPERATURE
+    target = torch.arange(len(first))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def batch_loss(model: Any, config: EncoderConfig, arrays: list[Any], rows: Any, rng: Any) -> Any:
+    """The objective's loss on the accounts ``rows`` (``rng`` draws the contrastive views)."""
+    if config.objective == "contrastive":
+        return contrastive_loss(model, *_views(arrays, rows, rng))
+    return next_event_loss(model, config, *_batch(arrays, rows))
 
 
 def next_event_loss(model: Any, config: EncoderConfig, x: Any, mask: Any) -> Any:
@@ -194,16 +238,17 @@ def _train(arrays: list[Any], config: EncoderConfig, options: PretrainOptions, o
             break
         started = time.perf_counter()
         model.train()
-        order = np.random.default_rng(options.seed + epoch).permutation(train_rows)
+        rng = np.random.default_rng(options.seed + epoch)
+        order = rng.permutation(train_rows)
         total = 0.0
         for b in range(0, len(order), options.batch_size):
-            x, mask = _batch(arrays, order[b: b + options.batch_size])
-            loss = next_event_loss(model, config, x, mask)
+            rows = order[b: b + options.batch_size]
+            loss = batch_loss(model, config, arrays, rows, rng)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
-            total += float(loss.detach()) * len(x)
+            total += float(loss.detach()) * len(rows)
         val = _val_loss(model, config, arrays, val_rows, options)
         better = val < best_loss
         if better:
@@ -220,14 +265,16 @@ def _train(arrays: list[Any], config: EncoderConfig, options: PretrainOptions, o
 
 
 def _val_loss(model: Any, config: EncoderConfig, arrays: list[Any], rows: Any, options: PretrainOptions) -> float:
+    import numpy as np
     import torch
 
     model.eval()
+    rng = np.random.default_rng(options.seed)  # the same validation views every epoch
     total = 0.0
     with torch.no_grad():
         for b in range(0, len(rows), options.batch_size):
-            x, mask = _batch(arrays, rows[b: b + options.batch_size])
-            total += float(next_event_loss(model, config, x, mask)) * len(x)
+            part = rows[b: b + options.batch_size]
+            total += float(batch_loss(model, config, arrays, part, rng)) * len(part)
     return total / len(rows)
 
 
@@ -295,7 +342,8 @@ def _finish(source: str, events: EventOptions, out: Path, options: PretrainOptio
     probe = [arrays[i] for i in range(0, len(arrays), max(1, len(arrays) // 24))][:24]
     probe += [arrays[0][:1], arrays[0][:2]]  # the shortest items too (one event: no surprise yet)
     parity = export_encoder(out, config, probe=probe, engine=engine)
-    summary = {"format": FORMAT, "source": str(source), "objective": "next-event prediction",
+    summary = {"format": FORMAT, "source": str(source),
+               "objective": "next-event prediction" if config.objective == "next-event" else "contrastive views",
                "events": {k: v for k, v in dataclasses.asdict(events).items() if k != "vocabulary"},
                "vocabulary": VOCABULARY if events.categorical else None, "options": dataclasses.asdict(options),
                "config": config.to_json(), "n_sequences": len(arrays), "n_failed": n_failed, "best_epoch": best_epoch,
@@ -341,6 +389,7 @@ def export_encoder(out: Path, config: EncoderConfig, probe: list[Any], engine: A
     copy_file_atomic(exported.path, out / GRAPH)
     write_json_atomic(out / "encoder.headstart.json", {
         "modality": "numeric", "dim": config.dim, "normalize": False,
-        "description": "event-sequence encoder pretrained by headstart pretrain (next-event prediction)",
-        "preprocessing": {"input_name": "x", "shape": [None, config.width], "dtype": "float32", "mask_name": "mask"}})
+        "description": f"event-sequence encoder pretrained by headstart pretrain ({config.objective})",
+        "preprocessing": {"input_name": "x", "shape": [None, config.width], "dtype": "float32", "mask_name": "mask",
+                          **({"vocabulary": VOCABULARY} if (out / VOCABULARY).is_file() else {})}})
     return dict(exported.parity or {})

@@ -38,6 +38,7 @@ from headstart.engine.embed.items import (Item, ItemBatch, ReaderOptions, Reader
                                           row_keys, text_keys)
 from headstart.engine.sequences.options import EventOptions, Vocabulary
 from headstart.engine.sequences.tables import record_batches as event_record_batches, table_schema as event_table_schema
+from headstart.engine.sequences.backbone import pretrained_folder, pretrained_spec
 # fine-tuners
 from headstart.engine.train.finetune_spec import FinetunerSpec
 from headstart.engine.train.finetune import FinetuneOutcome, FinetuneRequest, unfreeze_blocks
@@ -59,7 +60,7 @@ __all__ = [
     "Head", "HeadSpec", "FeatureMatrix", "ArrayMatrix", "class_weights", "resolve_device", "stratified_split", "classification_metrics",
     "Item", "ReaderOptions", "ReaderSpec", "content_key",
     "ItemBatch", "RowRefs", "failed_key", "row_keys", "text_keys",
-    "EventOptions", "Vocabulary", "event_record_batches", "event_table_schema",
+    "EventOptions", "Vocabulary", "event_record_batches", "event_table_schema", "pretrained_folder", "pretrained_spec",
     "FinetunerSpec", "FinetuneRequest", "FinetuneOutcome", "unfreeze_blocks",
     "did_you_mean", "write_bytes_atomic", "write_json_atomic", "confined_file", "read_confined", "check_regular_file",
     "check_head", "check_reader", "check_backbone", "conformance_data", "pause_point",

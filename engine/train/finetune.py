@@ -303,7 +303,9 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
                         hint="fine-tuning needs at least two labelled examples per class")
     frozen, head_ref, frozen_metrics = _frozen_head(prep, head, init_head, engine)
     log(f"frozen {head_ref} on {spec.name}: validation {options.metric} {frozen_metrics[options.metric]:.4f}")
-    payloads = _payloads(source, fs.keys, reader_options, engine)
+    from ..sequences.backbone import backbone_vocabulary
+
+    payloads = _payloads(source, fs.keys, backbone_vocabulary(reader_options, spec, engine), engine)
     classes = np.asarray(frozen.classes_)
     index = {str(c): i for i, c in enumerate(classes)}
     y_idx = np.asarray([index[str(v)] for v in prep.y], dtype=np.int64)

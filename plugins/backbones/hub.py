@@ -1,13 +1,13 @@
 """``hf:<model id or local folder>[?pooling=mean|cls&normalize=true|false&max_length=N]``: Hugging Face encoders.
 
-Text encoders (BERT, RoBERTa, DistilBERT, ... with a fast tokenizer, ``tokenizer.json``) and ViT-style image
-encoders (a ``preprocessor_config.json`` gives the input size and normalisation). The graph is exported by
-optimum's exporter (its per-architecture configs and dynamic axes; eager attention, so onnxruntime can fuse
-it), which stops at ``last_hidden_state``; the chosen pooling and normalisation are appended to that graph
-(:func:`~headstart.sdk.append_pooling`), and headstart's parity gate compares the result with the same model
-pooled in PyTorch (optimum's own validation only warns). A hub id is fetched with
-``huggingface_hub.snapshot_download`` (which honours ``HF_HUB_OFFLINE`` and its cache) when the spec is
-resolved.
+Time-series encoders (PatchTST) embed event sequences: see :mod:`.hf_sequence`. Text encoders (BERT, RoBERTa,
+DistilBERT, ... with a fast tokenizer, ``tokenizer.json``) and ViT-style image encoders (a
+``preprocessor_config.json`` gives the input size and normalisation). The graph is exported by optimum's exporter
+(its per-architecture configs and dynamic axes; eager attention, so onnxruntime can fuse it), which stops at
+``last_hidden_state``; the chosen pooling and normalisation are appended to that graph
+(:func:`~headstart.sdk.append_pooling`), and headstart's parity gate compares the result with the same model pooled
+in PyTorch (optimum's own validation only warns). A hub id is fetched with ``huggingface_hub.snapshot_download``
+(which honours ``HF_HUB_OFFLINE`` and its cache) when the spec is resolved.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from urllib.parse import parse_qsl
 
 from headstart.sdk import (BackboneError, BackboneSpec, ConfigError, ImagePreprocessing, TextPreprocessing,
                            append_pooling, hookimpl)
+
+from .hf_sequence import is_sequence_model, sequence_spec
 
 PREFIX = "hf:"
 #: Architectures whose position ids start after the padding index (RoBERTa's 514 positions hold 512 tokens).
@@ -106,6 +108,8 @@ def hf_spec(ref: str) -> BackboneSpec:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{folder} has no readable config.json: {exc}", hint="save the model with save_pretrained") from None
+    if is_sequence_model(config):
+        return sequence_spec(ref, target, folder, config, options)
     modality = "image" if "num_channels" in config and "image_size" in config else "text"
     pooling = options.get("pooling", "cls" if modality == "image" else "mean")
     if pooling not in ("mean", "cls"):

@@ -5,7 +5,8 @@ prepared (paths inside it are relative to the sidecar)::
 
     {"modality": "numeric",                      # text | image | numeric
      "preprocessing": {"input_name": "x", "shape": [null, 8], "dtype": "float32",
-                       "mask_name": "mask"},     # fields of Text/Image/NumericPreprocessing
+                       "mask_name": "mask",      # fields of Text/Image/NumericPreprocessing
+                       "vocabulary": "vocabulary.json"},  # event sequences: categorical ids
      "dim": 64,                                  # optional when the graph's output dim is static
      "normalize": false, "description": "transaction-history encoder"}
 
@@ -84,6 +85,8 @@ def _preprocessing(modality: str, data: dict[str, Any], base: Path, side: Path) 
         if (base / name).is_dir():
             name = f"{name.rstrip('/')}/tokenizer.json"
         fields["tokenizer"] = str(confined_file(base, name, kind="tokenizer", what="the tokenizer"))
+    if modality == "numeric" and fields.get("vocabulary"):  # categorical ids of event sequences
+        fields["vocabulary"] = str(confined_file(base, fields["vocabulary"], kind="manifest", what="the vocabulary"))
     return cls(**fields)
 
 

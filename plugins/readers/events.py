@@ -1,12 +1,12 @@
 """Events in, sequences out: an event table (CSV/TSV, JSONL, Parquet) read as one numeric item per entity or
 per event-with-history (``ReaderOptions.events``; the CSV/JSONL/Parquet readers hand over to this one).
 
-Streaming design: the table is read batch by batch (Parquet row groups, CSV/JSONL blocks), never whole. The
-rows of one entity (``group_by``) must be **together** in the file (sorted or clustered by the group column);
-this is verified while reading, and an entity that shows up again after another one is an error naming both
-rows. Within an entity, rows may come in any order: they are sorted by ``order_by`` in memory (one entity at a
-time). A missing ``order_by`` value fails that entity's items with the row named; a missing numeric field fails
-the items whose window holds that row.
+Streaming design: the table is read batch by batch (Parquet row groups, CSV/JSONL blocks), never whole. The rows of
+one entity (``group_by``) must be **together** in the file (sorted or clustered by the group column); this is
+verified while reading (the finished entities are kept as 8-byte key hashes, :class:`FinishedEntities`), and an
+entity that shows up again after another one is an error naming both rows. Within an entity, rows may come in any
+order: they are sorted by ``order_by`` in memory (one entity at a time). A missing ``order_by`` value fails that
+entity's items with the row named; a missing numeric field fails the items whose window holds that row.
 
 Each item is a float32 array ``(steps, len(fields) + len(categorical))``, oldest step first; categorical values
 are ids from the vocabulary (0 missing, 1 unseen). Its content key is the hash of those bytes: re-runs and
@@ -64,6 +64,10 @@ class EventSource:
             raise SchemaError(f"label column '{label}' of {self.name} is also an event column",
                               hint="a label must not be an input; pass --label-column with another column")
         self.label_column, self.has_labels = label, label is not None
+        if ev.categorical and ev.vocabulary is None:
+            raise SchemaError(f"the categorical columns ({', '.join(ev.categorical)}) of {self.name} need a vocabulary",
+                              hint="pass --vocabulary FILE, or a backbone made by headstart pretrain (it carries its "
+                                   "vocabulary.json)")
         vocab = Vocabulary.load(ev.vocabulary, ev.categorical) if ev.categorical else None
         self.ids = [vocab.ids(c) for c in ev.categorical] if vocab else []
         self.width = ev.width
@@ -88,7 +92,7 @@ class EventSource:
         ev = self.events
         wanted = ev.columns + ([self.label_column] if self.label_column else [])
         group: dict[str, Any] | None = None
-        done: dict[Any, int] = {}  # finished entity -> its last row, to refuse an entity seen again
+        done = FinishedEntities()  # to refuse an entity seen again, in 8 bytes per entity
         row0 = 0
         for batch in event_record_batches(self.path, list(dict.fromkeys(wanted))):
             cols = self._columns(batch)
@@ -100,19 +104,35 @@ class EventSource:
                 if group is None or group["key"] != key:
                     if group is not None:
                         yield from self._emit(group)
-                        done[_hashable(group["key"])] = group["last_row"]
-                    if _hashable(key) in done:
-                        raise ReaderError(
-                            f"{self.name}: row {row0 + a + 1} has {ev.group_by}={key!r} again after other "
-                            f"entities (its earlier rows end at row {done[_hashable(key)]}); the rows of each "
-                            "entity must be together in the file",
-                            hint=f"sort the table by {ev.group_by} (then {ev.order_by}) before reading it as events")
+                        done.add(group["key"])
+                    if key in done:
+                        earlier = self._earlier_rows_end(key, row0 + a + 1)
+                        if earlier is not None:
+                            raise ReaderError(
+                                f"{self.name}: row {row0 + a + 1} has {ev.group_by}={key!r} again after other "
+                                f"entities (its earlier rows end at row {earlier}); the rows of each entity must "
+                                "be together in the file",
+                                hint=f"sort the table by {ev.group_by} (then {ev.order_by}) before reading it as "
+                                     "events")
                     group = {"key": key, "first_row": row0 + a + 1, "parts": []}
                 group["parts"].append(_slice(cols, a, b))
                 group["last_row"] = row0 + b
             row0 += n
         if group is not None:
             yield from self._emit(group)
+
+    def _earlier_rows_end(self, key: Any, row: int) -> int | None:
+        """The last row of ``key``'s earlier run before data row ``row`` (re-reading the group column up to it),
+        or None when it has none (the 64-bit hashes of two keys collided)."""
+        last, row0 = None, 0
+        for batch in event_record_batches(self.path, [self.events.group_by]):
+            for i, value in enumerate(batch.column(0).to_pylist()):
+                if row0 + i + 1 >= row:
+                    return last
+                if value == key:
+                    last = row0 + i + 1
+            row0 += batch.num_rows
+        return last
 
     def _columns(self, batch: Any) -> dict[str, Any]:
         import numpy as np
@@ -225,8 +245,43 @@ def _slice(cols: dict[str, Any], a: int, b: int) -> dict[str, Any]:
             "labels": cols["labels"][a:b]}
 
 
-def _hashable(key: Any) -> Any:
-    return key if isinstance(key, (str, int, float, bool, type(None), bytes)) else repr(key)
+class FinishedEntities:
+    """The entities already read, as 64-bit hashes of their keys: a sorted numpy array plus a small set of
+    recent ones merged into it in steps, so memory is 8 bytes per entity (a dict of keys took ~120). A hit is
+    confirmed by the caller (a re-read of the group column), so a hash collision never fails a table."""
+
+    MERGE_EVERY = 1 << 16
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._sorted = np.zeros(0, dtype=np.uint64)
+        self._recent: set[int] = set()
+
+    @staticmethod
+    def _hash(key: Any) -> int:
+        import hashlib
+
+        return int.from_bytes(hashlib.blake2b(f"{type(key).__name__}:{key!r}".encode(), digest_size=8).digest(),
+                              "little")
+
+    def add(self, key: Any) -> None:
+        import numpy as np
+
+        self._recent.add(self._hash(key))
+        if len(self._recent) >= self.MERGE_EVERY:
+            merged = np.concatenate([self._sorted, np.fromiter(self._recent, np.uint64, len(self._recent))])
+            merged.sort()
+            self._sorted, self._recent = merged, set()
+
+    def __contains__(self, key: Any) -> bool:
+        import numpy as np
+
+        h = self._hash(key)
+        if h in self._recent:
+            return True
+        i = int(np.searchsorted(self._sorted, np.uint64(h)))
+        return i < len(self._sorted) and int(self._sorted[i]) == h
 
 
 def _numeric(t: Any) -> bool:
