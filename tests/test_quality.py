@@ -43,6 +43,22 @@ def test_linear_folds_follow_val_fraction_and_zero_skips_the_choice():
     assert ten.l2_ == pytest.approx([p for p in ten.l2_path_ if p.get("chosen")][0]["l2"] * 0.9, rel=0.02)
 
 
+def test_linear_uses_the_default_strength_when_a_rare_class_has_about_one_validation_row_per_fold():
+    """5 positives in 100 (the fraud case): the folds' log-loss is noise there, so no strength is chosen;
+    with 10 positives (2 per fold) the folds choose again, and a balanced 8-per-class task is unaffected."""
+    X, y = _noisy_blobs(400, classes=2, seed=3)
+    y = np.asarray(["ok"] * len(y), dtype=object)
+    rare = build_head("linear")[0].fit(np.vstack([X[:95], X[200:205] + 2.0]), np.r_[y[:95], ["fraud"] * 5])
+    default = build_head("linear(val_fraction=0.0)")[0].fit(np.vstack([X[:95], X[200:205] + 2.0]),
+                                                         np.r_[y[:95], ["fraud"] * 5])
+    assert rare.l2_path_ == [] and rare.l2_ == pytest.approx(default.l2_)
+    enough = build_head("linear")[0].fit(np.vstack([X[:90], X[200:210] + 2.0]), np.r_[y[:90], ["fraud"] * 10])
+    assert enough.l2_path_
+    Xb, yb = _noisy_blobs(48, classes=6, seed=4)
+    yb = np.repeat([f"c{i}" for i in range(6)], 8)
+    assert build_head("linear")[0].fit(Xb, yb).l2_path_
+
+
 def test_linear_keeps_single_example_classes_in_training():
     X, y = _noisy_blobs(300, classes=3)
     y = y.astype(object)
