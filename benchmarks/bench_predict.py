@@ -104,6 +104,9 @@ def bench_text(threads: int, calls: int) -> dict[str, Any]:
     bundle = OUT / "support.onnx"
     hs.bundle(model_dir, bundle)
     session = _session(bundle, threads)
+    bundle8 = OUT / "support-int8.onnx"  # the int8 bundle: its gate reports the label agreement and accuracy delta
+    parity8 = hs.bundle(model_dir, bundle8, precision="int8").parity
+    session8 = _session(bundle8, threads)
     torch.set_num_threads(threads)
     st = SentenceTransformer(_model_dir(), device="cpu")
     lr = LogisticRegression(max_iter=1000).fit(st.encode(_texts(TRAIN), batch_size=32), _labels(TRAIN))
@@ -116,19 +119,27 @@ def bench_text(threads: int, calls: int) -> dict[str, Any]:
     def bundle_many(ts: list[str]):
         return session.run(["probabilities", "label"], {"text": np.array(ts, dtype=object)})
 
+    def int8_one(t: str):
+        return session8.run(["probabilities", "label"], {"text": np.array([t], dtype=object)})
+
+    def int8_many(ts: list[str]):
+        return session8.run(["probabilities", "label"], {"text": np.array(ts, dtype=object)})
+
     def st_one(t: str):
         return lr.predict_proba(st.encode([t], batch_size=1))
 
     def st_many(ts: list[str]):
         return lr.predict_proba(st.encode(ts, batch_size=len(ts)))
 
-    ours, theirs = paired_latency([bundle_one, st_one], texts, calls)
+    ours, theirs, ours8 = paired_latency([bundle_one, st_one, int8_one], texts, calls)
     rows = [{"engine": "headstart bundle (onnxruntime)", **ours, "items_per_s": throughput(bundle_many, many, 32)},
             {"engine": "SentenceTransformer.encode + LogisticRegression", **theirs,
-             "items_per_s": throughput(st_many, many, 32)}]
+             "items_per_s": throughput(st_many, many, 32)},
+            {"engine": "headstart bundle --precision int8", **ours8, "items_per_s": throughput(int8_many, many, 32)}]
     agree = float(np.mean([a == b for a, b in zip(bundle_many(texts)[1], lr.predict(st.encode(texts)))]))
     return {"rows": rows, "items": len(texts), "batch_items": len(many), "batch_size": 32,
             "p50_ratio": round(rows[1]["p50_ms"] / rows[0]["p50_ms"], 2),
+            "p50_ratio_int8": round(rows[1]["p50_ms"] / rows[2]["p50_ms"], 2), "int8_parity": parity8,
             "throughput_ratio": round(rows[0]["items_per_s"] / rows[1]["items_per_s"], 2), "label_agreement": agree}
 
 

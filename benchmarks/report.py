@@ -479,6 +479,11 @@ def predict(results: Path, base: str) -> str:
                 _table(part["rows"], [("engine", "engine"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
                                       (f"{what}/s", "items_per_s")]
                        + ([(f"same-size {what}/s", "same_size_items_per_s")] if "same_size" in part else []))]
+        if "p50_ratio_int8" in part:
+            gate = (part.get("int8_parity") or {}).get("validation", {})
+            out.append(f"\nThe int8 bundle: p50 {part['p50_ratio_int8']}× faster than the baseline; its gate on the "
+                       f"validation split: label agreement {gate.get('label_agreement')}, accuracy delta "
+                       f"{gate.get('accuracy_delta_pt')} pt on {gate.get('items')} items.\n")
         if "same_size" in part:
             w, h = part["same_size"]
             ours = part["rows"][0]
