@@ -36,3 +36,18 @@ def _default_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from headstart.engine.plugins import set_engine
 
     set_engine(None)
+
+
+@pytest.fixture()
+def home(headstart_home: Path) -> Path:
+    """An empty store root for this test (``HEADSTART_HOME``); modules that need another kind define their own."""
+    return headstart_home
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``onnx:`` one MatMul 16 → 384 + L2 norm over a 16-float column (the scale tests' backbone)."""
+    from headstart.engine.testing.tiny_backbones import projection_backbone
+
+    return "onnx:" + str(projection_backbone(tmp_path_factory.mktemp("backbone"), width=16, dim=384, seed=3,
+                                             name="tiny16"))

@@ -24,14 +24,6 @@ WIDTH = 16
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from headstart.engine.testing.tiny_backbones import projection_backbone
-
-    return "onnx:" + str(projection_backbone(tmp_path_factory.mktemp("backbone"), width=WIDTH, dim=384, seed=3,
-                                             name="tiny16"))
-
-
 def numeric_parquet(path: Path, x: np.ndarray, row_group: int = 5000) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -44,18 +36,6 @@ def numeric_parquet(path: Path, x: np.ndarray, row_group: int = 5000) -> Path:
 
 def distinct_rows(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, WIDTH)).astype(np.float32)
-
-
-@pytest.fixture()
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from headstart.engine.plugins import set_engine
-
-    path = tmp_path / "home"
-    path.mkdir()
-    monkeypatch.setenv("HEADSTART_HOME", str(path))
-    set_engine(None)
-    yield path
-    set_engine(None)
 
 
 def reference_counts(order: np.ndarray, stored_before: set[int]) -> dict[str, int]:

@@ -191,26 +191,6 @@ def test_a_digest_stored_twice_looks_up_its_smallest_row_through_merges(tmp_path
 # -- a warm re-run trusts shards by their recorded size and mtime: it hashes none ------------------------------
 
 
-@pytest.fixture()
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from headstart.engine.plugins import set_engine
-
-    path = tmp_path / "home"
-    path.mkdir()
-    monkeypatch.setenv("HEADSTART_HOME", str(path))
-    set_engine(None)
-    yield path
-    set_engine(None)
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from headstart.engine.testing.tiny_backbones import projection_backbone
-
-    return "onnx:" + str(projection_backbone(tmp_path_factory.mktemp("backbone"), width=WIDTH, dim=384, seed=3,
-                                             name="tiny16"))
-
-
 def _numeric_parquet(path: Path, x: np.ndarray) -> Path:
     import pyarrow as pa
 

@@ -33,14 +33,6 @@ def ray_address() -> str:
     yield from session_cluster()
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from headstart.engine.testing.tiny_backbones import projection_backbone
-
-    return "onnx:" + str(projection_backbone(tmp_path_factory.mktemp("backbone"), width=WIDTH, dim=384, seed=3,
-                                             name="tiny16"))
-
-
 def numeric_parquet(path: Path, n: int, seed: int = 0, row_group: int = 500) -> Path:
     """``n`` rows: ``x`` (16 float32, class centre + noise, all distinct) and ``label`` (c0..c4)."""
     import pyarrow as pa
