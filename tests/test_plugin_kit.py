@@ -146,7 +146,7 @@ def test_check_backbone_catches_batch_dependent_pooling(tmp_path: Path):
 
     spec = BackboneSpec(name="batchy", modality="numeric", source="test", dim=8, pooling="none",
                         preprocessing=NumericPreprocessing(input_name="values", shape=(4,)), build_torch=build)
-    with pytest.raises(AssertionError, match="fails the parity gate"):
+    with pytest.raises(AssertionError, match="depends on its batch"):
         check_backbone(spec, home=str(tmp_path))
 
 
