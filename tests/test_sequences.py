@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from example_transactions import generate_transactions
 
 from headstart.engine.embed.items import ReaderOptions, content_key
 from headstart.engine.embed.sources import open_source
@@ -214,14 +215,7 @@ TX_PRETRAIN = [*TX_EVENTS, "--epochs", "3", "--hidden", "8", "--batch-size", "16
 @pytest.fixture(scope="module")
 def transactions(tmp_path_factory) -> Path:
     """A tiny run of the example generator: 80 pool accounts, 120 labelled (30 % fraud to have some)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "transactions"))
-    try:
-        from generate import main
-    finally:
-        sys.path.pop(0)
-    folder = tmp_path_factory.mktemp("tx")
-    main([str(folder), "--pool", "80", "--labelled", "120", "--test", "20", "--fraud-rate", "0.3"])
-    return folder
+    return generate_transactions(tmp_path_factory.mktemp("tx"), test=20)
 
 
 def test_pretrain_killed_mid_run_resumes_to_the_same_result(transactions: Path, tmp_path: Path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from example_transactions import generate_transactions
 
 EVENTS = ["--group-by", "account_id", "--order-by", "ts", "--window", "16"]
 NUMERIC = [*EVENTS, "--fields", "log_amount,log_gap"]
@@ -28,14 +29,7 @@ def _cli(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def transactions(tmp_path_factory) -> Path:
     """A tiny run of the example generator: 80 pool accounts, 120 labelled, 30 test (30 % fraud)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "transactions"))
-    try:
-        from generate import main
-    finally:
-        sys.path.pop(0)
-    folder = tmp_path_factory.mktemp("tx")
-    main([str(folder), "--pool", "80", "--labelled", "120", "--test", "30", "--fraud-rate", "0.3"])
-    return folder
+    return generate_transactions(tmp_path_factory.mktemp("tx"), test=30)
 
 
 # -- hf: PatchTST ------------------------------------------------------------------------------------------------
