@@ -216,6 +216,8 @@ def measure(n: int, threads: int, steps: tuple[str, ...] = STEPS, reuse_store: b
         output = json.loads(train["_stdout"])
         train["accuracy"] = round(output["metrics"]["accuracy"], 5)
         train["fit_passes"] = output["training"].get("fit_passes")  # full passes over the rows (validation, refit)
+        reads = output["training"].get("reads") or {}  # bytes read of the store's shards, and / the rows' bytes
+        train["read_gb"], train["read_passes"] = round(reads.get("bytes_read", 0) / 1e9, 2), reads.get("passes")
         rows.append(train)
     if "eval" in steps:
         ev = step("eval", [HEADSTART, "eval", str(out), str(data), "--json"], env, n)
@@ -281,7 +283,8 @@ def main() -> None:
     for n in args.items:
         rows = measure(n, args.threads, tuple(args.steps), args.reuse_store)
         print(f"\n{n:,} items ({args.tag})")
-        print(C.table(rows, ["step", "wall_s", "items_per_s", "peak_rss_mb", "accuracy", "fit_passes", "loadavg"]))
+        print(C.table(rows, ["step", "wall_s", "items_per_s", "peak_rss_mb", "accuracy", "fit_passes", "read_passes",
+                                   "loadavg"]))
         if rows[-1]["step"] == "knn search":
             print(f"knn search: first {rows[-1]['first_s']} s, p50 {rows[-1]['p50_ms']} ms, p95 {rows[-1]['p95_ms']} ms "
                   f"({rows[-1]['index']})")

@@ -63,6 +63,12 @@ class FeatureMatrix:
         """The matrix of rows ``rows`` (lazy: nothing is read)."""
         raise NotImplementedError
 
+    def sample(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        """Positions of a random sample of ``size`` rows (all rows when ``size`` >= n), sorted: rows drawn one
+        by one here (in memory); a store matrix draws short contiguous runs (see :meth:`StoreMatrix.sample`)."""
+        n = len(self)
+        return np.sort(rng.choice(n, size=min(n, size), replace=False))
+
     def __getitem__(self, rows: Any) -> "FeatureMatrix":
         """The sub-matrix of ``rows`` (a slice, a boolean mask or row indices), lazily."""
         if isinstance(rows, slice):
@@ -113,35 +119,153 @@ class ArrayMatrix(FeatureMatrix):
         return self.array if dtype is None else self.array.astype(dtype, copy=False)
 
 
-class StoreMatrix(FeatureMatrix):
-    """Rows of a feature store, by row id; read with ``FeatureStore.read_rows`` one chunk at a time.
+class ReadLog:
+    """Bytes a :class:`StoreMatrix` (and every subset of it) read from the store's shard files: whole files
+    its integrity checks hashed (``checked_bytes``, once per shard and process) and vector rows it copied
+    (``row_bytes``). ``bytes_read / (rows × dim × 4)`` is the number of passes made over the data."""
 
-    Holds the ids (8 bytes per row) and, once chunks are asked for, their storage order (8 more).
+    def __init__(self) -> None:
+        self.checked_bytes = 0
+        self.row_bytes = 0
+        self.checked_shards = 0
+
+    @property
+    def bytes_read(self) -> int:
+        return self.checked_bytes + self.row_bytes
+
+    def as_dict(self) -> dict[str, int]:
+        return {"bytes_read": self.bytes_read, "checked_bytes": self.checked_bytes, "row_bytes": self.row_bytes,
+                "checked_shards": self.checked_shards}
+
+
+class _ShardReader:
+    """A store's vector shards as (entry, first row id), read through the store (``shard_vectors``: checked
+    on first use in the process, memory-mapped, not kept), counting what is read in a :class:`ReadLog`."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        shards = store.vector_shards()
+        self.entries = [entry for entry, _ in shards]
+        self.starts = np.asarray([first for _, first in shards] + [len(store)], dtype=np.int64)
+        self.log = ReadLog()
+
+    def shard(self, s: int) -> np.ndarray:
+        """Shard ``s``'s vectors (its integrity check, sha256 + finite + unit norm, runs on first use)."""
+        from ..store import integrity
+
+        before = integrity.hashed_shards
+        array = self.store.shard_vectors(self.entries[s])
+        if integrity.hashed_shards != before:
+            self.log.checked_bytes += int(self.entries[s].get("bytes") or 0)
+            self.log.checked_shards += 1
+        return array
+
+    def shard_of(self, ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.starts, ids, side="right") - 1
+
+    def read(self, ids: np.ndarray, dim: int) -> np.ndarray:
+        """Vectors of row ``ids`` in that order (rows of one shard copied together)."""
+        out = np.empty((len(ids), dim), dtype=np.float32)
+        if not len(ids):
+            return out
+        if int(ids.min()) < 0 or int(ids.max()) >= self.starts[-1]:
+            from ..errors import StoreError
+
+            raise StoreError(f"feature store {self.store.path} has {self.starts[-1]} vectors; row ids "
+                             f"{int(ids.min())}..{int(ids.max())} were asked for",
+                             hint="take row ids from FeatureStore.ids() on the same snapshot")
+        shard_of = self.shard_of(ids)
+        order = np.argsort(shard_of, kind="stable")
+        bounds = np.searchsorted(shard_of[order], np.arange(len(self.entries) + 1))
+        for s in np.flatnonzero(np.diff(bounds)):
+            where = order[bounds[s]:bounds[s + 1]]
+            out[where] = self.shard(int(s))[ids[where] - self.starts[s]]
+        self.log.row_bytes += out.nbytes
+        return out
+
+
+class StoreMatrix(FeatureMatrix):
+    """Rows of a feature store, by row id; read from its shards one chunk at a time.
+
+    Holds the ids (8 bytes per row) and, once chunks are asked for, their storage order (8 more). Every read
+    goes through the store's integrity check (a shard is hashed and its vectors checked finite on first use)
+    and is counted in ``reads`` (a :class:`ReadLog` shared with every subset).
     """
 
-    def __init__(self, store: Any, ids: np.ndarray, chunk_rows: int | None = None) -> None:
+    #: rows of each contiguous run (in storage order) that :meth:`sample` takes
+    SAMPLE_RUN = 64
+
+    def __init__(self, store: Any, ids: np.ndarray, chunk_rows: int | None = None,
+                 reader: _ShardReader | None = None) -> None:
         self.store = store
         self.ids = np.asarray(ids, dtype=np.int64)
         self.dim = int(store.dim)
         self.chunk_rows = chunk_rows
         self._order: np.ndarray | None = None
+        self._reader = reader
+
+    @property
+    def reader(self) -> _ShardReader:
+        if self._reader is None:
+            self._reader = _ShardReader(self.store)
+        return self._reader
+
+    @property
+    def reads(self) -> ReadLog:
+        return self.reader.log
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def storage_order(self) -> np.ndarray:
+        """Positions sorted by row id: the order that reads each shard once, front to back."""
         if self._order is None:
-            self._order = np.argsort(self.ids, kind="stable")  # storage order: each chunk reads few shards
+            self._order = np.argsort(self.ids, kind="stable")
+        return self._order
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        order = self.storage_order()
         step = self.rows_per_chunk()
         for start in range(0, len(self), step):
-            positions = self._order[start:start + step]
-            yield positions, self.store.read_rows(self.ids[positions])
+            positions = order[start:start + step]
+            yield positions, self.reader.read(self.ids[positions], self.dim)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        return self.store.read_rows(self.ids[np.asarray(rows, dtype=np.int64)])
+        return self.reader.read(self.ids[np.asarray(rows, dtype=np.int64)], self.dim)
 
     def subset(self, rows: np.ndarray) -> "FeatureMatrix":
-        return self._inherit(StoreMatrix(self.store, self.ids[np.asarray(rows, dtype=np.int64)]))
+        return self._inherit(StoreMatrix(self.store, self.ids[np.asarray(rows, dtype=np.int64)],
+                                         reader=self.reader))
+
+    def verify_shards(self) -> bool:
+        """Run the store's integrity check on every shard holding rows of this matrix (one read of each
+        shard; :class:`~headstart.engine.errors.StoreDamagedError` on a damaged one). The check proves every
+        vector of the shard finite, so no row need be read again for that; False when the store's checks
+        are switched off (benchmarks only), and the rows must then be scanned."""
+        from ..store import integrity
+
+        if not integrity.CHECKS:
+            return False
+        reader = self.reader
+        for s in np.unique(reader.shard_of(self.ids)):
+            reader.shard(int(s))
+        return True
+
+    def sample(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        """``size`` positions in random contiguous runs of :data:`SAMPLE_RUN` rows of storage order (sorted by
+        row id): a sample of 200,000 rows reads ~3,000 short byte ranges instead of faulting in most pages
+        of every shard, as single random rows over a store larger than the page cache do."""
+        n = len(self)
+        if size >= n:
+            return super().sample(size, rng)
+        run = self.SAMPLE_RUN
+        blocks = -(-n // run)
+        chosen = np.sort(rng.choice(blocks, size=min(blocks, -(-size // run)), replace=False))
+        spans = (chosen[:, None] * run + np.arange(run)[None, :]).reshape(-1)
+        spans = spans[spans < n]
+        if len(spans) > size:  # the last run may end early; trim at random, not at the end
+            spans = np.sort(rng.choice(spans, size=size, replace=False))
+        return self.storage_order()[spans]
 
 
 def as_matrix(X: Any) -> FeatureMatrix:
@@ -167,6 +291,9 @@ def check_finite(X: Any, keys: Sequence[str] | None = None, *, what: str = "trai
     matrix = X
     if len(matrix) == 0:
         raise DataError(f"no {what} items", hint="check the source and its error records")
+    if isinstance(matrix, StoreMatrix) and matrix.verify_shards():
+        matrix.checked_finite = True  # the store's check of each shard found every vector finite
+        return matrix
     bad: list[np.ndarray] = []
     for positions, block in matrix.chunks():
         rows = ~np.isfinite(block).all(axis=1)

@@ -207,6 +207,8 @@ def _final(ref: HeadRef, head: Any, prep: Prepared, refit: bool, engine: Any,
     if not (refit and len(prep.split.val)):
         return head, False, metrics.get("subsample")
     final, _ = build_head(ref, engine)
+    if hasattr(final, "start_from"):  # a streaming head resumes from the validation fit: a few more passes
+        final.start_from(head)
     X, y, subsample = fit_input(final, prep.X, prep.y, np.arange(len(prep.y)), prep.seed)
     final.fit(X, y)
     return final, True, subsample
@@ -261,6 +263,7 @@ def train(source: Any, head: str = "linear", *, backbone: str | None = None, out
                                                       {**_training(prep, val_fraction, seed, refitted, subsample,
                                                                    int8_check),
                                                        **_passes(fitted, final if refitted else None),
+                                                       **_reads(prep.X),
                                                        "source": _source_path(source)})),
                   training_keys=_training_keys(prep, refitted))
     path = model.save(out, allow_pickle=allow_pickle, check_rows=_check_rows(prep)) if out is not None else None
@@ -273,6 +276,17 @@ def _passes(fitted: Any, refitted: Any) -> dict[str, Any]:
     passes = {name: int(head.fit_passes_) for name, head in (("validation", fitted), ("refit", refitted))
               if getattr(head, "fit_passes_", None) is not None}
     return {"fit_passes": passes} if passes else {}
+
+
+def _reads(X: FeatureMatrix) -> dict[str, Any]:
+    """What training read of the store's shards (``{"reads": {...}}``; nothing for rows given in memory):
+    bytes hashed by the integrity checks and bytes of rows copied, and ``passes``: their sum over the
+    labelled rows' bytes (one check pass, the full-batch passes, the samples, the validation predictions)."""
+    reads = getattr(X, "reads", None)
+    if reads is None:
+        return {}
+    data = len(X) * X.dim * 4
+    return {"reads": {**reads.as_dict(), "data_bytes": data, "passes": round(reads.bytes_read / max(data, 1), 2)}}
 
 
 def _with_decision(manifest: dict[str, Any]) -> dict[str, Any]:

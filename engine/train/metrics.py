@@ -32,30 +32,35 @@ def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any],
 
     ``classes`` are the model's classes; true labels outside them are reported as unseen.
     """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
     t_codes, t_names = _str_codes(y_true)
     p_codes, p_names = _str_codes(y_pred)
+    if len(t_codes) != len(p_codes):
+        raise DataError(f"{len(t_codes)} true labels and {len(p_codes)} predictions",
+                        hint="pass one prediction per labelled item")
     known = [str(c) for c in classes] if classes is not None else sorted(set(t_names))
     unseen = sorted(set(t_names) - set(known))
     labels = sorted(set(known) | set(t_names) | set(p_names))
     index = {label: i for i, label in enumerate(labels)}
-    t = np.asarray([index[v] for v in t_names], np.int64)[t_codes]  # label indices: sklearn on ints, not strings
-    p = np.asarray([index[v] for v in p_names], np.int64)[p_codes]
-    ids = list(range(len(labels)))
-    if len(t):
-        confusion = confusion_matrix(t, p, labels=ids)
-        precision, recall, f1, support = precision_recall_fscore_support(t, p, labels=ids, zero_division=0)
-    else:
-        confusion = np.zeros((len(labels), len(labels)), np.int64)
-        precision = recall = f1 = np.zeros(len(labels))
-        support = np.zeros(len(labels), np.int64)
-    predicted = confusion.sum(axis=0)
+    t = np.asarray([index[v] for v in t_names], np.int64)[t_codes]  # label indices: counted as ints, not strings
+    del t_codes
+    t *= len(labels)
+    t += np.asarray([index[v] for v in p_names], np.int64)[p_codes]
+    del p_codes
+    # the confusion matrix by one bincount (8 bytes an item; sklearn's confusion_matrix and
+    # precision_recall_fscore_support made several copies of every label): the same figures
+    confusion = np.bincount(t, minlength=len(labels) ** 2).reshape(len(labels), len(labels))
+    n = int(len(t))
+    del t
+    tp = np.diag(confusion).astype(np.float64)
+    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    precision = np.divide(tp, predicted, out=np.zeros(len(labels)), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(len(labels)), where=support > 0)
+    f1 = np.divide(2 * tp, support + predicted, out=np.zeros(len(labels)), where=(support + predicted) > 0)
     present = (support > 0) | (predicted > 0)
     return {
-        "accuracy": float(np.trace(confusion) / len(t)) if len(t) else float("nan"),
+        "accuracy": float(np.trace(confusion) / n) if n else float("nan"),
         "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
-        "n": int(len(t)),
+        "n": n,
         "n_unseen_labels": int(sum(int(support[labels.index(u)]) for u in unseen)),
         "unseen_labels": unseen,
         "classes": labels,

@@ -42,6 +42,7 @@ MIN_VAL_PER_CLASS = 2  # validation rows per fold a class needs for the folds to
 RARE_RATIO = 4  # ... when it is this many times rarer than the largest class
 WARM_ROWS = 200_000  # above this many rows, the final fit starts from a fit on a random sample of this many
 WARM_ITERS = 100  # L-BFGS iterations of that in-memory fit (cheap: its rows are in memory)
+REFIT_ITERS = 4  # max_iter=None, started from a fitted head (``start_from``): at most this many iterations
 
 
 class LinearHead(Head):
@@ -65,6 +66,7 @@ class LinearHead(Head):
         self.val_fraction = val_fraction
         self.device = device
         self.seed = seed
+        self._start: Any = None
 
     @classmethod
     def _param_constraints(cls) -> dict[str, list[Any]]:
@@ -79,6 +81,14 @@ class LinearHead(Head):
                 "val_fraction": [Interval(Real, 0, 1, closed="left")], "device": [str],
                 "seed": [Interval(Integral, 0, None, closed="left")]}
 
+    def start_from(self, fitted: "LinearHead") -> "LinearHead":
+        """Make the next ``fit`` start from ``fitted``'s weights, L2 strength (rescaled to the new number of
+        rows when it was chosen, not given) and preconditioner, with no choice of strength and no in-memory
+        warm-up: a refit on all rows after a fit on the training split (``train``'s refit) then needs a few
+        full-batch passes. Ignored when ``fitted`` has other classes or features. Returns ``self``."""
+        self._start = fitted
+        return self
+
     def _fit(self, X: FeatureMatrix, y_idx: np.ndarray) -> None:
         import torch
 
@@ -87,30 +97,77 @@ class LinearHead(Head):
         cw = class_weights(self.class_weight, y_idx, self.classes_)
         n = len(X)
         rng = np.random.default_rng(self.seed)
-        sample = rng.choice(n, size=min(n, COV_ROWS), replace=False)
-        geometry = _Geometry(torch.from_numpy(X.take(np.sort(sample))).to(device), k)
-        W = torch.zeros(X.dim, k, device=device)
-        b = torch.zeros(k, device=device)
-        l2 = self.l2
+        start = self._start_point(X, device)
         path: list[dict[str, float]] = []
-        if l2 is None:
-            folds = _stratified_folds(y_idx, self.val_fraction, rng)
-            if folds is None:
-                l2 = geometry.scale * 1e-2
-            else:
-                l2, W, b, path = _choose_l2(X, y_idx, folds, cw, geometry, self.tol, device)
+        if start is not None:
+            W, b, l2, geometry, path = start
+        elif n > WARM_ROWS:
+            W, b, l2, geometry, path = self._warm_up(X, y_idx, cw, rng, device)
+        else:
+            sample = X.sample(min(n, COV_ROWS), rng)
+            geometry = _Geometry(torch.from_numpy(X.take(sample)).to(device), k)
+            W = torch.zeros(X.dim, k, device=device)
+            b = torch.zeros(k, device=device)
+            l2 = self.l2
+            if l2 is None:
+                folds = _stratified_folds(y_idx, self.val_fraction, rng)
+                if folds is None:
+                    l2 = geometry.scale * 1e-2
+                else:
+                    l2, W, b, path = _choose_l2(X, y_idx, folds, cw, geometry, self.tol, device)
         iters = self.max_iter or int(np.clip(FINAL_ROW_BUDGET // n, 10, 100))
-        if n > WARM_ROWS:  # start the full-batch fit (one pass over every row per evaluation) near its optimum
-            warm = np.sort(rng.choice(n, size=WARM_ROWS, replace=False))
-            W, b = _lbfgs(_Rows(ArrayMatrix(X.take(warm)), y_idx[warm], cw, device), l2, W, b, geometry,
-                          WARM_ITERS, self.tol)
+        if start is not None and self.max_iter is None:
+            iters = min(iters, REFIT_ITERS)  # it starts within the sampling noise of this optimum
         rows = _Rows(X, y_idx, cw, device)
         W, b = _lbfgs(rows, l2, W, b, geometry, iters, self.tol)
         self.fit_passes_ = rows.passes
+        self.n_fit_rows_ = n
+        self._geometry = geometry
         self.coef_ = W.T.contiguous().cpu().numpy()
         self.intercept_ = (b - geometry.mu @ W).cpu().numpy()
         self.l2_ = float(l2)
         self.l2_path_ = path
+
+    def _warm_up(self, X: FeatureMatrix, y_idx: np.ndarray, cw: np.ndarray, rng: np.random.Generator,
+                 device: str) -> tuple[Any, Any, float, "_Geometry", list[dict[str, float]]]:
+        """Above WARM_ROWS rows: one sample of WARM_ROWS rows read into memory (short contiguous runs of a
+        store's shards, see ``FeatureMatrix.sample``) gives the preconditioner (COV_ROWS of it), the folds
+        that choose L2 (CV_ROWS of it) and an in-memory fit at that strength, where the full-batch fit starts
+        (weights, bias, L2 for all n rows, geometry, path)."""
+        import torch
+
+        n, k = len(X), len(self.classes_)
+        warm = X.sample(WARM_ROWS, rng)
+        Xw, yw = X.take(warm), y_idx[warm]
+        geometry = _Geometry(torch.from_numpy(Xw[np.sort(rng.choice(len(warm), min(len(warm), COV_ROWS), replace=False))]).to(device),
+                             k)
+        W = torch.zeros(X.dim, k, device=device)
+        b = torch.zeros(k, device=device)
+        l2, path = self.l2, []
+        if l2 is None:
+            folds = _stratified_folds(yw, self.val_fraction, rng)
+            if folds is None:
+                l2 = geometry.scale * 1e-2
+            else:
+                l2, W, b, path = _choose_l2(ArrayMatrix(Xw), yw, folds, cw, geometry, self.tol, device)
+                l2 *= len(warm) / n  # chosen for the sample's rows; the optimal strength shrinks as 1/n
+        W, b = _lbfgs(_Rows(ArrayMatrix(Xw), yw, cw, device), l2, W, b, geometry, WARM_ITERS, self.tol)
+        return W, b, l2, geometry, path
+
+    def _start_point(self, X: FeatureMatrix, device: str) -> tuple[Any, Any, float, "_Geometry", list] | None:
+        """(W, b, l2, geometry, path) from the head given to :meth:`start_from`, or None."""
+        import torch
+
+        fitted = getattr(self, "_start", None)
+        self._start = None
+        geometry = getattr(fitted, "_geometry", None)
+        if (fitted is None or geometry is None or not hasattr(fitted, "coef_")
+                or fitted.coef_.shape[1] != X.dim or list(fitted.classes_) != list(self.classes_)):
+            return None
+        W = torch.from_numpy(np.ascontiguousarray(fitted.coef_.T, dtype=np.float32)).to(device)
+        b = torch.from_numpy(np.asarray(fitted.intercept_, dtype=np.float32)).to(device) + geometry.mu @ W
+        l2 = self.l2 if self.l2 is not None else fitted.l2_ * fitted.n_fit_rows_ / len(X)
+        return W, b, float(l2), geometry, list(fitted.l2_path_)
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
         z = X @ self.coef_.T + self.intercept_
