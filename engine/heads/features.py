@@ -10,6 +10,10 @@ Heads that declare ``streams_features = True`` (``linear``, ``mlp``) fit on a ma
 every other estimator gets its training rows in memory, at most :data:`IN_MEMORY_BYTES` of them: above
 that, a stratified subsample (:func:`fit_input`; its size is reported in the metrics and the model
 manifest). Predictions are always made chunk by chunk (:func:`predict_in_chunks`).
+
+A store matrix counts what it reads of the shards (:class:`ReadLog`, ``StoreMatrix.reads``, shared by its
+subsets; ``train`` records it as ``training.reads``); :func:`check_finite` of store rows is the store's own
+check of each shard (one read of each; it proves every vector finite), not a scan of the rows.
 """
 
 from __future__ import annotations
@@ -277,6 +281,8 @@ def check_finite(X: Any, keys: Sequence[str] | None = None, *, what: str = "trai
     """``X`` as a FeatureMatrix whose rows were all found finite (read chunk by chunk, once).
 
     Refuses NaN/Inf rows naming their keys, as :func:`headstart.engine.heads.validate.check_features` does.
+    Rows of a store are proved finite by the store's integrity check of their shards
+    (:meth:`StoreMatrix.verify_shards`: each shard read once, a damaged one is a ``StoreDamagedError``).
     """
     from .validate import check_features
 

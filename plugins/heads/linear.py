@@ -11,15 +11,19 @@ variance, strong → weak) is fitted on each fold's training part and scored by 
 log-loss; the strongest strength within one standard error of the best mean is kept (the one-SE rule:
 a single 80/20 split chose by accuracy before, and its optimum did not survive a shifted test set).
 The final fit on all rows starts from the fold-averaged weights at that strength (above 200,000 rows, from a
-fit at that strength on a random sample of 200,000 rows in memory, so that the full-batch fit, one pass over
-every row per loss evaluation, starts near its optimum and needs few passes; ``fit_passes_`` counts them).
+fit at that strength on a sample of 200,000 rows in memory, which also gives the whitening and the folds, so
+that the full-batch fit, one pass over every row per loss evaluation, starts near its optimum and needs few
+passes; ``fit_passes_`` counts them). A head told to ``start_from`` a fitted one (``train``'s refit on all
+rows after the fit on the training split) starts from its weights, L2 and whitening instead, and runs at
+most REFIT_ITERS iterations.
 The model is plain ``softmax(X @ coef_.T + intercept_)``.
 
 Out of core: the final fit reads the training rows chunk by chunk (a
 :class:`~headstart.engine.heads.features.FeatureMatrix`, e.g. rows of the feature store) and sums the
 full-batch loss and gradient over the chunks, so it reaches the same optimum as with every row in
 memory while holding one chunk at a time. The whitening sample and the folds' subsample are read
-into memory (at most 20,000 and 5,000 rows), and so is the warm-start sample (200,000 rows).
+into memory (at most 20,000 and 5,000 rows), and so is the warm-start sample (200,000 rows; from a store,
+short contiguous runs of rows: ``FeatureMatrix.sample``).
 """
 
 from __future__ import annotations
