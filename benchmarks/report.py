@@ -431,6 +431,13 @@ def _scale_detail(step: dict[str, Any]) -> str | None:
                 f"{_n(step['key_index_mb'])} MB on disk (a Python key table: ~{step['table_mb_before']:,} MB in RAM)")
     if step.get("incomplete"):  # a step stopped before it finished (what it reached, and its peak RSS so far)
         return str(step["incomplete"])
+    if step.get("read_passes") is not None:  # train: what it read of the store (training.reads)
+        passes = step.get("fit_passes") or {}
+        return (f"read {_n(step['read_gb'])} GB of shards = {step['read_passes']} passes over the rows; full-batch "
+                f"passes: validation {passes.get('validation')}, refit {passes.get('refit')}"
+                + (f"; {step['note']}" if step.get("note") else ""))
+    if step.get("note"):
+        return str(step["note"])
     if "lookup_cold_s" in step:
         return (f"open {step['open_s']} s; 11,000 look-ups {step['lookup_cold_s']} s cold (hashes the shards hit), "
                 f"{step['lookup_warm_s']} s warm; get 10,000 vectors {step['get_s']} s")

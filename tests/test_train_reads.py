@@ -123,3 +123,49 @@ def test_training_reads_each_shard_once_and_counts_its_passes(tmp_path, home, ti
     assert result.metrics["accuracy"] > 0.5
     scratch = headstart.train(fs, "linear", refit=False)
     assert abs(scratch.metrics["accuracy"] - result.metrics["accuracy"]) < 1e-9  # the same validation fit
+
+
+def test_prediction_reads_store_rows_in_one_pass_and_still_refuses_a_damaged_shard(tmp_path, home, tiny_backbone):
+    """`eval`/`predict` on store rows make one pass: each shard is checked by the store just before its rows are
+    first read (no check pass of its own), so the bytes read are the shards once plus the rows once; a shard
+    damaged on disk is still refused (StoreDamagedError), never predicted from."""
+    import headstart
+    from headstart.engine.errors import StoreDamagedError
+
+    source, _, _ = labelled_parquet(tmp_path / "x.parquet", 10_000)
+    fs = _store_matrix(source, tiny_backbone)
+    model = headstart.train(fs, "linear", refit=False).model
+    fresh = _store_matrix(source, tiny_backbone)
+    shards, size = _shard_bytes(fresh.vectors.store)
+    predicted = model.predict(fresh)
+    assert len(predicted.labels) == len(fresh)
+    assert fresh.vectors.reads.as_dict() == {"bytes_read": size + len(fresh) * fresh.vectors.dim * 4,
+                                             "checked_bytes": size, "row_bytes": len(fresh) * fresh.vectors.dim * 4,
+                                             "checked_shards": shards}
+    later = _store_matrix(source, tiny_backbone)  # rows of the same snapshot, not read yet in this process
+    entry, _ = later.vectors.store.vector_shards()[-1]
+    path = later.vectors.store.path / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte inside the last shard
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreDamagedError, match=entry["file"]):
+        model.predict(later)
+
+
+def test_the_row_id_lookup_of_an_embedding_result_hashes_no_shard(tmp_path, home, tiny_backbone):
+    """Finding the store rows of an embedding result (``row_ids``: by key digest) hashes no shard whose size and
+    mtime are as committed (it used to check every shard of the store first: a whole read of a 16 GB store
+    before training on any part of it); the shards are hashed when their vectors are first read."""
+    import headstart
+    from headstart.engine.store import integrity
+
+    source, _, _ = labelled_parquet(tmp_path / "x.parquet", 10_000)
+    result = headstart.embed(source, tiny_backbone, progress=False)
+    store = result.store
+    for entry, _ in store.vector_shards():
+        integrity.forget(store.path, entry["file"])
+    before = integrity.hashed_shards
+    again = headstart.embed(source, tiny_backbone, progress=False)  # a warm run: look-ups only
+    assert len(again.row_ids) == len(result.rows) and integrity.hashed_shards == before
+    again.vectors  # reading the vectors checks each shard (once)
+    assert integrity.hashed_shards == before + len(store.vector_shards())

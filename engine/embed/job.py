@@ -93,9 +93,14 @@ class EmbedResult:
 
     @property
     def row_ids(self) -> np.ndarray:
-        """The rows' ids in the store (int64, looked up by key digest once)."""
+        """The rows' ids in the store (int64, looked up by key digest once). The look-up checks only the shards
+        its hits are in, by size and mtime (``check="hits"``): the vectors of each shard are hashed and checked
+        when they are first read, so the look-up does not read the whole store a first time."""
         if self._ids is None:
-            self._ids = self.store.ids(self.rows.digests) if len(self.rows) else np.empty(0, np.int64)
+            from ..store.features import FeatureStore
+
+            self._ids = (FeatureStore.load(self.store_path, check="hits").ids(self.rows.digests) if len(self.rows)
+                         else np.empty(0, np.int64))
         return self._ids
 
     @property

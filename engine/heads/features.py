@@ -255,6 +255,14 @@ class StoreMatrix(FeatureMatrix):
             reader.shard(int(s))
         return True
 
+    @staticmethod
+    def checks_on_read() -> bool:
+        """Whether every read of a shard's rows is preceded by the store's check of that shard (always, unless
+        the checks are switched off for a benchmark)."""
+        from ..store import integrity
+
+        return bool(integrity.CHECKS)
+
     def sample(self, size: int, rng: np.random.Generator) -> np.ndarray:
         """``size`` positions in random contiguous runs of :data:`SAMPLE_RUN` rows of storage order (sorted by
         row id): a sample of 200,000 rows reads ~3,000 short byte ranges instead of faulting in most pages
@@ -277,12 +285,16 @@ def as_matrix(X: Any) -> FeatureMatrix:
     return X if isinstance(X, FeatureMatrix) else ArrayMatrix(X)
 
 
-def check_finite(X: Any, keys: Sequence[str] | None = None, *, what: str = "training") -> FeatureMatrix:
+def check_finite(X: Any, keys: Sequence[str] | None = None, *, what: str = "training",
+                 store_on_read: bool = False) -> FeatureMatrix:
     """``X`` as a FeatureMatrix whose rows were all found finite (read chunk by chunk, once).
 
     Refuses NaN/Inf rows naming their keys, as :func:`headstart.engine.heads.validate.check_features` does.
     Rows of a store are proved finite by the store's integrity check of their shards
-    (:meth:`StoreMatrix.verify_shards`: each shard read once, a damaged one is a ``StoreDamagedError``).
+    (:meth:`StoreMatrix.verify_shards`: each shard read once, a damaged one is a ``StoreDamagedError``);
+    with ``store_on_read`` not even that pass is made: the store checks each shard before its first read
+    anyway, so a single pass over the rows (a prediction) meets a damaged shard before using any of its rows.
+    Training checks first (a damaged store fails before any fit, and a sweep does not record it per head).
     """
     from .validate import check_features
 
@@ -297,7 +309,7 @@ def check_finite(X: Any, keys: Sequence[str] | None = None, *, what: str = "trai
     matrix = X
     if len(matrix) == 0:
         raise DataError(f"no {what} items", hint="check the source and its error records")
-    if isinstance(matrix, StoreMatrix) and matrix.verify_shards():
+    if isinstance(matrix, StoreMatrix) and (matrix.checks_on_read() if store_on_read else matrix.verify_shards()):
         matrix.checked_finite = True  # the store's check of each shard found every vector finite
         return matrix
     bad: list[np.ndarray] = []

@@ -160,7 +160,8 @@ class Model:
     def _label(self, fs: FeatureSet, keep_proba: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
         """(probabilities or None, labels) of every row of ``fs``, read chunk by chunk; without ``keep_proba``
         (and no decision threshold) only the labels are kept (the probabilities of one chunk at a time)."""
-        X = check_finite(fs.vectors, fs.key_names, what="prediction")  # rows are read chunk by chunk
+        # rows are read chunk by chunk; store rows in one pass (each shard checked by the store as it is read)
+        X = check_finite(fs.vectors, fs.key_names, what="prediction", store_on_read=True)
         if not keep_proba and not self.decision and hasattr(self.head, "predict_proba"):
             return None, self._labels_by_chunk(X)
         proba = self.predict_proba_features(X)
