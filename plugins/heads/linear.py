@@ -143,8 +143,8 @@ class LinearHead(Head):
         n, k = len(X), len(self.classes_)
         warm = X.sample(WARM_ROWS, rng)
         Xw, yw = X.take(warm), y_idx[warm]
-        geometry = _Geometry(torch.from_numpy(Xw[np.sort(rng.choice(len(warm), min(len(warm), COV_ROWS), replace=False))]).to(device),
-                             k)
+        cov = np.sort(rng.choice(len(warm), min(len(warm), COV_ROWS), replace=False))
+        geometry = _Geometry(torch.from_numpy(Xw[cov]).to(device), k)
         W = torch.zeros(X.dim, k, device=device)
         b = torch.zeros(k, device=device)
         l2, path = self.l2, []
