@@ -85,7 +85,7 @@ def test_train_and_eval_peak_memory_does_not_grow_with_items(tmp_path, tiny_back
         assert evaluated["out"]["n"] == n and evaluated["out"]["accuracy"] > 0.5
         peaks[(n, "eval")] = evaluated["vmhwm_kb"] * 1024
     print("peak RSS (VmHWM), MiB:", {k: round(v / 2**20, 1) for k, v in peaks.items()})
-    # the old lists grew ~400 B (train) and ~690 B (eval) an item; measured here: train 170-223 B, eval 116 B
+    # the old lists grew ~400 B (train) and ~690 B (eval) an item; measured here: train 158-223 B, eval 104-116 B
     # (240-325 B while sklearn's confusion_matrix/precision_recall_fscore_support and np.isin copied every label
     # and digest several times)
     for step, bound in (("train", 300), ("eval", 175)):
