@@ -207,9 +207,9 @@ def eval_cmd(ctx: click.Context, model_dir: str, source: str, html_out: str | No
 @click.argument("model_dir")
 @click.argument("source")
 @click.option("--out", "-o", "out", required=True, metavar="OUT", help="OUT.csv, OUT.jsonl or OUT.parquet.")
-@click.option("--store/--no-store", "use_store", default=None,
-              help="Embed through the feature store (cached for the next run), or in memory without it. "
-                   "Default: in memory for sources of at most 1000 items, else the store.")
+@click.option("--use-store/--no-store", "use_store", default=None,
+              help="Embed through the feature store (items cached for the next run), or in memory without "
+                   "touching it. Default: in memory for sources of at most 1000 items (64 MiB), else the store.")
 @embed_runtime_options
 @reader_options
 @trust_option

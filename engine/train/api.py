@@ -456,10 +456,11 @@ def predict(model_dir: Model | str | Path, source: Any, out: str | Path | None =
     embed_options.setdefault("labelled", False)  # new data: labels (often a blank column) are ignored
     fs = None
     if store is not True:
-        from .fastpath import FAST_PATH_MAX_ITEMS, in_memory_features
+        from .fastpath import FAST_PATH_MAX_BYTES, FAST_PATH_MAX_ITEMS, in_memory_features
 
-        fs = in_memory_features(model, source, limit=None if store is False else FAST_PATH_MAX_ITEMS, engine=engine,
-                                **embed_options)
+        unbounded = store is False
+        fs = in_memory_features(model, source, limit=None if unbounded else FAST_PATH_MAX_ITEMS,
+                                max_bytes=None if unbounded else FAST_PATH_MAX_BYTES, engine=engine, **embed_options)
     if out is None:
         return model.predict(fs if fs is not None else source, engine=engine, **embed_options)
     return _predict_to(model, fs if fs is not None else model.features(source, engine=engine, **embed_options), out)

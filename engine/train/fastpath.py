@@ -21,14 +21,18 @@ from ..heads.features import FeatureSet
 #: Sources of at most this many items skip the feature store (``predict(store=None)``, the default); measured
 #: crossover: see docs/deploy.md (Predicting without the store).
 FAST_PATH_MAX_ITEMS = 1000
+#: ... and whose payloads (text, image file bytes, arrays) hold at most this many bytes, all held in memory at once.
+FAST_PATH_MAX_BYTES = 64 * 2**20
 
 
-def in_memory_features(model: Any, source: Any, *, limit: int | None = FAST_PATH_MAX_ITEMS, engine: Any = None,
+def in_memory_features(model: Any, source: Any, *, limit: int | None = FAST_PATH_MAX_ITEMS,
+                       max_bytes: int | None = FAST_PATH_MAX_BYTES, engine: Any = None,
                        reader_options: Any = None, reader: str | None = None, device: str = "auto",
                        batch_size: int | None = None, threads: int | None = None, labelled: bool | None = False,
                        **_ignored: Any) -> FeatureSet | None:
     """The FeatureSet of ``source`` (a path or reader ref) embedded in memory by ``model``'s backbone, or
-    ``None`` when ``source`` holds more than ``limit`` items (``limit=None``: any number) or is not a path/ref.
+    ``None`` when ``source`` holds more than ``limit`` items or ``max_bytes`` of payloads (None: no bound), or
+    is not a path/ref.
 
     Options not listed (``workers``, ``progress``, ``precision``) have no effect here: items are prepared in
     this process, and the backbone runs at the model's own precision."""
@@ -53,8 +57,8 @@ def in_memory_features(model: Any, source: Any, *, limit: int | None = FAST_PATH
         options = dataclasses.replace(options, labelled=labelled)
     options = backbone_vocabulary(options, name, engine)
     src = open_source(str(source), options, reader=reader, engine=engine)
-    items = list(itertools.islice(iter(src), None if limit is None else limit + 1))
-    if limit is not None and len(items) > limit:
+    items = _take(src, limit, max_bytes)
+    if items is None:
         return None
     spec = resolve_backbone(name, engine)
     if spec.modality != src.modality:
@@ -99,3 +103,15 @@ def in_memory_features(model: Any, source: Any, *, limit: int | None = FAST_PATH
             row_refs.append(item.ref)
     return FeatureSet(row_keys, row_refs, None, vectors=vectors[rows] if rows else np.zeros((0, spec.dim), np.float32),
                       errors=errors, fingerprint=exported.fingerprint, backbone=spec.name, precision=precision)
+
+
+def _take(src: Any, limit: int | None, max_bytes: int | None) -> list[Any] | None:
+    """The items of ``src``, or None as soon as there are more than ``limit`` or their payloads pass ``max_bytes``."""
+    items, size = [], 0
+    for item in itertools.islice(iter(src), None if limit is None else limit + 1):
+        items.append(item)
+        payload = item.payload
+        size += payload.nbytes if hasattr(payload, "nbytes") else len(payload) if payload is not None else 0
+        if max_bytes is not None and size > max_bytes:
+            return None
+    return None if limit is not None and len(items) > limit else items
