@@ -527,7 +527,7 @@ def predict_paths(results: Path, base: str) -> str:
         return _missing("predict", "python benchmarks/bench_predict.py --only paths")
     p = r["paths"]
     return (f"`python benchmarks/bench_predict.py --only paths` — {p['how']}; seconds per call "
-            f"({_source('predict', r, base)}){_load_during(p)}:\n\n"
+            f"({_source('predict', r, base)}){_load_during(p)}:\n"
             + _table(p["rows"], [("new texts", "items"), ("in memory (fast path) s", "fast_s"),
                                  ("store, all new s", "store_new_s"), ("store, all cached s", "store_cached_s"),
                                  ("store new / fast", "store_new_over_fast"),
