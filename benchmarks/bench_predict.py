@@ -405,7 +405,12 @@ def bench_paths(sizes: list[int], repeat: int = 3) -> dict[str, Any]:
 
 def _runs(fn: Callable[[int, int], dict[str, Any]], thread_counts: list[int], calls: int) -> dict[str, Any]:
     """Images: one full run per thread count; the first run's common figures at the top."""
-    runs = [fn(t, calls) for t in thread_counts]
+    import os
+
+    runs = []
+    for t in thread_counts:
+        load_before = round(os.getloadavg()[0], 2)
+        runs.append({**fn(t, calls), "loadavg_1min": [load_before, round(os.getloadavg()[0], 2)]})
     common = {k: v for k, v in runs[0].items() if k not in ("rows", "threads") and not k.endswith("ratio")}
     return {**common, "runs": [{k: v for k, v in r.items() if k in ("threads", "rows", "loadavg_1min")
                                 or k.endswith("ratio")} for r in runs]}

@@ -39,10 +39,7 @@ def in_memory_features(model: Any, source: Any, *, limit: int | None = FAST_PATH
     if isinstance(source, np.ndarray) or hasattr(source, "vectors") or not model.backbone.get("name"):
         return None
     from ..backbones.export import export, find_export
-    from ..backbones.preprocess import make_preprocessor
     from ..backbones.resolve import resolve_backbone
-    from ..backbones.runtime import Encoder
-    from ..embed.encode import batch_settings, encode_prepared
     from ..embed.items import ReaderOptions
     from ..embed.job import error_record
     from ..embed.sources import open_source
@@ -68,41 +65,49 @@ def in_memory_features(model: Any, source: Any, *, limit: int | None = FAST_PATH
     precision = model.backbone.get("precision", "fp32")
     exported = find_export(spec, precision, engine.settings) or export(spec, precision, settings=engine.settings,
                                                                         engine=engine)
-    failed: dict[str, Any] = {}  # key -> error record (read errors are kept per row, below)
-    todo: list[int] = []
-    seen: set[str] = set()
-    for i, item in enumerate(items):
-        if item.error is None and item.key not in seen:
-            seen.add(item.key)
-            todo.append(i)
-    vectors = np.zeros((0, spec.dim), np.float32)
-    at: dict[str, int] = {}
-    if todo:
-        pre = make_preprocessor(spec)
-        prepared = pre.prepare_many([items[i].payload for i in todo])
-        keys, refs = [items[i].key for i in todo], [items[i].ref for i in todo]
-        encoder = None
-        if any(not isinstance(p, BaseException) for p in prepared):
-            encoder = Encoder(exported, device=device, threads=threads)
-        size, max_tokens = batch_settings(spec.modality, encoder.device if encoder else "cpu", batch_size)
-        out = encode_prepared([(0, prepared)], keys, refs, pre, encoder.run if encoder else None, spec.dim, size,
-                              max_tokens)
-        failed.update((record.key, record) for record in out.errors)
-        if out.vectors is not None:
-            vectors = out.vectors
-        at = {key: row for row, key in enumerate(out.keys)}
-    rows, row_keys, row_refs, errors = [], [], [], []
-    for item in items:
+    vectors, at, failed = _encode_once(items, spec, exported, device, threads, batch_size)
+    rows, keys, refs, errors = [], [], [], []
+    for item in items:  # one row per item, duplicates included, in the source's order (as the store path)
         if item.error is not None:
             errors.append(error_record(item.key, item.ref, item.error, "read"))
         elif item.key in failed:
             errors.append(error_record(item.key, item.ref, failed[item.key].reason, failed[item.key].stage))
         else:
             rows.append(at[item.key])
-            row_keys.append(item.key)
-            row_refs.append(item.ref)
-    return FeatureSet(row_keys, row_refs, None, vectors=vectors[rows] if rows else np.zeros((0, spec.dim), np.float32),
-                      errors=errors, fingerprint=exported.fingerprint, backbone=spec.name, precision=precision)
+            keys.append(item.key)
+            refs.append(item.ref)
+    return FeatureSet(keys, refs, None, vectors=vectors[rows], errors=errors, fingerprint=exported.fingerprint,
+                      backbone=spec.name, precision=precision)
+
+
+def _encode_once(items: list[Any], spec: Any, exported: Any, device: str, threads: int | None,
+                 batch_size: int | None) -> tuple[np.ndarray, dict[str, int], dict[str, Any]]:
+    """(vectors, key -> row of ``vectors``, key -> error record) for the readable ``items``, each distinct
+    content once, through the store path's preprocessing and length-sorted batches."""
+    from ..backbones.preprocess import make_preprocessor
+    from ..backbones.runtime import Encoder
+    from ..embed.encode import batch_settings, encode_prepared
+
+    todo: dict[str, Any] = {}
+    for item in items:
+        if item.error is None:
+            todo.setdefault(item.key, item)
+    if not todo:
+        return np.zeros((0, spec.dim), np.float32), {}, {}
+    pre = make_preprocessor(spec)
+    prepared = pre.prepare_many([item.payload for item in todo.values()])
+    encoder = None
+    if any(not isinstance(p, BaseException) for p in prepared):
+        encoder = Encoder(exported, device=device, threads=threads)
+    size, max_tokens = batch_settings(spec.modality, encoder.device if encoder else "cpu", batch_size)
+    out = encode_prepared([(0, prepared)], list(todo), [item.ref for item in todo.values()], pre,
+                          encoder.run if encoder else _no_session, spec.dim, size, max_tokens)
+    vectors = out.vectors if out.vectors is not None else np.zeros((0, spec.dim), np.float32)
+    return vectors, {key: row for row, key in enumerate(out.keys)}, {r.key: r for r in out.errors}
+
+
+def _no_session(inputs: dict[str, np.ndarray]) -> np.ndarray:  # pragma: no cover - no prepared item to run
+    raise AssertionError("no item was prepared, so no batch runs")
 
 
 def _take(src: Any, limit: int | None, max_bytes: int | None) -> list[Any] | None:
