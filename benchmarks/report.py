@@ -526,12 +526,16 @@ def predict_paths(results: Path, base: str) -> str:
     if not r or not r.get("paths"):
         return _missing("predict", "python benchmarks/bench_predict.py --only paths")
     p = r["paths"]
+    for row in p["rows"]:  # the share of cached items at which the store path takes the fast path's time
+        gap = row["store_new_s"] - row["store_cached_s"]
+        row["break_even"] = f"{round(100 * (row['store_new_s'] - row['fast_s']) / gap)} %" if gap > 0 else "-"
     return (f"`python benchmarks/bench_predict.py --only paths` — {p['how']}; seconds per call "
             f"({_source('predict', r, base)}){_load_during(p)}:\n"
             + _table(p["rows"], [("new texts", "items"), ("in memory (fast path) s", "fast_s"),
                                  ("store, all new s", "store_new_s"), ("store, all cached s", "store_cached_s"),
                                  ("store new / fast", "store_new_over_fast"),
-                                 ("store cached / fast", "store_cached_over_fast")])
+                                 ("store cached / fast", "store_cached_over_fast"),
+                                 ("break-even: share cached", "break_even")])
             + f"\nDefault threshold: in memory up to {p['fast_path_max_items']} items.\n\n" + _machine_line(r) + "\n")
 
 
