@@ -1,7 +1,8 @@
 """Prediction latency and throughput: a headstart bundle (one ONNX file on onnxruntime) against what users write
 today, in the same process, with the same thread count.
 
-    python benchmarks/bench_predict.py [--threads 2] [--calls 200] [--only text|images|knn]
+    python benchmarks/bench_predict.py [--threads 1,2] [--calls 200] [--only text|images|knn|paths]
+        [--path-sizes 1,10,100,1000,10000]
 
 - text: the README's support-ticket model (MiniLM + linear head) as a bundle fed raw strings, against
   ``SentenceTransformer.encode`` + a fitted scikit-learn ``LogisticRegression.predict_proba``.
@@ -15,6 +16,13 @@ Batch: items/s over the test items in batches (text 32; images of differing size
 per call, torch gets batches of 16; same-size images (resized to ``SAME_SIZE``): batches of 16 for both, the
 bundle fed them stacked on the channel axis).
 knn: the kNN head alone over 10,000-200,000 random 384-d vectors (file size, build, load, query p50).
+paths: ``headstart predict`` through the Python API (``headstart.predict(model, csv, out, store=...)``, in this
+process: the model and session load are paid by every call, as a CLI run pays them) on 1-10,000 new texts, via
+the feature store (a fresh store: every item new; then again, every item cached) and via the in-memory fast path
+(``store=False``); where the fast path stops paying is ``FAST_PATH_MAX_ITEMS`` (engine/train/fastpath.py).
+Each engine runs at each ``--threads`` count (torch.set_num_threads for torch; intra-op threads for onnxruntime),
+at its best settings for single items: the bundle as ``load_bundle`` opens it, sentence-transformers under
+``torch.inference_mode`` with ``batch_size=1``.
 Writes benchmarks/results/predict.json; ``python benchmarks/report.py`` renders it into docs/deploy.md.
 """
 
@@ -83,14 +91,22 @@ def throughput(fn: Callable[[list[Any]], Any], items: list[Any], batch: int, rep
 
 
 def _session(path: Path, threads: int):
-    import onnxruntime as ort
+    """The bundle's session as ``load_bundle`` opens it (its recommended settings) at ``threads`` threads."""
+    from headstart.engine.bundle.loader import open_session
 
-    from headstart.engine.bundle.loader import session_options
-
-    return ort.InferenceSession(str(path), session_options(threads=threads), providers=["CPUExecutionProvider"])
+    return open_session(path, threads=threads)
 
 
-def bench_text(threads: int, calls: int) -> dict[str, Any]:
+def _text_model() -> Path:
+    import headstart as hs
+
+    model_dir = OUT / "support-linear"
+    if not (model_dir / "manifest.json").is_file():
+        hs.train(str(TRAIN), "linear", backbone="minilm-l6", out=model_dir, progress=False)
+    return model_dir
+
+
+def bench_text(thread_counts: list[int], calls: int) -> dict[str, Any]:
     import torch
     from sentence_transformers import SentenceTransformer
     from sklearn.linear_model import LogisticRegression
@@ -98,20 +114,94 @@ def bench_text(threads: int, calls: int) -> dict[str, Any]:
     import headstart as hs
     from headstart.plugins.backbones.minilm import _model_dir
 
-    model_dir = OUT / "support-linear"
-    if not (model_dir / "manifest.json").is_file():
-        hs.train(str(TRAIN), "linear", backbone="minilm-l6", out=model_dir, progress=False)
+    model_dir = _text_model()
     bundle = OUT / "support.onnx"
     hs.bundle(model_dir, bundle)
-    session = _session(bundle, threads)
     bundle8 = OUT / "support-int8.onnx"  # the int8 bundle: its gate reports the label agreement and accuracy delta
     parity8 = hs.bundle(model_dir, bundle8, precision="int8").parity
-    session8 = _session(bundle8, threads)
-    torch.set_num_threads(threads)
     st = SentenceTransformer(_model_dir(), device="cpu")
     lr = LogisticRegression(max_iter=1000).fit(st.encode(_texts(TRAIN), batch_size=32), _labels(TRAIN))
     texts = _texts(TEST)
     many = (texts * (512 // len(texts) + 1))[:512]
+    runs = [_text_run(threads, calls, bundle, bundle8, st, lr, texts, many) for threads in thread_counts]
+    session = _session(bundle, thread_counts[0])
+    got = session.run(["label"], {"text": np.array(texts, dtype=object)})[0]
+    agree = float(np.mean([a == b for a, b in zip(got, lr.predict(st.encode(texts)))]))
+    return {"runs": runs, "items": len(texts), "batch_items": len(many), "batch_size": 32, "int8_parity": parity8,
+            "label_agreement": agree, "bundle_ops": _op_counts(bundle),
+            "single_item_tokens": _token_widths(bundle, texts),
+            "profile": _profile(bundle, texts, thread_counts[0])}
+
+
+def _profile(bundle: Path, texts: list[str], threads: int, calls: int = 100) -> dict[str, Any]:
+    """Where a single-text call of the bundle spends its time: onnxruntime's profiler (``enable_profiling``)
+    over ``calls`` calls, kernel time per op type (ms a call and share), the 8 largest."""
+    import collections
+    import tempfile
+
+    import onnxruntime as ort
+
+    from headstart.engine.bundle.loader import CPU_DISABLED_OPTIMIZERS, session_options
+
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        opts = session_options(threads=threads)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(bundle), opts, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
+        for i in range(calls):
+            session.run(["probabilities", "label"], {"text": np.array([texts[i % len(texts)]], dtype=object)})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: collections.Counter = collections.Counter()
+    runs = []
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+        elif e.get("cat") == "Session" and e["name"] == "model_run":
+            runs.append(e["dur"])
+    total = sum(per_op.values())
+    return {"threads": threads, "calls": calls, "model_run_p50_ms": round(float(np.median(runs)) / 1000, 3),
+            "kernel_ms_per_call": round(total / calls / 1000, 3),
+            "top_ops": [{"op": op, "ms_per_call": round(us / calls / 1000, 3), "share": round(us / total, 3)}
+                        for op, us in per_op.most_common(8)]}
+
+
+def _op_counts(path: Path) -> dict[str, int]:
+    """Node count per op type of the bundle's top graph (``domain:op`` for contrib ops): shows the fused
+    transformer ops (Attention, BiasGelu, EmbedLayerNormalization) survived the merge."""
+    import collections
+
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    return dict(collections.Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in nodes).most_common())
+
+
+def _token_widths(bundle: Path, texts: list[str]) -> dict[str, Any]:
+    """Width of the ``input_ids`` the in-graph tokenizer makes for one text a call (padded to the longest of
+    the call, so a single text is never padded)."""
+    import onnx
+
+    from headstart.engine.bundle.loader import open_session
+
+    model = onnx.load(str(bundle))
+    model.graph.output.extend([onnx.helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, None)])
+    probe = open_session(model.SerializeToString())
+    widths = [int(probe.run(["input_ids"], {"text": np.array([t], dtype=object)})[0].shape[1]) for t in texts]
+    tokens = [int((probe.run(["input_ids"], {"text": np.array([t], dtype=object)})[0] != 0).sum()) for t in texts]
+    return {"min": min(widths), "median": float(np.median(widths)), "max": max(widths),
+            "padding_tokens": int(sum(widths) - sum(tokens))}
+
+
+def _text_run(threads: int, calls: int, bundle: Path, bundle8: Path, st: Any, lr: Any, texts: list[str],
+              many: list[str]) -> dict[str, Any]:
+    import os
+
+    import torch
+
+    load_before = round(os.getloadavg()[0], 2)
+    session, session8 = _session(bundle, threads), _session(bundle8, threads)
+    torch.set_num_threads(threads)
 
     def bundle_one(t: str):
         return session.run(["probabilities", "label"], {"text": np.array([t], dtype=object)})
@@ -126,21 +216,22 @@ def bench_text(threads: int, calls: int) -> dict[str, Any]:
         return session8.run(["probabilities", "label"], {"text": np.array(ts, dtype=object)})
 
     def st_one(t: str):
-        return lr.predict_proba(st.encode([t], batch_size=1))
+        with torch.inference_mode():
+            return lr.predict_proba(st.encode([t], batch_size=1))
 
     def st_many(ts: list[str]):
-        return lr.predict_proba(st.encode(ts, batch_size=len(ts)))
+        with torch.inference_mode():
+            return lr.predict_proba(st.encode(ts, batch_size=len(ts)))
 
     ours, theirs, ours8 = paired_latency([bundle_one, st_one, int8_one], texts, calls)
     rows = [{"engine": "headstart bundle (onnxruntime)", **ours, "items_per_s": throughput(bundle_many, many, 32)},
             {"engine": "SentenceTransformer.encode + LogisticRegression", **theirs,
              "items_per_s": throughput(st_many, many, 32)},
             {"engine": "headstart bundle --precision int8", **ours8, "items_per_s": throughput(int8_many, many, 32)}]
-    agree = float(np.mean([a == b for a, b in zip(bundle_many(texts)[1], lr.predict(st.encode(texts)))]))
-    return {"rows": rows, "items": len(texts), "batch_items": len(many), "batch_size": 32,
-            "p50_ratio": round(rows[1]["p50_ms"] / rows[0]["p50_ms"], 2),
-            "p50_ratio_int8": round(rows[1]["p50_ms"] / rows[2]["p50_ms"], 2), "int8_parity": parity8,
-            "throughput_ratio": round(rows[0]["items_per_s"] / rows[1]["items_per_s"], 2), "label_agreement": agree}
+    return {"threads": threads, "rows": rows, "p50_ratio": round(rows[1]["p50_ms"] / rows[0]["p50_ms"], 2),
+            "p50_ratio_int8": round(rows[1]["p50_ms"] / rows[2]["p50_ms"], 2),
+            "throughput_ratio": round(rows[0]["items_per_s"] / rows[1]["items_per_s"], 2),
+            "loadavg_1min": [load_before, round(os.getloadavg()[0], 2)]}
 
 
 def photos(root: Path, per_class: int, seed: int) -> list[Path]:
@@ -219,7 +310,7 @@ def bench_images(threads: int, calls: int) -> dict[str, Any]:
              "items_per_s": throughput(torch_many, test_images, 16), "same_size_items_per_s": throughput(torch_many, same, 16)}]
     agree = float(np.mean([str(bundle_one(im)[1][0]) == str(lr.predict(torch_features([im]))[0]) for im in test_images]))
     batch_agree = float(np.mean([a == b for a, b in zip(bundle_batch(same)[1], [bundle_one(im)[1][0] for im in same])]))
-    return {"rows": rows, "items": len(test_images), "batch_items": len(test_images), "batch_size": 16,
+    return {"threads": threads, "rows": rows, "items": len(test_images), "batch_items": len(test_images), "batch_size": 16,
             "same_size": list(SAME_SIZE), "in_graph_resize_p50_ms": resize_only["p50_ms"],
             "p50_ratio": round(rows[1]["p50_ms"] / rows[0]["p50_ms"], 2),
             "throughput_ratio": round(rows[0]["items_per_s"] / rows[1]["items_per_s"], 2),
@@ -269,32 +360,102 @@ def bench_knn(threads: int, calls: int) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def bench_paths(sizes: list[int], repeat: int = 3) -> dict[str, Any]:
+    """Seconds of ``headstart.predict(model, csv, out)`` on ``size`` new texts through the feature store (a
+    fresh store: every item new; then the same call again: every item cached) and in memory (``store=False``),
+    in this process; the median of ``repeat`` runs up to 100 items, one run above."""
+    import os
+    import shutil
+
+    import headstart as hs
+    from headstart.engine.plugins import get_engine
+    from headstart.engine.train.fastpath import FAST_PATH_MAX_ITEMS
+    from headstart.engine.train.model import load_model
+
+    model_dir = _text_model()
+    fingerprint = load_model(model_dir).backbone["fingerprint"]
+    store_dir = get_engine().settings.features_dir / fingerprint
+    pool = _texts(TRAIN) + _texts(TEST)
+    rows = []
+    for n in sizes:
+        source = OUT / "paths" / f"texts-{n}.csv"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        with open(source, "w", newline="", encoding="utf-8") as fh:  # new texts: a pool text + a number
+            csv.writer(fh).writerows([["text"], *([f"{pool[i % len(pool)]} (ticket {i})"] for i in range(n))])
+        out = OUT / "paths" / f"predictions-{n}.csv"
+        load_before = round(os.getloadavg()[0], 2)
+        times: dict[str, list[float]] = {"fast": [], "store_new": [], "store_cached": []}
+        for _ in range(repeat if n <= 100 else 1):
+            for name in times:
+                if name == "store_new":
+                    shutil.rmtree(store_dir, ignore_errors=True)  # every item new to the store
+                start = time.perf_counter()
+                hs.predict(model_dir, str(source), str(out), store=name != "fast", progress=False)
+                times[name].append(time.perf_counter() - start)
+        row = {"items": n, **{f"{k}_s": round(float(np.median(v)), 3) for k, v in times.items()}}
+        row["store_new_over_fast"] = round(row["store_new_s"] / row["fast_s"], 2)
+        row["store_cached_over_fast"] = round(row["store_cached_s"] / row["fast_s"], 2)
+        row["loadavg_1min"] = [load_before, round(os.getloadavg()[0], 2)]
+        rows.append(row)
+        print(row, flush=True)
+    return {"rows": rows, "fast_path_max_items": FAST_PATH_MAX_ITEMS,
+            "how": "headstart.predict(model, csv, out, store=True|False) in one Python process, the support-ticket "
+                   "linear model (MiniLM), default threads"}
+
+
+def _runs(fn: Callable[[int, int], dict[str, Any]], thread_counts: list[int], calls: int) -> dict[str, Any]:
+    """Images: one full run per thread count; the first run's common figures at the top."""
+    import os
+
+    runs = []
+    for t in thread_counts:
+        load_before = round(os.getloadavg()[0], 2)
+        runs.append({**fn(t, calls), "loadavg_1min": [load_before, round(os.getloadavg()[0], 2)]})
+    common = {k: v for k, v in runs[0].items() if k not in ("rows", "threads") and not k.endswith("ratio")}
+    return {**common, "runs": [{k: v for k, v in r.items() if k in ("threads", "rows", "loadavg_1min")
+                                or k.endswith("ratio")} for r in runs]}
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default: 1,2)")
     parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--only", choices=["text", "images", "knn"], default=None)
+    parser.add_argument("--only", choices=["text", "images", "knn", "paths"], default=None)
+    parser.add_argument("--path-sizes", default="1,10,100,1000,10000")
     args = parser.parse_args(argv)
+    thread_counts = [int(t) for t in args.threads.split(",")]
     os.environ.setdefault("HEADSTART_HOME", str(HOME))
     OUT.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"machine": machine(), "threads": args.threads, "calls": args.calls}
+    result: dict[str, Any] = {"machine": machine(), "threads": thread_counts, "calls": args.calls}
     previous = RESULTS / "predict.json"
+    parts = ("text", "images", "knn", "paths")
     if args.only and previous.is_file():  # one part re-measured: keep the others' figures
         old = json.loads(previous.read_text())
-        result.update({k: v for k, v in old.items() if k in ("text", "images", "knn") and k != args.only})
-    for name, fn in (("text", bench_text), ("images", bench_images), ("knn", bench_knn)):
-        if args.only in (None, name):
-            load_before = round(os.getloadavg()[0], 2)
-            result[name] = fn(args.threads, args.calls)
-            result[name]["loadavg_1min"] = [load_before, round(os.getloadavg()[0], 2)]  # others' jobs share the CPUs
-            if name == "knn":
-                print(table(result[name]["rows"], ["n", "cells", "bytes", "build_s", "load_s", "p50_ms", "p99_ms"]))
-                continue
-            print(f"\n{name}: p50 ratio {result[name]['p50_ratio']}x, throughput ratio "
-                  f"{result[name]['throughput_ratio']}x, label agreement {result[name]['label_agreement']}")
-            print(table(result[name]["rows"], ["engine", "p50_ms", "p99_ms", "items_per_s"]))
+        result.update({k: v for k, v in old.items() if k in parts and k != args.only})
+    for name in parts:
+        if args.only not in (None, name):
+            continue
+        load_before = round(os.getloadavg()[0], 2)
+        if name == "text":
+            result[name] = bench_text(thread_counts, args.calls)
+        elif name == "images":
+            result[name] = _runs(bench_images, thread_counts, args.calls)
+        elif name == "knn":
+            result[name] = bench_knn(thread_counts[0], args.calls)
+        else:
+            result[name] = bench_paths([int(n) for n in args.path_sizes.split(",")])
+        result[name]["loadavg_1min"] = [load_before, round(os.getloadavg()[0], 2)]  # others' jobs share the CPUs
+        if name == "knn":
+            print(table(result[name]["rows"], ["n", "cells", "bytes", "build_s", "load_s", "p50_ms", "p99_ms"]))
+        elif name == "paths":
+            print(table(result[name]["rows"], ["items", "fast_s", "store_new_s", "store_cached_s"]))
+        else:
+            for run in result[name]["runs"]:
+                print(f"\n{name}, {run['threads']} thread(s): p50 ratio {run['p50_ratio']}x, throughput ratio "
+                      f"{run['throughput_ratio']}x, label agreement {result[name]['label_agreement']}")
+                print(table(run["rows"], ["engine", "p50_ms", "p99_ms", "items_per_s"]))
     save("predict", result)
     return 0
 

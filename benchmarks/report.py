@@ -469,34 +469,56 @@ def _load_during(part: dict[str, Any]) -> str:
     return f" (1-min load average {load[0]} → {load[1]} on the 2 cores)" if load else ""
 
 
+def _predict_runs(part: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-thread-count runs of a predict.json part (older files: one run at the top level)."""
+    return part.get("runs") or [{k: part[k] for k in part if k in ("rows", "loadavg_1min") or k.endswith("ratio")}]
+
+
 def predict(results: Path, base: str) -> str:
     r = load("predict", results)
     if not r:
         return _missing("predict", "python benchmarks/bench_predict.py")
-    out = [f"`{r['machine']['command']}` — {r['threads']} thread(s) per engine, {r['calls']} warm single-item calls per engine; "
-           f"{_source('predict', r, base)}:\n"]
+    threads = r["threads"] if isinstance(r["threads"], list) else [r["threads"]]
+    out = [f"`{r['machine']['command']}` — at {' and '.join(map(str, threads))} thread(s) per engine, {r['calls']} "
+           f"warm single-item calls per engine; {_source('predict', r, base)}:\n"]
     for name, what in (("text", "texts"), ("images", "images")):
         part = r.get(name)
         if not part:
             continue
-        out += [f"\n{name.capitalize()}: {part['items']} test {what}, batches of {part['batch_size']} over "
-                f"{part['batch_items']} {what}; bundle p50 {part['p50_ratio']}× faster than the baseline, batch "
-                f"throughput {part['throughput_ratio']}× the baseline's, label agreement {part['label_agreement']}"
-                f"{_load_during(part)}:\n",
-                _table(part["rows"], [("engine", "engine"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
-                                      (f"{what}/s", "items_per_s")]
-                       + ([(f"same-size {what}/s", "same_size_items_per_s")] if "same_size" in part else []))]
-        if "p50_ratio_int8" in part:
+        for run in _predict_runs(part):
+            at = f", {run['threads']} thread(s)" if "threads" in run else ""
+            out += [f"\n{name.capitalize()}{at}: {part['items']} test {what}, batches of {part['batch_size']} over "
+                    f"{part['batch_items']} {what}; bundle p50 {run['p50_ratio']}× faster than the baseline, batch "
+                    f"throughput {run['throughput_ratio']}× the baseline's, label agreement {part['label_agreement']}"
+                    f"{_load_during(run)}:\n",
+                    _table(run["rows"], [("engine", "engine"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
+                                         (f"{what}/s", "items_per_s")]
+                           + ([(f"same-size {what}/s", "same_size_items_per_s")] if "same_size" in part else []))]
+            if "p50_ratio_int8" in run:
+                out.append(f"\nThe int8 bundle: p50 {run['p50_ratio_int8']}× faster than the baseline.\n")
+        if "int8_parity" in part:
             gate = (part.get("int8_parity") or {}).get("validation", {})
-            out.append(f"\nThe int8 bundle: p50 {part['p50_ratio_int8']}× faster than the baseline; its gate on the "
-                       f"validation split: label agreement {gate.get('label_agreement')}, accuracy delta "
-                       f"{gate.get('accuracy_delta_pt')} pt on {gate.get('items')} items.\n")
+            out.append(f"\nThe int8 bundle's gate on the validation split: label agreement "
+                       f"{gate.get('label_agreement')}, accuracy delta {gate.get('accuracy_delta_pt')} pt on "
+                       f"{gate.get('items')} items.\n")
+        if part.get("profile"):
+            prof = part["profile"]
+            tokens = part.get("single_item_tokens") or {}
+            ops = ", ".join(f"{o['op']} {o['ms_per_call']} ms ({round(100 * o['share'])} %)" for o in prof["top_ops"][:5])
+            fused = ", ".join(f"{k.split(':')[-1]} ×{v}" for k, v in (part.get("bundle_ops") or {}).items()
+                              if k.startswith("com.microsoft:"))
+            out.append(f"\nWhere a single-text call of the fp32 bundle goes (onnxruntime's profiler, {prof['threads']} "
+                       f"thread, {prof['calls']} calls; kernel time {prof['kernel_ms_per_call']} ms a call): {ops}. "
+                       f"Its fused transformer ops: {fused}. Single texts are not padded (input_ids width "
+                       f"{tokens.get('min')}–{tokens.get('max')} tokens, {tokens.get('padding_tokens')} padding "
+                       f"tokens).\n")
         if "same_size" in part:
             w, h = part["same_size"]
-            ours = part["rows"][0]
+            run = _predict_runs(part)[0]
+            ours = run["rows"][0]
             out.append(f"\nSame-size batches ({w}×{h}, 16 a call; the bundle fed them stacked on the channel axis, "
-                       f"`[H, W, 48]`): {part['same_size_throughput_ratio']}× the baseline's throughput, labels as "
-                       f"one-by-one calls: {part['batch_label_agreement']}; the same images one call each: "
+                       f"`[H, W, 48]`): {run.get('same_size_throughput_ratio')}× the baseline's throughput, labels "
+                       f"as one-by-one calls: {part['batch_label_agreement']}; the same images one call each: "
                        f"{ours.get('same_size_one_by_one_items_per_s')} images/s. The in-graph resize + crop + "
                        f"normalisation alone: p50 {part['in_graph_resize_p50_ms']} ms.\n")
     if r.get("knn"):
@@ -506,9 +528,28 @@ def predict(results: Path, base: str) -> str:
     return "".join(out) + "\n" + _machine_line(r) + "\n"
 
 
+def predict_paths(results: Path, base: str) -> str:
+    r = load("predict", results)
+    if not r or not r.get("paths"):
+        return _missing("predict", "python benchmarks/bench_predict.py --only paths")
+    p = r["paths"]
+    for row in p["rows"]:  # the share of cached items at which the store path takes the fast path's time
+        gap = row["store_new_s"] - row["store_cached_s"]
+        row["break_even"] = f"{round(100 * (row['store_new_s'] - row['fast_s']) / gap)} %" if gap > 0 else "-"
+    return (f"`python benchmarks/bench_predict.py --only paths` — {p['how']}; seconds per call "
+            f"({_source('predict', r, base)}){_load_during(p)}:\n"
+            + _table(p["rows"], [("new texts", "items"), ("in memory (fast path) s", "fast_s"),
+                                 ("store, all new s", "store_new_s"), ("store, all cached s", "store_cached_s"),
+                                 ("store new / fast", "store_new_over_fast"),
+                                 ("store cached / fast", "store_cached_over_fast"),
+                                 ("break-even: share cached", "break_even")])
+            + f"\nDefault threshold: in memory up to {p['fast_path_max_items']} items.\n\n" + _machine_line(r) + "\n")
+
+
 RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "scale": scale,
     "predict": predict,
+    "predict-paths": predict_paths,
     "readme-performance": readme_performance,
     "embed-text": embed_text,
     "embed-images": embed_images,

@@ -26,6 +26,11 @@ def assemble(pre: Any | None, backbone_path: Path, head: Any, output_name: str, 
     if pre is not None:
         links = [(o.name, o.name) for o in pre.graph.output]
         merged = compose.merge_models(pre, merged, io_map=links)
+    opsets: dict[str, int] = {}
+    for o in merged.opset_import:  # merge_models repeats the default domain once per part
+        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    del merged.opset_import[:]
+    merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
     merged.graph.name = "headstart_bundle"
     merged.producer_name = "headstart"
     set_metadata(merged, metadata)

@@ -96,6 +96,7 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
 
     from .assemble import assemble, set_metadata
     from .head_graph import SCORES_KIND, head_graph, head_kind
+    from .loader import CPU_DISABLED_OPTIMIZERS
 
     pre, not_in_graph = _preprocessing_graph(spec)
     tokenizer_json, tokenizer_meta, text_feed = None, None, None
@@ -128,6 +129,8 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
         "head": {"ref": model.manifest["head"].get("ref"), "name": model.manifest["head"].get("name")},
         "inputs": _inputs_doc(spec, tokenizer_meta), "probabilities": SCORES_KIND[head_kind(model)],
         "parity": parity, "model_created": model.manifest.get("created"),
+        "onnxruntime": {"graph_optimization_level": "ORT_ENABLE_ALL",
+                        "disabled_optimizers_on_cpu": list(CPU_DISABLED_OPTIMIZERS)},
         **({"tokenizer": tokenizer_meta} if tokenizer_meta else {}),
     }
     set_metadata(proto, metadata)  # the graph the gate ran, now with its figures

@@ -46,12 +46,10 @@ def bundle_runner(data: bytes, spec: Any, cuda: bool = False, text_feed: Callabl
     """``run(feeds) -> (labels, probabilities)`` over the serialized bundle ``data`` (``cuda``: on the CUDA
     provider, as fp16 bundles run; ``text_feed``: strings -> the bundle's inputs, for a text bundle whose
     tokenizer ships beside it)."""
-    import onnxruntime as ort
+    from .loader import image_feeds, open_session
 
-    from .loader import image_feeds, session_options
-
-    session = ort.InferenceSession(data, session_options(needs_extensions=spec.modality == "text" and not text_feed),
-                                   providers=(["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"])
+    session = open_session(data, needs_extensions=spec.modality == "text" and not text_feed,
+                           providers=(["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"])
     outputs = ["probabilities", "label"]
 
     def run(feeds: list[Any]) -> tuple[list[str], np.ndarray]:

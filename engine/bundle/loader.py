@@ -14,14 +14,22 @@ from typing import Any, Sequence
 
 #: The custom-op domain of onnxruntime-extensions (the in-graph tokenizer).
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"
+#: onnxruntime graph optimisers a bundle runs faster without on the CPU provider (also in the bundle's metadata,
+#: ``onnxruntime``): the transformer exports keep each residual Add apart from its LayerNormalization, which
+#: onnxruntime would fuse again at load into its slower CPU SkipLayerNormalization kernel (docs/deploy.md, Speed).
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 def session_options(*, threads: int | None = None, needs_extensions: bool = True) -> Any:
-    """onnxruntime SessionOptions with onnxruntime-extensions' ops registered when ``needs_extensions``."""
+    """onnxruntime SessionOptions with onnxruntime-extensions' ops registered when ``needs_extensions``:
+    all graph optimisations, ``threads`` intra-op threads (None: onnxruntime's default, one per core), one
+    inter-op thread, sequential execution, idle threads spinning (the lowest single-call latency)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -34,22 +42,31 @@ def session_options(*, threads: int | None = None, needs_extensions: bool = True
     return opts
 
 
+def open_session(model: str | Path | bytes, *, threads: int | None = None, providers: Sequence[str] | None = None,
+                 needs_extensions: bool = True) -> Any:
+    """An onnxruntime InferenceSession of a bundle (a path or its bytes) with the settings it is meant to run
+    with: :func:`session_options`, and :data:`CPU_DISABLED_OPTIMIZERS` when it runs on the CPU provider alone."""
+    import onnxruntime as ort
+
+    providers = list(providers or ["CPUExecutionProvider"])
+    on_cpu = all(p == "CPUExecutionProvider" for p in providers)
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                session_options(threads=threads, needs_extensions=needs_extensions),
+                                providers=providers, disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if on_cpu else [])
+
+
 class Bundle:
     """A loaded bundle: ``predict(items) -> (labels, probabilities)``; ``metadata`` is its metadata_props."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None, providers: Sequence[str] | None = None) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         try:
             import onnxruntime_extensions  # noqa: F401 - registered below when installed
             extensions = True
         except ImportError:
             extensions = False
-        opts = session_options(threads=threads, needs_extensions=extensions)
         try:
-            self.session = ort.InferenceSession(str(self.path), opts,
-                                                providers=list(providers or ["CPUExecutionProvider"]))
+            self.session = open_session(self.path, threads=threads, providers=providers, needs_extensions=extensions)
         except Exception as exc:
             if not extensions and EXTENSIONS_DOMAIN in str(exc):
                 raise ImportError(f"{self.path} tokenises text in the graph: pip install onnxruntime-extensions") from exc

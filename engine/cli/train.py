@@ -207,13 +207,16 @@ def eval_cmd(ctx: click.Context, model_dir: str, source: str, html_out: str | No
 @click.argument("model_dir")
 @click.argument("source")
 @click.option("--out", "-o", "out", required=True, metavar="OUT", help="OUT.csv, OUT.jsonl or OUT.parquet.")
+@click.option("--use-store/--no-store", "use_store", default=None,
+              help="Embed through the feature store (items cached for the next run), or in memory without "
+                   "touching it. Default: in memory for sources of at most 1000 items (64 MiB), else the store.")
 @embed_runtime_options
 @reader_options
 @trust_option
 @json_option
 @click.pass_context
-def predict(ctx: click.Context, model_dir: str, source: str, out: str, trust_pickle: bool, as_json: bool,
-            **options: Any) -> None:
+def predict(ctx: click.Context, model_dir: str, source: str, out: str, use_store: bool | None, trust_pickle: bool,
+            as_json: bool, **options: Any) -> None:
     """Predict labels for SOURCE with the model in MODEL_DIR; write key, ref, label, probabilities.
 
     Labels in SOURCE are ignored (a blank label column is the normal case for new data).
@@ -221,7 +224,7 @@ def predict(ctx: click.Context, model_dir: str, source: str, out: str, trust_pic
     from ..train.api import predict as predict_api
 
     engine = CliState.from_ctx(ctx).engine()
-    result = predict_api(model_dir, source, out, trust=trust_pickle, engine=engine,
+    result = predict_api(model_dir, source, out, trust=trust_pickle, engine=engine, store=use_store,
                          **embed_kwargs(labelled=False, **options))
     if as_json:
         echo_json({"out": out, "predictions": len(result.labels), "errors": len(result.errors),

@@ -453,9 +453,13 @@ def _files_of(model: Model | str | Path) -> list[Path]:
 
 
 def predict(model_dir: Model | str | Path, source: Any, out: str | Path | None = None, *, trust: bool = False,
-            engine: Any = None, **embed_options: Any) -> Predictions:
+            engine: Any = None, store: bool | None = None, **embed_options: Any) -> Predictions:
     """Predict ``source`` with a model; with ``out`` (.csv, .jsonl or .parquet) also write one row per
-    item: key, ref, label, probabilities (and, for items that could not be embedded, error)."""
+    item: key, ref, label, probabilities (and, for items that could not be embedded, error).
+
+    ``store``: embed through the feature store (True), in memory without it (False), or - the default,
+    None - in memory when ``source`` holds at most ``fastpath.FAST_PATH_MAX_ITEMS`` items (see
+    :mod:`.fastpath`)."""
     if out is not None:
         from ..embed.sources import refuse_output_over_inputs
         from .report import output_format
@@ -464,9 +468,16 @@ def predict(model_dir: Model | str | Path, source: Any, out: str | Path | None =
         refuse_output_over_inputs(out, [source, *_files_of(model_dir)])
     model = _model(model_dir, trust, engine)
     embed_options.setdefault("labelled", False)  # new data: labels (often a blank column) are ignored
+    fs = None
+    if store is not True:
+        from .fastpath import FAST_PATH_MAX_BYTES, FAST_PATH_MAX_ITEMS, in_memory_features
+
+        unbounded = store is False
+        fs = in_memory_features(model, source, limit=None if unbounded else FAST_PATH_MAX_ITEMS,
+                                max_bytes=None if unbounded else FAST_PATH_MAX_BYTES, engine=engine, **embed_options)
     if out is None:
-        return model.predict(source, engine=engine, **embed_options)
-    return _predict_to(model, model.features(source, engine=engine, **embed_options), out)
+        return model.predict(fs if fs is not None else source, engine=engine, **embed_options)
+    return _predict_to(model, fs if fs is not None else model.features(source, engine=engine, **embed_options), out)
 
 
 #: rows per block of a prediction file written while predicting

@@ -1,10 +1,8 @@
 """What ``headstart predict`` computes for raw items, without the feature store: the backbone's own
 preprocessing, its cached export on onnxruntime (the model's precision, CPU) and the fitted head.
 
-The bundle's parity gate (:mod:`headstart.engine.bundle.gate`) compares bundles with it. (Measured as a
-``headstart predict`` fast path for small files: 5-20 % faster on 1-32 new items, since the onnxruntime
-session dominates, and ~50x slower on items already in the store, which need no session - so predict keeps
-the store.)
+The bundle's parity gate (:mod:`headstart.engine.bundle.gate`) compares bundles with it. ``headstart predict``'s
+fast path for small sources is :mod:`.fastpath` (it reads and batches exactly as the store path does).
 """
 
 from __future__ import annotations
