@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MAX_FOLDS = 4
 HARDNESS = 1.0
-DEFAULT_LR = 1e-4  # top block; the blocks below get layer_decay times the one above
+DEFAULT_LR = 2e-4  # top block; the blocks below get layer_decay times the one above
 
 
 @hookimpl
