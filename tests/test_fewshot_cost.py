@@ -130,7 +130,7 @@ def test_the_patch_plan_is_kept_per_base_export_and_read_by_the_next_fine_tune(d
     result = finetune(str(data["train"]), f"hf:{data['bert']}", "linear", out=data["root"] / "tuned",
                       options=FinetuneOptions.for_objective("contrastive", **OPTS))
     assert result.outcome.best_epoch >= 1
-    folder = next((env_home / "finetuned").glob("*/finetuned.json")).parent
+    folder = env_home / "finetuned" / result.model.backbone["name"].split(":", 1)[1]
     meta = json.loads((folder / "finetuned.json").read_text())
     assert meta["delta"] is True and meta["graph_patch"]["offsets"]  # spliced, not rewritten through protobuf
     plans = list((env_home / "finetuned" / PLANS).glob("*.json"))
