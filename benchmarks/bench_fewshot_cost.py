@@ -10,7 +10,14 @@ On the shipped MiniLM with its top two blocks changed (as ``--objective contrast
 * ``parity reference``: the tuned PyTorch model on the 18 probe texts as one batch padded to the longest
   (old) vs length-sorted batches of 4 (new);
 * ``checkpoint``: what one final-run epoch's checkpoint blocks training: write + fsync (old) vs taking the
-  snapshot only, the write overlapping the next epoch (new).
+  snapshot only, the write overlapping the next epoch (new);
+* ``weights file``: the tuned backbone written to ``<home>/finetuned/``: the full state dict (old) vs only the
+  trained tensors, a delta over the base weights (new);
+* ``graph patch``: the tuned initializers written into the base export: protobuf load + rewrite + save of the
+  whole model (old) vs a byte copy with the recorded spans rewritten (new);
+* ``patch plan``: where the tuned weights go in the base graph: read the graph and hash the parameters (old)
+  vs read the plan kept for this base export (new);
+* ``AdamW step``: one optimiser step on the top two blocks: the per-tensor loop (old) vs the fused kernel (new).
 
 Writes benchmarks/results/fewshot_cost.json and prints the table. 1 torch thread.
 """
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from headstart.engine.plugins import get_engine
     from headstart.plugins.finetune.checkpoint import BackgroundWriter, checkpoint_bytes, save_checkpoint
     from headstart.plugins.finetune.finetuned import finetuned_spec, write_finetuned
-    from headstart.plugins.finetune.graph_patch import plan_for
+    from headstart.plugins.finetune.graph_patch import plan_for, write_patched, write_spliced
     from headstart.sdk import build_module, make_preprocessor, resolve_backbone
 
     engine = get_engine()
@@ -89,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - started
 
     optimizer = torch.optim.AdamW([p for n, p in module.named_parameters() if ".layer.4." in n or ".layer.5." in n])
+    top = [p for n, p in module.named_parameters() if ".layer.4." in n or ".layer.5." in n]
+    adam_old, adam_new = torch.optim.AdamW(top), torch.optim.AdamW(top, fused=True)
     trainable = torch.nn.ParameterDict({n.replace(".", "__"): p for n, p in module.named_parameters()
                                         if ".layer.4." in n or ".layer.5." in n})
     loss = sum(p.sum() for p in trainable.values())
@@ -100,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     def snapshot() -> bytes:
         return checkpoint_bytes(model=trainable, best={}, optimizer=optimizer, scaler=None, state={"epoch": 1})
 
+    tuned_np = {n: v.numpy() for n, v in tuned.items()}
+    delta = {n: v for n, v in tuned.items() if ".layer.4." in n or ".layer.5." in n}
+    base_graph = export(base, "fp32", engine=engine).path
+    plans = Path(tempfile.mkdtemp(dir=WORK))
+    plan_for(base, base_state, tuned_np, cache=plans)  # the kept plan the new way reads
+    scratch = Path(tempfile.mkdtemp(dir=WORK))
+    for p_ in top:
+        p_.grad = torch.zeros_like(p_)
+    adam_old.step()
+    adam_new.step()
     cases = {
         "export": (lambda: export(traced, "fp32", engine=engine, force=True),
                    lambda: export(patched, "fp32", engine=engine, force=True)),
@@ -108,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": (lambda: save_checkpoint(ckpt, model=trainable, best={}, optimizer=optimizer, scaler=None,
                                                state={"epoch": 1}),
                        lambda: writer.submit(snapshot())),
+        "weights file": (lambda: write_finetuned(scratch / "full", base.name, tuned, {}),
+                         lambda: write_finetuned(scratch / "delta", base.name, delta, {}, delta=True)),
+        "graph patch": (lambda: write_patched(base_graph, patch["plan"], tuned_np, scratch / "rewritten.onnx"),
+                        lambda: write_spliced(base_graph, patch["plan"], patch["offsets"], tuned_np,
+                                              scratch / "spliced.onnx")),
+        "patch plan": (lambda: plan_for(base, base_state, tuned_np),
+                       lambda: plan_for(base, base_state, tuned_np, cache=plans)),
+        "AdamW step": (adam_old.step, adam_new.step),
     }
     rows = []
     for name, (old, new) in cases.items():
@@ -121,8 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"step": name, "old_s": round(statistics.median(times["old"]), 3),
                      "new_s": round(statistics.median(times["new"]), 3), "runs": times, "load": loadavg()})
         print(json.dumps(rows[-1]), flush=True)
-    data = {"benchmark": "fewshot_cost", "machine": machine(), "repeats": args.repeats, "rows": rows}
+    data = {"benchmark": "fewshot_cost", "machine": {**machine(), "loadavg_end": loadavg()}, "repeats": args.repeats,
+            "rows": rows}
     Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
+    import shutil
+
+    for folder in (ckpt, plans, scratch):
+        shutil.rmtree(folder, ignore_errors=True)
     print(f"{'step':<18} {'old s':>8} {'new s':>8}")
     for r in rows:
         print(f"{r['step']:<18} {r['old_s']:>8.3f} {r['new_s']:>8.3f}")

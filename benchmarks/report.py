@@ -248,6 +248,16 @@ def fewshot(results: Path, base: str) -> str:
             + "\n" + _machine_line(r) + "\n")
 
 
+def fewshot_cost(results: Path, base: str) -> str:
+    r = load("fewshot_cost", results)
+    if not r:
+        return _missing("fewshot_cost", "python benchmarks/bench_fewshot_cost.py")
+    rows = [{**row, "old": _n(row["old_s"], 3), "new": _n(row["new_s"], 3)} for row in r["rows"]]
+    return (f"`{r['machine']['command']}` — {_source('fewshot_cost', r, base)}; median of {r['repeats']} "
+            "alternating old/new runs:\n" + _table(rows, [("step", "step"), ("old s", "old"), ("new s", "new")])
+            + "\n" + _machine_line(r) + "\n")
+
+
 def ray(results: Path, base: str, name: str = "bench_ray") -> str:
     r = load(name, results)
     if not r:
@@ -557,6 +567,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "heads": heads,
     "finetune": finetune,
     "fewshot": fewshot,
+    "fewshot-cost": fewshot_cost,
     "ray": ray,
     "ray-paper": ray_paper,
     "ray-device": ray_device,

@@ -19,8 +19,8 @@ from ._common import (CliState, backbone_option, device_option, echo_json, forma
               show_default=True, help="contrastive: few labels (SetFit-style pairs, epochs chosen by k-fold CV).")
 @click.option("--unfreeze", default=None, help="all | last:N (top N backbone blocks train) [default: all; "
               "contrastive: last:2].")
-@click.option("--epochs", default=None, type=int, help="Most epochs [default: 5; contrastive: 10].")
-@click.option("--lr", default=None, type=float, help="Top backbone block LR [default: 5e-5 text, 1e-4 image].")
+@click.option("--epochs", default=None, type=int, help="Most epochs [default: 5, contrastive too].")
+@click.option("--lr", default=None, type=float, help="Top backbone block LR [default: 5e-5 text, 1e-4 image; contrastive: 2e-4].")
 @click.option("--head-lr", default=None, type=float, help="Head LR [default: 10 x --lr].")
 @click.option("--layer-decay", default=0.8, show_default=True, type=float, help="LR factor per block going down.")
 @click.option("--batch-size", default=None, type=int, help="[default: 32; contrastive: 16].")

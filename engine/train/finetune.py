@@ -31,7 +31,7 @@ METRICS = ("accuracy", "macro_f1")
 # objective -> the built-in finetuner that trains it (``finetune(finetuner=...)`` can name another plugin)
 OBJECTIVES = {"cross-entropy": "torch", "contrastive": "contrastive"}
 # each objective's defaults where they differ from FinetuneOptions' (the CLI's unset options take these)
-OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {"contrastive": {"unfreeze": "last:2", "epochs": 10, "batch_size": 16}}
+OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {"contrastive": {"unfreeze": "last:2", "epochs": 5, "batch_size": 16}}
 CHECKPOINT_DIR = "checkpoint"
 BACKBONE_DIR = "backbone"
 FINETUNED_DIR = "finetuned"  # <home>/finetuned/<sha16>/: fine-tuned weights, content-addressed
@@ -90,7 +90,7 @@ class FinetuneOptions:
 
     @classmethod
     def for_objective(cls, objective: str, **overrides: Any) -> "FinetuneOptions":
-        """Options with ``objective``'s defaults (contrastive: top 2 blocks, up to 10 epochs, batches of 16),
+        """Options with ``objective``'s defaults (contrastive: top 2 blocks, up to 5 epochs, batches of 16),
         then ``overrides`` (``None`` values keep the default)."""
         defaults = OBJECTIVE_DEFAULTS.get(objective, {})
         return cls(objective=objective, **{**defaults, **{k: v for k, v in overrides.items() if v is not None}})

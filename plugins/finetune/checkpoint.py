@@ -46,7 +46,8 @@ def checkpoint_bytes(*, model: Any, best: dict[str, Any], optimizer: Any, scaler
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    # no copies: ``save`` serialises into new bytes right here, so training may change the tensors afterwards
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {**state, "format": FORMAT, "param_groups": opt["param_groups"],
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
     return save(tensors, metadata={"headstart": json.dumps(meta)})

@@ -39,7 +39,7 @@ from .blocks import block_key, block_label, group_blocks
 from .checkpoint import FILE as CHECKPOINT_FILE
 from .checkpoint import BackgroundWriter, checkpoint_bytes, load_checkpoint, read_meta
 from .finetuned import write_finetuned
-from .graph_patch import plan_for
+from .graph_patch import PLANS, plan_for
 from .pair_loss import centroid_scores, pair_cosine_loss
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MAX_FOLDS = 4
 HARDNESS = 1.0
-DEFAULT_LR = 1e-4  # top block; the blocks below get layer_decay times the one above
+DEFAULT_LR = 2e-4  # top block; the blocks below get layer_decay times the one above
 
 
 @hookimpl
@@ -127,6 +127,14 @@ class _Body:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def _adamw(groups: list[dict[str, Any]]) -> Any:
+    """AdamW with the fused CPU kernel (several times faster per step than the per-tensor loop on a few
+    million parameters; the same update rule)."""
+    import torch
+
+    return torch.optim.AdamW(groups, fused=True)
+
+
 def _train_epoch(body: _Body, optimizer: Any, y: Any, rows: np.ndarray, batch_size: int, seed: int) -> float:
     """One pass over ``rows`` in shuffled batches; each batch's loss covers all its pairs."""
     import torch
@@ -169,11 +177,13 @@ def _choose_epoch(curves: list[list[dict[str, Any]]], y: np.ndarray, folds: list
     return best, mean, classification_metrics(classes[y], classes[pred], classes)
 
 
-def _graph_patch(spec: Any, body: _Body, tuned: dict[str, Any]) -> dict[str, Any] | None:
+def _graph_patch(spec: Any, body: _Body, state: dict[str, Any], tuned: dict[str, Any],
+                 cache: Any) -> dict[str, Any] | None:
     """Where the tuned top blocks go in the base export's graph (graph_patch.py), or None: trace it."""
     arrays = {n: v.detach().cpu().numpy() for n, v in tuned.items()}
-    base = {**arrays, **{n: v.cpu().numpy() for n, v in body.initial.items()}}
-    return plan_for(spec, base, arrays)
+    base = {**{n: v.detach().cpu().numpy() for n, v in state.items()},
+            **{n: v.cpu().numpy() for n, v in body.initial.items()}}
+    return plan_for(spec, base, arrays, cache=cache)
 
 
 def run(request: "FinetuneRequest") -> "FinetuneOutcome":
@@ -196,7 +206,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     body = _Body(request, items)
     cache_seconds = time.perf_counter() - started
     lr = opts.lr if opts.lr is not None else DEFAULT_LR
-    optimizer = torch.optim.AdamW(body.groups(lr, opts.layer_decay, opts.weight_decay))
+    optimizer = _adamw(body.groups(lr, opts.layer_decay, opts.weight_decay))
     folds = _folds(y_np, opts.seed)
     checkpoint = request.checkpoint_dir
     meta = read_meta(checkpoint) if request.resume else None
@@ -231,7 +241,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     for fold in range(len(state["curves"]), len(folds) if state["phase"] == "cv" else 0):
         train_rows, held = folds[fold]
         body.reset()
-        fold_opt = torch.optim.AdamW(body.groups(lr, opts.layer_decay, opts.weight_decay))
+        fold_opt = _adamw(body.groups(lr, opts.layer_decay, opts.weight_decay))
 
         def score() -> dict[str, Any]:
             emb = body.embed_all(np.concatenate([train_rows, held]))
@@ -297,15 +307,16 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     head = clone(request.head)
     head.fit(emb, np.asarray(request.classes)[y_np])
     body.prefix.restore()
-    tuned = body.module.state_dict()
     if state["target_epochs"] == 0:  # no epoch beat the frozen body: it is kept (its cached export, no new one)
         ref, files = request.spec.name, []
-    else:
+    else:  # only the trained tensors are written (a delta over the base backbone's weights)
+        tuned = {n: body.params[n] for n in body.initial}
+        patch = _graph_patch(request.spec, body, body.module.state_dict(), tuned, request.finetuned_root / PLANS)
         ref, files = write_finetuned(request.finetuned_root, request.spec.name, tuned,
                                      {"head": request.head_name, "objective": "contrastive",
                                       "best_epoch": state["best_epoch"],
                                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                      "graph_patch": _graph_patch(request.spec, body, tuned)})
+                                      "graph_patch": patch}, delta=True)
     info = {"device": "cpu", "precision": "fp32", "objective": "contrastive", "trainable_blocks": body.trainable_names,
             "trainable_parameters": int(sum(v.numel() for v in body.initial.values())),
             "optimizer_steps": state["optimizer_steps"], "folds": len(folds), "items": len(items),

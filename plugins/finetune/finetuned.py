@@ -1,11 +1,12 @@
 """Fine-tuned backbones as specs: ``finetuned:<sha16>`` -> the base spec with new weights and a new identity.
 
 Weights live content-addressed under ``<home>/finetuned/<sha16>/``: ``backbone.safetensors``
-(the full state dict of the base spec's PyTorch module) and ``finetuned.json`` (base backbone
-ref, sha256), written last: a folder without it does not exist. The spec keeps the base's
+(the full state dict of the base spec's PyTorch module, or with ``"delta": true`` in the metadata only
+the tensors the fine-tune changed: the rest are the base backbone's own) and ``finetuned.json`` (base
+backbone ref, sha256), written last: a folder without it does not exist. The spec keeps the base's
 preprocessing, pooling and output; its ``weights`` add the safetensors file (hashed into the
 fingerprint) and ``extra`` adds ``("finetuned", sha256)``. ``build_torch`` builds the base
-module and loads the fine-tuned weights (strict). When ``finetuned.json`` holds a ``graph_patch`` plan
+module and loads the fine-tuned weights (strict: every tensor, or for a delta every stored one, must fit). When ``finetuned.json`` holds a ``graph_patch`` plan
 (graph_patch.py), the ONNX graph is the base export with the tuned weights written into its
 initializers (already fused: no tracing, no fusion pass); otherwise the tuned module is traced. Resolving never imports torch, so a
 fine-tuned model predicts from its cached export on onnxruntime alone.
@@ -30,28 +31,39 @@ def folder_for(root: Path, sha: str) -> Path:
     return root / sha[:16]
 
 
-def write_finetuned(root: Path, base: str, state: dict[str, Any], info: dict[str, Any]) -> tuple[str, list[Path]]:
-    """Save ``state`` (a torch state dict) for base backbone ``base``; return (ref, files)."""
+def write_finetuned(root: Path, base: str, state: dict[str, Any], info: dict[str, Any],
+                    delta: bool = False) -> tuple[str, list[Path]]:
+    """Save ``state`` (a torch state dict, or with ``delta`` only the changed tensors of one) for base
+    backbone ``base``; return (ref, files)."""
     from safetensors.torch import save
 
     from headstart.sdk import write_bytes_atomic, write_json_atomic
 
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    data = save(tensors, metadata={"base": base})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}  # save() copies them into bytes
+    data = save(tensors, metadata={"base": base, **({"delta": "true"} if delta else {})})
     sha = hashlib.sha256(data).hexdigest()
     folder = folder_for(root, sha)
     write_bytes_atomic(folder / WEIGHTS, data)
-    write_json_atomic(folder / META, {"base": base, "sha256": sha, **info})
+    write_json_atomic(folder / META, {"base": base, "sha256": sha, **({"delta": True} if delta else {}), **info})
     return f"{PREFIX}{sha[:16]}", [folder / WEIGHTS, folder / META]
 
 
-def _build(base: Any, weights: str) -> Any:
+def _build(base: Any, weights: str, delta: bool = False) -> Any:
     from safetensors.torch import load_file
 
     from headstart.sdk import build_module
 
     module = build_module(base)
-    module.load_state_dict(load_file(weights), strict=True)
+    if not delta:
+        module.load_state_dict(load_file(weights), strict=True)
+        return module.eval()
+    tuned = load_file(weights)
+    own = module.state_dict()
+    wrong = sorted(k for k, v in tuned.items() if k not in own or own[k].shape != v.shape)
+    if wrong:
+        raise BackboneError(f"fine-tuned weights {weights}: {len(wrong)} tensors do not fit '{base.name}' "
+                            f"(first: {wrong[0]})", hint="the base backbone changed since the fine-tune; fine-tune again")
+    module.load_state_dict(tuned, strict=False)
     return module.eval()
 
 
@@ -88,5 +100,5 @@ def finetuned_spec(ref: str, engine: Any) -> Any:
     return dataclasses.replace(
         base, name=ref, source=f"{base.name} fine-tuned ({weights})",
         description=f"{base.name} fine-tuned end to end ({meta.get('head', 'head')}, {meta.get('created', '')})",
-        weights=(*base.weights, weights), build_torch=lambda: _build(base, weights), aliases=(), default=False,
+        weights=(*base.weights, weights), build_torch=lambda: _build(base, weights, bool(meta.get("delta"))), aliases=(), default=False,
         extra=(*base.extra, *extra, ("finetuned", meta["sha256"])), **exporter)

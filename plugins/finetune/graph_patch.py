@@ -22,6 +22,8 @@ import numpy as np
 
 #: the part counts an initializer may be split into along its last axis (fused Q/K/V: 3)
 SPLITS = (3,)
+#: the folder under ``<home>/finetuned/`` where plans are kept per base export and set of changed parameters
+PLANS = "plans"
 
 
 def _key(arr: np.ndarray) -> tuple:
@@ -95,16 +97,87 @@ def write_patched(graph: Path, plan: dict[str, list[list[str]]], tuned: dict[str
     onnx.save(model, str(out))
 
 
-def plan_for(base_spec: Any, base: dict[str, np.ndarray], tuned: dict[str, np.ndarray]) -> dict[str, Any] | None:
+def plan_for(base_spec: Any, base: dict[str, np.ndarray], tuned: dict[str, np.ndarray],
+             cache: Path | None = None) -> dict[str, Any] | None:
     """The patch plan of a fine-tune against the base backbone's fp32 export (exported if not cached):
-    ``{"base_export": fingerprint, "plan": ...}`` (an empty plan when nothing changed: the base graph as it is),
-    or None when the graph must be traced instead."""
-    from headstart.sdk import export_backbone
+    ``{"base_export": fingerprint, "plan": ..., "offsets": ...}`` (an empty plan when nothing changed: the base
+    graph as it is), or None when the graph must be traced instead.
+
+    ``cache``: a folder where the plan is kept per (base export, set of changed parameters): it depends on
+    nothing else (the export's fingerprint fixes its graph and the base weights), and every fine-tune of the
+    same blocks changes the same parameters, so the graph is read and the parameters hashed once."""
+    import json
+
+    from headstart.sdk import export_backbone, write_json_atomic
 
     changed = {n for n, v in tuned.items() if n in base and not np.array_equal(v, base[n])}
     exported = export_backbone(base_spec, "fp32")
+    names = hashlib.blake2b("\n".join(sorted(changed)).encode(), digest_size=8).hexdigest()
+    path = cache / f"{exported.fingerprint}-{names}.json" if cache is not None else None
+    if path is not None and path.is_file():
+        try:
+            kept = json.loads(path.read_text())
+            if kept.get("base_export") == exported.fingerprint and kept.get("changed") == sorted(changed):
+                return None if kept["plan"] is None else {k: kept[k] for k in ("base_export", "plan", "offsets")}
+        except (OSError, ValueError, KeyError):
+            pass  # an unreadable cache entry is made again
     plan = graph_plan(exported.path, base, changed)
-    return None if plan is None else {"base_export": exported.fingerprint, "plan": plan}
+    found = None if plan is None else {"base_export": exported.fingerprint, "plan": plan,
+                                       "offsets": raw_offsets(exported.path, plan)}
+    if path is not None:
+        write_json_atomic(path, {"base_export": exported.fingerprint, "changed": sorted(changed),
+                                 "plan": None if found is None else plan,
+                                 "offsets": None if found is None else found["offsets"]})
+    return found
+
+
+def raw_offsets(graph: Path, plan: dict[str, list[list[str]]]) -> dict[str, dict[str, Any]] | None:
+    """{initializer: {at, bytes, blake2b, dtype, shape}}: where each planned initializer's raw bytes are in the
+    serialised ``graph``, or None when one is not stored as raw little-endian bytes found exactly once.
+    With them the patched graph is a byte copy of the base with those spans rewritten (same shapes and
+    dtypes, so the same lengths): no protobuf parse or re-serialisation of the whole model."""
+    import onnx
+    from onnx import helper
+
+    if not plan:
+        return {}
+    model = onnx.load(str(graph))
+    data = graph.read_bytes()
+    out: dict[str, dict[str, Any]] = {}
+    for init in model.graph.initializer:
+        if init.name not in plan:
+            continue
+        raw = init.raw_data
+        if not raw or init.data_location == onnx.TensorProto.EXTERNAL:
+            return None
+        at = data.find(raw)
+        if at < 0 or data.find(raw, at + 1) >= 0:
+            return None  # not there, or twice: the span cannot be told
+        out[init.name] = {"at": at, "bytes": len(raw), "blake2b": hashlib.blake2b(raw, digest_size=16).hexdigest(),
+                          "dtype": np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).newbyteorder("<").str,
+                          "shape": list(init.dims)}
+    return out if set(out) == set(plan) else None
+
+
+def write_spliced(graph: Path, plan: dict[str, list[list[str]]], offsets: dict[str, dict[str, Any]],
+                  tuned: dict[str, np.ndarray], out: Path) -> bool:
+    """Write ``graph`` with the planned initializers' bytes replaced in place; False (nothing written) when
+    the base graph's bytes at the recorded offsets are not the ones the plan was made on."""
+    data = bytearray(graph.read_bytes())
+    for name, parts in plan.items():
+        span = offsets[name]
+        at, count = span["at"], span["bytes"]
+        if hashlib.blake2b(data[at:at + count], digest_size=16).hexdigest() != span["blake2b"]:
+            return False
+        values = [tuned[n].T if form == "T" else tuned[n] for n, form in parts]
+        new = (values[0] if len(values) == 1 else np.concatenate(values, axis=-1)).astype(np.dtype(span["dtype"]))
+        if list(new.shape) != span["shape"] or new.nbytes != count:
+            raise ValueError(f"initializer {name}: tuned shape {new.shape} != {tuple(span['shape'])}")
+        data[at:at + count] = np.ascontiguousarray(new).tobytes()
+    from headstart.sdk import write_bytes_atomic
+
+    write_bytes_atomic(out, bytes(data))
+    return True
 
 
 def export_patched(base_spec: Any, patch: dict[str, Any], weights: str, out: Path) -> None:
@@ -118,4 +191,8 @@ def export_patched(base_spec: Any, patch: dict[str, Any], weights: str, out: Pat
         raise BackboneError(f"the fine-tuned weights {weights} were planned against export {patch['base_export']} of "
                             f"'{base_spec.name}', this home has {exported.fingerprint} (other library versions)",
                             hint="fine-tune again in this environment, or export with the versions it was made with")
-    write_patched(exported.path, patch["plan"], load_file(weights), out)
+    tuned = load_file(weights)
+    offsets = patch.get("offsets")
+    if offsets and write_spliced(exported.path, patch["plan"], offsets, tuned, out):
+        return
+    write_patched(exported.path, patch["plan"], tuned, out)
