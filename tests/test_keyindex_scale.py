@@ -31,6 +31,8 @@ def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in (("FILTER_KEYS", 1), ("HI_FILE_KEYS", 1), ("DROP_AFTER_SEARCH_KEYS", 1), ("SLICE_KEYS", 64),
                         ("FILTER_SLICE_KEYS", 128), ("MERGE_BLOCK", 37)):
         monkeypatch.setattr(K, name, value)
+    monkeypatch.setattr(keyfilter, "CHUNK", 7)  # the filter of a merge step is built in several pieces
+    monkeypatch.setattr(K, "LOOKUP_CHUNK", 500)  # a call's keys are looked up in several steps
 
 
 def _fill(folder: Path, commits: int, per: int = 50) -> dict[bytes, int]:

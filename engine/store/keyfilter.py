@@ -22,6 +22,7 @@ import numpy as np
 BITS_PER_KEY = 12
 PROBES = 6  # bits set per key, 9 bits of the digest's low half each
 WORDS = 8  # uint64 words per block: one 64-byte cache line
+CHUNK = 1 << 15  # digests per step of FilterBuilder.add (its masks: 2 MB)
 _U = np.uint64
 
 
@@ -65,6 +66,9 @@ class FilterBuilder:
         self._carry: tuple[int, np.ndarray] | None = None  # the last block seen, still open
 
     def add(self, keys: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        if len(keys) > CHUNK:  # the (n, 8) masks of a whole merge step would be 64 B a key
+            return np.concatenate([self.add(keys[lo:lo + CHUNK], hi[lo:lo + CHUNK])
+                                   for lo in range(0, len(keys), CHUNK)])
         if not len(keys):
             return np.zeros((0, WORDS), np.uint64)
         blocks = blocks_of(hi, self.count)

@@ -65,6 +65,8 @@ FILTER_SLICE_KEYS = 1 << 21
 #: filters are read into memory (no page faults per look-up) up to this many bytes per index (10M keys take
 #: ~15 MB); the filters of further segments are mapped and their pages dropped after each look-up
 FILTER_MEMORY = 48 << 20
+#: keys looked up per step of one call (a commit of 1M keys looks its keys up too)
+LOOKUP_CHUNK = 1 << 16
 SUFFIXES = (".keys.npy", ".vals.npy", ".hi.npy", ".filter.npy")
 LOG = "log"
 DIGEST = np.dtype("S16")
@@ -268,6 +270,8 @@ class KeyIndex:
         (while the log keeps changing, up to :data:`MERGE_RACE_RETRIES` times).
         """
         keys = np.asarray(keys, dtype=DIGEST)
+        if len(keys) > LOOKUP_CHUNK:  # a filter check holds 128 B a key (its masks and blocks)
+            return np.concatenate([self.lookup(keys[lo:lo + LOOKUP_CHUNK]) for lo in range(0, len(keys), LOOKUP_CHUNK)])
         out = np.full(len(keys), -1, dtype=np.int64)
         if not len(keys):
             return out
