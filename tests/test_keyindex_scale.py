@@ -186,3 +186,59 @@ def test_sync_gives_an_old_index_its_filters_and_its_shadowed_scan(tmp_path: Pat
         pass
     index = KeyIndex(folder)
     assert index.tracked and all((folder / f"{s.name}.filter.npy").is_file() for s in index.segments)
+
+
+MIGRATE = """
+import json, sys
+import numpy as np
+from headstart.engine.store import keyindex as K
+K.FILTER_KEYS = K.HI_FILE_KEYS = 1
+index = K.KeyIndex(sys.argv[1])
+index.add_filters()
+index.track_shadowed()
+"""
+
+
+def _legacy_index(folder: Path) -> dict[bytes, int]:
+    """An index as the previous code left it: no filter files, no shadowed records (a key stored twice)."""
+    index = KeyIndex(folder)
+    truth: dict[bytes, int] = {}
+    twice = digests(["twice"])
+    for i in range(K.FANOUT + 2):
+        keys = np.concatenate([_batch(i, 40), twice])
+        values = np.arange(i * 41, i * 41 + 41)
+        index.commit(keys, values)
+        truth.update((k, v) for k, v in zip(keys.tolist(), values.tolist()) if k not in truth)
+    for path in folder.glob("*.filter.npy"):
+        path.unlink()
+    lines = [json.loads(line) for line in (folder / K.LOG).read_text().splitlines()]
+    (folder / K.LOG).write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("shadowed", "tracked")})
+                                        + "\n" for r in lines))
+    return truth
+
+
+@pytest.mark.parametrize("point", ["keyindex-filter-staged", "keyindex-shadowed-scanned"])
+def test_kill_9_while_migrating_an_old_index_loses_nothing(tmp_path: Path, small_thresholds: None,
+                                                           point: str) -> None:
+    import subprocess
+    import sys
+
+    from pause_control import env_with, kill_when_paused, pause_env
+
+    folder = tmp_path / "ix"
+    truth = _legacy_index(folder)
+    pauses = tmp_path / "pauses"
+    proc = subprocess.Popen([sys.executable, "-c", MIGRATE, str(folder)], env=env_with(pause_env(pauses, point)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kill_when_paused(pauses, point, proc)
+    killed = KeyIndex(folder)
+    assert not killed.tracked and killed.shadowed == set()  # the scan's line is the commit point
+    probe = np.array(list(truth), dtype="S16")
+    assert killed.lookup(probe).tolist() == list(truth.values())
+    killed.remove_orphans()  # the killed writer's temp file
+    assert not list(folder.glob(f".*{K.TMP_MARK}*"))
+    killed.add_filters()
+    assert killed.track_shadowed() == K.FANOUT + 1  # "twice" in every commit: all but its first row
+    again = KeyIndex(folder)
+    assert again.tracked and again.lookup(probe).tolist() == list(truth.values())
+    assert all((folder / f"{s.name}.filter.npy").is_file() for s in again.segments)

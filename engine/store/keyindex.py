@@ -41,6 +41,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import StoreError
+from ..faultpoints import pause_point
 from . import keyfilter
 from .atomic import FS, TMP_MARK, clean_temp_files, fsync_dir, write_bytes_atomic
 
@@ -465,6 +466,7 @@ class KeyIndex:
             finally:
                 reader.close()
             out.finish()
+            pause_point("keyindex-filter-staged", segment=segment.name)
             FS.replace(tmp, path)
             added.append(segment.name)
         if added:
@@ -591,6 +593,7 @@ class KeyIndex:
             same = np.flatnonzero(keys[1:] == keys[:-1]) + 1
             found += vals[same].tolist()
             last = (keys[-1], int(vals[np.searchsorted(keys, keys[-1])]))
+        pause_point("keyindex-shadowed-scanned", found=len(found))
         self._append({"add": [], "shadowed": sorted(set(found)), "scan": True})
         return len(found)
 
