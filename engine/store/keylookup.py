@@ -16,6 +16,15 @@ but not to the index, or a whole store written before the index existed): 24 byt
 at or past the snapshot's own count (later commits) count as absent. A writer (under the lock) indexes the
 tail first (:func:`sync`), in commits of :data:`SYNC_COMMIT_KEYS` keys, so a migration's memory is that of
 one commit.
+
+**Reading in stored order.** A re-run of a job reads its source in the order it was first embedded, so the
+keys of one look-up batch are (mostly) the keys of one or two shards, the ones after the shards the
+previous batch hit. When a batch's hits were that close together, the next batch is first matched against
+the digests of the shards that follow (:data:`PREDICTED_SHARDS`, read from their ``key`` column): one
+shard read per batch instead of a search per key in every index segment, whatever the store's size. Only
+keys not matched that way go to the index; a row the index marks as shadowed (its key also has a smaller
+row: a key stored twice) is never answered from a shard, so the answer stays the index's (the smallest
+row). Keys read in any other order cost nothing extra: no batch is predicted until one shows locality.
 """
 
 from __future__ import annotations
@@ -27,11 +36,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..errors import StoreError
 from .keyindex import DIGEST, KeyIndex, digests
 
 VECTOR_KEYS = "keys"
 ERROR_KEYS = "error-keys"
 SYNC_COMMIT_KEYS = 1 << 20
+#: shards read ahead of the last hit when look-ups arrive in stored order (a batch may straddle two)
+PREDICTED_SHARDS = 2
 
 
 def new_epoch() -> str:
@@ -56,6 +68,10 @@ class KindLookup:
         self._read_keys = read_keys
         self._tail: tuple[np.ndarray, np.ndarray] | None = None
         self.sizes_ok: bool | None = None  # set by the store: every shard has its recorded size
+        self._next: int | None = None  # the shard the next batch's keys are expected to start in (stored order)
+        self._shard_digests: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # shard -> its sorted digests, rows
+        #: keys asked, keys answered from predicted shards, shards read for that
+        self.stats = {"keys": 0, "predicted": 0, "shards_read": 0}
 
     @property
     def rows(self) -> int:
@@ -63,7 +79,13 @@ class KindLookup:
 
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Row (global, in manifest order) of each digest, -1 where absent."""
-        out = self.index.lookup(keys) if self.index is not None else np.full(len(keys), -1, np.int64)
+        out = np.full(len(keys), -1, np.int64)
+        self.stats["keys"] += len(keys)
+        if self._next is not None and self.index is not None and self.index.tracked:
+            self._from_shards(keys, out)
+        rest = np.flatnonzero(out < 0)
+        if self.index is not None and len(rest):
+            out[rest] = self.index.lookup(keys[rest])
         out[out >= self.rows] = -1  # committed after this snapshot
         if self.covered < len(self.entries):
             missing = np.flatnonzero(out < 0)
@@ -73,7 +95,48 @@ class KindLookup:
                 at = np.minimum(np.searchsorted(tail_keys, probe), max(len(tail_keys) - 1, 0))
                 hit = (tail_keys[at] == probe) if len(tail_keys) else np.zeros(len(probe), bool)
                 out[missing[hit]] = tail_vals[at[hit]]
+        self._learn(out)
         return out
+
+    def _learn(self, rows: np.ndarray) -> None:
+        """Predict the next batch's shards when this batch's hits lie within two neighbouring shards."""
+        found = rows[(rows >= 0) & (rows < self.starts[min(self.covered, len(self.entries))])]
+        self._next = None
+        if len(found):
+            first, last = self.shard_of(np.array([found.min(), found.max()]))
+            if last - first <= 1 and (after := int(self.shard_of(np.array([found.max() + 1]))[0])) < self.covered:
+                self._next = after
+
+    def _from_shards(self, keys: np.ndarray, out: np.ndarray) -> None:
+        """Answer ``keys`` found in the predicted shards (their own ``key`` column) into ``out``."""
+        assert self._next is not None
+        wanted = range(self._next, min(self._next + PREDICTED_SHARDS, self.covered))
+        for position in [p for p in self._shard_digests if p not in wanted]:
+            del self._shard_digests[position]
+        for position in wanted:
+            table = self._shard_digests.get(position)
+            if table is None:
+                try:
+                    shard_keys = digests(self._read_keys(self.entries[position]))
+                except StoreError:  # unreadable: the index answers (and the store's checks name the shard)
+                    return
+                rows = np.arange(self.starts[position], self.starts[position] + len(shard_keys), dtype=np.int64)
+                order = np.argsort(shard_keys, kind="stable")
+                table = self._shard_digests[position] = (shard_keys[order], rows[order])
+                self.stats["shards_read"] += 1
+            shard_keys, rows = table
+            if not len(shard_keys) or len(shard_keys) != self.starts[position + 1] - self.starts[position]:
+                continue
+            rest = np.flatnonzero(out < 0)
+            at = np.minimum(np.searchsorted(shard_keys, keys[rest]), len(shard_keys) - 1)
+            hit = shard_keys[at] == keys[rest]
+            found = rows[at[hit]]
+            if self.index is not None and self.index.shadowed:  # a key stored twice: the index answers it
+                keep = ~np.isin(found, np.fromiter(self.index.shadowed, np.int64))
+                hit[np.flatnonzero(hit)[~keep]] = False
+                found = found[keep]
+            out[rest[hit]] = found
+            self.stats["predicted"] += len(found)
 
     def shard_of(self, rows: np.ndarray) -> np.ndarray:
         """Position in ``entries`` of the shard holding each row."""
@@ -111,6 +174,8 @@ def sync(root: Path, folder: str, epoch: str, entries: list[dict], read_keys: Ca
          indexes: dict[Path, KeyIndex] | None = None) -> None:
     """Index every shard of ``entries`` the index of ``epoch`` does not cover yet (caller holds the write lock)."""
     index = open_index(Path(root) / folder / epoch, indexes)
+    index.add_filters()  # segments written before the filters existed: searched for every key until then
+    index.track_shadowed()  # an index written before keys stored twice were recorded: found once
     covered = int(index.meta.get("shards", 0))
     if covered > len(entries):  # cannot happen within an epoch under the lock; never trust such an index
         shutil.rmtree(index.folder, ignore_errors=True)
