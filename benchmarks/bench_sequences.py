@@ -1,7 +1,7 @@
 """Fraud in sequences: PR-AUC on the held-out accounts of examples/transactions, at several label counts.
 
     python benchmarks/bench_sequences.py [--pool 20000] [--small-pool 3000] [--labelled 2000] [--test 2000]
-        [--counts 100,400,1600] [--seeds 10] [--seeds-large 5] [--epochs 15] [--hidden 32,64] [--finetune-steps 60]
+        [--counts 100,400,1600] [--seeds 10] [--seeds-large 5] [--epochs 15] [--hidden 32] [--finetune-steps 60]
 
 (a) what a fintech team writes today: hand-made aggregate features of each account's window (counts, sums,
 amount statistics, time since last, recent bursts, country / category changes) + scikit-learn's
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10, help="labelled subsets at the smallest count")
     parser.add_argument("--seeds-large", type=int, default=5, help="labelled subsets at the other counts")
     parser.add_argument("--epochs", type=int, default=15, help="at most (the validation loss stops earlier)")
-    parser.add_argument("--hidden", default="32,64", help="GRU sizes tried; the lowest validation loss is used")
+    parser.add_argument("--hidden", default="32", help="GRU sizes tried; the lowest validation loss is used")
     parser.add_argument("--finetune-steps", type=int, default=60)
     parser.add_argument("--rss", default="", metavar="N,M",
                         help="only measure embed's peak RSS over tables of N and M accounts (needs a finished run); "

@@ -52,7 +52,7 @@ class PretrainOptions:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 2e-3
-    hidden: int = 64
+    hidden: int = 32
     val_fraction: float = 0.1
     patience: int = 3
     seed: int = 0
