@@ -1,17 +1,22 @@
 """Fraud in sequences: PR-AUC on the held-out accounts of examples/transactions, at several label counts.
 
-    python benchmarks/bench_sequences.py [--pool 3000] [--labelled 2000] [--test 2000] [--counts 100,400,1600]
-                                         [--seeds 3] [--epochs 8] [--hidden 32] [--finetune-steps 100]
+    python benchmarks/bench_sequences.py [--pool 20000] [--small-pool 3000] [--labelled 2000] [--test 2000]
+        [--counts 100,400,1600] [--seeds 10] [--seeds-large 5] [--epochs 15] [--hidden 32] [--finetune-steps 60]
 
 (a) what a fintech team writes today: hand-made aggregate features of each account's window (counts, sums,
 amount statistics, time since last, recent bursts, country / category changes) + scikit-learn's
-HistGradientBoostingClassifier; (b) a headstart `linear` head on a randomly initialised encoder (`pretrain
---epochs 0`); (c) the same head on the encoder pretrained on the unlabelled pool (next-event prediction), and
-on one pretrained with contrastive views of the same account (`--objective contrastive`);
-(d) that encoder fine-tuned end to end with a logistic output on the labelled subset (linear probe first, then
-``--finetune-steps`` steps of both). Each labelled subset is a
-stratified sample of the labelled accounts (seeded; at least 2 frauds); every figure is the mean over seeds.
-Train seconds: fitting on the subset (features already computed / embedded; pretraining is timed once).
+HistGradientBoostingClassifier, with its defaults and tuned (leaf size and learning rate chosen by stratified
+3-fold PR-AUC on the labelled subset); (b) a headstart `linear` head on a randomly initialised encoder
+(`pretrain --epochs 0`); (c) the same head on the encoder pretrained on the unlabelled pool (next-event
+prediction; the hidden size with the lowest validation loss of ``--hidden``, epochs by the validation loss), on
+one pretrained on only the first ``--small-pool`` accounts of the pool, and on one pretrained with contrastive
+views of the same account (`--objective contrastive`); what `headstart sweep --metric average_precision
+--save-best` gives (its default heads, the best on its validation split, refitted); (d) the pretrained encoder
+fine-tuned end to end with a logistic output on the labelled subset (linear probe first, then
+``--finetune-steps`` steps of both). Each labelled subset is a stratified sample of the labelled accounts
+(seeded; at least 2 frauds); ``--seeds`` subsets at the smallest count, ``--seeds-large`` at the others; every
+method sees the same subsets, so the per-seed differences to the baseline are paired. Train seconds: fitting on
+the subset (features already computed / embedded; pretraining is timed once).
 Writes benchmarks/results/sequences.json; `python benchmarks/report.py` renders it into docs/sequences.md.
 """
 
@@ -44,6 +49,8 @@ def _data(args: argparse.Namespace) -> Path:
         sys.path.insert(0, str(ROOT / "examples" / "transactions"))
         from generate import main as generate
 
+        for stale in folder.glob("pool-first-*.parquet"):
+            stale.unlink()
         generate([str(folder), "--pool", str(args.pool), "--labelled", str(args.labelled), "--test", str(args.test),
                   "--fraud-rate", str(args.fraud_rate)])
         stamp.write_text(json.dumps(params))
@@ -110,12 +117,53 @@ def _gbm(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndar
     return model.predict_proba(X_test)[:, 1]
 
 
+GBM_GRID = [dict(min_samples_leaf=leaf, learning_rate=lr) for leaf in (5, 20) for lr in (0.05, 0.1)]
+
+
+def _gbm_tuned(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndarray:
+    """HistGradientBoosting with the grid's settings of the best mean PR-AUC over stratified 3-fold CV of the
+    labelled subset (ties: the first, scikit-learn's defaults are in the grid), refitted on the whole subset."""
+    import warnings
+
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold
+
+    warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+    target = y == "fraud"
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=seed).split(X, target))
+    scores = []
+    for params in GBM_GRID:
+        aps = []
+        for train, val in folds:
+            model = HistGradientBoostingClassifier(random_state=seed, **params).fit(X[train], target[train])
+            aps.append(_ap(y[val], model.predict_proba(X[val])[:, 1]))
+        scores.append(float(np.mean(aps)))
+    best = GBM_GRID[int(np.argmax(scores))]
+    return HistGradientBoostingClassifier(random_state=seed, **best).fit(X, target).predict_proba(X_test)[:, 1]
+
+
 def _head(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndarray:
     from headstart.engine.heads.resolve import build_head
 
     head, _ = build_head("linear")
     head.fit(X, y)
     return head.predict_proba(X_test)[:, list(head.classes_).index("fraud")]
+
+
+def _sweep(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int, picks: list[str]) -> np.ndarray:
+    """What `headstart sweep --metric average_precision --save-best` gives: its default heads compared on its
+    validation split, the best refitted on all the labelled rows; its choice is appended to ``picks``."""
+    import tempfile
+
+    from headstart.engine.heads.features import FeatureSet
+    from headstart.engine.train.api import sweep
+
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        result = sweep(FeatureSet.from_arrays(X, y), metric="average_precision", seed=seed,
+                       save_best=Path(tmp) / "model")
+    picks.append(str(result.best))
+    proba = result.model.predict_proba_features(X_test)
+    return proba[:, [str(c) for c in result.model.head.classes_].index("fraud")]
 
 
 def _finetune(backbone: Path, data: tuple[list[Any], np.ndarray], test: list[Any], steps: int,
@@ -128,6 +176,7 @@ def _finetune(backbone: Path, data: tuple[list[Any], np.ndarray], test: list[Any
     from headstart.engine.sequences.pretrain import _batch, load_encoder
 
     torch.manual_seed(seed)
+    torch.set_num_threads(1)  # a small GRU: see pretrain's _one_thread
     encoder, config = load_encoder(backbone)
     arrays, y = data
     target = torch.tensor((y == "fraud").astype(np.float32))
@@ -215,17 +264,56 @@ def rss_scale(sizes: list[int], backbone: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _small_pool(data: Path, n: int) -> Path:
+    """The first ``n`` accounts of the pool, as their own Parquet file."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = data / f"pool-first-{n}.parquet"
+    if not path.exists():
+        table = pq.read_table(data / "pool.parquet")
+        accounts = pc.unique(table["account_id"])[:n]
+        pq.write_table(table.filter(pc.is_in(table["account_id"], accounts)), path, row_group_size=65_536)
+    return path
+
+
+def _pretrain(name: str, source: Path, epochs: int, hidden: int, objective: str) -> dict[str, Any]:
+    from headstart.engine.sequences.encoder import EncoderConfig
+    from headstart.engine.sequences.options import event_options
+    from headstart.engine.sequences.pretrain import PretrainOptions, pretrain
+
+    folder = WORK / f"seq-{name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    t = time.perf_counter()
+    result = pretrain(str(source), event_options(**EVENTS, need_vocabulary=False), folder,
+                      PretrainOptions(epochs=epochs, hidden=hidden, objective=objective),
+                      log=lambda m: print(f"[{name}] {m}", file=sys.stderr))
+    history = result.summary["history"]
+    return {"folder": folder, "seconds": round(time.perf_counter() - t, 1), "objective": objective,
+            "hidden": hidden, "accounts": result.summary["n_sequences"],
+            "dim": EncoderConfig.from_json(result.summary["config"]).dim, "history": history,
+            "best_epoch": result.summary["best_epoch"],
+            "best_val_loss": min((h["val_loss"] for h in history), default=None)}
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    v = np.asarray(values)
+    return {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pool", type=int, default=3000)
+    parser.add_argument("--pool", type=int, default=20000)
+    parser.add_argument("--small-pool", type=int, default=3000, help="also pretrain on this many pool accounts")
     parser.add_argument("--labelled", type=int, default=2000)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--fraud-rate", type=float, default=0.05)
     parser.add_argument("--counts", default="100,400,1600")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--seeds", type=int, default=10, help="labelled subsets at the smallest count")
+    parser.add_argument("--seeds-large", type=int, default=5, help="labelled subsets at the other counts")
+    parser.add_argument("--epochs", type=int, default=15, help="at most (the validation loss stops earlier)")
+    parser.add_argument("--hidden", default="32", help="GRU sizes tried; the lowest validation loss is used")
+    parser.add_argument("--finetune-steps", type=int, default=60)
     parser.add_argument("--rss", default="", metavar="N,M",
                         help="only measure embed's peak RSS over tables of N and M accounts (needs a finished run); "
                              "added to the existing results")
@@ -240,27 +328,25 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("HEADSTART_HOME", str(WORK / "home-sequences"))
-    from headstart.engine.sequences.encoder import EncoderConfig
-    from headstart.engine.sequences.options import event_options
-    from headstart.engine.sequences.pretrain import PretrainOptions, pretrain
-
     started = machine()
     data = _data(args)
-    encoders: dict[str, dict[str, Any]] = {}
-    for name, epochs, objective in (("random", 0, "next-event"), ("pretrained", args.epochs, "next-event"),
-                                    ("contrastive", args.epochs, "contrastive")):
-        folder = WORK / f"seq-{name}"
-        shutil.rmtree(folder, ignore_errors=True)
-        t = time.perf_counter()
-        result = pretrain(str(data / "pool.parquet"), event_options(**EVENTS, need_vocabulary=False), folder,
-                          PretrainOptions(epochs=epochs, hidden=args.hidden, patience=3, objective=objective),
-                          log=lambda m: print(m, file=sys.stderr))
-        encoders[name] = {"folder": folder, "seconds": round(time.perf_counter() - t, 1), "objective": objective,
-                          "dim": EncoderConfig.from_json(result.summary["config"]).dim,
-                          "history": result.summary["history"], "best_epoch": result.summary["best_epoch"]}
+    pool = data / "pool.parquet"
+    candidates = [_pretrain(f"next-event-h{h}", pool, args.epochs, int(h), "next-event")
+                  for h in args.hidden.split(",")]
+    chosen = min(candidates, key=lambda c: c["best_val_loss"])  # by the validation loss, never by the test set
+    shutil.rmtree(WORK / "seq-pretrained", ignore_errors=True)
+    shutil.copytree(chosen["folder"], WORK / "seq-pretrained")
+    encoders: dict[str, dict[str, Any]] = {
+        "random": _pretrain("random", pool, 0, chosen["hidden"], "next-event"),
+        "pretrained": {**chosen, "folder": WORK / "seq-pretrained"},
+        "contrastive": _pretrain("contrastive", pool, args.epochs, chosen["hidden"], "contrastive")}
+    if args.small_pool:
+        encoders["small-pool"] = _pretrain("small-pool", _small_pool(data, args.small_pool), args.epochs,
+                                           chosen["hidden"], "next-event")
     vocabulary = WORK / "seq-pretrained" / "vocabulary.json"
-    for name in ("random", "contrastive"):  # all read the pool's vocabulary (the same file, built the same way)
-        shutil.copy(vocabulary, WORK / f"seq-{name}" / "vocabulary.json")
+    for name in encoders:  # all read the pool's vocabulary (the small pool's may miss rare values)
+        if encoders[name]["folder"] != WORK / "seq-pretrained":
+            shutil.copy(vocabulary, encoders[name]["folder"] / "vocabulary.json")
     ids, agg, y = aggregate_features(data / "labelled.parquet")
     ids_t, agg_t, y_t = aggregate_features(data / "test.parquet")
     feats = {}
@@ -272,40 +358,67 @@ def main(argv: list[str] | None = None) -> int:
     w_ids, windows, w_y = _windows(data / "labelled.parquet", vocabulary)
     wt_ids, windows_t, _ = _windows(data / "test.parquet", vocabulary)
     assert w_ids == ids and wt_ids == ids_t
+    picks: dict[int, list[str]] = {}
+
+    def linear(name: str) -> Any:
+        return lambda rows, s, count: _head(feats[name][0][rows], y[rows], feats[name][1], s)
+
     methods = {
-        "aggregates + HistGradientBoosting": lambda rows, s: _gbm(agg[rows], y[rows], agg_t, s),
-        "linear head, random encoder": lambda rows, s: _head(feats["random"][0][rows], y[rows], feats["random"][1], s),
-        "linear head, pretrained encoder": lambda rows, s: _head(feats["pretrained"][0][rows], y[rows],
-                                                                 feats["pretrained"][1], s),
-        "linear head, contrastive encoder": lambda rows, s: _head(feats["contrastive"][0][rows], y[rows],
-                                                                  feats["contrastive"][1], s),
-        "fine-tuned pretrained encoder": lambda rows, s: _finetune(encoders["pretrained"]["folder"],
-                                                                   ([windows[i] for i in rows], y[rows]), windows_t,
-                                                                   args.finetune_steps, s),
+        "aggregates + HistGradientBoosting": lambda rows, s, count: _gbm(agg[rows], y[rows], agg_t, s),
+        "aggregates + HistGradientBoosting, tuned by CV": lambda rows, s, count: _gbm_tuned(agg[rows], y[rows], agg_t,
+                                                                                            s),
+        "linear head, random encoder": linear("random"),
+        "linear head, pretrained encoder": linear("pretrained"),
+        "sweep's pick, pretrained encoder": lambda rows, s, count: _sweep(
+            feats["pretrained"][0][rows], y[rows], feats["pretrained"][1], s, picks.setdefault(count, [])),
+        **({f"linear head, encoder pretrained on {args.small_pool:,} accounts": linear("small-pool")}
+           if args.small_pool else {}),
+        "linear head, contrastive encoder": linear("contrastive"),
+        "fine-tuned pretrained encoder": lambda rows, s, count: _finetune(
+            encoders["pretrained"]["folder"], ([windows[i] for i in rows], y[rows]), windows_t, args.finetune_steps, s),
     }
-    rows_out = []
-    for count in [int(c) for c in args.counts.split(",")]:
+    counts = [int(c) for c in args.counts.split(",")]
+    rows_out, per_seed = [], {}
+    for count in counts:
+        n_seeds = args.seeds if count == min(counts) else args.seeds_large
         for method, fit in methods.items():
             aps, secs = [], []
-            for seed in range(args.seeds):
+            for seed in range(n_seeds):
                 rows = _subset(y, count, seed)
                 t = time.perf_counter()
-                scores = fit(rows, seed)
+                scores = fit(rows, seed, count)
                 secs.append(time.perf_counter() - t)
                 aps.append(_ap(y_t, scores))
-            rows_out.append({"labels": count, "method": method, "pr_auc": round(float(np.mean(aps)), 4),
-                             "pr_auc_min": round(float(np.min(aps)), 4), "pr_auc_max": round(float(np.max(aps)), 4),
+            per_seed[(count, method)] = aps
+            st = _stats(aps)
+            rows_out.append({"labels": count, "method": method, "seeds": n_seeds, "pr_auc": st["mean"],
+                             "pr_auc_sd": st["sd"], "pr_auc_min": round(float(np.min(aps)), 4),
+                             "pr_auc_max": round(float(np.max(aps)), 4), "pr_auc_seeds": [round(a, 4) for a in aps],
                              "train_s": round(float(np.mean(secs)), 2)})
-            print(f"{count:>6}  {method:<36} PR-AUC {np.mean(aps):.4f} ({np.min(aps):.3f}-{np.max(aps):.3f})  "
-                  f"train {np.mean(secs):.2f}s", flush=True)
+            print(f"{count:>6}  {method:<48} PR-AUC {st['mean']:.4f} ± {st['sd']:.3f}  train {np.mean(secs):.2f}s",
+                  flush=True)
+    comparisons = []
+    for count in counts:  # paired by labelled subset: the pretrained encoder's heads minus the better baseline
+        base = max(("aggregates + HistGradientBoosting", "aggregates + HistGradientBoosting, tuned by CV"),
+                   key=lambda m: np.mean(per_seed[(count, m)]))
+        for method in ("linear head, pretrained encoder", "sweep's pick, pretrained encoder",
+                       "fine-tuned pretrained encoder"):
+            diff = np.asarray(per_seed[(count, method)]) - np.asarray(per_seed[(count, base)])
+            comparisons.append({"labels": count, "method": method, "baseline": base,
+                                "diff_mean": round(float(diff.mean()), 4),
+                                "diff_se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4),
+                                "wins": int((diff > 0).sum()), "seeds": len(diff)})
     result = {"benchmark": "sequences", "machine": {**started, "loadavg_end": loadavg()},
-              "data": {"pool_accounts": args.pool, "labelled_accounts": args.labelled, "test_accounts": args.test,
+              "data": {"pool_accounts": args.pool, "small_pool_accounts": args.small_pool,
+                       "labelled_accounts": args.labelled, "test_accounts": args.test,
                        "fraud_rate": args.fraud_rate, "test_frauds": int((y_t == "fraud").sum()),
                        "window": WINDOW, "generator": "examples/transactions/generate.py"},
-              "seeds": args.seeds, "pretrain": {k: {kk: vv for kk, vv in v.items() if kk != "folder"}
-                                                for k, v in encoders.items()},
-              "encoder": {"hidden": args.hidden}, "finetune_steps": args.finetune_steps,
-              "rows": rows_out}
+              "seeds": args.seeds, "seeds_large": args.seeds_large,
+              "pretrain": {k: {kk: vv for kk, vv in v.items() if kk != "folder"} for k, v in encoders.items()},
+              "hidden_candidates": [{"hidden": c["hidden"], "best_val_loss": c["best_val_loss"],
+                                     "best_epoch": c["best_epoch"], "seconds": c["seconds"]} for c in candidates],
+              "finetune_steps": args.finetune_steps, "sweep_picks": {str(k): v for k, v in picks.items()},
+              "rows": rows_out, "comparisons": comparisons}
     RESULTS.mkdir(parents=True, exist_ok=True)
     previous = RESULTS / "sequences.json"
     if previous.exists() and "rss" in json.loads(previous.read_text()):  # measured by --rss, kept

@@ -410,18 +410,37 @@ def sequences(results: Path, base: str) -> str:
     r = load("sequences", results)
     if not r:
         return _missing("sequences", "python benchmarks/bench_sequences.py")
-    d, pre = r["data"], r["pretrain"]["pretrained"]
+    d, pre = r["data"], r["pretrain"]
+    pick = pre["pretrained"]
+    hidden = ", ".join(f"{c['hidden']}: {c['best_val_loss']:.4f}" for c in r.get("hidden_candidates", []))
     out = [f"`{r['machine']['command']}` — {_source('sequences', r, base)}. Held-out PR-AUC (average precision) on "
-           f"{d['test_accounts']:,} test accounts ({d['test_frauds']} frauds), mean over {r['seeds']} labelled subsets "
-           f"(min–max in brackets); encoder pretrained on {d['pool_accounts']:,} unlabelled accounts in "
-           f"{_n(pre['seconds'])} s (best epoch {pre['best_epoch']})"
-           + (f"; the contrastive one in {_n(r['pretrain']['contrastive']['seconds'])} s (best epoch "
-              f"{r['pretrain']['contrastive']['best_epoch']})" if "contrastive" in r["pretrain"] else "") + ":\n"]
+           f"{d['test_accounts']:,} test accounts ({d['test_frauds']} frauds), mean ± sd over the labelled subsets "
+           f"(min–max in brackets; {r['seeds']} subsets at the smallest count, {r.get('seeds_large', r['seeds'])} at "
+           f"the others, the same subsets for every method). Encoder pretrained on {d['pool_accounts']:,} unlabelled "
+           f"accounts in {_n(pick['seconds'])} s (GRU size {pick['hidden']}, best epoch {pick['best_epoch']}"
+           + (f"; best validation loss per size: {hidden}" if hidden else "") + ")"
+           + (f"; on the first {d['small_pool_accounts']:,} pool accounts in {_n(pre['small-pool']['seconds'])} s "
+              f"(best epoch {pre['small-pool']['best_epoch']})" if "small-pool" in pre else "")
+           + (f"; the contrastive one in {_n(pre['contrastive']['seconds'])} s (best epoch "
+              f"{pre['contrastive']['best_epoch']})" if "contrastive" in pre else "") + ":\n"]
     rows = [{"labels": x["labels"], "method": x["method"],
-             "PR-AUC": f"{x['pr_auc']:.3f} ({x['pr_auc_min']:.3f}–{x['pr_auc_max']:.3f})",
+             "PR-AUC": f"{x['pr_auc']:.3f} ± {x.get('pr_auc_sd', 0.0):.3f} ({x['pr_auc_min']:.3f}–{x['pr_auc_max']:.3f})",
              "train s": f"{x['train_s']:.2f}"} for x in r["rows"]]
     out.append(_table(rows, [("labelled accounts", "labels"), ("method", "method"), ("PR-AUC", "PR-AUC"),
                              ("train s", "train s")]))
+    if r.get("comparisons"):
+        out.append("\nPaired by labelled subset, against the better of the two HistGradientBoosting rows at each "
+                   "count (difference in PR-AUC, mean ± standard error; subsets where the method is ahead):\n")
+        out.append(_table([{**c, "diff": f"{c['diff_mean']:+.3f} ± {c['diff_se']:.3f}",
+                            "wins": f"{c['wins']} of {c['seeds']}"} for c in r["comparisons"]],
+                          [("labelled accounts", "labels"), ("method", "method"), ("baseline", "baseline"),
+                           ("difference", "diff"), ("ahead", "wins")]))
+    if r.get("sweep_picks"):
+        from collections import Counter
+
+        out.append("\nHeads the sweep picked: " + "; ".join(
+            f"{n} labels: " + ", ".join(f"{h} ×{k}" for h, k in Counter(p).most_common())
+            for n, p in r["sweep_picks"].items()) + ".\n")
     if r.get("rss"):
         out.append("\nPeak RSS of `headstart embed` over larger generated tables (one item per account, Parquet "
                    "read in row groups):\n")

@@ -275,7 +275,8 @@ def test_a_pretrained_backbone_embeds_events_and_trains_heads(transactions: Path
                  cwd=tmp_path)
     assert train.returncode == 0, train.stderr
     result = json.loads(train.stdout)
-    assert result["backbone"]["dim"] == 4 * 4 + 1 and result["training"]["n_labelled"] == 120
+    # the surprise profile of 4 values per event: last, max + mean over the last 4 and 8, window mean; log length
+    assert result["backbone"]["dim"] == 6 * 4 + 1 and result["training"]["n_labelled"] == 120
     assert result["metrics"]["binary"]["positive"] == "fraud"
     embed = _cli("embed", str(transactions / "labelled.parquet"), "-b", f"onnx:{out / 'encoder.onnx'}", *events,
                  "--json", home=home, cwd=tmp_path)

@@ -23,7 +23,7 @@ from ._common import CliState, echo_json, event_options, json_option
 @click.option("--objective", type=click.Choice(["next-event", "contrastive"]), default="next-event", show_default=True,
               help="next-event: predict each next event (embedding: the surprise profile); contrastive: match two "
                    "stretches of the same account (embedding: the pooled GRU states). See docs/sequences.md.")
-@click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=1),
+@click.option("--hidden", default=32, show_default=True, type=click.IntRange(min=1),
               help="GRU state size.")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
               help="Share of the entities held out for the validation loss.")

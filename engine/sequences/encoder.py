@@ -8,12 +8,17 @@ log-likelihood of each categorical id), the quantity :mod:`.pretrain` minimises.
 
 The embedding (one vector per item, pooled in the graph) is the item's **surprise profile**: for each value of
 an event (every number, every categorical column), its surprise at the last event, the highest and the mean over
-the last 4 events, and the mean over the window, and log(1 + the number of events): ``4 * width + 1`` values. A pretrained encoder knows what an account
-usually does next, so it is surprised where single transactions look normal; a randomly initialised one is not.
-(Pooling the GRU states themselves was measured too: on the fraud example they dilute the signal a linear head
-finds with few labels; see docs/sequences.md.) With ``objective="contrastive"`` the encoder is trained to match
-two views of the same account instead, and its embedding is those pooled states (the state after the last event
-and the mean state): ``2 * hidden`` values.
+the last 4 events and over the last 8, and the mean over the window, and log(1 + the number of events):
+``(2 + 2 * len(recent)) * width + 1`` values. A pretrained encoder knows what an account usually does next, so it
+is surprised where single transactions look normal; a randomly initialised one is not. (Pooling the GRU states
+themselves was measured too: on the fraud example they dilute the signal a linear head finds with few labels; see
+docs/sequences.md.) With ``objective="contrastive"`` the encoder is trained to match two views of the same account
+instead, and its embedding is those pooled states (the state after the last event and the mean state):
+``2 * hidden`` values.
+
+Either embedding leaves the graph **standardised** with the pretraining pool's statistics (``out_mean``,
+``out_std``, measured by :mod:`.pretrain` on the pool with the best weights): a surprise in nats and one in
+squared standard deviations are then on one scale, which is what a head's L2 penalty or a k-NN distance assumes.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 UNSEEN_ID = 1
-RECENT = 4  # events whose highest surprise is a feature
+RECENT = (4, 8)  # the recent stretches (events) whose highest and mean surprise are features
 PROJECTION = 32  # width of the contrastive projection
 
 
@@ -35,6 +40,9 @@ class EncoderConfig:
     mean: tuple[float, ...] = field(default=())  # per numeric field (standardisation)
     std: tuple[float, ...] = field(default=())
     objective: str = "next-event"  # or "contrastive": the embedding is then the pooled GRU states
+    recent: tuple[int, ...] = RECENT
+    out_mean: tuple[float, ...] = field(default=())  # per embedding value, on the pool (empty: not standardised)
+    out_std: tuple[float, ...] = field(default=())
 
     @property
     def width(self) -> int:
@@ -42,13 +50,14 @@ class EncoderConfig:
 
     @property
     def dim(self) -> int:
-        return 2 * self.hidden if self.objective == "contrastive" else 4 * self.width + 1
+        return 2 * self.hidden if self.objective == "contrastive" else (2 + 2 * len(self.recent)) * self.width + 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "EncoderConfig":
+        data = {"recent": (4,), **data}  # encoders saved before the recent stretches were configurable: the last 4
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -65,6 +74,11 @@ def build_encoder(config: EncoderConfig, seed: int = 0) -> Any:
             c = config
             self.register_buffer("mean", torch.tensor(c.mean or [0.0] * c.n_numeric, dtype=torch.float32))
             self.register_buffer("std", torch.tensor(c.std or [1.0] * c.n_numeric, dtype=torch.float32).clamp(min=1e-6))
+            # from the config, not the weights: the statistics are measured after training, with the best weights
+            self.register_buffer("out_mean", torch.tensor(c.out_mean or [0.0] * c.dim, dtype=torch.float32),
+                                 persistent=False)
+            self.register_buffer("out_std", torch.tensor(c.out_std or [1.0] * c.dim, dtype=torch.float32).clamp(
+                min=1e-6), persistent=False)
             self.embeddings = nn.ModuleList(nn.Embedding(n, c.embedding) for n in c.categorical_sizes)
             self.gru = nn.GRU(c.n_numeric + c.embedding * len(c.categorical_sizes), c.hidden, batch_first=True)
             self.next_numeric = nn.Linear(c.hidden, c.n_numeric) if c.n_numeric else None
@@ -115,18 +129,22 @@ def build_encoder(config: EncoderConfig, seed: int = 0) -> Any:
             return torch.cat([last, mean], dim=1)
 
         def forward(self, x: Any, mask: Any) -> Any:
+            return (self.raw_embedding(x, mask) - self.out_mean) / self.out_std
+
+        def raw_embedding(self, x: Any, mask: Any) -> Any:
+            """The embedding before standardisation: pooled states (contrastive) or the surprise profile."""
             if config.objective == "contrastive":
                 return self.pooled_states(x, mask)
             m = mask.to(x.dtype)
             s = self.surprise_parts(self.states(x), x) * m.unsqueeze(-1)
             lengths = m.sum(dim=1).clamp(min=1.0)
             last_index = (lengths - 1).long()
-            last = s.gather(1, last_index.view(-1, 1, 1).expand(-1, 1, s.shape[-1])).squeeze(1)
+            views = [s.gather(1, last_index.view(-1, 1, 1).expand(-1, 1, s.shape[-1])).squeeze(1)]
             steps = torch.arange(s.shape[1], device=s.device).unsqueeze(0).to(s.dtype)
-            recent = ((steps > (lengths.unsqueeze(1) - 1 - RECENT)).to(s.dtype) * m).unsqueeze(-1)
-            recent_max = (s * recent).max(dim=1).values
-            recent_mean = (s * recent).sum(dim=1) / recent.sum(dim=1).clamp(min=1.0)
-            mean = s.sum(dim=1) / lengths.unsqueeze(-1)
-            return torch.cat([last, recent_max, recent_mean, mean, torch.log1p(lengths).unsqueeze(-1)], dim=1)
+            for n in config.recent:
+                recent = ((steps > (lengths.unsqueeze(1) - 1 - n)).to(s.dtype) * m).unsqueeze(-1)
+                views += [(s * recent).max(dim=1).values, (s * recent).sum(dim=1) / recent.sum(dim=1).clamp(min=1.0)]
+            views += [s.sum(dim=1) / lengths.unsqueeze(-1), torch.log1p(lengths).unsqueeze(-1)]
+            return torch.cat(views, dim=1)
 
     return EventEncoder()

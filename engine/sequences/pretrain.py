@@ -27,9 +27,10 @@ import dataclasses
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError, DataError, HeadstartError
 from ..faultpoints import pause_point
@@ -51,7 +52,7 @@ class PretrainOptions:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 2e-3
-    hidden: int = 64
+    hidden: int = 32
     val_fraction: float = 0.1
     patience: int = 3
     seed: int = 0
@@ -97,7 +98,9 @@ def pretrain(source: str, events: EventOptions, out: str | Path, options: Pretra
     config = _config(events, arrays, options)
     log(f"{len(arrays)} sequences of up to {events.window or 'a span of'} events ({n_failed} could not be read); "
         f"{config.width} values per event")
-    history, best_state, best_epoch = _train(arrays, config, options, out, resume, log)
+    with _one_thread():
+        history, best_state, best_epoch = _train(arrays, config, options, out, resume, log)
+        config = _with_output_statistics(config, best_state, arrays, options)
     return _finish(source, events, out, options, config, best_state, best_epoch, history, arrays, n_failed, engine,
                    log)
 
@@ -151,6 +154,39 @@ def _config(events: EventOptions, arrays: list[Any], options: PretrainOptions) -
         sizes = tuple(len(vocab.values[c]) + 2 for c in events.categorical)
     return EncoderConfig(n, sizes, options.hidden, 8, tuple(steps.mean(0).tolist()),
                          tuple(np.maximum(steps.std(0), 1e-6).tolist()), options.objective)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """PyTorch on one thread while training: a small GRU's per-step operations are too small to share, and with
+    two threads on a busy 2-core machine an epoch took 15-30 times as long (benchmarks/bench_sequences.py)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _with_output_statistics(config: EncoderConfig, state: dict[str, Any], arrays: list[Any],
+                            options: PretrainOptions) -> EncoderConfig:
+    """``config`` with the mean and standard deviation of each embedding value over the pool's sequences (the
+    best weights): the graph outputs the embedding standardised (see :mod:`.encoder`)."""
+    import numpy as np
+    import torch
+
+    model = build_encoder(config)
+    model.load_state_dict(state)
+    model.eval()
+    rows = np.arange(len(arrays))
+    with torch.no_grad():
+        raw = torch.cat([model.raw_embedding(*_batch(arrays, rows[b: b + 256])) for b in range(0, len(rows), 256)])
+    raw = raw.double()
+    std = raw.std(0)
+    std = torch.where(std > 1e-4, std, torch.ones_like(std))  # a value constant on the pool is left unscaled
+    return dataclasses.replace(config, out_mean=tuple(raw.mean(0).tolist()), out_std=tuple(std.tolist()))
 
 
 def _split(n: int, options: PretrainOptions) -> tuple[Any, Any]:
@@ -221,7 +257,6 @@ def _train(arrays: list[Any], config: EncoderConfig, options: PretrainOptions, o
     import numpy as np
     import torch
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model = build_encoder(config, options.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     train_rows, val_rows = _split(len(arrays), options)

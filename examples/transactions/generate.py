@@ -18,7 +18,7 @@ Writes Parquet files sorted by account (the events reader needs each account's r
 Columns: account_id, ts (timestamp), amount, log_amount, log_gap (log1p of minutes since the account's
 previous transaction), merchant, category, country, label.
 
-    python examples/transactions/generate.py OUT_DIR [--pool 4000] [--labelled 2000] [--test 2000] [--fraud-rate 0.05]
+    python examples/transactions/generate.py OUT_DIR [--pool 20000] [--labelled 2000] [--test 2000] [--fraud-rate 0.05]
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--pool", type=int, default=4000, help="unlabelled accounts")
+    parser.add_argument("--pool", type=int, default=20000, help="unlabelled accounts")
     parser.add_argument("--labelled", type=int, default=2000, help="labelled accounts")
     parser.add_argument("--test", type=int, default=2000, help="held-out labelled accounts")
     parser.add_argument("--fraud-rate", type=float, default=0.05)
