@@ -40,7 +40,9 @@ def write_finetuned(root: Path, base: str, state: dict[str, Any], info: dict[str
     from headstart.sdk import write_bytes_atomic, write_json_atomic
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}  # save() copies them into bytes
-    data = save(tensors, metadata={"base": base, **({"delta": "true"} if delta else {})})
+    # one metadata key: safetensors writes its metadata map in a per-process random order, so two keys would
+    # give the same weights different bytes, and the content address (sha256 of the bytes) would not be stable
+    data = save(tensors, metadata={"headstart": json.dumps({"base": base, "delta": delta}, sort_keys=True)})
     sha = hashlib.sha256(data).hexdigest()
     folder = folder_for(root, sha)
     write_bytes_atomic(folder / WEIGHTS, data)
