@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -42,6 +43,18 @@ def _default_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def home(headstart_home: Path) -> Path:
     """An empty store root for this test (``HEADSTART_HOME``); modules that need another kind define their own."""
     return headstart_home
+
+
+@pytest.fixture
+def env_home(data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``HEADSTART_HOME`` set to the home of the module's ``data`` fixture (its ``"home"`` entry), with a fresh
+    engine before and after the test (the few-shot modules share one home across their tests)."""
+    monkeypatch.setenv("HEADSTART_HOME", str(data["home"]))
+    from headstart.engine.plugins import set_engine
+
+    set_engine(None)
+    yield data["home"]
+    set_engine(None)
 
 
 @pytest.fixture(scope="module")

@@ -63,3 +63,28 @@ def easy_task(path: Path, n: int, seed: int) -> Path:
             label = ("pets", "money")[i % 2]
             writer.writerow([" ".join(rng.choice(groups[label], size=6)), label])
     return path
+
+
+def distinct_tiny_bert(folder: Path) -> Path:
+    """The blind tiny BERT with noise on every weight: freshly initialised biases and norms are all zeros and
+    ones, which the graph fusions merge into shared constants (no parameter could be placed then)."""
+    import torch
+    from transformers import BertModel
+
+    tiny_bert_blind(folder)
+    model = BertModel.from_pretrained(folder)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name != "embeddings.word_embeddings.weight":  # its keyword rows stay equal: the task stays blind
+                param.add_(0.02 * torch.randn_like(param))
+    model.save_pretrained(folder)
+    return folder
+
+
+def onnx_initializers(path: Path) -> dict[str, np.ndarray]:
+    """Every initializer of the ONNX file at ``path``, by name."""
+    import onnx
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}

@@ -33,16 +33,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "test": blind_task(root / "test.csv", 80, 11), "root": root, "home": root / "home"}
 
 
-@pytest.fixture
-def env_home(data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HEADSTART_HOME", str(data["home"]))
-    from headstart.engine.plugins import set_engine
-
-    set_engine(None)
-    yield data["home"]
-    set_engine(None)
-
-
 @pytest.fixture(scope="module")
 def tuned(data: dict[str, Path]) -> dict:
     """The frozen linear head and the contrastive fine-tune of the same 48 items, both scored on a held-out file."""

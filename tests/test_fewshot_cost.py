@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetune_data import blind_task
-from test_fewshot_speed import distinct_tiny_bert
+from finetune_data import blind_task, distinct_tiny_bert, onnx_initializers
 
 OPTS = dict(unfreeze="all", epochs=6, lr=3e-3, patience=3)  # the blind task needs every block (test_fewshot.py)
 
@@ -27,23 +26,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fewshot-cost")
     return {"bert": distinct_tiny_bert(root / "bert"), "train": blind_task(root / "train.csv", 48, 20),
             "root": root, "home": root / "home"}
-
-
-@pytest.fixture
-def env_home(data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HEADSTART_HOME", str(data["home"]))
-    from headstart.engine.plugins import set_engine
-
-    set_engine(None)
-    yield data["home"]
-    set_engine(None)
-
-
-def _initializers(path: Path) -> dict[str, np.ndarray]:
-    import onnx
-    from onnx import numpy_helper
-
-    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
 
 
 def _graph(path: Path, initializers: dict[str, np.ndarray]) -> Path:
@@ -102,7 +84,7 @@ def test_spliced_graph_equals_the_rewritten_graph_and_stale_offsets_splice_nothi
     tuned = {n: v * 3.0 - 1.0 for n, v in base.items()}
     assert write_spliced(graph, plan, offsets, tuned, tmp_path / "spliced.onnx")
     write_patched(graph, plan, tuned, tmp_path / "rewritten.onnx")
-    spliced, rewritten = _initializers(tmp_path / "spliced.onnx"), _initializers(tmp_path / "rewritten.onnx")
+    spliced, rewritten = onnx_initializers(tmp_path / "spliced.onnx"), onnx_initializers(tmp_path / "rewritten.onnx")
     assert set(spliced) == set(rewritten)
     for name in rewritten:
         np.testing.assert_array_equal(spliced[name], rewritten[name])

@@ -19,28 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetune_data import blind_task, tiny_bert_blind
+from finetune_data import blind_task, distinct_tiny_bert, onnx_initializers
 from pause_control import env_with, kill_when_paused, pause_env
 
 # the blind task needs the embedding rows to move, so every block trains (tests/test_fewshot.py)
 OPTS = dict(unfreeze="all", epochs=6, lr=3e-3, patience=3)
-
-
-def distinct_tiny_bert(folder: Path) -> Path:
-    """The blind tiny BERT with noise on every weight: freshly initialised biases and norms are all zeros and
-    ones, which the graph fusions merge into shared constants (no parameter could be placed then)."""
-    import torch
-    from transformers import BertModel
-
-    tiny_bert_blind(folder)
-    model = BertModel.from_pretrained(folder)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name != "embeddings.word_embeddings.weight":  # its keyword rows stay equal: the task stays blind
-                param.add_(0.02 * torch.randn_like(param))
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +31,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fewshot-speed")
     return {"bert": distinct_tiny_bert(root / "bert"), "train": blind_task(root / "train.csv", 48, 20),
             "test": blind_task(root / "test.csv", 40, 21), "root": root, "home": root / "home"}
-
-
-@pytest.fixture
-def env_home(data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HEADSTART_HOME", str(data["home"]))
-    from headstart.engine.plugins import set_engine
-
-    set_engine(None)
-    yield data["home"]
-    set_engine(None)
-
-
-def _initializers(path: Path) -> dict[str, np.ndarray]:
-    import onnx
-    from onnx import numpy_helper
-
-    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
 
 
 def test_tuned_graph_is_the_base_export_with_the_tuned_initializers(data: dict[str, Path], env_home: Path) -> None:
@@ -82,8 +48,8 @@ def test_tuned_graph_is_the_base_export_with_the_tuned_initializers(data: dict[s
     assert dict(tuned_spec.extra)["exporter"] == "the base export's graph, tuned initializers"
     tuned_export = export(tuned_spec, "fp32", engine=engine)
     assert tuned_export.manifest["parity"]["min_cosine"] >= 0.9999  # the gate compared it with the tuned PyTorch model
-    base_graph = _initializers(export(resolve_backbone(base_ref, engine), "fp32", engine=engine).path)
-    patched = _initializers(tuned_export.path)
+    base_graph = onnx_initializers(export(resolve_backbone(base_ref, engine), "fp32", engine=engine).path)
+    patched = onnx_initializers(tuned_export.path)
     assert set(patched) == set(base_graph)  # the same graph, node for node
     changed = {n for n in patched if not np.array_equal(patched[n], base_graph[n])}
     meta = json.loads(next((data["home"] / "finetuned").glob("*/finetuned.json")).read_text())
@@ -133,7 +99,7 @@ def test_graph_plan_places_plain_transposed_and_fused_weights_and_refuses_what_i
                     "w_t": [["out", "T"]], "b": [["bias", ""]]}
     tuned = {n: v + 1.0 for n, v in base.items()}
     write_patched(graph, plan, tuned, tmp_path / "patched.onnx")
-    got = _initializers(tmp_path / "patched.onnx")
+    got = onnx_initializers(tmp_path / "patched.onnx")
     np.testing.assert_array_equal(got["qkv"], np.concatenate([tuned["q"].T, tuned["k"].T, tuned["v"].T], axis=-1))
     np.testing.assert_array_equal(got["w_t"], tuned["out"].T)
     np.testing.assert_array_equal(got["frozen"], base["frozen"])  # not planned: left as it was

@@ -27,13 +27,13 @@ import dataclasses
 import hashlib
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..errors import ConfigError, DataError, HeadstartError
 from ..faultpoints import pause_point
+from ..torch_threads import one_torch_thread
 from .encoder import EncoderConfig, build_encoder
 from .options import EventOptions, Vocabulary, build_vocabulary
 
@@ -98,7 +98,7 @@ def pretrain(source: str, events: EventOptions, out: str | Path, options: Pretra
     config = _config(events, arrays, options)
     log(f"{len(arrays)} sequences of up to {events.window or 'a span of'} events ({n_failed} could not be read); "
         f"{config.width} values per event")
-    with _one_thread():
+    with one_torch_thread():  # a small GRU: 15-30x slower per epoch on two threads of a busy 2-core machine
         history, best_state, best_epoch = _train(arrays, config, options, out, resume, log)
         config = _with_output_statistics(config, best_state, arrays, options)
     return _finish(source, events, out, options, config, best_state, best_epoch, history, arrays, n_failed, engine,
@@ -156,18 +156,6 @@ def _config(events: EventOptions, arrays: list[Any], options: PretrainOptions) -
                          tuple(np.maximum(steps.std(0), 1e-6).tolist()), options.objective)
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """PyTorch on one thread while training: a small GRU's per-step operations are too small to share, and with
-    two threads on a busy 2-core machine an epoch took 15-30 times as long (benchmarks/bench_sequences.py)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _with_output_statistics(config: EncoderConfig, state: dict[str, Any], arrays: list[Any],

@@ -28,12 +28,12 @@ short contiguous runs of rows: ``FeatureMatrix.sample``).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any, Iterator
 
 import numpy as np
 
-from headstart.sdk import ArrayMatrix, class_weights, FeatureMatrix, Head, HeadSpec, hookimpl, resolve_device
+from headstart.sdk import (ArrayMatrix, class_weights, FeatureMatrix, Head, HeadSpec, hookimpl, one_torch_thread,
+                           resolve_device)
 
 L2_PATH = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)  # × mean feature variance
 CV_ROWS = 5_000  # rows of the stratified subsample whose folds choose L2
@@ -252,7 +252,7 @@ def _choose_l2(X: FeatureMatrix, y_idx: np.ndarray, folds: tuple[np.ndarray, int
     path: list[dict[str, float]] = []
     averaged: list[tuple[Any, Any]] = []
     best, stale = None, 0
-    with _single_thread():  # small problems: thread barriers cost more than they save
+    with one_torch_thread():  # small problems: thread barriers cost more than they save
         for relative in L2_PATH:
             strength = relative * geometry.scale
             losses, accs = [], []
@@ -281,16 +281,6 @@ def _choose_l2(X: FeatureMatrix, y_idx: np.ndarray, folds: tuple[np.ndarray, int
     return path[chosen]["l2"] * n_train / len(y_idx), W, b, path  # the optimal strength shrinks as 1/n
 
 
-@contextmanager
-def _single_thread() -> Iterator[None]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class _Geometry:
@@ -307,7 +297,7 @@ class _Geometry:
         self.mu = sample.mean(0)
         centred = sample - self.mu
         cov = (centred.T @ centred / max(len(sample) - 1, 1)).double()
-        with _single_thread():  # MKL's threaded eigh of a 384² matrix took 5 s here, single-threaded 17 ms
+        with one_torch_thread():  # MKL's threaded eigh of a 384² matrix took 5 s here, single-threaded 17 ms
             eig, vecs = torch.linalg.eigh(cov.cpu())
         eig, vecs = eig.to(sample.device), vecs.to(sample.device)
         eig = eig.clamp_min(0)
