@@ -88,3 +88,16 @@ def onnx_initializers(path: Path) -> dict[str, np.ndarray]:
     from onnx import numpy_helper
 
     return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+def identity_graph(path: Path, initializers: dict[str, np.ndarray]) -> Path:
+    """An ONNX file at ``path`` whose outputs are its ``initializers`` (name -> array), one Identity each."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    nodes = [helper.make_node("Identity", [name], [f"out{i}"]) for i, name in enumerate(initializers)]
+    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info(f"out{i}", onnx.TensorProto.FLOAT, None)
+                                               for i in range(len(initializers))],
+                              [numpy_helper.from_array(v, n) for n, v in initializers.items()])
+    onnx.save(helper.make_model(graph), str(path))
+    return path

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetune_data import blind_task, distinct_tiny_bert, onnx_initializers
+from finetune_data import blind_task, distinct_tiny_bert, identity_graph, onnx_initializers
 
 OPTS = dict(unfreeze="all", epochs=6, lr=3e-3, patience=3)  # the blind task needs every block (test_fewshot.py)
 
@@ -26,18 +26,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fewshot-cost")
     return {"bert": distinct_tiny_bert(root / "bert"), "train": blind_task(root / "train.csv", 48, 20),
             "root": root, "home": root / "home"}
-
-
-def _graph(path: Path, initializers: dict[str, np.ndarray]) -> Path:
-    import onnx
-    from onnx import helper, numpy_helper
-
-    nodes = [helper.make_node("Identity", [name], [f"out{i}"]) for i, name in enumerate(initializers)]
-    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info(f"out{i}", onnx.TensorProto.FLOAT, None)
-                                               for i in range(len(initializers))],
-                              [numpy_helper.from_array(v, n) for n, v in initializers.items()])
-    onnx.save(helper.make_model(graph), str(path))
-    return path
 
 
 def test_delta_weights_hold_only_the_trained_tensors_and_build_the_tuned_module(data: dict[str, Path],
@@ -76,7 +64,7 @@ def test_spliced_graph_equals_the_rewritten_graph_and_stale_offsets_splice_nothi
     base = {n: rng.normal(size=(4, 6)).astype(np.float32) for n in ("q", "k", "v", "out", "frozen")}
     base["bias"] = rng.normal(size=6).astype(np.float32)
     fused = np.concatenate([base["q"].T, base["k"].T, base["v"].T], axis=-1)
-    graph = _graph(tmp_path / "g.onnx", {"qkv": fused, "w_t": base["out"].T.copy(), "b": base["bias"],
+    graph = identity_graph(tmp_path / "g.onnx", {"qkv": fused, "w_t": base["out"].T.copy(), "b": base["bias"],
                                           "frozen": base["frozen"]})
     plan = graph_plan(graph, base, {"q", "k", "v", "out", "bias"})
     offsets = raw_offsets(graph, plan)
@@ -91,12 +79,12 @@ def test_spliced_graph_equals_the_rewritten_graph_and_stale_offsets_splice_nothi
     np.testing.assert_array_equal(spliced["frozen"], base["frozen"])
     assert (tmp_path / "spliced.onnx").stat().st_size == graph.stat().st_size
     # the base graph is not the one the offsets were recorded on: nothing is written, the caller rewrites instead
-    other = _graph(tmp_path / "other.onnx", {"qkv": fused + 1.0, "w_t": base["out"].T.copy(), "b": base["bias"],
+    other = identity_graph(tmp_path / "other.onnx", {"qkv": fused + 1.0, "w_t": base["out"].T.copy(), "b": base["bias"],
                                               "frozen": base["frozen"]})
     assert not write_spliced(other, plan, offsets, tuned, tmp_path / "stale.onnx")
     assert not (tmp_path / "stale.onnx").exists()
     # the same bytes twice in the file: the span cannot be told, so no offsets (protobuf rewrite)
-    twice = _graph(tmp_path / "twice.onnx", {"w_t": base["out"].T.copy(), "copy": base["out"].T.copy()})
+    twice = identity_graph(tmp_path / "twice.onnx", {"w_t": base["out"].T.copy(), "copy": base["out"].T.copy()})
     assert raw_offsets(twice, {"w_t": [["out", "T"]]}) is None
 
 

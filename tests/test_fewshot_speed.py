@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetune_data import blind_task, distinct_tiny_bert, onnx_initializers
+from finetune_data import blind_task, distinct_tiny_bert, identity_graph, onnx_initializers
 from pause_control import env_with, kill_when_paused, pause_env
 
 # the blind task needs the embedding rows to move, so every block trains (tests/test_fewshot.py)
@@ -72,18 +72,6 @@ def _param(name: str, values: np.ndarray) -> tuple[str, np.ndarray]:
     return name, values.astype(np.float32)
 
 
-def _graph(path: Path, initializers: dict[str, np.ndarray]) -> Path:
-    import onnx
-    from onnx import helper, numpy_helper
-
-    nodes = [helper.make_node("Identity", [name], [f"out{i}"]) for i, name in enumerate(initializers)]
-    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info(f"out{i}", onnx.TensorProto.FLOAT, None)
-                                               for i in range(len(initializers))],
-                              [numpy_helper.from_array(v, n) for n, v in initializers.items()])
-    onnx.save(helper.make_model(graph), str(path))
-    return path
-
-
 def test_graph_plan_places_plain_transposed_and_fused_weights_and_refuses_what_it_cannot_place(tmp_path: Path) -> None:
     from headstart.plugins.finetune.graph_patch import graph_plan, write_patched
 
@@ -91,7 +79,7 @@ def test_graph_plan_places_plain_transposed_and_fused_weights_and_refuses_what_i
     base = dict(_param(n, rng.normal(size=(4, 6))) for n in ("q", "k", "v", "out", "frozen"))
     base["bias"] = rng.normal(size=6).astype(np.float32)
     fused = np.concatenate([base["q"].T, base["k"].T, base["v"].T], axis=-1)  # (6, 12): a fused Q/K/V
-    graph = _graph(tmp_path / "g.onnx", {"qkv": fused, "w_t": base["out"].T.copy(), "b": base["bias"],
+    graph = identity_graph(tmp_path / "g.onnx", {"qkv": fused, "w_t": base["out"].T.copy(), "b": base["bias"],
                                           "frozen": base["frozen"]})
     changed = {"q", "k", "v", "out", "bias"}
     plan = graph_plan(graph, base, changed)
@@ -104,11 +92,11 @@ def test_graph_plan_places_plain_transposed_and_fused_weights_and_refuses_what_i
     np.testing.assert_array_equal(got["w_t"], tuned["out"].T)
     np.testing.assert_array_equal(got["frozen"], base["frozen"])  # not planned: left as it was
     # a weight the exporter folded into another (scaled) cannot be placed: trace instead
-    folded = _graph(tmp_path / "folded.onnx", {"w": base["out"] * 0.5, "b": base["bias"]})
+    folded = identity_graph(tmp_path / "folded.onnx", {"w": base["out"] * 0.5, "b": base["bias"]})
     assert graph_plan(folded, base, {"out", "bias"}) is None
     # two parameters with equal values: which one an initializer holds cannot be told
     twins = {**base, "twin": base["out"].copy()}
-    assert graph_plan(_graph(tmp_path / "twins.onnx", {"w": base["out"]}), twins, {"out"}) is None
+    assert graph_plan(identity_graph(tmp_path / "twins.onnx", {"w": base["out"]}), twins, {"out"}) is None
 
 
 def _cli(*args: str, home: Path) -> list[str]:
