@@ -200,7 +200,10 @@ def measure(n: int, threads: int, steps: tuple[str, ...] = STEPS, reuse_store: b
     home = C.WORK / f"home-scale-{n}"
     env = C.child_env(threads, home)
     C.run_process([HEADSTART, "export", backbone], env)  # untimed: the cold embed measures embedding only
-    shutil.rmtree(home / "models", ignore_errors=True)
+    out = home / "models" / "linear"
+    kept_model = reuse_store and "train" not in steps and (out / "manifest.json").exists()  # eval a kept model
+    if not kept_model:
+        shutil.rmtree(home / "models", ignore_errors=True)
     embed = [HEADSTART, "embed", str(data), "-b", backbone, "--json"]
     if reuse_store and any((home / "features").glob("*/manifest.json")):
         rows = []  # the store of an earlier run (--reuse-store): only the later steps are measured
@@ -209,8 +212,7 @@ def measure(n: int, threads: int, steps: tuple[str, ...] = STEPS, reuse_store: b
         rows = [step("embed cold", embed, env, n)]  # the later steps need the store
     if "embed-warm" in steps:
         rows.append(step("embed warm", embed, env, n))
-    out = home / "models" / "linear"
-    if "train" in steps or "eval" in steps or "predict" in steps:
+    if not kept_model and ("train" in steps or "eval" in steps or "predict" in steps):
         train = step("train linear", [HEADSTART, "train", str(data), "-b", backbone, "--head", "linear", "-o",
                                       str(out), "--json"], env, n)
         output = json.loads(train["_stdout"])
@@ -266,7 +268,8 @@ def main() -> None:
                         help="steps to run (embed cold always runs first; index builds an IVF of all vectors in RAM; "
                              "predict only when named)")
     parser.add_argument("--reuse-store", action="store_true",
-                        help="keep the store an earlier run of this N left (no cold embed): train/eval/predict only")
+                        help="keep the store an earlier run of this N left (no cold embed): train/eval/predict only; "
+                             "without the train step, eval/predict use the model that run trained")
     parser.add_argument("--store-only", action="store_true",
                         help=f"only the store: N {STORE_DIM}-d items committed as staged shards, then look-ups "
                              "in a fresh process (no embedding; results under the tag TAG-store)")
