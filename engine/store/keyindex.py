@@ -104,24 +104,23 @@ def _hi(keys: np.ndarray) -> np.ndarray:
 def _random_access(array: np.ndarray) -> np.ndarray:
     """Tell the kernel a mapped array is read at random (``MADV_RANDOM``: no fault-around or read-ahead), so a
     look-up brings in the pages its binary searches touch, not 64 KiB around each."""
-    import mmap
-
-    handle = getattr(array, "_mmap", None)
-    if handle is not None and hasattr(mmap, "MADV_RANDOM"):
-        try:
-            handle.madvise(mmap.MADV_RANDOM)
-        except (OSError, ValueError):
-            pass
+    _advise(array, "MADV_RANDOM")
     return array
 
 
 def _drop_pages(array: np.ndarray) -> None:
+    """Drop the pages of a mapped array from this process's RSS (``MADV_DONTNEED``; the page cache keeps them)."""
+    _advise(array, "MADV_DONTNEED")
+
+
+def _advise(array: np.ndarray, advice: str) -> None:
+    """``madvise(advice)`` on the mapping behind ``array``, where it is a memory map and the platform has it."""
     import mmap
 
     handle = getattr(array, "_mmap", None)
-    if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
+    if handle is not None and hasattr(mmap, advice):
         try:
-            handle.madvise(mmap.MADV_DONTNEED)
+            handle.madvise(getattr(mmap, advice))
         except (OSError, ValueError):
             pass
 
