@@ -92,7 +92,9 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
     gate_provider = _gate_provider(precision)
     calibration = ([it.payload for it in items.take(range(128))] if precision == "int8" and spec.modality != "text"
                    else None)
-    exported = export(spec, precision, settings=engine.settings, engine=engine, calibration=calibration)
+    whole_int8 = precision == "int8" and model_precision != "int8" and spec.modality == "text"
+    exported = export(spec, "fp32" if whole_int8 else precision, settings=engine.settings, engine=engine,
+                      calibration=calibration)
 
     from .assemble import assemble, set_metadata
     from .head_graph import SCORES_KIND, head_graph, head_kind
@@ -113,9 +115,30 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, precision: str | Non
         shipped = Tokenizer.from_str(tokenizer_json)
         text_feed = lambda texts: encode_texts(shipped, texts, pad_id, spec.preprocessing.inputs)  # noqa: E731
     proto = assemble(pre, exported.path, head_graph(model, spec.dim), spec.output_name, {})
-    data = proto.SerializeToString()
-    parity, notes = _gate(model, spec, pre, data, items, sample, precision != model_precision, engine,
-                          cuda=gate_provider == "CUDAExecutionProvider", text_feed=text_feed)
+    gate_args = (items, sample, precision != model_precision, engine)
+    gate_kwargs = {"cuda": gate_provider == "CUDAExecutionProvider", "text_feed": text_feed}
+    quantization: dict[str, Any] | None = None
+    parity: dict[str, Any] | None = None
+    if whole_int8:  # the whole backbone int8, gated on the task; else the backbone's int8 export (.quantize)
+        from .quantize import WHOLE_INT8_METHOD, backbone_node_names, quantize_backbone_nodes
+
+        whole, names = quantize_backbone_nodes(proto, backbone_node_names(exported.path), out.parent)
+        quantization = {"where": "bundle", "method": WHOLE_INT8_METHOD, "nodes": len(names),
+                        "from_fp32_backbone": exported.fingerprint}
+        try:
+            if not names:
+                raise BundleError("the backbone has no MatMul or Attention to quantise")
+            parity, notes = _gate(model, spec, pre, whole.SerializeToString(), *gate_args, **gate_kwargs)
+            proto = whole
+        except (gate.ExportParityError, BundleError) as exc:
+            quantization = {"where": "backbone export", "refused": {"method": WHOLE_INT8_METHOD,
+                                                                    "reason": exc.message}}
+            exported = export(spec, "int8", settings=engine.settings, engine=engine, calibration=calibration)
+            proto = assemble(pre, exported.path, head_graph(model, spec.dim), spec.output_name, {})
+    if parity is None:
+        parity, notes = _gate(model, spec, pre, proto.SerializeToString(), *gate_args, **gate_kwargs)
+    if quantization is not None:
+        parity["quantization"] = quantization
     if precision == "fp16":
         parity["provider"] = gate_provider
         if gate_provider != "CUDAExecutionProvider":
