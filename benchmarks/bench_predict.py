@@ -170,7 +170,9 @@ def _fp32_floor(bundle: Path, texts: list[str], threads: int, calls: int, st: An
     """What fp32 cannot go below here: one onnxruntime graph holding only the bundle's own transformer weight
     matrices, each multiplied once by a [1, tokens, in] input (tokens = the median single-text width), timed
     taking turns with the bundle and sentence-transformers. Its weights are read from memory on every call, as
-    the bundle's are; ``best_possible_p50_ratio`` is sentence-transformers' p50 over this floor's."""
+    the bundle's are; ``best_possible_p50_ratio`` is sentence-transformers' p50 over this floor's. ``read_*``: numpy
+    summing the same bytes (one plain pass over them, no multiplication): the bound for any engine, however good
+    its matrix products, that must read fp32 weights larger than the caches once a call."""
     import onnxruntime as ort
     import torch
     from onnx import TensorProto, helper, numpy_helper
@@ -199,9 +201,11 @@ def _fp32_floor(bundle: Path, texts: list[str], threads: int, calls: int, st: An
         with torch.inference_mode():
             return lr.predict_proba(st.encode([t], batch_size=1))
 
-    ours, gemm, theirs = paired_latency([lambda t: session.run(["probabilities", "label"],
-                                                               {"text": np.array([t], dtype=object)}),
-                                         lambda t: floor.run(None, feed), st_one], texts, calls)
+    flat = np.concatenate([w.ravel() for w in weights])  # the same bytes, summed: a plain read of them
+    ours, gemm, theirs, read = paired_latency([lambda t: session.run(["probabilities", "label"],
+                                                                     {"text": np.array([t], dtype=object)}),
+                                               lambda t: floor.run(None, feed), st_one, lambda t: flat.sum()],
+                                              texts, calls)
     flops = sum(2 * tokens * w.shape[0] * w.shape[1] for w in weights)
     mb = sum(w.nbytes for w in weights) / 1e6
     return {"threads": threads, "tokens": tokens, "matrices": len(weights), "weights_mb": round(mb, 1),
@@ -209,7 +213,9 @@ def _fp32_floor(bundle: Path, texts: list[str], threads: int, calls: int, st: An
             "sentence_transformers_p50_ms": theirs["p50_ms"],
             "floor_gb_per_s": round(mb / gemm["p50_ms"], 1), "floor_gflop_per_s": round(flops / 1e6 / gemm["p50_ms"], 1),
             "best_possible_p50_ratio": round(theirs["p50_ms"] / gemm["p50_ms"], 2),
-            "bundle_over_floor_ms": round(ours["p50_ms"] - gemm["p50_ms"], 3)}
+            "bundle_over_floor_ms": round(ours["p50_ms"] - gemm["p50_ms"], 3),
+            "read_p50_ms": read["p50_ms"], "read_gb_per_s": round(mb / read["p50_ms"], 1),
+            "read_bound_p50_ratio": round(theirs["p50_ms"] / read["p50_ms"], 2)}
 
 
 def _tried(model_dir: Path, bundle: Path, bundle8: Path, texts: list[str], threads: int,

@@ -549,8 +549,13 @@ def predict(results: Path, base: str) -> str:
                        f"call), each multiplied once by a {f['tokens']}-token input, take p50 {f['floor_p50_ms']} ms "
                        f"({f['floor_gb_per_s']} GB/s, {f['floor_gflop_per_s']} GFLOP/s), taking turns with the bundle "
                        f"({f['bundle_p50_ms']} ms) and sentence-transformers ({f['sentence_transformers_p50_ms']} ms): "
-                       f"no fp32 engine can be more than {f['best_possible_p50_ratio']}× faster than "
-                       f"sentence-transformers here; the bundle spends {f['bundle_over_floor_ms']} ms above the floor.\n")
+                       f"onnxruntime cannot run fp32 more than {f['best_possible_p50_ratio']}× faster than "
+                       f"sentence-transformers with onnxruntime's matrix products; the bundle spends "
+                       f"{f['bundle_over_floor_ms']} ms above that floor."
+                       + (f" Merely reading those bytes once (numpy summing them) takes {f['read_p50_ms']} ms "
+                          f"({f['read_gb_per_s']} GB/s): the bound for any fp32 engine, however good its matrix "
+                          f"products, is {f['read_bound_p50_ratio']}× sentence-transformers' speed."
+                          if "read_p50_ms" in f else "") + "\n")
         if part.get("tried"):
             out += ["\nWhat was tried to make the text bundle faster (each taking turns with the bundle it would "
                     "replace; p50 ratio above 1 = faster; max abs diff against the fp32 bundle's probabilities):\n",
