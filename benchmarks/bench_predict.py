@@ -150,7 +150,7 @@ def bench_text(thread_counts: list[int], calls: int) -> dict[str, Any]:
             "bundle_ops": _op_counts(bundle),
             "single_item_tokens": _token_widths(bundle, texts),
             "profile": _profile(bundle, texts, thread_counts[0]),
-            "fp32_floor": _fp32_floor(bundle, texts, thread_counts[0], calls, st, lr),
+            "fp32_floor": _fp32_floor(bundle, texts, thread_counts[0], calls, runs[0]["rows"][1]["p50_ms"]),
             "tried": _tried(model_dir, bundle, bundle8, texts, thread_counts[0], calls)}
 
 
@@ -166,15 +166,15 @@ def _encoder_weights(bundle: Path) -> list[np.ndarray]:
             if n.op_type in ("MatMul", "Attention") and not n.name.startswith("head_") and n.input[1] in inits]
 
 
-def _fp32_floor(bundle: Path, texts: list[str], threads: int, calls: int, st: Any, lr: Any) -> dict[str, Any]:
+def _fp32_floor(bundle: Path, texts: list[str], threads: int, calls: int, st_p50_ms: float) -> dict[str, Any]:
     """What fp32 cannot go below here: one onnxruntime graph holding only the bundle's own transformer weight
     matrices, each multiplied once by a [1, tokens, in] input (tokens = the median single-text width), timed
-    taking turns with the bundle and sentence-transformers. Its weights are read from memory on every call, as
-    the bundle's are; ``best_possible_p50_ratio`` is sentence-transformers' p50 over this floor's. ``read_*``: numpy
+    taking turns with the bundle (median of 3 rounds). Its weights are read from memory on every call, as the
+    bundle's are; ``best_possible_p50_ratio`` is sentence-transformers' p50 (``st_p50_ms``, from the run at
+    ``threads``) over this floor's. ``read_*``: numpy
     summing the same bytes (one plain pass over them, no multiplication): the bound for any engine, however good
     its matrix products, that must read fp32 weights larger than the caches once a call."""
     import onnxruntime as ort
-    import torch
     from onnx import TensorProto, helper, numpy_helper
 
     weights = _encoder_weights(bundle)
@@ -195,17 +195,11 @@ def _fp32_floor(bundle: Path, texts: list[str], threads: int, calls: int, st: An
     feed = {name: np.random.default_rng(0).standard_normal((1, tokens, k)).astype(np.float32)
             for k, name in inputs.items()}
     session = _session(bundle, threads)
-    torch.set_num_threads(threads)
-
-    def st_one(t: str):
-        with torch.inference_mode():
-            return lr.predict_proba(st.encode([t], batch_size=1))
-
     flat = np.concatenate([w.ravel() for w in weights])  # the same bytes, summed: a plain read of them
-    ours, gemm, theirs, read = paired_latency([lambda t: session.run(["probabilities", "label"],
-                                                                     {"text": np.array([t], dtype=object)}),
-                                               lambda t: floor.run(None, feed), st_one, lambda t: flat.sum()],
-                                              texts, calls)
+    ours, gemm, read = _median_rounds([lambda t: session.run(["probabilities", "label"],
+                                                             {"text": np.array([t], dtype=object)}),
+                                       lambda t: floor.run(None, feed), lambda t: flat.sum()], texts, calls)
+    theirs = {"p50_ms": st_p50_ms}
     flops = sum(2 * tokens * w.shape[0] * w.shape[1] for w in weights)
     mb = sum(w.nbytes for w in weights) / 1e6
     return {"threads": threads, "tokens": tokens, "matrices": len(weights), "weights_mb": round(mb, 1),
@@ -218,10 +212,19 @@ def _fp32_floor(bundle: Path, texts: list[str], threads: int, calls: int, st: An
             "read_bound_p50_ratio": round(theirs["p50_ms"] / read["p50_ms"], 2)}
 
 
+def _median_rounds(fns: list[Callable[[Any], Any]], items: list[Any], calls: int,
+                   rounds: int = 3) -> list[dict[str, float]]:
+    """:func:`paired_latency` ``rounds`` times; per engine the median of the rounds' p50 and p99 (a burst of
+    load from other jobs spoils one round, not the figure)."""
+    runs = [paired_latency(fns, items, calls) for _ in range(rounds)]
+    return [{k: round(float(np.median([r[i][k] for r in runs])), 3) for k in ("p50_ms", "p99_ms")}
+            for i in range(len(fns))]
+
+
 def _tried(model_dir: Path, bundle: Path, bundle8: Path, texts: list[str], threads: int,
            calls: int) -> list[dict[str, Any]]:
-    """Single-text p50 of what was tried to make the bundles faster, each taking turns with the bundle it would
-    replace as that ships (``p50_ratio``: the shipped p50 over the variant's; above 1 = the variant is faster),
+    """Single-text p50 (median of 3 rounds) of what was tried to make the bundles faster, each taking turns with
+    the bundle it would replace as that ships (``p50_ratio``: the shipped p50 over the variant's; above 1 = the variant is faster),
     and its max abs probability difference from the shipped fp32 bundle on the test texts."""
     import onnxruntime as ort
 
@@ -251,12 +254,12 @@ def _tried(model_dir: Path, bundle: Path, bundle8: Path, texts: list[str], threa
     rows = []
     reference = shipped.run(["probabilities"], {"text": np.array(texts, dtype=object)})[0]
     for what, base_session, session in variants:
-        base, other = paired_latency([run(base_session), run(session)], texts, calls)
+        base, other = _median_rounds([run(base_session), run(session)], texts, calls)
         got = session.run(["probabilities"], {"text": np.array(texts, dtype=object)})[0]
         rows.append({"variant": what, "p50_ms": other["p50_ms"], "shipped_p50_ms": base["p50_ms"],
                      "p50_ratio": round(base["p50_ms"] / other["p50_ms"], 2),
                      "max_abs_diff": float(np.abs(got - reference).max())})
-    base, tok = paired_latency([run(shipped), lambda t: tokenizer.run(None, {"text": np.array([t], dtype=object)})],
+    base, tok = _median_rounds([run(shipped), lambda t: tokenizer.run(None, {"text": np.array([t], dtype=object)})],
                                texts, calls)
     rows.append({"variant": "fp32: the in-graph tokenizer alone (its share of a call)", "p50_ms": tok["p50_ms"],
                  "shipped_p50_ms": base["p50_ms"], "share": round(tok["p50_ms"] / base["p50_ms"], 3)})

@@ -29,6 +29,7 @@ def quantize_backbone_nodes(model: Any, backbone_nodes: set[str], workdir: Path)
     from ..backbones.quantize import _quiet_root_logger
 
     chosen = [n.name for n in model.graph.node if n.op_type in WHOLE_INT8_OPS and n.name in backbone_nodes]
+    workdir.mkdir(parents=True, exist_ok=True)  # the bundle's folder: written there next anyway
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".headstart-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model.SerializeToString())
