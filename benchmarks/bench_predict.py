@@ -5,7 +5,12 @@ today, in the same process, with the same thread count.
         [--path-sizes 1,10,100,1000,10000]
 
 - text: the README's support-ticket model (MiniLM + linear head) as a bundle fed raw strings, against
-  ``SentenceTransformer.encode`` + a fitted scikit-learn ``LogisticRegression.predict_proba``.
+  ``SentenceTransformer.encode`` + a fitted scikit-learn ``LogisticRegression.predict_proba``; precision against
+  precision: the fp32 bundle against fp32 sentence-transformers, the int8 bundle (``--precision int8``) against
+  sentence-transformers with its best CPU int8 (torch dynamic quantisation of every Linear, the
+  LogisticRegression refitted on its features), with each one's test accuracy and int8-vs-fp32 label
+  agreement. Also: the fp32 floor (a graph of the bundle's transformer weight matrices alone, each multiplied
+  once: what any fp32 engine must pay to read them), and what was tried to make the bundle faster.
 - images: an EfficientNet-Lite0 + linear model on a photo folder (crops of scikit-learn's sample photos) as a
   bundle fed decoded pixels, against the PyTorch eager EfficientNet-Lite0 (the module headstart exports) fed the
   same pixels resized by Pillow + a fitted ``LogisticRegression.predict_proba``.
@@ -121,16 +126,167 @@ def bench_text(thread_counts: list[int], calls: int) -> dict[str, Any]:
     parity8 = hs.bundle(model_dir, bundle8, precision="int8").parity
     st = SentenceTransformer(_model_dir(), device="cpu")
     lr = LogisticRegression(max_iter=1000).fit(st.encode(_texts(TRAIN), batch_size=32), _labels(TRAIN))
-    texts = _texts(TEST)
+    # sentence-transformers' best CPU int8: torch dynamic quantisation of every Linear (qint8), the
+    # LogisticRegression refitted on that model's own features
+    st8 = torch.ao.quantization.quantize_dynamic(SentenceTransformer(_model_dir(), device="cpu"), {torch.nn.Linear},
+                                                 dtype=torch.qint8)
+    lr8 = LogisticRegression(max_iter=1000).fit(st8.encode(_texts(TRAIN), batch_size=32), _labels(TRAIN))
+    texts, truth = _texts(TEST), _labels(TEST)
     many = (texts * (512 // len(texts) + 1))[:512]
-    runs = [_text_run(threads, calls, bundle, bundle8, st, lr, texts, many) for threads in thread_counts]
-    session = _session(bundle, thread_counts[0])
+    runs = [_text_run(threads, calls, bundle, bundle8, st, lr, st8, lr8, texts, many) for threads in thread_counts]
+    session, session8 = _session(bundle, thread_counts[0]), _session(bundle8, thread_counts[0])
     got = session.run(["label"], {"text": np.array(texts, dtype=object)})[0]
-    agree = float(np.mean([a == b for a, b in zip(got, lr.predict(st.encode(texts)))]))
+    proba, _ = session.run(["probabilities", "label"], {"text": np.array(texts, dtype=object)})
+    proba8, got8 = session8.run(["probabilities", "label"], {"text": np.array(texts, dtype=object)})
+    with torch.inference_mode():
+        theirs, theirs8 = lr.predict(st.encode(texts)), lr8.predict(st8.encode(texts))
+    same = lambda a, b: float(np.mean([str(x) == str(y) for x, y in zip(a, b)]))  # noqa: E731
     return {"runs": runs, "items": len(texts), "batch_items": len(many), "batch_size": 32, "int8_parity": parity8,
-            "label_agreement": agree, "bundle_ops": _op_counts(bundle),
+            "label_agreement": same(got, theirs),
+            "test_accuracy": {"bundle": same(got, truth), "sentence_transformers": same(theirs, truth),
+                              "bundle_int8": same(got8, truth), "sentence_transformers_int8": same(theirs8, truth)},
+            "int8_label_agreement_with_fp32": {"bundle": same(got8, got), "sentence_transformers": same(theirs8, theirs)},
+            "int8_bundle_max_abs_diff_vs_fp32": float(np.abs(proba8 - proba).max()),
+            "bundle_ops": _op_counts(bundle),
             "single_item_tokens": _token_widths(bundle, texts),
-            "profile": _profile(bundle, texts, thread_counts[0])}
+            "profile": _profile(bundle, texts, thread_counts[0]),
+            "fp32_floor": _fp32_floor(bundle, texts, thread_counts[0], calls, runs[0]["rows"][1]["p50_ms"]),
+            "tried": _tried(model_dir, bundle, bundle8, texts, thread_counts[0], calls)}
+
+
+def _encoder_weights(bundle: Path) -> list[np.ndarray]:
+    """The fp32 weight matrices of the bundle's transformer: the second input of every MatMul and Attention
+    node outside the head (``head_*``) that is an initializer."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(bundle))
+    inits = {t.name: t for t in model.graph.initializer}
+    return [numpy_helper.to_array(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type in ("MatMul", "Attention") and not n.name.startswith("head_") and n.input[1] in inits]
+
+
+def _fp32_floor(bundle: Path, texts: list[str], threads: int, calls: int, st_p50_ms: float) -> dict[str, Any]:
+    """What fp32 cannot go below here: one onnxruntime graph holding only the bundle's own transformer weight
+    matrices, each multiplied once by a [1, tokens, in] input (tokens = the median single-text width), timed
+    taking turns with the bundle (median of 3 rounds). Its weights are read from memory on every call, as the
+    bundle's are; ``best_possible_p50_ratio`` is sentence-transformers' p50 (``st_p50_ms``, from the run at
+    ``threads``) over this floor's. ``read_*``: numpy
+    summing the same bytes (one plain pass over them, no multiplication): the bound for any engine, however good
+    its matrix products, that must read fp32 weights larger than the caches once a call."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = _encoder_weights(bundle)
+    tokens = int(_token_widths(bundle, texts)["median"])
+    nodes, inits, outputs, inputs = [], [], [], {}
+    for i, w in enumerate(weights):
+        x = inputs.setdefault(w.shape[0], f"x{w.shape[0]}")
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"y{i}"]))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, tokens, w.shape[1]]))
+    graph = helper.make_graph(nodes, "fp32_floor", [helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                                                  [1, tokens, k])
+                                                    for k, name in inputs.items()], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    floor = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed = {name: np.random.default_rng(0).standard_normal((1, tokens, k)).astype(np.float32)
+            for k, name in inputs.items()}
+    session = _session(bundle, threads)
+    flat = np.concatenate([w.ravel() for w in weights])  # the same bytes, summed: a plain read of them
+    ours, gemm, read = _median_rounds([lambda t: session.run(["probabilities", "label"],
+                                                             {"text": np.array([t], dtype=object)}),
+                                       lambda t: floor.run(None, feed), lambda t: flat.sum()], texts, calls)
+    theirs = {"p50_ms": st_p50_ms}
+    flops = sum(2 * tokens * w.shape[0] * w.shape[1] for w in weights)
+    mb = sum(w.nbytes for w in weights) / 1e6
+    return {"threads": threads, "tokens": tokens, "matrices": len(weights), "weights_mb": round(mb, 1),
+            "gflop": round(flops / 1e9, 3), "floor_p50_ms": gemm["p50_ms"], "bundle_p50_ms": ours["p50_ms"],
+            "sentence_transformers_p50_ms": theirs["p50_ms"],
+            "floor_gb_per_s": round(mb / gemm["p50_ms"], 1), "floor_gflop_per_s": round(flops / 1e6 / gemm["p50_ms"], 1),
+            "best_possible_p50_ratio": round(theirs["p50_ms"] / gemm["p50_ms"], 2),
+            "bundle_over_floor_ms": round(ours["p50_ms"] - gemm["p50_ms"], 3),
+            "read_p50_ms": read["p50_ms"], "read_gb_per_s": round(mb / read["p50_ms"], 1),
+            "read_bound_p50_ratio": round(theirs["p50_ms"] / read["p50_ms"], 2)}
+
+
+def _median_rounds(fns: list[Callable[[Any], Any]], items: list[Any], calls: int,
+                   rounds: int = 3) -> list[dict[str, float]]:
+    """:func:`paired_latency` ``rounds`` times; per engine the median of the rounds' p50 and p99 (a burst of
+    load from other jobs spoils one round, not the figure)."""
+    runs = [paired_latency(fns, items, calls) for _ in range(rounds)]
+    return [{k: round(float(np.median([r[i][k] for r in runs])), 3) for k in ("p50_ms", "p99_ms")}
+            for i in range(len(fns))]
+
+
+def _tried(model_dir: Path, bundle: Path, bundle8: Path, texts: list[str], threads: int,
+           calls: int) -> list[dict[str, Any]]:
+    """Single-text p50 (median of 3 rounds) of what was tried to make the bundles faster, each taking turns with
+    the bundle it would replace as that ships (``p50_ratio``: the shipped p50 over the variant's; above 1 = the variant is faster),
+    and its max abs probability difference from the shipped fp32 bundle on the test texts."""
+    import onnxruntime as ort
+
+    from headstart.engine.bundle.loader import CPU_DISABLED_OPTIMIZERS, session_options
+    from headstart.engine.bundle.text_graph import text_graph
+    from headstart.plugins.backbones.minilm import minilm_spec
+
+    def opened(path: Path, disabled: bool = True, config: dict[str, str] | None = None):
+        opts = session_options(threads=threads)
+        for key, value in (config or {}).items():
+            opts.add_session_config_entry(key, value)
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if disabled else [])
+
+    p = minilm_spec().preprocessing
+    tokenizer = ort.InferenceSession(text_graph(p.tokenizer, p.max_length, tuple(p.inputs)).SerializeToString(),
+                                     session_options(threads=threads), providers=["CPUExecutionProvider"])
+    shipped, shipped8 = _session(bundle, threads), _session(bundle8, threads)
+    variants = [  # (what, the shipped bundle it is measured against, the variant)
+        ("fp32: SkipLayerNormFusion on (onnxruntime's default)", shipped, opened(bundle, disabled=False)),
+        ("fp32: denormals as zero (session.set_denormal_as_zero)", shipped,
+         opened(bundle, config={"session.set_denormal_as_zero": "1"})),
+        ("int8 as the backbone's int8 export quantises it (4 MatMuls + 1 Attention kept fp32)", shipped8,
+         opened(_backbone_recipe_int8(model_dir))),
+    ]
+    run = lambda s: lambda t: s.run(["probabilities", "label"], {"text": np.array([t], dtype=object)})  # noqa: E731
+    rows = []
+    reference = shipped.run(["probabilities"], {"text": np.array(texts, dtype=object)})[0]
+    for what, base_session, session in variants:
+        base, other = _median_rounds([run(base_session), run(session)], texts, calls)
+        got = session.run(["probabilities"], {"text": np.array(texts, dtype=object)})[0]
+        rows.append({"variant": what, "p50_ms": other["p50_ms"], "shipped_p50_ms": base["p50_ms"],
+                     "p50_ratio": round(base["p50_ms"] / other["p50_ms"], 2),
+                     "max_abs_diff": float(np.abs(got - reference).max())})
+    base, tok = _median_rounds([run(shipped), lambda t: tokenizer.run(None, {"text": np.array([t], dtype=object)})],
+                               texts, calls)
+    rows.append({"variant": "fp32: the in-graph tokenizer alone (its share of a call)", "p50_ms": tok["p50_ms"],
+                 "shipped_p50_ms": base["p50_ms"], "share": round(tok["p50_ms"] / base["p50_ms"], 3)})
+    return rows
+
+
+def _backbone_recipe_int8(model_dir: Path) -> Path:
+    """The bundle as it was before int8 text bundles were quantised whole: the backbone's int8 export (its
+    recipe keeps layer 0's Attention and the feed-forwards of layers 0 and 4 fp32) + the same head."""
+    from headstart.engine.backbones.export import export
+    from headstart.engine.bundle.assemble import assemble
+    from headstart.engine.bundle.build import _pad_id
+    from headstart.engine.bundle.head_graph import head_graph
+    from headstart.engine.bundle.text_graph import text_graph
+    from headstart.engine.plugins import get_engine
+    from headstart.engine.train.model import load_model
+    from headstart.plugins.backbones.minilm import minilm_spec
+
+    engine = get_engine()
+    spec = minilm_spec()
+    exported = export(spec, "int8", settings=engine.settings, engine=engine)
+    p = spec.preprocessing
+    pre = text_graph(p.tokenizer, p.max_length, tuple(p.inputs), _pad_id(spec))
+    out = OUT / "support-int8-backbone-recipe.onnx"
+    out.write_bytes(assemble(pre, exported.path, head_graph(load_model(model_dir), spec.dim), spec.output_name,
+                             {}).SerializeToString())
+    return out
 
 
 def _profile(bundle: Path, texts: list[str], threads: int, calls: int = 100) -> dict[str, Any]:
@@ -193,8 +349,8 @@ def _token_widths(bundle: Path, texts: list[str]) -> dict[str, Any]:
             "padding_tokens": int(sum(widths) - sum(tokens))}
 
 
-def _text_run(threads: int, calls: int, bundle: Path, bundle8: Path, st: Any, lr: Any, texts: list[str],
-              many: list[str]) -> dict[str, Any]:
+def _text_run(threads: int, calls: int, bundle: Path, bundle8: Path, st: Any, lr: Any, st8: Any, lr8: Any,
+              texts: list[str], many: list[str]) -> dict[str, Any]:
     import os
 
     import torch
@@ -223,13 +379,24 @@ def _text_run(threads: int, calls: int, bundle: Path, bundle8: Path, st: Any, lr
         with torch.inference_mode():
             return lr.predict_proba(st.encode(ts, batch_size=len(ts)))
 
-    ours, theirs, ours8 = paired_latency([bundle_one, st_one, int8_one], texts, calls)
+    def st8_one(t: str):
+        with torch.inference_mode():
+            return lr8.predict_proba(st8.encode([t], batch_size=1))
+
+    def st8_many(ts: list[str]):
+        with torch.inference_mode():
+            return lr8.predict_proba(st8.encode(ts, batch_size=len(ts)))
+
+    ours, theirs, ours8, theirs8 = paired_latency([bundle_one, st_one, int8_one, st8_one], texts, calls)
     rows = [{"engine": "headstart bundle (onnxruntime)", **ours, "items_per_s": throughput(bundle_many, many, 32)},
             {"engine": "SentenceTransformer.encode + LogisticRegression", **theirs,
              "items_per_s": throughput(st_many, many, 32)},
-            {"engine": "headstart bundle --precision int8", **ours8, "items_per_s": throughput(int8_many, many, 32)}]
+            {"engine": "headstart bundle --precision int8", **ours8, "items_per_s": throughput(int8_many, many, 32)},
+            {"engine": "SentenceTransformer (torch dynamic int8 Linear) + LogisticRegression", **theirs8,
+             "items_per_s": throughput(st8_many, many, 32)}]
     return {"threads": threads, "rows": rows, "p50_ratio": round(rows[1]["p50_ms"] / rows[0]["p50_ms"], 2),
             "p50_ratio_int8": round(rows[1]["p50_ms"] / rows[2]["p50_ms"], 2),
+            "p50_ratio_int8_vs_int8": round(rows[3]["p50_ms"] / rows[2]["p50_ms"], 2),
             "throughput_ratio": round(rows[0]["items_per_s"] / rows[1]["items_per_s"], 2),
             "loadavg_1min": [load_before, round(os.getloadavg()[0], 2)]}
 
@@ -456,6 +623,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{name}, {run['threads']} thread(s): p50 ratio {run['p50_ratio']}x, throughput ratio "
                       f"{run['throughput_ratio']}x, label agreement {result[name]['label_agreement']}")
                 print(table(run["rows"], ["engine", "p50_ms", "p99_ms", "items_per_s"]))
+            if name == "text":
+                part = result[name]
+                print(f"\nint8 vs int8 p50 ratio: {[r['p50_ratio_int8_vs_int8'] for r in part['runs']]}; test accuracy "
+                      f"{part['test_accuracy']}; int8 label agreement with fp32 {part['int8_label_agreement_with_fp32']}")
+                print(f"fp32 floor (the transformer's weight matrices alone): {part['fp32_floor']}")
+                print(table(part["tried"], ["variant", "p50_ms", "shipped_p50_ms", "p50_ratio", "max_abs_diff", "share"]))
     save("predict", result)
     return 0
 

@@ -523,13 +523,46 @@ def predict(results: Path, base: str) -> str:
                     _table(run["rows"], [("engine", "engine"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
                                          (f"{what}/s", "items_per_s")]
                            + ([(f"same-size {what}/s", "same_size_items_per_s")] if "same_size" in part else []))]
-            if "p50_ratio_int8" in run:
+            if "p50_ratio_int8_vs_int8" in run:
+                out.append(f"\nPrecision against precision: the fp32 bundle's p50 {run['p50_ratio']}× faster than fp32 "
+                           f"sentence-transformers; the int8 bundle's {run['p50_ratio_int8_vs_int8']}× faster than "
+                           f"sentence-transformers with torch dynamic int8 and {run['p50_ratio_int8']}× faster than "
+                           f"fp32 sentence-transformers.\n")
+            elif "p50_ratio_int8" in run:
                 out.append(f"\nThe int8 bundle: p50 {run['p50_ratio_int8']}× faster than the baseline.\n")
         if "int8_parity" in part:
             gate = (part.get("int8_parity") or {}).get("validation", {})
             out.append(f"\nThe int8 bundle's gate on the validation split: label agreement "
                        f"{gate.get('label_agreement')}, accuracy delta {gate.get('accuracy_delta_pt')} pt on "
                        f"{gate.get('items')} items.\n")
+        if part.get("test_accuracy"):
+            acc, agree = part["test_accuracy"], part["int8_label_agreement_with_fp32"]
+            out.append(f"\nAccuracy on the {part['items']} test texts: bundle {acc['bundle']:.4f}, sentence-transformers "
+                       f"{acc['sentence_transformers']:.4f}, int8 bundle {acc['bundle_int8']:.4f}, int8 "
+                       f"sentence-transformers {acc['sentence_transformers_int8']:.4f}; int8 labels equal to fp32's: "
+                       f"bundle {agree['bundle']:.4f}, sentence-transformers {agree['sentence_transformers']:.4f} (max "
+                       f"abs probability difference int8 vs fp32 bundle {part['int8_bundle_max_abs_diff_vs_fp32']:.3g}).\n")
+        if part.get("fp32_floor"):
+            f = part["fp32_floor"]
+            out.append(f"\nThe fp32 floor ({f['threads']} thread): the transformer's {f['matrices']} weight matrices alone "
+                       f"({f['weights_mb']} MB fp32, more than this CPU's caches hold, so read from memory on every "
+                       f"call), each multiplied once by a {f['tokens']}-token input, take p50 {f['floor_p50_ms']} ms "
+                       f"({f['floor_gb_per_s']} GB/s, {f['floor_gflop_per_s']} GFLOP/s), taking turns with the bundle "
+                       f"({f['bundle_p50_ms']} ms): against sentence-transformers' {f['sentence_transformers_p50_ms']} ms "
+                       f"at that thread count, no fp32 graph on onnxruntime's matrix products can be more than "
+                       f"{f['best_possible_p50_ratio']}× faster here; the bundle spends {f['bundle_over_floor_ms']} ms "
+                       f"above that floor (attention, layer norms, Gelu, tokenizer, head, the call)."
+                       + (f" Merely reading those bytes once (numpy summing them) takes {f['read_p50_ms']} ms "
+                          f"({f['read_gb_per_s']} GB/s): an engine whose matrix products overlapped reading "
+                          f"with computing completely could not beat {f['read_bound_p50_ratio']}× "
+                          f"sentence-transformers' speed."
+                          if "read_p50_ms" in f else "") + "\n")
+        if part.get("tried"):
+            out += ["\nWhat was tried to make the text bundle faster (each taking turns with the bundle it would "
+                    "replace; p50 ratio above 1 = faster; max abs diff against the fp32 bundle's probabilities):\n",
+                    _table(part["tried"], [("variant", "variant"), ("p50 ms", "p50_ms"),
+                                           ("shipped p50 ms", "shipped_p50_ms"), ("p50 ratio", "p50_ratio"),
+                                           ("max abs diff", "max_abs_diff"), ("share of a call", "share")])]
         if part.get("profile"):
             prof = part["profile"]
             tokens = part.get("single_item_tokens") or {}

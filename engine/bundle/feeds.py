@@ -41,15 +41,17 @@ def feed_of(spec: Any, payload: Any) -> Any:
     return pre.collate(pre.prepare_many([payload]))
 
 
-def bundle_runner(data: bytes, spec: Any, cuda: bool = False, text_feed: Callable[[list[str]], dict] | None = None
+def bundle_runner(data: bytes, spec: Any, cuda: bool = False, text_feed: Callable[[list[str]], dict] | None = None,
+                  disabled_optimizers: tuple[str, ...] | None = None
                   ) -> Callable[[list[Any]], tuple[list[str], np.ndarray]]:
     """``run(feeds) -> (labels, probabilities)`` over the serialized bundle ``data`` (``cuda``: on the CUDA
     provider, as fp16 bundles run; ``text_feed``: strings -> the bundle's inputs, for a text bundle whose
-    tokenizer ships beside it)."""
+    tokenizer ships beside it; ``disabled_optimizers``: see :func:`.loader.open_session`)."""
     from .loader import image_feeds, open_session
 
     session = open_session(data, needs_extensions=spec.modality == "text" and not text_feed,
-                           providers=(["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"])
+                           providers=(["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"],
+                           disabled_optimizers=disabled_optimizers)
     outputs = ["probabilities", "label"]
 
     def run(feeds: list[Any]) -> tuple[list[str], np.ndarray]:

@@ -8,9 +8,11 @@ bundle's ``probabilities`` are compared with the model's (:mod:`headstart.engine
   else :class:`ExportParityError`. Text items whose in-graph token ids differ from headstart's tokenizer
   are counted apart: on training items they fail the gate, on probe items (exotic text: NUL, Greek
   capitals, voiced kana) they are recorded in the metadata and left out of the comparison.
-- another precision (int8, fp16): label agreement with the model and the accuracy on the model's
-  validation split (labelled ``--check-on`` data split as in training), refused when the bundle's accuracy
-  is more than :data:`MAX_ACCURACY_DROP` below the model's.
+- another precision (int8, fp16), and int8 text bundles always (dynamic int8 rescales each call, so no
+  exact comparison with headstart's batches holds): label agreement with the model and the accuracy on the
+  model's validation split (labelled ``--check-on`` data split as in training), refused when the bundle's
+  accuracy is more than :data:`MAX_ACCURACY_DROP` below the model's; on the CPU with the bundle's session
+  settings and with onnxruntime's default optimisers (as APIs without ``disabled_optimizers`` open it).
 """
 
 from __future__ import annotations

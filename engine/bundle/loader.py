@@ -43,16 +43,19 @@ def session_options(*, threads: int | None = None, needs_extensions: bool = True
 
 
 def open_session(model: str | Path | bytes, *, threads: int | None = None, providers: Sequence[str] | None = None,
-                 needs_extensions: bool = True) -> Any:
+                 needs_extensions: bool = True, disabled_optimizers: Sequence[str] | None = None) -> Any:
     """An onnxruntime InferenceSession of a bundle (a path or its bytes) with the settings it is meant to run
-    with: :func:`session_options`, and :data:`CPU_DISABLED_OPTIMIZERS` when it runs on the CPU provider alone."""
+    with: :func:`session_options`, and :data:`CPU_DISABLED_OPTIMIZERS` when it runs on the CPU provider alone
+    (``disabled_optimizers``: these instead; ``()`` = onnxruntime's defaults, as APIs without the option run it)."""
     import onnxruntime as ort
 
     providers = list(providers or ["CPUExecutionProvider"])
     on_cpu = all(p == "CPUExecutionProvider" for p in providers)
+    if disabled_optimizers is None:
+        disabled_optimizers = CPU_DISABLED_OPTIMIZERS if on_cpu else ()
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model),
                                 session_options(threads=threads, needs_extensions=needs_extensions),
-                                providers=providers, disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if on_cpu else [])
+                                providers=providers, disabled_optimizers=list(disabled_optimizers))
 
 
 class Bundle:
