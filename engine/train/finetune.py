@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import ConfigError, DataError, FinetuneError, HeadError
 from .api import DEFAULT_SWEEP, Prepared, prepare, sweep
 from .metrics import classification_metrics
+from ..heads.features import FeatureSet
 from .model import Model, load_features, load_model, make_manifest
 
 HEADS = ("linear", "mlp")
@@ -187,11 +188,18 @@ def _engine(engine: Any) -> Any:
     return get_engine()
 
 
-def _frozen_head(prep: Prepared, head: str, init_head: Any, engine: Any) -> tuple[Any, str, dict[str, Any]]:
+def _frozen_head(prep: Prepared, head: str, init_head: Any, engine: Any,
+                 fit: bool = True) -> tuple[Any, str, dict[str, Any] | None]:
     """The fitted frozen-feature head to start from (given, or fitted on the training split) and its
-    validation metrics."""
+    validation metrics; with ``fit`` False and no ``init_head``, the unfitted head (and no metrics)."""
     from ..heads.resolve import build_head
 
+    if init_head is None and not fit:
+        unfitted, ref = build_head(head, engine)
+        if str(ref).split("(")[0].strip() not in HEADS:
+            raise ConfigError(f"fine-tuning trains a linear or mlp head, not '{ref}'",
+                              hint="use --head linear or --head mlp(hidden=(256,))")
+        return unfitted, str(ref), None
     if init_head is None:
         model, name = None, head
     else:
@@ -301,12 +309,15 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     if len(prep.split.val) == 0:
         raise DataError("every class has a single example, so there is no validation split for early stopping",
                         hint="fine-tuning needs at least two labelled examples per class")
-    frozen, head_ref, frozen_metrics = _frozen_head(prep, head, init_head, engine)
-    log(f"frozen {head_ref} on {spec.name}: validation {options.metric} {frozen_metrics[options.metric]:.4f}")
+    # a finetuner that fits its own head (and reports the frozen baseline itself) gets the unfitted head
+    frozen, head_ref, frozen_metrics = _frozen_head(prep, head, init_head, engine,
+                                                    fit=spec_entry.spec.starts_from_fitted_head)
+    if frozen_metrics is not None:
+        log(f"frozen {head_ref} on {spec.name}: validation {options.metric} {frozen_metrics[options.metric]:.4f}")
     from ..sequences.backbone import backbone_vocabulary
 
     payloads = _payloads(source, fs.keys, backbone_vocabulary(reader_options, spec, engine), engine)
-    classes = np.asarray(frozen.classes_)
+    classes = np.asarray(frozen.classes_) if hasattr(frozen, "classes_") else np.unique(prep.y)
     index = {str(c): i for i, c in enumerate(classes)}
     y_idx = np.asarray([index[str(v)] for v in prep.y], dtype=np.int64)
     rows_train, rows_val = prep.split.train, prep.split.val
@@ -327,11 +338,18 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     exported = export(tuned_spec, "fp32", settings=engine.settings, engine=engine)
     log(f"fine-tuned backbone exported: fingerprint {exported.fingerprint}, parity min cosine "
         f"{exported.parity['min_cosine']:.6f}")
-    tuned = load_features(source, outcome.backbone_ref, labelled=True, engine=engine, reader_options=reader_options,
-                          progress=progress)
-    metrics = _score_onnx(tuned, prep, outcome.head)
-    if "cv_metrics" in outcome.info:  # the finetuner trained on the validation split too: its held-out folds score
+    if "cv_metrics" in outcome.info:
+        # the finetuner trained on the validation split too: its held-out folds score it, and the source is not
+        # embedded again (the parity gate checked the export against the tuned model the head was fitted on)
         metrics = {**outcome.info["cv_metrics"], "split": "cross-validation"}
+        tuned = FeatureSet(vectors=np.empty((0, exported.dim), np.float32), fingerprint=exported.fingerprint,
+                           backbone=outcome.backbone_ref, precision="fp32")
+    else:
+        tuned = load_features(source, outcome.backbone_ref, labelled=True, engine=engine,
+                              reader_options=reader_options, progress=progress)
+        metrics = _score_onnx(tuned, prep, outcome.head)
+    if frozen_metrics is None:  # the finetuner's own frozen baseline, else the frozen head fitted now
+        frozen_metrics = outcome.info.get("frozen_metrics") or _frozen_head(prep, head, None, engine)[2]
     export_info = {"fingerprint": exported.fingerprint, "path": str(exported.path),
                    "parity": {k: exported.parity[k] for k in ("min_cosine", "max_abs_diff", "items", "reference")}}
     training = {"n_labelled": len(prep.y), "n_train": int(len(rows_train)), "n_val": int(len(rows_val)),
