@@ -138,6 +138,9 @@ class FinetuneRequest:
     resume: bool
     identity: dict[str, Any]
     log: Callable[[str], None] = field(default=lambda message: None, repr=False)
+    # call with the fine-tuned backbone's ref as soon as its weights are written: the engine starts exporting it
+    # (graph, parity gate) on a thread while the finetuner finishes (e.g. fits its head); optional
+    start_export: Callable[[str], None] = field(default=lambda ref: None, repr=False)
 
 
 @dataclass
@@ -327,6 +330,8 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
         val_items=[payloads[prep.features.keys[i]] for i in rows_val], val_y=y_idx[rows_val], options=options,
         checkpoint_dir=checkpoint_dir, finetuned_root=engine.settings.home / FINETUNED_DIR, resume=resume,
         identity=_identity(spec, prep, head_ref, options), log=log)
+    early = _EarlyExport(engine)
+    request.start_export = early.start
     try:
         outcome = spec_entry.spec.run(request)
     except (FinetuneError, ConfigError, HeadError):
@@ -334,6 +339,8 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     except Exception as exc:  # noqa: BLE001 - name the finetuner that failed
         raise FinetuneError(f"finetuner '{finetuner}' (plugin '{spec_entry.plugin}') failed: {type(exc).__name__}: {exc}",
                             hint="the checkpoint of the last finished epoch is kept; fix the cause and use --resume") from exc
+    finally:
+        early.join()
     tuned_spec = resolve_backbone(outcome.backbone_ref, engine)
     exported = export(tuned_spec, "fp32", settings=engine.settings, engine=engine)
     log(f"fine-tuned backbone exported: fingerprint {exported.fingerprint}, parity min cosine "
@@ -370,6 +377,35 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     model.save(out, extra_files={f"{BACKBONE_DIR}/{Path(path).name}": path for path in outcome.backbone_files})
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return FinetuneResult(model, metrics, frozen_metrics, outcome, export_info, out)
+
+
+class _EarlyExport:
+    """The fp32 export of a fine-tuned backbone, started on a thread by the finetuner (``request.start_export``)
+    while it finishes; the export below then finds it in the export cache. A failure here is not kept: the
+    export below runs again and raises it with its own message."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.thread = engine, None
+
+    def start(self, ref: str) -> None:
+        import threading
+
+        from ..backbones.export import export
+        from ..backbones.resolve import resolve_backbone
+
+        def work() -> None:
+            try:
+                export(resolve_backbone(ref, self.engine), "fp32", settings=self.engine.settings, engine=self.engine)
+            except Exception:  # noqa: BLE001 - raised again, with its message, by the export after the finetuner
+                pass
+
+        if self.thread is None:
+            self.thread = threading.Thread(target=work, name="headstart-finetune-export", daemon=True)
+            self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 def _score_onnx(tuned: Any, prep: Prepared, head: Any) -> dict[str, Any]:

@@ -313,10 +313,8 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         written = epoch
         request.log(f"epoch {epoch}/{state['target_epochs']} on all {len(items)} items: pair loss {loss:.4f}")
     durable()
-    # 3. the head on the tuned embeddings of every item
+    # 3. the tuned backbone is written and its export (parity gate) started, then the head is fitted meanwhile
     emb = body.embed_all(all_rows)
-    head = clone(request.head)
-    head.fit(emb, np.asarray(request.classes)[y_np])
     body.prefix.restore()
     if state["target_epochs"] == 0:  # no epoch beat the frozen body: it is kept (its cached export, no new one)
         ref, files = request.spec.name, []
@@ -328,6 +326,9 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
                                       "best_epoch": state["best_epoch"],
                                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                       "graph_patch": patch}, delta=True)
+        request.start_export(ref)
+    head = clone(request.head)
+    head.fit(emb, np.asarray(request.classes)[y_np])
     info = {"device": "cpu", "precision": "fp32", "objective": "contrastive", "trainable_blocks": body.trainable_names,
             "trainable_parameters": int(sum(v.numel() for v in body.initial.values())),
             "optimizer_steps": state["optimizer_steps"], "folds": len(folds), "items": len(items),
