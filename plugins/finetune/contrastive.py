@@ -16,7 +16,9 @@ on the tuned embeddings), made cheap on a CPU:
   output is replayed (block_cache.py), so a step costs the top blocks only;
 * each step's loss covers every pair of the batch (pair_loss.py), hard pairs up-weighted, instead of
   sampling a few pairs per item;
-* the head (linear or mlp, as asked) is then fitted on the tuned embeddings of all items.
+* the tuned top blocks are written and their export started (``request.start_export``: the engine
+  exports and parity-checks on a thread), then the head (linear or mlp, as asked; the engine passes it
+  unfitted, no frozen head is fitted first) is fitted on the tuned embeddings of all items meanwhile.
 
 A checkpoint is written after every fold (curves and RNG only: each fold restarts from the base
 weights) and every epoch of the final run (weights, optimiser moments, RNG; written on a thread while
@@ -25,7 +27,8 @@ state is restored. The tuned backbone's graph is the base export with the tuned 
 (graph_patch.py) when every changed weight can be placed; when cross-validation keeps the frozen body
 (0 epochs), the base backbone itself is returned and nothing new is exported.
 The history holds the cross-validated curve (epoch 0 = the frozen body), ``info["cv_metrics"]`` the
-held-out accuracy / macro-F1 at the chosen epoch, which the engine reports as the validation score.
+held-out accuracy / macro-F1 at the chosen epoch, which the engine reports as the validation score (and
+then does not embed the source again), ``info["frozen_metrics"]`` those at epoch 0, the frozen baseline.
 """
 
 from __future__ import annotations
