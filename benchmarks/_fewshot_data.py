@@ -3,6 +3,9 @@
 * ``debian6``: Debian package short descriptions (``apt-cache dumpavail``) labelled with their archive
   Section, six sections: games, science, sound, graphics, mail, web.
 * ``debian-net-web``: the binary pair net vs web (close topics: frozen features struggle).
+* ``fortunes-short``: short one-line fortune cookies (Debian ``fortunes``/``fortunes-min``, files under
+  /usr/share/games/fortunes/ are the categories), science vs politics: short texts, two classes, like a
+  binary sentiment set (at most 120 characters and two lines each).
 
 Packages whose names end in -dev/-doc/-dbg/-data/-common (templated descriptions) are dropped, and so
 is every description that occurs more than once. ``sample`` draws k training items per class and a fixed
@@ -18,7 +21,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 WORK = Path(__file__).resolve().parent / ".work" / "fewshot"
-TASKS = {"debian6": ("games", "science", "sound", "graphics", "mail", "web"), "debian-net-web": ("net", "web")}
+TASKS = {"debian6": ("games", "science", "sound", "graphics", "mail", "web"), "debian-net-web": ("net", "web"),
+         "fortunes-short": ("science", "politics")}
+FORTUNES = Path("/usr/share/games/fortunes")
+SHORT_CHARS = 120
 SKIP_SUFFIXES = ("-dev", "-doc", "-dbg", "-data", "-common")
 
 
@@ -43,9 +49,19 @@ def _debian() -> dict[str, list[str]]:
     return out
 
 
+def _fortunes(categories: tuple[str, ...]) -> dict[str, list[str]]:
+    """Short fortunes of each category file, whitespace collapsed, duplicates (across categories too) dropped."""
+    if not FORTUNES.is_dir():
+        raise RuntimeError(f"{FORTUNES} is missing: apt-get install fortunes fortunes-min")
+    found = {c: [" ".join(t.split()) for t in (FORTUNES / c).read_text(encoding="latin-1").split("\n%\n")
+                 if 10 < len(t.strip()) <= SHORT_CHARS and t.strip().count("\n") <= 1] for c in categories}
+    counts = Counter(t for texts in found.values() for t in texts)
+    return {c: sorted({t for t in texts if counts[t] == 1}) for c, texts in found.items()}
+
+
 def sample(task: str, k: int, seed: int, n_test: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(train, test) lists of (text, label): ``k`` per class for training, ``n_test`` per class for testing."""
-    by_section = _debian()
+    by_section = _fortunes(TASKS[task]) if task.startswith("fortunes") else _debian()
     rng = random.Random(f"{task}:{seed}")
     test_rng = random.Random(f"{task}:test")
     train, test = [], []

@@ -229,10 +229,10 @@ def finetune(results: Path, base: str) -> str:
             + "\n" + _machine_line(r) + "\n")
 
 
-def fewshot(results: Path, base: str) -> str:
-    r = load("fewshot", results)
+def fewshot(results: Path, base: str, name: str = "fewshot") -> str:
+    r = load(name, results)
     if not r:
-        return _missing("fewshot", "python benchmarks/bench_fewshot.py")
+        return _missing(name, "python benchmarks/bench_fewshot.py")
     rows = []
     for c in r["cells"]:
         rows.append({**c, "accuracy": f"{c['accuracy_mean']:.3f} ± {c['accuracy_sd']:.3f}",
@@ -240,7 +240,7 @@ def fewshot(results: Path, base: str) -> str:
                      "vs": (f"{c['vs_setfit_accuracy_pts']:+.1f} pts, {c['vs_setfit_time_ratio']:.2f}× the time"
                             if "vs_setfit_accuracy_pts" in c else "")})
     tasks = "; ".join(f"`{t}`: {', '.join(labels)}" for t, labels in r["tasks"].items())
-    return (f"`{r['machine']['command']}` — {_source('fewshot', r, base)}; test items per class: "
+    return (f"`{r['machine']['command']}` — {_source(name, r, base)}; test items per class: "
             f"{r['test_per_class']}; torch threads per method: {r.get('torch_threads', '?')}; sections: {tasks}.\n"
             + _table(rows, [("task", "task"), ("k / class", "k"), ("method", "method"), ("seeds", "seeds"),
                             ("test accuracy (mean ± sd)", "accuracy"), ("train s (mean ± sd)", "seconds"),
@@ -619,6 +619,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "heads": heads,
     "finetune": finetune,
     "fewshot": fewshot,
+    "fewshot-quiet": lambda results, base: fewshot(results, base, "fewshot_quiet"),
     "fewshot-cost": fewshot_cost,
     "ray": ray,
     "ray-paper": ray_paper,

@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import ConfigError, DataError, FinetuneError, HeadError
 from .api import DEFAULT_SWEEP, Prepared, prepare, sweep
 from .metrics import classification_metrics
+from ..heads.features import FeatureSet
 from .model import Model, load_features, load_model, make_manifest
 
 HEADS = ("linear", "mlp")
@@ -137,6 +138,9 @@ class FinetuneRequest:
     resume: bool
     identity: dict[str, Any]
     log: Callable[[str], None] = field(default=lambda message: None, repr=False)
+    # call with the fine-tuned backbone's ref as soon as its weights are written: the engine starts exporting it
+    # (graph, parity gate) on a thread while the finetuner finishes (e.g. fits its head); optional
+    start_export: Callable[[str], None] = field(default=lambda ref: None, repr=False)
 
 
 @dataclass
@@ -187,11 +191,18 @@ def _engine(engine: Any) -> Any:
     return get_engine()
 
 
-def _frozen_head(prep: Prepared, head: str, init_head: Any, engine: Any) -> tuple[Any, str, dict[str, Any]]:
+def _frozen_head(prep: Prepared, head: str, init_head: Any, engine: Any,
+                 fit: bool = True) -> tuple[Any, str, dict[str, Any] | None]:
     """The fitted frozen-feature head to start from (given, or fitted on the training split) and its
-    validation metrics."""
+    validation metrics; with ``fit`` False and no ``init_head``, the unfitted head (and no metrics)."""
     from ..heads.resolve import build_head
 
+    if init_head is None and not fit:
+        unfitted, ref = build_head(head, engine)
+        if str(ref).split("(")[0].strip() not in HEADS:
+            raise ConfigError(f"fine-tuning trains a linear or mlp head, not '{ref}'",
+                              hint="use --head linear or --head mlp(hidden=(256,))")
+        return unfitted, str(ref), None
     if init_head is None:
         model, name = None, head
     else:
@@ -301,12 +312,15 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     if len(prep.split.val) == 0:
         raise DataError("every class has a single example, so there is no validation split for early stopping",
                         hint="fine-tuning needs at least two labelled examples per class")
-    frozen, head_ref, frozen_metrics = _frozen_head(prep, head, init_head, engine)
-    log(f"frozen {head_ref} on {spec.name}: validation {options.metric} {frozen_metrics[options.metric]:.4f}")
+    # a finetuner that fits its own head (and reports the frozen baseline itself) gets the unfitted head
+    frozen, head_ref, frozen_metrics = _frozen_head(prep, head, init_head, engine,
+                                                    fit=spec_entry.spec.starts_from_fitted_head)
+    if frozen_metrics is not None:
+        log(f"frozen {head_ref} on {spec.name}: validation {options.metric} {frozen_metrics[options.metric]:.4f}")
     from ..sequences.backbone import backbone_vocabulary
 
     payloads = _payloads(source, fs.keys, backbone_vocabulary(reader_options, spec, engine), engine)
-    classes = np.asarray(frozen.classes_)
+    classes = np.asarray(frozen.classes_) if hasattr(frozen, "classes_") else np.unique(prep.y)
     index = {str(c): i for i, c in enumerate(classes)}
     y_idx = np.asarray([index[str(v)] for v in prep.y], dtype=np.int64)
     rows_train, rows_val = prep.split.train, prep.split.val
@@ -316,6 +330,8 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
         val_items=[payloads[prep.features.keys[i]] for i in rows_val], val_y=y_idx[rows_val], options=options,
         checkpoint_dir=checkpoint_dir, finetuned_root=engine.settings.home / FINETUNED_DIR, resume=resume,
         identity=_identity(spec, prep, head_ref, options), log=log)
+    early = _EarlyExport(engine)
+    request.start_export = early.start
     try:
         outcome = spec_entry.spec.run(request)
     except (FinetuneError, ConfigError, HeadError):
@@ -323,15 +339,24 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     except Exception as exc:  # noqa: BLE001 - name the finetuner that failed
         raise FinetuneError(f"finetuner '{finetuner}' (plugin '{spec_entry.plugin}') failed: {type(exc).__name__}: {exc}",
                             hint="the checkpoint of the last finished epoch is kept; fix the cause and use --resume") from exc
+    finally:
+        early.join()
     tuned_spec = resolve_backbone(outcome.backbone_ref, engine)
     exported = export(tuned_spec, "fp32", settings=engine.settings, engine=engine)
     log(f"fine-tuned backbone exported: fingerprint {exported.fingerprint}, parity min cosine "
         f"{exported.parity['min_cosine']:.6f}")
-    tuned = load_features(source, outcome.backbone_ref, labelled=True, engine=engine, reader_options=reader_options,
-                          progress=progress)
-    metrics = _score_onnx(tuned, prep, outcome.head)
-    if "cv_metrics" in outcome.info:  # the finetuner trained on the validation split too: its held-out folds score
+    if "cv_metrics" in outcome.info:
+        # the finetuner trained on the validation split too: its held-out folds score it, and the source is not
+        # embedded again (the parity gate checked the export against the tuned model the head was fitted on)
         metrics = {**outcome.info["cv_metrics"], "split": "cross-validation"}
+        tuned = FeatureSet(vectors=np.empty((0, exported.dim), np.float32), fingerprint=exported.fingerprint,
+                           backbone=outcome.backbone_ref, precision="fp32")
+    else:
+        tuned = load_features(source, outcome.backbone_ref, labelled=True, engine=engine,
+                              reader_options=reader_options, progress=progress)
+        metrics = _score_onnx(tuned, prep, outcome.head)
+    if frozen_metrics is None:  # the finetuner's own frozen baseline, else the frozen head fitted now
+        frozen_metrics = outcome.info.get("frozen_metrics") or _frozen_head(prep, head, None, engine)[2]
     export_info = {"fingerprint": exported.fingerprint, "path": str(exported.path),
                    "parity": {k: exported.parity[k] for k in ("min_cosine", "max_abs_diff", "items", "reference")}}
     training = {"n_labelled": len(prep.y), "n_train": int(len(rows_train)), "n_val": int(len(rows_val)),
@@ -352,6 +377,35 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
     model.save(out, extra_files={f"{BACKBONE_DIR}/{Path(path).name}": path for path in outcome.backbone_files})
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return FinetuneResult(model, metrics, frozen_metrics, outcome, export_info, out)
+
+
+class _EarlyExport:
+    """The fp32 export of a fine-tuned backbone, started on a thread by the finetuner (``request.start_export``)
+    while it finishes; the export below then finds it in the export cache. A failure here is not kept: the
+    export below runs again and raises it with its own message."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.thread = engine, None
+
+    def start(self, ref: str) -> None:
+        import threading
+
+        from ..backbones.export import export
+        from ..backbones.resolve import resolve_backbone
+
+        def work() -> None:
+            try:
+                export(resolve_backbone(ref, self.engine), "fp32", settings=self.engine.settings, engine=self.engine)
+            except Exception:  # noqa: BLE001 - raised again, with its message, by the export after the finetuner
+                pass
+
+        if self.thread is None:
+            self.thread = threading.Thread(target=work, name="headstart-finetune-export", daemon=True)
+            self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 def _score_onnx(tuned: Any, prep: Prepared, head: Any) -> dict[str, Any]:

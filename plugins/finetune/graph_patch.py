@@ -163,20 +163,33 @@ def write_spliced(graph: Path, plan: dict[str, list[list[str]]], offsets: dict[s
                   tuned: dict[str, np.ndarray], out: Path) -> bool:
     """Write ``graph`` with the planned initializers' bytes replaced in place; False (nothing written) when
     the base graph's bytes at the recorded offsets are not the ones the plan was made on."""
-    data = bytearray(graph.read_bytes())
+    data = memoryview(graph.read_bytes())
+    patches = []
     for name, parts in plan.items():
         span = offsets[name]
         at, count = span["at"], span["bytes"]
-        if hashlib.blake2b(data[at:at + count], digest_size=16).hexdigest() != span["blake2b"]:
+        if at + count > len(data) or hashlib.blake2b(data[at:at + count], digest_size=16).hexdigest() != span["blake2b"]:
             return False
         values = [tuned[n].T if form == "T" else tuned[n] for n, form in parts]
         new = (values[0] if len(values) == 1 else np.concatenate(values, axis=-1)).astype(np.dtype(span["dtype"]))
         if list(new.shape) != span["shape"] or new.nbytes != count:
             raise ValueError(f"initializer {name}: tuned shape {new.shape} != {tuple(span['shape'])}")
-        data[at:at + count] = np.ascontiguousarray(new).tobytes()
+        patches.append((at, count, np.ascontiguousarray(new).tobytes()))
+    patches.sort()
+    if any(a + n > b for (a, n, _), (b, _, _) in zip(patches, patches[1:])):
+        return False  # overlapping spans: not the graph the plan was made on
+
+    def chunks():  # the base bytes between the spans, the tuned bytes in them: no copy of the whole graph
+        pos = 0
+        for at, count, new in patches:
+            yield data[pos:at]
+            yield new
+            pos = at + count
+        yield data[pos:]
+
     from headstart.sdk import write_bytes_atomic
 
-    write_bytes_atomic(out, bytes(data))
+    write_bytes_atomic(out, chunks())
     return True
 
 
