@@ -9,6 +9,10 @@ Frozen features + any head score at chance; fine-tuning can separate the two emb
 from __future__ import annotations
 
 import csv
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +105,20 @@ def identity_graph(path: Path, initializers: dict[str, np.ndarray]) -> Path:
                               [numpy_helper.from_array(v, n) for n, v in initializers.items()])
     onnx.save(helper.make_model(graph), str(path))
     return path
+
+
+def predict_in_fresh_process(model: Path, source: Path, home: Path, timeout: float = 180) -> dict:
+    """``headstart``'s ``predict(model, source)`` in a new Python process with ``HEADSTART_HOME=home``:
+    ``{"torch": whether torch got imported, "labels": the predicted labels}``."""
+    code = ("import json, sys\nfrom headstart.engine.train.api import predict\n"
+            f"p = predict({str(model)!r}, {str(source)!r})\n"
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'labels': p.labels}))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "HEADSTART_HOME": str(home)})
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def csv_labels(path: Path) -> list[str]:
+    """The last column of every data row of a task CSV written by this module."""
+    return [line.rsplit(",", 1)[1] for line in path.read_text().splitlines()[1:]]

@@ -10,7 +10,6 @@ module, and escalation picks the objective for a small labelled set.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetune_data import blind_task, tiny_bert_blind
+from finetune_data import blind_task, csv_labels, predict_in_fresh_process, tiny_bert_blind
 from pause_control import env_with, kill_when_paused, pause_env
 
 # the blind task needs the embedding rows to move, so the stem trains too (no split-point cache here)
@@ -76,14 +75,8 @@ def test_export_passes_parity_and_predicts_in_a_fresh_process_without_torch(tune
     assert manifest["backbone"]["name"].startswith("finetuned:")
     assert manifest["backbone"]["fingerprint"] != manifest["finetune"]["base_backbone"]["fingerprint"]
     fresh = blind_task(data["root"] / "fresh.csv", 40, 12)
-    code = ("import json, sys\nfrom headstart.engine.train.api import predict\n"
-            f"p = predict({str(result.path)!r}, {str(fresh)!r})\n"
-            "print(json.dumps({'torch': 'torch' in sys.modules, 'labels': p.labels}))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "HEADSTART_HOME": str(env_home)})
-    assert run.returncode == 0, run.stderr
-    got = json.loads(run.stdout.strip().splitlines()[-1])
-    truth = [line.rsplit(",", 1)[1] for line in fresh.read_text().splitlines()[1:]]
+    got = predict_in_fresh_process(result.path, fresh, env_home, timeout=120)
+    truth = csv_labels(fresh)
     assert got["torch"] is False and np.mean(np.asarray(got["labels"]) == np.asarray(truth)) >= 0.7
     from headstart.engine.train.api import predict
 

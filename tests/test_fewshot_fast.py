@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from finetune_data import blind_task, identity_graph, onnx_initializers, tiny_bert_blind
+from finetune_data import (blind_task, csv_labels, identity_graph, onnx_initializers, predict_in_fresh_process,
+                           tiny_bert_blind)
 
 # the blind task needs the embedding rows to move, so every block trains (tests/test_fewshot.py)
 OPTS = dict(unfreeze="all", epochs=6, lr=3e-3, patience=3)
@@ -55,14 +52,8 @@ def test_no_frozen_head_fit_and_no_second_embedding_yet_the_model_predicts_in_a_
     assert manifest["backbone"]["fingerprint"] == tuned.fingerprint and manifest["backbone"]["dim"] == tuned.dim
     assert not (env_home / "features" / tuned.fingerprint).exists()  # embedded once, with the base backbone
     fresh = blind_task(data["root"] / "fresh.csv", 40, 32)
-    code = ("import json, sys\nfrom headstart.engine.train.api import predict\n"
-            f"p = predict({str(result.path)!r}, {str(fresh)!r})\n"
-            "print(json.dumps({'torch': 'torch' in sys.modules, 'labels': p.labels}))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                         env={**os.environ, "HEADSTART_HOME": str(env_home)})
-    assert run.returncode == 0, run.stderr
-    got = json.loads(run.stdout.strip().splitlines()[-1])
-    truth = [line.rsplit(",", 1)[1] for line in fresh.read_text().splitlines()[1:]]
+    got = predict_in_fresh_process(result.path, fresh, env_home)
+    truth = csv_labels(fresh)
     assert got["torch"] is False and np.mean(np.asarray(got["labels"]) == np.asarray(truth)) >= 0.7
     assert got["labels"] == list(predict(result.path, str(fresh)).labels)
     # the head was fitted on the tuned PyTorch embeddings; on the ONNX features it classifies held-out items
