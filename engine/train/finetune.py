@@ -197,12 +197,6 @@ def _frozen_head(prep: Prepared, head: str, init_head: Any, engine: Any,
     validation metrics; with ``fit`` False and no ``init_head``, the unfitted head (and no metrics)."""
     from ..heads.resolve import build_head
 
-    if init_head is None and not fit:
-        unfitted, ref = build_head(head, engine)
-        if str(ref).split("(")[0].strip() not in HEADS:
-            raise ConfigError(f"fine-tuning trains a linear or mlp head, not '{ref}'",
-                              hint="use --head linear or --head mlp(hidden=(256,))")
-        return unfitted, str(ref), None
     if init_head is None:
         model, name = None, head
     else:
@@ -211,6 +205,9 @@ def _frozen_head(prep: Prepared, head: str, init_head: Any, engine: Any,
     if name.split("(")[0].strip() not in HEADS:
         raise ConfigError(f"fine-tuning trains a linear or mlp head, not '{name}'",
                           hint="use --head linear or --head mlp(hidden=(256,))")
+    if model is None and not fit:
+        unfitted, ref = build_head(head, engine)
+        return unfitted, str(ref), None
     rows_train, rows_val = prep.split.train, prep.split.val
     if model is None:
         fitted, ref = build_head(head, engine)
