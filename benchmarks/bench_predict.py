@@ -359,33 +359,19 @@ def _text_run(threads: int, calls: int, bundle: Path, bundle8: Path, st: Any, lr
     session, session8 = _session(bundle, threads), _session(bundle8, threads)
     torch.set_num_threads(threads)
 
-    def bundle_one(t: str):
-        return session.run(["probabilities", "label"], {"text": np.array([t], dtype=object)})
+    def onnx_calls(sess: Any):  # (one text, a batch of texts) through a bundle session
+        def run(ts: list[str]):
+            return sess.run(["probabilities", "label"], {"text": np.array(ts, dtype=object)})
+        return (lambda t: run([t])), run
 
-    def bundle_many(ts: list[str]):
-        return session.run(["probabilities", "label"], {"text": np.array(ts, dtype=object)})
+    def st_calls(model: Any, head: Any):  # (one text, a batch of texts) through sentence-transformers + sklearn
+        def run(ts: list[str]):
+            with torch.inference_mode():
+                return head.predict_proba(model.encode(ts, batch_size=len(ts)))
+        return (lambda t: run([t])), run
 
-    def int8_one(t: str):
-        return session8.run(["probabilities", "label"], {"text": np.array([t], dtype=object)})
-
-    def int8_many(ts: list[str]):
-        return session8.run(["probabilities", "label"], {"text": np.array(ts, dtype=object)})
-
-    def st_one(t: str):
-        with torch.inference_mode():
-            return lr.predict_proba(st.encode([t], batch_size=1))
-
-    def st_many(ts: list[str]):
-        with torch.inference_mode():
-            return lr.predict_proba(st.encode(ts, batch_size=len(ts)))
-
-    def st8_one(t: str):
-        with torch.inference_mode():
-            return lr8.predict_proba(st8.encode([t], batch_size=1))
-
-    def st8_many(ts: list[str]):
-        with torch.inference_mode():
-            return lr8.predict_proba(st8.encode(ts, batch_size=len(ts)))
+    (bundle_one, bundle_many), (int8_one, int8_many) = onnx_calls(session), onnx_calls(session8)
+    (st_one, st_many), (st8_one, st8_many) = st_calls(st, lr), st_calls(st8, lr8)
 
     ours, theirs, ours8, theirs8 = paired_latency([bundle_one, st_one, int8_one, st8_one], texts, calls)
     rows = [{"engine": "headstart bundle (onnxruntime)", **ours, "items_per_s": throughput(bundle_many, many, 32)},
