@@ -26,11 +26,12 @@ def _data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return X, np.array([f"class-{i}" for i in y], dtype=object)
 
 
-def _stored(root: Path, X: np.ndarray, shard_size: int = 700) -> tuple[FeatureStore, list[str]]:
-    """X written to a real store in several shards, in a shuffled order; keys[i] is row i of X."""
+def _stored(root: Path, X: np.ndarray, shard_size: int = 700, seed: int | None = 1) -> tuple[FeatureStore, list[str]]:
+    """X written to a real store in several shards, in a shuffled order (``seed``; None: in order); keys[i] is
+    row i of X."""
     keys = [f"key-{i:06d}" for i in range(len(X))]
     store = FeatureStore.open(root, fingerprint="fp-ooc", dim=X.shape[1], backbone="toy")
-    order = np.random.default_rng(1).permutation(len(X))
+    order = np.arange(len(X)) if seed is None else np.random.default_rng(seed).permutation(len(X))
     with store.writer(shard_size=shard_size) as w:
         w.add([keys[i] for i in order], X[order])
     return FeatureStore.load(root), keys
@@ -93,6 +94,33 @@ def test_linear_objective_is_the_same_whatever_the_chunking(stored) -> None:
     store = LinearHead(l2=1e-3, max_iter=25).fit(matrix, y)
     for other in (many, store):
         np.testing.assert_allclose(other.coef_, one.coef_, atol=2e-4 * np.abs(one.coef_).max())
+
+
+@pytest.mark.parametrize("warm_rows", [None, 3_000])
+def test_linear_head_does_not_depend_on_the_store_layout(tmp_path: Path, warm_rows, monkeypatch) -> None:
+    """The same vectors stored in three layouts (shuffled into 700-row shards, shuffled otherwise into 1,900-row
+    shards, in order) train the same head to the bit, and the same as the array in memory chunked alike: the
+    sums run in position order, not in storage order (a Ray-written store and a local one train alike).
+    With ``warm_rows`` the fit starts from an in-memory warm-up sample (runs of positions, not of storage),
+    the path a 10M-row set takes."""
+    from headstart.plugins.heads import linear
+
+    if warm_rows:
+        monkeypatch.setattr(linear, "WARM_ROWS", warm_rows)
+        monkeypatch.setattr(linear, "COV_ROWS", 1_000)
+    X, y = _data(6000, seed=3)
+    layouts = [(700, 1), (1900, 2), (1000, None)]
+    fitted = []
+    for i, (shard_size, seed) in enumerate(layouts):
+        store, keys = _stored(tmp_path / f"store{i}", X, shard_size=shard_size, seed=seed)
+        fitted.append(LinearHead().fit(StoreMatrix(store, store.ids(keys), chunk_rows=1100), y))
+    if not warm_rows:  # (an array in memory samples its warm-up rows one by one, a store in short runs)
+        fitted.append(LinearHead().fit(ArrayMatrix(X, chunk_rows=1100), y))
+    first = fitted[0]
+    for other in fitted[1:]:
+        assert other.l2_ == first.l2_ and other.fit_passes_ == first.fit_passes_
+        np.testing.assert_array_equal(other.coef_, first.coef_)
+        np.testing.assert_array_equal(other.intercept_, first.intercept_)
 
 
 def test_mlp_out_of_core_takes_the_in_memory_minibatches(stored) -> None:

@@ -78,13 +78,14 @@ def test_a_damaged_shard_is_refused_by_the_one_check_pass(tmp_path, home, tiny_b
 
 
 def test_store_samples_are_short_contiguous_runs(tmp_path, home, tiny_backbone):
-    """A store matrix's sample is made of runs of SAMPLE_RUN consecutive rows of storage order (sorted row ids),
-    without repeats, of the size asked for; an in-memory matrix samples single rows."""
+    """A store matrix's sample is made of runs of SAMPLE_RUN consecutive positions, without repeats, of the size
+    asked for: for a split of a source (sorted positions) over the store written from it, runs of consecutive
+    rows of storage (sorted row ids); an in-memory matrix samples single rows."""
     from headstart.engine.heads.features import ArrayMatrix, StoreMatrix
 
     source, _, _ = labelled_parquet(tmp_path / "x.parquet", 10_000)
     X = _store_matrix(source, tiny_backbone).vectors
-    sub = X[np.random.default_rng(0).permutation(len(X))[:9_000]]  # rows in any order, as a split gives them
+    sub = X[np.sort(np.random.default_rng(0).permutation(len(X))[:9_000])]  # sorted, as a split gives them
     positions = sub.sample(1_000, np.random.default_rng(1))
     assert len(positions) == len(np.unique(positions)) == 1_000
     ranks = np.sort(np.searchsorted(np.sort(sub.ids), sub.ids[positions]))

@@ -53,9 +53,10 @@ class FeatureMatrix:
         return int(self.chunk_rows or max(1024, CHUNK_BYTES // (4 * max(self.dim, 1))))
 
     def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(positions, block) pairs covering every row once: ``block[i]`` is row ``positions[i]``.
-
-        The order is the cheapest to read (storage order), not necessarily 0..n-1.
+        """(positions, block) pairs covering every row once, in position order (0..n-1, ``rows_per_chunk`` at a
+        time): ``block[i]`` is row ``positions[i]``. The blocks do not depend on where the rows are stored, so
+        a sum over them (a loss, a gradient) is the same for every layout of the same vectors: a store written
+        by Ray workers, by the local engine or compacted trains the same head, to the bit.
         """
         raise NotImplementedError
 
@@ -168,7 +169,8 @@ class _ShardReader:
         return np.searchsorted(self.starts, ids, side="right") - 1
 
     def read(self, ids: np.ndarray, dim: int) -> np.ndarray:
-        """Vectors of row ``ids`` in that order (rows of one shard copied together)."""
+        """Vectors of row ``ids`` in that order (rows of one shard copied together, in increasing row id, so
+        each shard is read front to back whatever order the ids come in)."""
         out = np.empty((len(ids), dim), dtype=np.float32)
         if not len(ids):
             return out
@@ -178,8 +180,8 @@ class _ShardReader:
             raise StoreError(f"feature store {self.store.path} has {self.starts[-1]} vectors; row ids "
                              f"{int(ids.min())}..{int(ids.max())} were asked for",
                              hint="take row ids from FeatureStore.ids() on the same snapshot")
+        order = np.argsort(ids, kind="stable")
         shard_of = self.shard_of(ids)
-        order = np.argsort(shard_of, kind="stable")
         bounds = np.searchsorted(shard_of[order], np.arange(len(self.entries) + 1))
         for s in np.flatnonzero(np.diff(bounds)):
             where = order[bounds[s]:bounds[s + 1]]
@@ -191,12 +193,12 @@ class _ShardReader:
 class StoreMatrix(FeatureMatrix):
     """Rows of a feature store, by row id; read from its shards one chunk at a time.
 
-    Holds the ids (8 bytes per row) and, once chunks are asked for, their storage order (8 more). Every read
-    goes through the store's integrity check (a shard is hashed and its vectors checked finite on first use)
-    and is counted in ``reads`` (a :class:`ReadLog` shared with every subset).
+    Holds the ids (8 bytes per row). Every read goes through the store's integrity check (a shard is hashed
+    and its vectors checked finite on first use) and is counted in ``reads`` (a :class:`ReadLog` shared
+    with every subset).
     """
 
-    #: rows of each contiguous run (in storage order) that :meth:`sample` takes
+    #: consecutive positions in each run that :meth:`sample` takes
     SAMPLE_RUN = 64
 
     def __init__(self, store: Any, ids: np.ndarray, chunk_rows: int | None = None,
@@ -205,7 +207,6 @@ class StoreMatrix(FeatureMatrix):
         self.ids = np.asarray(ids, dtype=np.int64)
         self.dim = int(store.dim)
         self.chunk_rows = chunk_rows
-        self._order: np.ndarray | None = None
         self._reader = reader
 
     @property
@@ -221,17 +222,10 @@ class StoreMatrix(FeatureMatrix):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def storage_order(self) -> np.ndarray:
-        """Positions sorted by row id: the order that reads each shard once, front to back."""
-        if self._order is None:
-            self._order = np.argsort(self.ids, kind="stable")
-        return self._order
-
     def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        order = self.storage_order()
         step = self.rows_per_chunk()
         for start in range(0, len(self), step):
-            positions = order[start:start + step]
+            positions = np.arange(start, min(start + step, len(self)))
             yield positions, self.reader.read(self.ids[positions], self.dim)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -264,9 +258,11 @@ class StoreMatrix(FeatureMatrix):
         return bool(integrity.CHECKS)
 
     def sample(self, size: int, rng: np.random.Generator) -> np.ndarray:
-        """``size`` positions in random contiguous runs of :data:`SAMPLE_RUN` rows of storage order (sorted by
-        row id): a sample of 200,000 rows reads ~3,000 short byte ranges instead of faulting in most pages
-        of every shard, as single random rows over a store larger than the page cache do."""
+        """``size`` positions in random runs of :data:`SAMPLE_RUN` consecutive positions, sorted. The rows of a
+        source are stored in its order, so a run is a short byte range of a shard: a sample of 200,000 rows
+        reads ~3,000 of them instead of faulting in most pages of every shard, as single random rows over a
+        store larger than the page cache do. Positions, not storage order, choose the runs, so the sample
+        does not depend on the store's layout (see :meth:`chunks`)."""
         n = len(self)
         if size >= n:
             return super().sample(size, rng)
@@ -277,7 +273,7 @@ class StoreMatrix(FeatureMatrix):
         spans = spans[spans < n]
         if len(spans) > size:  # the last run may end early; trim at random, not at the end
             spans = np.sort(rng.choice(spans, size=size, replace=False))
-        return self.storage_order()[spans]
+        return spans
 
 
 def as_matrix(X: Any) -> FeatureMatrix:
