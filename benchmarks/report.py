@@ -498,6 +498,11 @@ def _load_during(part: dict[str, Any]) -> str:
     return f" (1-min load average {load[0]} → {load[1]} on the 2 cores)" if load else ""
 
 
+def _spread(row: dict[str, Any]) -> str:
+    spread = row.get("p50_spread_ms")
+    return f"{spread[0]}–{spread[1]}" if spread else ""
+
+
 def _predict_runs(part: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-thread-count runs of a predict.json part (older files: one run at the top level)."""
     return part.get("runs") or [{k: part[k] for k in part if k in ("rows", "loadavg_1min") or k.endswith("ratio")}]
@@ -508,8 +513,13 @@ def predict(results: Path, base: str) -> str:
     if not r:
         return _missing("predict", "python benchmarks/bench_predict.py")
     threads = r["threads"] if isinstance(r["threads"], list) else [r["threads"]]
-    out = [f"`{r['machine']['command']}` — at {' and '.join(map(str, threads))} thread(s) per engine, {r['calls']} "
-           f"warm single-item calls per engine; {_source('predict', r, base)}:\n"]
+    method = (r.get("text") or {}).get("latency_method")
+    calls = (f"text: {method['rounds']} rounds of {method['block_calls']} warm single-item calls per engine, the "
+             f"engines taking turns block by block, p50 = the median of the rounds' p50s; images: {r['calls']} warm "
+             f"single-item calls per engine, taking turns call by call" if method else
+             f"{r['calls']} warm single-item calls per engine")
+    out = [f"`{r['machine']['command']}` — at {' and '.join(map(str, threads))} thread(s) per engine, {calls}; "
+           f"{_source('predict', r, base)}:\n"]
     for name, what in (("text", "texts"), ("images", "images")):
         part = r.get(name)
         if not part:
@@ -520,14 +530,29 @@ def predict(results: Path, base: str) -> str:
                     f"{part['batch_items']} {what}; bundle p50 {run['p50_ratio']}× faster than the baseline, batch "
                     f"throughput {run['throughput_ratio']}× the baseline's, label agreement {part['label_agreement']}"
                     f"{_load_during(run)}:\n",
-                    _table(run["rows"], [("engine", "engine"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
-                                         (f"{what}/s", "items_per_s")]
+                    _table([{**row, "spread": _spread(row)} for row in run["rows"]],
+                           [("engine", "engine"), ("p50 ms", "p50_ms")]
+                           + ([("rounds' p50 min–max ms", "spread")] if "p50_spread_ms" in run["rows"][0] else [])
+                           + [("p99 ms", "p99_ms"), (f"{what}/s", "items_per_s")]
                            + ([(f"same-size {what}/s", "same_size_items_per_s")] if "same_size" in part else []))]
             if "p50_ratio_int8_vs_int8" in run:
                 out.append(f"\nPrecision against precision: the fp32 bundle's p50 {run['p50_ratio']}× faster than fp32 "
                            f"sentence-transformers; the int8 bundle's {run['p50_ratio_int8_vs_int8']}× faster than "
                            f"sentence-transformers with torch dynamic int8 and {run['p50_ratio_int8']}× faster than "
-                           f"fp32 sentence-transformers.\n")
+                           f"fp32 sentence-transformers.")
+                if "per_round_ratio_int8_vs_int8" in run:
+                    fp, i8 = run["per_round_ratio"], run["per_round_ratio_int8_vs_int8"]
+                    engines = ", ".join(f"{e} {v} ms" for e, v in run["sentence_transformers_int8_engines_p50_ms"].items())
+                    out.append(f" Round by round (the same load for both) fp32 {fp['min']}–{fp['max']}× (median "
+                               f"{fp['median']}), int8 against int8 {i8['min']}–{i8['max']}× (median {i8['median']}). "
+                               f"torch's quantised engines for sentence-transformers int8, p50 of one text: {engines}; "
+                               f"the fastest, {run['sentence_transformers_int8_engine']}, is compared.")
+                if run.get("call_by_call_p50_ms"):
+                    out.append(f" Taking turns call by call instead (each engine evicting the others' weights from "
+                               f"the caches before every call), p50s were "
+                               f"{' / '.join(map(str, run['call_by_call_p50_ms']))} ms in the table's order, int8 "
+                               f"against int8 {run['call_by_call_p50_ratio_int8_vs_int8']}×.")
+                out.append("\n")
             elif "p50_ratio_int8" in run:
                 out.append(f"\nThe int8 bundle: p50 {run['p50_ratio_int8']}× faster than the baseline.\n")
         if "int8_parity" in part:
@@ -559,7 +584,8 @@ def predict(results: Path, base: str) -> str:
                           if "read_p50_ms" in f else "") + "\n")
         if part.get("tried"):
             out += ["\nWhat was tried to make the text bundle faster (each taking turns with the bundle it would "
-                    "replace; p50 ratio above 1 = faster; max abs diff against the fp32 bundle's probabilities):\n",
+                    "replace, block by block; p50 ratio above 1 = faster; max abs diff against that bundle's "
+                    "probabilities, one test text a call):\n",
                     _table(part["tried"], [("variant", "variant"), ("p50 ms", "p50_ms"),
                                            ("shipped p50 ms", "shipped_p50_ms"), ("p50 ratio", "p50_ratio"),
                                            ("max abs diff", "max_abs_diff"), ("share of a call", "share")])]
@@ -573,7 +599,14 @@ def predict(results: Path, base: str) -> str:
                        f"thread, {prof['calls']} calls; kernel time {prof['kernel_ms_per_call']} ms a call): {ops}. "
                        f"Its fused transformer ops: {fused}. Single texts are not padded (input_ids width "
                        f"{tokens.get('min')}–{tokens.get('max')} tokens, {tokens.get('padding_tokens')} padding "
-                       f"tokens).\n")
+                       f"tokens).")
+            if part.get("profile_int8"):
+                p8 = part["profile_int8"]
+                ops8 = ", ".join(f"{o['op']} {o['ms_per_call']} ms ({round(100 * o['share'])} %)"
+                                 for o in p8["top_ops"][:5])
+                out.append(f" The int8 bundle's (kernel time {p8['kernel_ms_per_call']} ms a call, the profiler's own "
+                           f"cost included): {ops8}.")
+            out.append("\n")
         if "same_size" in part:
             w, h = part["same_size"]
             run = _predict_runs(part)[0]

@@ -152,3 +152,55 @@ def test_int8_model_bundles_the_backbones_int8_export_gated_on_the_validation_sp
     for key in ("validation", "validation_onnxruntime_defaults"):
         assert report.parity[key]["items"] == 45 and report.parity[key]["accuracy_delta_pt"] >= -0.5
     assert len(_transformer_products(report.path)) > 0  # the export's recipe keeps some products fp32
+
+
+def test_single_text_branch_tokenises_as_the_batch_branch_and_hugging_face(tmp_path: Path) -> None:
+    """The in-graph tokenizer's ``If``: one text goes through the tokenizer op alone (no ``Loop``), several
+    through the loops; both give Hugging Face's ids and mask (one text unpadded, batches padded to the
+    longest), including the empty text and a text cut at ``max_length``."""
+    import onnx
+    from transformers import AutoTokenizer
+
+    from headstart.engine.bundle.loader import open_session
+    from headstart.engine.bundle.text_graph import text_graph
+    from headstart.plugins.backbones.minilm import minilm_spec
+
+    p = minilm_spec().preprocessing
+    graph = text_graph(p.tokenizer, p.max_length, tuple(p.inputs))
+    onnx.checker.check_model(graph)
+    branch = next(n for n in graph.graph.node if n.op_type == "If")
+    then = next(a.g for a in branch.attribute if a.name == "then_branch")
+    other = next(a.g for a in branch.attribute if a.name == "else_branch")
+    assert [n.op_type for n in then.node].count("Loop") == 0
+    assert [n.op_type for n in other.node].count("Loop") == 2
+    session = open_session(graph.SerializeToString(), threads=1)
+    names = [o.name for o in session.get_outputs()]
+    hf = AutoTokenizer.from_pretrained(p.tokenizer)
+    texts = [r["text"] for r in _rows(TEST)][:12] + ["", "refund " * 600]
+    for text in texts:
+        got = dict(zip(names, session.run(None, {"text": np.array([text], dtype=object)})))
+        ref = hf([text], truncation=True, max_length=p.max_length, return_tensors="np")
+        for name in names:
+            assert got[name].dtype == np.int64 and np.array_equal(got[name], ref[name]), (name, text[:40])
+    got = dict(zip(names, session.run(None, {"text": np.array(texts, dtype=object)})))
+    ref = hf(texts, truncation=True, max_length=p.max_length, padding=True, return_tensors="np")
+    for name in names:
+        assert np.array_equal(got[name], ref[name]), name
+    assert got["input_ids"].shape == (len(texts), p.max_length)
+
+
+def test_fp32_bundle_one_text_a_call_predicts_as_headstart(
+        model, session_home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The single-text branch inside a real bundle: one call per text (as a service calls it) gives
+    ``headstart predict``'s labels and probabilities within the fp32 gate's tolerance."""
+    from headstart.engine.bundle.gate import MAX_ABS_DIFF
+
+    monkeypatch.setenv("HEADSTART_HOME", str(session_home))
+    bundle = load_bundle(build_bundle(model, tmp_path / "fp32.onnx").path, threads=1)
+    texts = [r["text"] for r in _rows(TEST)]
+    one_by_one = [bundle.predict([t]) for t in texts]
+    labels = [got[0][0] for got in one_by_one]
+    proba = np.concatenate([got[1] for got in one_by_one])
+    expected = predict(model, str(TEST))
+    assert labels == [str(v) for v in expected.labels]
+    assert np.abs(proba - np.asarray(expected.proba)).max() <= MAX_ABS_DIFF
