@@ -15,8 +15,13 @@ today, in the same process, with the same thread count.
   bundle fed decoded pixels, against the PyTorch eager EfficientNet-Lite0 (the module headstart exports) fed the
   same pixels resized by Pillow + a fitted ``LogisticRegression.predict_proba``.
 
-Single item: warm p50/p99 of one call per item (``--calls`` calls after 10 warm-up calls), the engines taking
-turns call by call so load from other jobs hits both alike; images also time the bundle's in-graph resize alone.
+Single item: warm p50/p99 of one call per item. Text: the engines take turns block by block (:func:`block_rounds`:
+10 rounds, each engine a few warm-up calls then a block of ``--calls``/10 timed calls, the order reversed every
+other round; p50 = the median of the rounds' p50s, with their spread), so load from other jobs hits every engine
+alike while each runs with its weights warm in the caches, as a service runs; sentence-transformers int8 with
+the fastest of torch's quantised engines (each measured); each side's settings go in ``text.settings``.
+Images: ``--calls`` calls after 10 warm-up calls, the engines taking turns call by call; images also time the
+bundle's in-graph resize alone.
 Batch: items/s over the test items in batches (text 32; images of differing sizes: the bundle takes one image
 per call, torch gets batches of 16; same-size images (resized to ``SAME_SIZE``): batches of 16 for both, the
 bundle fed them stacked on the channel axis).
@@ -229,7 +234,7 @@ def block_rounds(fns: list[Callable[[Any], Any]], items: list[Any], calls: int, 
     ``max(calls // rounds, MIN_BLOCK)`` timed calls, one item a call, the order of the engines reversed every
     other round. An engine thus runs as a service runs it, one request after another with its weights warm in
     the caches (taking turns call by call, each engine's weights evicted the other's from the 32 MB L3 before
-    every call: the int8 bundle's 22 MB of weights measured 1.85 ms that way against 1.05 ms in blocks), and a
+    every call, the int8 bundle's 22 MB of weights most of all: ``call_by_call_p50_ms`` in the results), and a
     burst of load from other jobs on this shared machine spoils a round of every engine alike, not one figure.
     Per engine: ``p50_ms`` the median of the rounds' p50s, ``p50_spread_ms`` their [min, max], ``p99_ms`` over
     all timed calls, ``rounds_p50_ms`` each round's p50."""
@@ -301,6 +306,10 @@ def _tried(model_dir: Path, bundle: Path, bundle8: Path, texts: list[str], threa
         ("int8: memory pattern off (enable_mem_pattern=False)", shipped8, opened(bundle8, mem_pattern=False)),
         ("int8: one text through the tokenizer's Loops (no single-text If)", shipped8,
          opened(_without_single_text_branch(bundle8))),
+        ("int8: u8 weights (u8 x u8 products) instead of s8", shipped8,
+         opened(_requantized(bundle, "u8u8", unsigned=True, per_channel=True))),
+        ("int8: weights per tensor instead of per channel", shipped8,
+         opened(_requantized(bundle, "per-tensor", unsigned=False, per_channel=False))),
     ]
     run = lambda s: lambda t: s.run(["probabilities", "label"], {"text": np.array([t], dtype=object)})  # noqa: E731
     one_by_one = lambda s: np.concatenate([run(s)(t)[0] for t in texts])  # noqa: E731
@@ -317,6 +326,24 @@ def _tried(model_dir: Path, bundle: Path, bundle8: Path, texts: list[str], threa
     rows.append({"variant": "fp32: the in-graph tokenizer alone (its share of a call)", "p50_ms": tok["p50_ms"],
                  "shipped_p50_ms": base["p50_ms"], "share": round(tok["p50_ms"] / base["p50_ms"], 3)})
     return rows
+
+
+def _requantized(bundle: Path, tag: str, unsigned: bool, per_channel: bool) -> Path:
+    """The fp32 ``bundle``'s transformer quantised as the int8 bundle's is (the same nodes: every MatMul and
+    Attention outside the head) but with u8 weights (``unsigned``) and/or per-tensor scales
+    (``<name>-<tag>.onnx`` beside it)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from headstart.engine.bundle.quantize import WHOLE_INT8_OPS
+
+    model = onnx.load(str(bundle), load_external_data=False)
+    chosen = [n.name for n in model.graph.node if n.op_type in WHOLE_INT8_OPS and not n.name.startswith("head_")]
+    out = bundle.with_name(f"{bundle.stem}-{tag}.onnx")
+    quantize_dynamic(str(bundle), str(out), weight_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
+                     per_channel=per_channel, op_types_to_quantize=list(WHOLE_INT8_OPS), nodes_to_quantize=chosen,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return out
 
 
 def _without_single_text_branch(path: Path) -> Path:
