@@ -34,6 +34,7 @@ then does not embed the source again), ``info["frozen_metrics"]`` those at epoch
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MAX_FOLDS = 2  # see the module docstring: every item is held out once per epoch either way
 WIDE_PER_CLASS = 16  # from this many items in the smallest class on: the wide schedule (see schedule())
-WIDE_BLOCK_FACTOR = 2  # the wide schedule trains this many times --unfreeze's top blocks
+WIDE_BLOCK_FACTOR = 1.5  # the wide schedule trains this many times --unfreeze's top blocks (rounded up)
 HARDNESS = 1.0
 DEFAULT_LR = 2e-4  # top block; the blocks below get layer_decay times the one above
 
@@ -71,8 +72,8 @@ def schedule(smallest_class: int, unfreeze: str) -> tuple[str, str]:
     class has ``smallest_class`` items.
 
     Below ``WIDE_PER_CLASS`` items per class: ``--unfreeze``'s blocks; the epoch with the best held-out
-    accuracy (``best``; ``--patience`` ends a fold early). From there on (``wide``): twice ``--unfreeze``'s
-    blocks (more items, more to learn, and time to do it in), every fold runs all ``--epochs`` and the
+    accuracy (``best``; ``--patience`` ends a fold early). From there on: 1.5 times ``--unfreeze``'s blocks
+    (rounded up; more items, more to learn, and time to do it in), every fold runs all ``--epochs`` and the
     most-trained epoch whose held-out accuracy is within one standard error of the best is chosen
     (``longest-within-se``): the fine-tune's gain there (a few points) is below the resolution of the
     pooled held-out accuracy, whose argmax did not track the test accuracy, while the test accuracy rose
@@ -83,7 +84,7 @@ def schedule(smallest_class: int, unfreeze: str) -> tuple[str, str]:
     from headstart.sdk import unfreeze_blocks
 
     count = unfreeze_blocks(unfreeze)
-    return ("all" if count is None else f"last:{count * WIDE_BLOCK_FACTOR}"), "longest-within-se"
+    return ("all" if count is None else f"last:{math.ceil(count * WIDE_BLOCK_FACTOR)}"), "longest-within-se"
 
 
 class _Body:
