@@ -90,7 +90,7 @@ def schedule(smallest_class: int, unfreeze: str) -> tuple[str, str]:
 class _Body:
     """The backbone with its frozen prefix cached: embeddings of any rows of the labelled items."""
 
-    def __init__(self, request: "FinetuneRequest", items: list[Any], unfreeze: str) -> None:
+    def __init__(self, request: "FinetuneRequest", items: list[Any], unfreeze: str | None = None) -> None:
         import torch
 
         from headstart.sdk import build_module, make_preprocessor, unfreeze_blocks
@@ -105,7 +105,7 @@ class _Body:
         self.inputs = {k: torch.from_numpy(v) for k, v in pre.collate(prepared).items()}
         self.mask = self.inputs.get("attention_mask") if request.spec.modality == "text" else None
         blocks = group_blocks([n for n, _ in self.module.named_parameters()])
-        count = unfreeze_blocks(unfreeze)
+        count = unfreeze_blocks(unfreeze or request.options.unfreeze)  # default: the asked blocks
         first = 0 if count is None else max(0, len(blocks) - count)
         self.trainable_names = [block_label(b) for b in blocks[first:]]
         self.params = dict(self.module.named_parameters())
