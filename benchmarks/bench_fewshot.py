@@ -3,6 +3,8 @@
     python benchmarks/bench_fewshot.py [--tasks debian6,debian-net-web] [--sizes 8,16,32] [--seeds 5]
                                        [--setfit-sizes 8,16,32] [--setfit-seeds 5] [--test-per-class 50]
     python benchmarks/bench_fewshot.py --merge A.json B.json [--out benchmarks/results/fewshot.json]
+    python benchmarks/bench_fewshot.py ... --setfit-cache reuse      # SetFit rows from the cache when there
+    python benchmarks/bench_fewshot.py --import-setfit RESULT.json   # fill the cache from an earlier result file
 
 Tasks: benchmarks/_fewshot_data.py (Debian package descriptions by archive section; offline, public).
 For every (task, k examples per class, seed) the methods run back to back on the same sample
@@ -20,6 +22,14 @@ Every method trains with ``--threads`` torch threads (default 1: on a 2-core mac
 jobs, two threads per process oversubscribe the cores and slow torch down several times; SetFit gets
 the same setting).
 
+SetFit's result for a (task, k, seed) sample does not depend on headstart's code, so every SetFit run is
+kept in a cache (benchmarks/.work/fewshot/setfit-cache.json, keyed by the SHA-256 of the train and test
+CSVs, torch threads and SetFit version). ``--setfit-cache fresh`` (default) runs SetFit anyway (its time is
+then measured under the same load as headstart's) and updates the cache; ``reuse`` takes the cached row
+when there is one: such rows carry ``"setfit_source": "cache"``, the ``measured_at`` date and load of the
+original run, and the cells count them (``setfit_cached_seeds``): their time ratios compare runs made at
+different times under different load.
+
 headstart seconds are the wall time of the API call (embedding, training, ONNX export with parity
 check, re-embedding, model folder); the base MiniLM export is shared (done once, not timed).
 Writes benchmarks/results/fewshot.json (per-run rows, per-cell mean ± sd, machine load before and
@@ -29,6 +39,7 @@ after every run) and prints the table.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -48,6 +59,50 @@ from _fewshot_data import TASKS, sample  # noqa: E402
 RUNS = WORK / "fewshot" / "runs"
 VENV = WORK / "setfit-venv"
 METHODS = ("setfit", "frozen", "cross-entropy", "contrastive")
+SETFIT_CACHE = WORK / "fewshot" / "setfit-cache.json"
+SETFIT_VERSION = "setfit==1.2.0"
+
+
+def setfit_key(train_csv: Path, test_csv: Path, threads: int) -> str:
+    """Cache key of a SetFit run: the exact train and test data, the thread count, the SetFit version."""
+    digest = hashlib.sha256()
+    for path in (train_csv, test_csv):
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return f"{digest.hexdigest()[:32]}:threads={threads}:{SETFIT_VERSION}"
+
+
+def read_setfit_cache() -> dict[str, dict[str, Any]]:
+    return json.loads(SETFIT_CACHE.read_text()) if SETFIT_CACHE.is_file() else {}
+
+
+def store_setfit(key: str, row: dict[str, Any]) -> None:
+    cache = read_setfit_cache()
+    cache[key] = {f: row[f] for f in ("task", "k", "seed", "accuracy", "seconds", "load_before", "load_after",
+                                      "measured_at", "measured_by") if f in row}
+    SETFIT_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = SETFIT_CACHE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cache, indent=1) + "\n")
+    tmp.replace(SETFIT_CACHE)
+
+
+def import_setfit(paths: list[Path]) -> int:
+    """Fill the SetFit cache from earlier result files (their rows' samples are rebuilt to get the keys)."""
+    added = 0
+    for path in paths:
+        data = json.loads(path.read_text())
+        threads, n_test = data.get("torch_threads", 1), data["test_per_class"]
+        for row in data["rows"]:
+            if row["method"] != "setfit" or "error" in row or row.get("setfit_source") == "cache":
+                continue
+            train_rows, test_rows = sample(row["task"], row["k"], row["seed"], n_test)
+            folder = RUNS / f"{row['task']}-{row['k']}-{row['seed']}-t{n_test}"
+            key = setfit_key(write_labelled_csv(train_rows, folder / "train.csv"),
+                             write_labelled_csv(test_rows, folder / "test.csv"), threads)
+            store_setfit(key, {**row, "measured_at": row.get("measured_at", data["machine"]["date"]),
+                               "measured_by": row.get("measured_by", f"{path.name}: {data['machine']['command']}")})
+            added += 1
+    print(f"{added} SetFit rows in {SETFIT_CACHE}")
+    return 0
 
 
 def setfit_python() -> Path:
@@ -117,6 +172,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "seconds_mean": round(statistics.mean(sec), 1),
                     "seconds_sd": round(statistics.stdev(sec), 1) if len(sec) > 1 else 0.0,
                     "seed_list": sorted(r["seed"] for r in rs)})
+        if method == "setfit":
+            out[-1]["setfit_cached_seeds"] = sum(r.get("setfit_source") == "cache" for r in rs)
     by = {(c["task"], c["k"], c["method"]): c for c in out}
     for c in out:  # paired ratios to SetFit on the seeds both ran
         s = by.get((c["task"], c["k"], "setfit"))
@@ -137,8 +194,9 @@ def table(cells: list[dict[str, Any]]) -> str:
     for c in cells:
         vs = (f"{c['vs_setfit_accuracy_pts']:+.1f}, {c['vs_setfit_time_ratio']:.2f}×"
               if "vs_setfit_accuracy_pts" in c else "")
+        cached = f" ({c['setfit_cached_seeds']} cached)" if c.get("setfit_cached_seeds") else ""
         lines.append(f"{c['task']:<15} {c['k']:<2} {c['method']:<15} {c['seeds']:<6} "
-                     f"{c['accuracy_mean']:.3f} ± {c['accuracy_sd']:.3f}         {c['seconds_mean']:>7.1f}  {vs}")
+                     f"{c['accuracy_mean']:.3f} ± {c['accuracy_sd']:.3f}         {c['seconds_mean']:>7.1f}  {vs}{cached}")
     return "\n".join(lines)
 
 
@@ -168,9 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "fewshot.json"))
     p.add_argument("--home", default=None, help="HEADSTART_HOME of the run [default: benchmarks/.work/fewshot/home]; "
                    "give runs made side by side their own")
+    p.add_argument("--setfit-cache", choices=("fresh", "reuse"), default="fresh",
+                   help="fresh: run SetFit and update its cache; reuse: take cached SetFit rows when there [fresh]")
+    p.add_argument("--import-setfit", nargs="+", metavar="JSON", help="only fill the SetFit cache from the setfit "
+                   "rows of these result files")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="only merge the rows of these partial result files "
                    "(e.g. one run per task side by side) into --out, and print the table")
     args = p.parse_args(argv)
+    if args.import_setfit:
+        return import_setfit([Path(m) for m in args.import_setfit])
     if args.merge:
         return merge([Path(m) for m in args.merge], Path(args.out))
     os.environ["HEADSTART_HOME"] = args.home or str(WORK / "fewshot" / "home")
@@ -200,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             for task in args.tasks.split(","):
                 train_rows, test_rows = sample(task, k, seed, args.test_per_class)
-                folder = RUNS / f"{task}-{k}-{seed}"
+                folder = RUNS / f"{task}-{k}-{seed}-t{args.test_per_class}"
                 train_csv = write_labelled_csv(train_rows, folder / "train.csv")
                 test_csv = write_labelled_csv(test_rows, folder / "test.csv")
                 for method in methods:
@@ -208,9 +272,22 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     row: dict[str, Any] = {"task": task, "k": k, "seed": seed, "method": method, "load_before": loadavg()}
                     try:
-                        got = (run_setfit(train_csv, test_csv, seed, args.threads) if method == "setfit"
-                               else run_headstart(method, train_csv, test_csv, seed, folder / method))
-                        row.update({k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in got.items()})
+                        if method == "setfit":
+                            key = setfit_key(train_csv, test_csv, args.threads)
+                            cached = read_setfit_cache().get(key) if args.setfit_cache == "reuse" else None
+                            if cached:
+                                row = {**row, "accuracy": cached["accuracy"], "seconds": cached["seconds"],
+                                       "setfit_source": "cache", "measured_at": cached["measured_at"],
+                                       "measured_by": cached.get("measured_by"),
+                                       "load_before_measured": cached.get("load_before")}
+                            else:
+                                got = run_setfit(train_csv, test_csv, seed, args.threads)
+                                row.update({k2: round(v, 4) for k2, v in got.items()}, setfit_source="run",
+                                           measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                                store_setfit(key, {**row, "load_after": loadavg(), "measured_by": info["command"]})
+                        else:
+                            got = run_headstart(method, train_csv, test_csv, seed, folder / method)
+                            row.update({k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in got.items()})
                     except Exception as exc:  # noqa: BLE001 - one failed run is recorded, the rest go on
                         row["error"] = f"{type(exc).__name__}: {exc}"[:500]
                     row["load_after"] = loadavg()

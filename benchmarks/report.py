@@ -236,6 +236,8 @@ def fewshot(results: Path, base: str, name: str = "fewshot") -> str:
     rows = []
     for c in r["cells"]:
         rows.append({**c, "accuracy": f"{c['accuracy_mean']:.3f} ± {c['accuracy_sd']:.3f}",
+                     "seeds": f"{c['seeds']}" + (f" ({c['setfit_cached_seeds']} from the SetFit cache)"
+                                                 if c.get("setfit_cached_seeds") else ""),
                      "seconds": _n(c["seconds_mean"]) + (f" ± {_n(c['seconds_sd'])}" if c.get("seconds_sd") else ""),
                      "vs": (f"{c['vs_setfit_accuracy_pts']:+.1f} pts, {c['vs_setfit_time_ratio']:.2f}× the time"
                             if "vs_setfit_accuracy_pts" in c else "")})

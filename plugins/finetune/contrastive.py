@@ -34,6 +34,7 @@ then does not embed the source again), ``info["frozen_metrics"]`` those at epoch
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from headstart.sdk import FinetuneOutcome, FinetuneRequest
 
 MAX_FOLDS = 2  # see the module docstring: every item is held out once per epoch either way
+WIDE_PER_CLASS = 16  # from this many items in the smallest class on: the wide schedule (see schedule())
+WIDE_BLOCK_FACTOR = 1.5  # the wide schedule trains this many times --unfreeze's top blocks (rounded up)
 HARDNESS = 1.0
 DEFAULT_LR = 2e-4  # top block; the blocks below get layer_decay times the one above
 
@@ -64,10 +67,30 @@ def register_finetuners(register):
                            "resumable)", starts_from_fitted_head=False))
 
 
+def schedule(smallest_class: int, unfreeze: str) -> tuple[str, str]:
+    """(top blocks to train, how the k-fold curve chooses the epochs) for a labelled set whose smallest
+    class has ``smallest_class`` items.
+
+    Below ``WIDE_PER_CLASS`` items per class: ``--unfreeze``'s blocks; the epoch with the best held-out
+    accuracy (``best``; ``--patience`` ends a fold early). From there on: 1.5 times ``--unfreeze``'s blocks
+    (rounded up; more items, more to learn, and time to do it in), every fold runs all ``--epochs`` and the
+    most-trained epoch whose held-out accuracy is within one standard error of the best is chosen
+    (``longest-within-se``): the fine-tune's gain there (a few points) is below the resolution of the
+    pooled held-out accuracy, whose argmax did not track the test accuracy, while the test accuracy rose
+    with the epochs on average (docs/finetune.md); a clear drop still stops it.
+    """
+    if smallest_class < WIDE_PER_CLASS:
+        return unfreeze, "best"
+    from headstart.sdk import unfreeze_blocks
+
+    count = unfreeze_blocks(unfreeze)
+    return ("all" if count is None else f"last:{math.ceil(count * WIDE_BLOCK_FACTOR)}"), "longest-within-se"
+
+
 class _Body:
     """The backbone with its frozen prefix cached: embeddings of any rows of the labelled items."""
 
-    def __init__(self, request: "FinetuneRequest", items: list[Any]) -> None:
+    def __init__(self, request: "FinetuneRequest", items: list[Any], unfreeze: str | None = None) -> None:
         import torch
 
         from headstart.sdk import build_module, make_preprocessor, unfreeze_blocks
@@ -82,7 +105,7 @@ class _Body:
         self.inputs = {k: torch.from_numpy(v) for k, v in pre.collate(prepared).items()}
         self.mask = self.inputs.get("attention_mask") if request.spec.modality == "text" else None
         blocks = group_blocks([n for n, _ in self.module.named_parameters()])
-        count = unfreeze_blocks(request.options.unfreeze)
+        count = unfreeze_blocks(unfreeze or request.options.unfreeze)  # default: the asked blocks
         first = 0 if count is None else max(0, len(blocks) - count)
         self.trainable_names = [block_label(b) for b in blocks[first:]]
         self.params = dict(self.module.named_parameters())
@@ -169,9 +192,10 @@ def _folds(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _choose_epoch(curves: list[list[dict[str, Any]]], y: np.ndarray, folds: list,
-                  classes: np.ndarray) -> tuple[int, list, dict, dict]:
-    """The epoch with the best mean held-out accuracy (ties: lower loss), the mean curve, the pooled held-out
-    metrics there and at epoch 0 (the frozen body: the baseline the fine-tune is compared with)."""
+                  classes: np.ndarray, rule: str = "best") -> tuple[int, list, dict, dict]:
+    """The epoch with the best mean held-out accuracy (ties: lower loss; rule ``longest-within-se``: the
+    last epoch within one standard error of that accuracy, see schedule()), the mean curve, the pooled
+    held-out metrics there and at epoch 0 (the frozen body: the baseline the fine-tune is compared with)."""
     from headstart.sdk import classification_metrics
 
     length = max(len(c) for c in curves)
@@ -179,6 +203,10 @@ def _choose_epoch(curves: list[list[dict[str, Any]]], y: np.ndarray, folds: list
     mean = [{"epoch": e, "val_accuracy": round(float(np.mean([c[e]["acc"] for c in padded])), 6),
              "val_loss": round(float(np.mean([c[e]["loss"] for c in padded])), 6)} for e in range(length)]
     best = max(range(length), key=lambda e: (mean[e]["val_accuracy"], -mean[e]["val_loss"], -e))
+    if rule == "longest-within-se":
+        top = mean[best]["val_accuracy"]
+        se = float(np.sqrt(max(top * (1 - top), 1.0 / len(y)) / len(y)))  # binomial, over the pooled held-out items
+        best = max(e for e in range(length) if mean[e]["val_accuracy"] >= top - se - 1e-9)
     classes = np.asarray(classes)
 
     def pooled(epoch: int) -> dict[str, Any]:
@@ -216,7 +244,8 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     y = torch.from_numpy(y_np)
     n_classes = len(request.classes)
     started = time.perf_counter()
-    body = _Body(request, items)
+    unfreeze, rule = schedule(int(np.bincount(y_np).min()), opts.unfreeze)
+    body = _Body(request, items, unfreeze)
     cache_seconds = time.perf_counter() - started
     lr = opts.lr if opts.lr is not None else DEFAULT_LR
     optimizer = _adamw(body.groups(lr, opts.layer_decay, opts.weight_decay))
@@ -272,7 +301,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
                 best, stale = (curve[-1]["acc"], -curve[-1]["loss"]), 0
             else:
                 stale += 1
-                if stale >= opts.patience:
+                if rule == "best" and stale >= opts.patience:
                     break
         state["curves"].append(curve)
         request.log(f"fold {fold + 1}/{len(folds)}: held-out accuracy by epoch "
@@ -281,14 +310,14 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         pause_point("finetune-fold-end", fold=fold + 1)
     if state["phase"] == "cv":
         if folds:
-            target, state["history"], state["best"], state["frozen"] = _choose_epoch(state["curves"], y_np, folds,
-                                                                                     request.classes)
+            target, state["history"], state["best"], state["frozen"] = _choose_epoch(
+                state["curves"], y_np, folds, request.classes, rule)
         else:  # a class with one item: no held-out signal, train the asked epochs
             target = opts.epochs
             state["history"] = [{"epoch": 0}]
         state.update(phase="final", target_epochs=target, best_epoch=target)
         body.reset()
-        request.log(f"cross-validation chose {target} epochs" + (f" (held-out accuracy {state['best']['accuracy']:.4f})"
+        request.log(f"cross-validation chose {target} epochs ({rule})" + (f" (held-out accuracy {state['best']['accuracy']:.4f})"
                                                                   if state["best"] else ""))
     # 2. the final run on every item, for the chosen number of epochs
     all_rows = np.arange(len(items))
@@ -333,6 +362,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     head = clone(request.head)
     head.fit(emb, np.asarray(request.classes)[y_np])
     info = {"device": "cpu", "precision": "fp32", "objective": "contrastive", "trainable_blocks": body.trainable_names,
+            "schedule": {"unfreeze": unfreeze, "epoch_rule": rule},
             "trainable_parameters": int(sum(v.numel() for v in body.initial.values())),
             "optimizer_steps": state["optimizer_steps"], "folds": len(folds), "items": len(items),
             "cached_split": body.prefix.active, "cache_seconds": round(cache_seconds, 3),

@@ -1,0 +1,88 @@
+"""Issue 16, the contrastive recipe as a function of the labelled set (docs/finetune.md): below
+``WIDE_PER_CLASS`` items in the smallest class ``--unfreeze``'s top blocks train and the k-fold curve's
+best epoch is chosen (``--patience`` ends a fold early); from there on 1.5 times the blocks (rounded up)
+train, every
+fold runs all ``--epochs`` and the most-trained epoch within one standard error of the best is chosen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finetune_data import blind_task, tiny_bert_blind
+
+
+def test_schedule_widens_from_sixteen_items_in_the_smallest_class() -> None:
+    from headstart.plugins.finetune.contrastive import WIDE_PER_CLASS, schedule
+
+    assert WIDE_PER_CLASS == 16
+    assert schedule(8, "last:2") == ("last:2", "best")
+    assert schedule(15, "last:2") == ("last:2", "best")
+    assert schedule(16, "last:2") == ("last:3", "longest-within-se")
+    assert schedule(32, "last:3") == ("last:5", "longest-within-se")
+    assert schedule(32, "last:1") == ("last:2", "longest-within-se")
+    assert schedule(40, "all") == ("all", "longest-within-se")
+
+
+def test_longest_within_se_takes_the_last_epoch_the_folds_cannot_tell_from_the_best() -> None:
+    from headstart.plugins.finetune.contrastive import _choose_epoch
+
+    y = np.array([0, 1] * 16)  # 32 pooled held-out items: one standard error at 0.875 is about 0.058
+    folds = [(np.arange(16, 32), np.arange(16)), (np.arange(16), np.arange(16, 32))]
+
+    def curve(accs: list[float]) -> list[dict]:
+        return [{"acc": a, "loss": 1.0 - a, "pred": [0, 1] * 8} for a in accs]
+
+    flat = [curve([0.75, 0.875, 0.84375, 0.84375, 0.75])] * 2  # best at 1; 2 and 3 within 0.058, 4 not
+    assert _choose_epoch(flat, y, folds, np.array(["a", "b"]), "best")[0] == 1
+    assert _choose_epoch(flat, y, folds, np.array(["a", "b"]), "longest-within-se")[0] == 3
+    falling = [curve([0.875, 0.75, 0.6875])] * 2  # more training clearly hurts: the frozen body stays
+    assert _choose_epoch(falling, y, folds, np.array(["a", "b"]), "longest-within-se")[0] == 0
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fewshot-recipe")
+    return {"bert": tiny_bert_blind(root / "bert"), "small": blind_task(root / "small.csv", 12, 40),
+            "large": blind_task(root / "large.csv", 32, 41), "root": root, "home": root / "home"}
+
+
+def _run(data: dict[str, Path], name: str) -> dict:
+    from headstart.engine.train.finetune import FinetuneOptions, finetune
+
+    # patience 1: a run whose epochs the folds choose stops a fold after one epoch without a better score
+    options = FinetuneOptions.for_objective("contrastive", unfreeze="last:1", epochs=6, lr=3e-3, patience=1)
+    return finetune(str(data[name]), f"hf:{data['bert']}", "linear", out=data["root"] / name,
+                    options=options).summary()
+
+
+def test_a_set_with_sixteen_per_class_trains_more_blocks_over_every_epoch_of_the_folds(
+        data: dict[str, Path], env_home: Path) -> None:
+    summary = _run(data, "large")  # 16 items per class
+    info = summary["info"]
+    assert info["schedule"] == {"unfreeze": "last:2", "epoch_rule": "longest-within-se"}
+    assert len(info["trainable_blocks"]) == 2
+    # every fold runs all 6 epochs (patience 1 stops nothing), then the final run trains the chosen ones
+    assert [h["epoch"] for h in summary["history"]] == list(range(7))
+    assert summary["epochs_run"] == 2 * 6 + summary["best_epoch"]
+    accs = [h["val_accuracy"] for h in summary["history"]]
+    top = max(accs)
+    se = np.sqrt(max(top * (1 - top), 1 / 32) / 32)
+    assert summary["best_epoch"] == max(e for e, a in enumerate(accs) if a >= top - se - 1e-9)
+    # the reported score is the pooled held-out score of the folds at the chosen epoch
+    assert summary["finetuned"]["split"] == "cross-validation" and summary["finetuned"]["n"] == 32
+    assert summary["finetuned"]["accuracy"] == pytest.approx(accs[summary["best_epoch"]], abs=1e-6)
+
+
+def test_a_set_with_six_per_class_keeps_the_asked_blocks_and_lets_the_folds_choose(
+        data: dict[str, Path], env_home: Path) -> None:
+    summary = _run(data, "small")  # 6 items per class
+    info = summary["info"]
+    assert info["schedule"] == {"unfreeze": "last:1", "epoch_rule": "best"}
+    assert len(info["trainable_blocks"]) == 1
+    assert summary["best_epoch"] == max(range(len(summary["history"])),
+                                        key=lambda e: (summary["history"][e]["val_accuracy"],
+                                                       -summary["history"][e]["val_loss"], -e))
