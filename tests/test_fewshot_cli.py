@@ -1,6 +1,7 @@
 """Issue 16, the fixed cost of ``headstart finetune --objective contrastive``: the trainable body is a plain-PyTorch
 BERT (plugins/finetune/bert_body.py) and the optimiser torch's fused AdamW kernel without torch.optim
-(plugins/finetune/adamw.py), so the command imports neither transformers nor torch._dynamo.
+(plugins/finetune/adamw.py), so the command imports neither transformers nor torch._dynamo; the text items are
+read, not embedded with the base backbone (the contrastive finetuner never reads those vectors).
 
 Both must compute exactly what they replace: the plain body gives Hugging Face's BertModel outputs and gradients
 (dropout included, same seed), the optimiser torch.optim.AdamW(fused=True)'s updates and state, and a whole
@@ -173,8 +174,10 @@ def test_the_cli_fine_tune_imports_neither_and_trains_the_same_weights(data: dic
     # each path in its own home: the tuned weights are written and exported (parity gate) by each; the base
     # backbone's export (a one-time cost, which needs transformers) is made beforehand in the new path's home
     before, before_modules = _finetune("before", data, "before", data["root"] / "home-before")
-    export(f"hf:{data['bert']}", "fp32")
+    base = export(f"hf:{data['bert']}", "fp32")
     after, after_modules = _finetune("after", data, "after", env_home)
+    # the items were read, not embedded with the base backbone: its vectors would go unused
+    assert not (env_home / "features" / base.fingerprint).exists()
     assert before_modules["transformers"] and before_modules["dynamo"]  # the old path (the check can fail)
     assert not after_modules["transformers"] and not after_modules["dynamo"]
     assert after["best_epoch"] >= 1
