@@ -9,7 +9,8 @@ embedded afresh, as new data would be. Runs of the two code paths alternate, on 
 
 * ``after``: ``headstart finetune TRAIN.csv --backbone minilm --objective contrastive --head linear -o M --json``;
 * ``before``: the same through benchmarks/_fewshot_cli_before.py (Hugging Face's BertModel as the trainable body,
-  torch.optim's AdamW: the imports of transformers and torch._dynamo are back).
+  torch.optim's AdamW: the imports of transformers and torch._dynamo are back; the items embedded with the base
+  backbone first; an unfused graph copied into place).
 
 Phases per run: ``wall`` (the parent's clock: interpreter start to exit), ``cpu`` (the child's user + system
 seconds, all threads: the figure least moved by other jobs on a shared machine), ``api`` (the fine-tune call itself:
