@@ -1,7 +1,8 @@
 """Full fine-tuning, orchestrated: frozen baseline first, end-to-end training in a finetuner plugin,
 then back onto the ONNX path (export cache, parity gate, feature store, standard model folder).
 
-:func:`finetune` embeds the source with the base backbone (cache hits are free), splits it exactly
+:func:`finetune` embeds the source with the base backbone (cache hits are free; a finetuner that fits its
+own head, like ``contrastive``, gets text items read, not embedded: it never reads those vectors), splits it exactly
 as :func:`headstart.engine.train.api.train` does, fits the frozen-feature head on the training split (the
 starting point: linear probing, then fine-tuning), hands a :class:`FinetuneRequest` to the
 finetuner (built-in: ``torch``), exports the fine-tuned backbone through the export cache (a new
