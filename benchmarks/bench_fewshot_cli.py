@@ -1,8 +1,8 @@
 """Wall clock of ``headstart finetune --objective contrastive`` in a fresh process, before/after, vs SetFit's.
 
-    python benchmarks/bench_fewshot_cli.py [--tasks fortunes-short,debian6] [--k 8] [--repeats 2] [--no-setfit]
+    python benchmarks/bench_fewshot_cli.py [--tasks fortunes-short,debian6] [--k 8] [--seed 0] [--repeats 2] [--no-setfit]
 
-For each task (benchmarks/_fewshot_data.py, seed 0, k items per class: fortunes-short = 2 classes, debian6 =
+For each task (benchmarks/_fewshot_data.py, sample ``--seed``, k items per class: fortunes-short = 2 classes, debian6 =
 6 classes) every run is a new process with 1 thread and its own new HEADSTART_HOME that shares only the base
 MiniLM export and its graph-patch plan (one-time costs, measured separately as ``first run``); the items are
 embedded afresh, as new data would be. Runs of the two code paths alternate, on the same machine at the same time:
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", default="fortunes-short,debian6")
     p.add_argument("--k", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="which sample of k items per class (_fewshot_data.sample)")
     p.add_argument("--repeats", type=int, default=2, help="runs per code path and task (alternating)")
     p.add_argument("--no-setfit", action="store_true")
     p.add_argument("--out", default="fewshot_cli")
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = args.tasks.split(",")
     data = {}
     for task in tasks:
-        train_rows, _ = sample(task, args.k, 0, 50)
+        train_rows, _ = sample(task, args.k, args.seed, 50)
         data[task] = write_labelled_csv(train_rows, RUNS / task / "train.csv")
     # first run: an empty home (base export + parity gate, patch plan, then the fine-tune); later runs share both
     shutil.rmtree(base, ignore_errors=True)
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             cell = {"task": task, "classes": len(TASKS[task]), "k": args.k, "path": path, "runs": len(timed[path]),
                     **{key: med(timed[path], key) for key in ("wall_s", "cpu_s", "api_s", "startup_s",
                                                               "body_cache_s", "finetuner_s")},
+                    "best_epoch": med(timed[path], "best_epoch"),  # 0: the frozen body kept, no tuned export
                     "imports_s": imports[path].get("total"), "import_torch_dynamo_s": imports[path].get("torch._dynamo"),
                     "import_transformers_s": imports[path].get("transformers")}
             if setfit:
@@ -206,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                 cell["vs_setfit_train"] = round(cell["wall_s"] / setfit["train_s"], 3)
                 cell["vs_setfit_cpu"] = round(cell["cpu_s"] / setfit["cpu_s"], 3)
             cells.append(cell)
-    payload = {"benchmark": "fewshot_cli", "machine": {**info, "loadavg_end": loadavg()}, "k": args.k,
+    payload = {"benchmark": "fewshot_cli", "machine": {**info, "loadavg_end": loadavg()}, "k": args.k, "seed": args.seed,
                "repeats": args.repeats, "threads": 1, "tasks": {t: list(TASKS[t]) for t in tasks},
                "first_run": first, "cells": cells, "rows": rows}
     path = save(args.out, payload)
-    columns = ["task", "classes", "path", "runs", "wall_s", "cpu_s", "api_s", "startup_s", "body_cache_s", "finetuner_s",
+    columns = ["task", "classes", "path", "runs", "best_epoch", "wall_s", "cpu_s", "api_s", "startup_s", "body_cache_s", "finetuner_s",
                "imports_s", "import_transformers_s", "import_torch_dynamo_s", "setfit_wall_s", "setfit_cpu_s", "setfit_train_s",
                "vs_setfit_wall", "vs_setfit_train", "vs_setfit_cpu"]
     print(table(cells, columns))

@@ -266,7 +266,8 @@ def fewshot_cli(results: Path, base: str) -> str:
     first = r["first_run"]
     return (f"`{r['machine']['command']}` — {_source('fewshot_cli', r, base)}; fresh processes, 1 thread, medians of "
             f"{r['repeats']} alternating runs per path (imports: one extra run under `-X importtime`):\n"
-            + _table(rows, [("task", "task"), ("path", "path"), ("wall s", "wall_s"), ("CPU s", "cpu_s"),
+            + _table(rows, [("task", "task"), ("path", "path"), ("epochs chosen", "best_epoch"), ("wall s", "wall_s"),
+                            ("CPU s", "cpu_s"),
                             ("fine-tune call s", "api_s"), ("outside the call s", "startup_s"),
                             ("body + cache s", "body_cache_s"), ("imports s", "imports_s"),
                             ("of which transformers", "import_transformers_s"),
