@@ -260,6 +260,26 @@ def fewshot_cost(results: Path, base: str) -> str:
             + "\n" + _machine_line(r) + "\n")
 
 
+def fewshot_cli(results: Path, base: str) -> str:
+    r = load("fewshot_cli", results)
+    if not r:
+        return _missing("fewshot_cli", "python benchmarks/bench_fewshot_cli.py")
+    rows = [{**c, "task": f"{c['task']} ({c['classes']} classes × {c['k']})"} for c in r["cells"]]
+    first = r["first_run"]
+    return (f"`{r['machine']['command']}` — {_source('fewshot_cli', r, base)}; fresh processes, 1 thread, medians of "
+            f"{r['repeats']} alternating runs per path (imports: one extra run under `-X importtime`):\n"
+            + _table(rows, [("task", "task"), ("path", "path"), ("epochs chosen", "best_epoch"), ("wall s", "wall_s"),
+                            ("CPU s", "cpu_s"),
+                            ("fine-tune call s", "api_s"), ("outside the call s", "startup_s"),
+                            ("body + cache s", "body_cache_s"), ("imports s", "imports_s"),
+                            ("of which transformers", "import_transformers_s"),
+                            ("of which torch._dynamo", "import_torch_dynamo_s"), ("SetFit wall s", "setfit_wall_s"),
+                            ("SetFit train s", "setfit_train_s"), ("wall / SetFit wall", "vs_setfit_wall"),
+                            ("wall / SetFit train", "vs_setfit_train"), ("CPU / SetFit CPU", "vs_setfit_cpu")])
+            + f"\nFirst run in an empty home (base MiniLM export {first.get('base_export_s')} s with its parity gate, "
+              f"the patch plan, then the fine-tune): {first['wall_s']} s wall.\n\n" + _machine_line(r) + "\n")
+
+
 def ray(results: Path, base: str, name: str = "bench_ray") -> str:
     r = load(name, results)
     if not r:
@@ -656,6 +676,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "fewshot": fewshot,
     "fewshot-quiet": lambda results, base: fewshot(results, base, "fewshot_quiet"),
     "fewshot-cost": fewshot_cost,
+    "fewshot-cli": fewshot_cli,
     "ray": ray,
     "ray-paper": ray_paper,
     "ray-device": ray_device,

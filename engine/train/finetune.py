@@ -1,7 +1,8 @@
 """Full fine-tuning, orchestrated: frozen baseline first, end-to-end training in a finetuner plugin,
 then back onto the ONNX path (export cache, parity gate, feature store, standard model folder).
 
-:func:`finetune` embeds the source with the base backbone (cache hits are free), splits it exactly
+:func:`finetune` embeds the source with the base backbone (cache hits are free; a finetuner that fits its
+own head, like ``contrastive``, gets text items read, not embedded: it never reads those vectors), splits it exactly
 as :func:`headstart.engine.train.api.train` does, fits the frozen-feature head on the training split (the
 starting point: linear probing, then fine-tuning), hands a :class:`FinetuneRequest` to the
 finetuner (built-in: ``torch``), exports the fine-tuned backbone through the export cache (a new
@@ -251,6 +252,38 @@ def _payloads(source: Any, keys: Sequence[str], reader_options: Any, engine: Any
     return found
 
 
+def _labelled_items(source: Any, backbone: str | None, reader_options: Any,
+                    engine: Any) -> tuple[FeatureSet, dict[str, Any]] | None:
+    """The items of a text ``source`` read but not embedded: a FeatureSet of their keys, refs and labels with no
+    vector columns (fingerprint: the base backbone's fp32 export, made if missing, as embedding would) and each
+    key's payload; None for other modalities (an image that cannot be decoded is an embedding error, skipped)."""
+    import dataclasses
+
+    from ..backbones.export import export
+    from ..backbones.resolve import default_backbone, resolve_backbone
+    from ..embed.items import ReaderOptions
+    from ..embed.sources import open_source
+    from ..sequences.backbone import backbone_vocabulary
+
+    options = dataclasses.replace(reader_options or ReaderOptions(), labelled=True)
+    src = open_source(str(source), backbone_vocabulary(options, backbone, engine), engine=engine)
+    spec = resolve_backbone(backbone, engine) if backbone is not None else default_backbone(src.modality, engine)
+    if spec.modality != "text" or src.modality != "text":
+        return None
+    keys, refs, labels, errors, payloads = [], [], [], [], {}
+    for item in src:
+        if item.payload is None or item.error is not None:
+            errors.append(item)
+            continue
+        keys.append(item.key)
+        refs.append(item.ref)
+        labels.append(item.label)
+        payloads.setdefault(item.key, item.payload)
+    exported = export(spec, "fp32", settings=engine.settings, engine=engine)
+    return FeatureSet(keys=keys, refs=refs, labels=labels, vectors=np.zeros((len(keys), 0), np.float32),
+                      errors=errors, fingerprint=exported.fingerprint, backbone=spec.name), payloads
+
+
 def _identity(spec: Any, prep: Prepared, head: str, options: FinetuneOptions) -> dict[str, Any]:
     """What a checkpoint must match to be resumed (``epochs`` may change between runs)."""
     import hashlib
@@ -303,7 +336,12 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
 
         build_head(head, engine)  # bad head values are refused before any embedding
     started = time.perf_counter()
-    fs = load_features(source, backbone, labelled=True, engine=engine, reader_options=reader_options, progress=progress)
+    # a finetuner that fits its own head on the tuned body never reads the frozen vectors: text items are read
+    # without embedding them (no ONNX session, no store commit); they are embedded later only if it needs them
+    labelled = None if (spec_entry.spec.starts_from_fitted_head or init_head is not None
+                        or hasattr(source, "vectors")) else _labelled_items(source, backbone, reader_options, engine)
+    fs = labelled[0] if labelled is not None else load_features(source, backbone, labelled=True, engine=engine,
+                                                                 reader_options=reader_options, progress=progress)
     spec = resolve_backbone(fs.backbone, engine)
     prep = prepare(fs, options.val_fraction, options.seed)
     if len(prep.split.val) == 0:
@@ -316,7 +354,8 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
         log(f"frozen {head_ref} on {spec.name}: validation {options.metric} {frozen_metrics[options.metric]:.4f}")
     from ..sequences.backbone import backbone_vocabulary
 
-    payloads = _payloads(source, fs.keys, backbone_vocabulary(reader_options, spec, engine), engine)
+    payloads = labelled[1] if labelled is not None else \
+        _payloads(source, fs.keys, backbone_vocabulary(reader_options, spec, engine), engine)
     classes = np.asarray(frozen.classes_) if hasattr(frozen, "classes_") else np.unique(prep.y)
     index = {str(c): i for i, c in enumerate(classes)}
     y_idx = np.asarray([index[str(v)] for v in prep.y], dtype=np.int64)
@@ -349,6 +388,10 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
         tuned = FeatureSet(vectors=np.empty((0, exported.dim), np.float32), fingerprint=exported.fingerprint,
                            backbone=outcome.backbone_ref, precision="fp32")
     else:
+        if labelled is not None:  # the frozen vectors are needed now (ONNX scoring, frozen baseline): embed
+            prep = prepare(load_features(source, backbone, labelled=True, engine=engine, reader_options=reader_options,
+                                         progress=progress), options.val_fraction, options.seed)
+            rows_train, rows_val = prep.split.train, prep.split.val
         tuned = load_features(source, outcome.backbone_ref, labelled=True, engine=engine,
                               reader_options=reader_options, progress=progress)
         metrics = _score_onnx(tuned, prep, outcome.head)

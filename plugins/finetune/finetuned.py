@@ -50,12 +50,17 @@ def write_finetuned(root: Path, base: str, state: dict[str, Any], info: dict[str
     return f"{PREFIX}{sha[:16]}", [folder / WEIGHTS, folder / META]
 
 
-def _build(base: Any, weights: str, delta: bool = False) -> Any:
+def _build(base: Any, weights: str, delta: bool = False, plain: bool = False) -> Any:
+    """The tuned module; with ``plain``, the base's plain-PyTorch twin where it offers one (the module the
+    contrastive finetuner trained: the parity reference of a patched graph), else the base's own module (the
+    one a traced export is traced from)."""
     from safetensors.torch import load_file
 
     from headstart.sdk import build_module
 
-    module = build_module(base)
+    from .bert_body import trainable_module
+
+    module = trainable_module(base) if plain else build_module(base)
     if not delta:
         module.load_state_dict(load_file(weights), strict=True)
         return module.eval()
@@ -102,5 +107,6 @@ def finetuned_spec(ref: str, engine: Any) -> Any:
     return dataclasses.replace(
         base, name=ref, source=f"{base.name} fine-tuned ({weights})",
         description=f"{base.name} fine-tuned end to end ({meta.get('head', 'head')}, {meta.get('created', '')})",
-        weights=(*base.weights, weights), build_torch=lambda: _build(base, weights, bool(meta.get("delta"))), aliases=(), default=False,
+        weights=(*base.weights, weights), aliases=(), default=False,
+        build_torch=lambda: _build(base, weights, bool(meta.get("delta")), plain=bool(patch)),
         extra=(*base.extra, *extra, ("finetuned", meta["sha256"])), **exporter)
