@@ -154,6 +154,14 @@ def test_fused_adamw_makes_torch_optims_updates_and_resumes_from_its_state() -> 
     step(ours, opt_ours), step(resumed_params, resumed), step(theirs, opt_theirs)
     assert all(torch.equal(a, b) for a, b in zip(resumed_params, theirs))
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    # without the private fused kernel (a torch build that lacks it): the same rule in plain tensor operations
+    plain, reference = params(), params()
+    opt_plain = FusedAdamW(groups(plain), fused=False)
+    opt_reference = torch.optim.AdamW(groups(reference), foreach=False)
+    for _ in range(5):
+        step(plain, opt_plain), step(reference, opt_reference)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(plain, reference))
+    assert not all(torch.equal(a, b) for a, b in zip(plain, params()))  # it did train
 
 
 def _finetune(path: str, data: dict[str, Path], name: str, home: Path) -> tuple[dict, dict]:
