@@ -18,9 +18,10 @@ def main() -> int:
     from headstart.engine.cli import main as cli_main
     from headstart.engine.store.atomic import copy_file_atomic
     from headstart.engine.train import finetune
-    from headstart.plugins.finetune import bert_body, contrastive
+    from headstart.plugins.finetune import contrastive
+    from headstart.sdk import TorchBuilder
 
-    bert_body.TorchBuilder.plain = lambda self: None  # type: ignore[method-assign]
+    TorchBuilder.plain = lambda self: None  # type: ignore[method-assign]
     finetune._labelled_items = lambda *args: None  # the items are embedded with the base backbone first
     export._move_durably = copy_file_atomic  # an unfused graph is copied into place
 

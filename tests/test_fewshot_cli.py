@@ -1,5 +1,5 @@
 """Issue 16, the fixed cost of ``headstart finetune --objective contrastive``: the trainable body is a plain-PyTorch
-BERT (plugins/finetune/bert_body.py) and the optimiser torch's fused AdamW kernel without torch.optim
+BERT (plugins/backbones/bert_body.py) and the optimiser torch's fused AdamW kernel without torch.optim
 (plugins/finetune/adamw.py), so the command imports neither transformers nor torch._dynamo; the text items are
 read, not embedded with the base backbone (the contrastive finetuner never reads those vectors).
 
@@ -27,9 +27,10 @@ RUN_CLI = """
 import json, sys
 from headstart.engine.cli import main
 if sys.argv[1] == "before":
-    from headstart.plugins.finetune import bert_body, contrastive
+    from headstart.plugins.finetune import contrastive
+    from headstart.sdk import TorchBuilder
     import torch
-    bert_body.TorchBuilder.plain = lambda self: None
+    TorchBuilder.plain = lambda self: None
     contrastive._adamw = lambda groups: torch.optim.AdamW(groups, fused=True)
 code = main(sys.argv[2:])
 print(json.dumps({"code": code, "transformers": "transformers" in sys.modules,
@@ -59,7 +60,7 @@ TEXTS = ["the cat sat on the mat", "fraud", "", "my card was late and the bank s
 def test_the_plain_body_computes_what_hugging_faces_bert_does(data: dict[str, Path], env_home: Path) -> None:
     import torch
 
-    from headstart.plugins.finetune.bert_body import trainable_module
+    from headstart.sdk import trainable_module
     from headstart.sdk import build_module, resolve_backbone
 
     spec = resolve_backbone(f"hf:{data['bert']}")
@@ -92,7 +93,7 @@ def test_the_shipped_minilm_twin_matches_its_reference() -> None:
     import torch
 
     from headstart.plugins.backbones.minilm import minilm_spec
-    from headstart.plugins.finetune.bert_body import trainable_module
+    from headstart.sdk import trainable_module
     from headstart.sdk import build_module
 
     spec = minilm_spec()
@@ -104,7 +105,7 @@ def test_the_shipped_minilm_twin_matches_its_reference() -> None:
 
 
 def test_a_folder_the_plain_body_does_not_cover_builds_the_reference(tmp_path: Path) -> None:
-    from headstart.plugins.finetune.bert_body import bert_text_encoder
+    from headstart.plugins.backbones.bert_body import bert_text_encoder
 
     folder = tmp_path / "bert"
     distinct_tiny_bert(folder)

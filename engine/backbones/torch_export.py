@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BackboneError
 from .fingerprint import OPSET
@@ -21,6 +21,31 @@ def build_module(spec: "BackboneSpec") -> Any:
     except Exception as exc:  # noqa: BLE001 - missing weights, bad config, ...
         raise BackboneError(f"backbone '{spec.name}': building the PyTorch model failed: {type(exc).__name__}: {exc}",
                             hint=f"check the backbone's source ({spec.source})") from exc
+    return module.eval().float().cpu()
+
+
+class TorchBuilder:
+    """A spec's ``build_torch`` with an optional plain-PyTorch twin: ``builder()`` is the reference module (the
+    one exports trace), ``builder.plain()`` a module computing the same in plain PyTorch, cheaper to import
+    and train (or None when the backbone's folder is not covered)."""
+
+    def __init__(self, reference: Callable[[], Any], plain: Callable[[], Any | None]) -> None:
+        self.reference, self._plain = reference, plain
+
+    def __call__(self) -> Any:
+        return self.reference()
+
+    def plain(self) -> Any | None:
+        return self._plain()
+
+
+def trainable_module(spec: "BackboneSpec") -> Any:
+    """The spec's PyTorch module for training, eval mode, fp32, CPU: the plain twin when its ``build_torch`` (a
+    :class:`TorchBuilder`) offers one for this folder, else :func:`build_module`."""
+    plain = getattr(spec.build_torch, "plain", None)
+    module = plain() if plain is not None else None
+    if module is None:
+        return build_module(spec)
     return module.eval().float().cpu()
 
 

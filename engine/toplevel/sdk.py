@@ -23,7 +23,7 @@ from headstart.engine.backbones.spec import (BackboneSpec, ImagePreprocessing, I
                                              TextPreprocessing)
 from headstart.engine.backbones.resolve import resolve_backbone
 from headstart.engine.backbones.preprocess import make_preprocessor
-from headstart.engine.backbones.torch_export import build_module
+from headstart.engine.backbones.torch_export import TorchBuilder, build_module, trainable_module
 from headstart.engine.backbones.export import export as export_backbone
 from headstart.engine.backbones.torch_modules import image_encoder, text_encoder, vision_transformer_encoder
 from headstart.engine.backbones.graph_pooling import append_pooling
@@ -56,7 +56,8 @@ __all__ = [
     "HeadstartError", "ConfigError", "SchemaError", "ReaderError", "ItemError", "BackboneError", "HeadError",
     "NotFittedError", "DataError", "FinetuneError",
     "BackboneSpec", "TextPreprocessing", "ImagePreprocessing", "NumericPreprocessing", "Int8Recipe",
-    "resolve_backbone", "make_preprocessor", "build_module", "export_backbone", "text_encoder", "image_encoder",
+    "resolve_backbone", "make_preprocessor", "build_module", "TorchBuilder", "trainable_module", "export_backbone",
+    "text_encoder", "image_encoder",
     "vision_transformer_encoder", "append_pooling",
     "Head", "HeadSpec", "FeatureMatrix", "ArrayMatrix", "class_weights", "resolve_device", "one_torch_thread", "stratified_split", "classification_metrics",
     "Item", "ReaderOptions", "ReaderSpec", "content_key",

@@ -18,9 +18,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from headstart.sdk import (BackboneError, BackboneSpec, ConfigError, ImagePreprocessing, TextPreprocessing,
-                           append_pooling, hookimpl)
+                           append_pooling, hookimpl, TorchBuilder)
 
-from ..finetune.bert_body import TorchBuilder, bert_text_encoder
+from .bert_body import bert_text_encoder
 from .hf_sequence import is_sequence_model, sequence_spec
 
 PREFIX = "hf:"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from headstart.sdk import BackboneSpec, hookimpl, Int8Recipe, TextPreprocessing
+from headstart.sdk import BackboneSpec, hookimpl, Int8Recipe, TextPreprocessing, TorchBuilder
 
-from ..finetune.bert_body import TorchBuilder, bert_text_encoder
+from .bert_body import bert_text_encoder
 
 
 def _model_dir() -> str:

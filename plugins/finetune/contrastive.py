@@ -93,9 +93,8 @@ class _Body:
     def __init__(self, request: "FinetuneRequest", items: list[Any], unfreeze: str | None = None) -> None:
         import torch
 
-        from headstart.sdk import make_preprocessor, unfreeze_blocks
+        from headstart.sdk import make_preprocessor, trainable_module, unfreeze_blocks
 
-        from .bert_body import trainable_module
 
         self.module = trainable_module(request.spec)
         pre = make_preprocessor(request.spec)

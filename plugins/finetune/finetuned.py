@@ -56,9 +56,7 @@ def _build(base: Any, weights: str, delta: bool = False, plain: bool = False) ->
     one a traced export is traced from)."""
     from safetensors.torch import load_file
 
-    from headstart.sdk import build_module
-
-    from .bert_body import trainable_module
+    from headstart.sdk import build_module, trainable_module
 
     module = trainable_module(base) if plain else build_module(base)
     if not delta:

@@ -10,8 +10,9 @@ the block cache's hooks and the fine-tuned deltas are interchangeable with the H
 It returns ``None`` for a folder it does not cover (another architecture, relative positions, a decoder,
 another activation, no safetensors file): the caller builds the Hugging Face module then.
 
-:class:`TorchBuilder` is a spec's ``build_torch`` (the Hugging Face module: the reference the base export is
-traced from) that also offers this twin (``.plain()``); :func:`trainable_module` is what finetuners call.
+The backbone plugins offer it as the plain twin of their ``build_torch`` (``headstart.sdk.TorchBuilder``: the Hugging
+Face module stays the reference the base export is traced from); finetuners get it through
+``headstart.sdk.trainable_module``.
 """
 
 from __future__ import annotations
@@ -19,37 +20,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 WEIGHTS = "model.safetensors"
 #: weight-name prefixes of task checkpoints (``BertForX`` saves the encoder under ``bert.``)
 PREFIXES = ("bert.",)
-
-
-class TorchBuilder:
-    """``build_torch`` of a spec: ``builder()`` is the reference module, ``builder.plain()`` its plain-PyTorch twin
-    (or None when the folder is not covered)."""
-
-    def __init__(self, reference: Callable[[], Any], plain: Callable[[], Any | None]) -> None:
-        self.reference, self._plain = reference, plain
-
-    def __call__(self) -> Any:
-        return self.reference()
-
-    def plain(self) -> Any | None:
-        return self._plain()
-
-
-def trainable_module(spec: Any) -> Any:
-    """The spec's PyTorch module for training, eval mode, fp32, CPU: the plain twin when its ``build_torch``
-    offers one for this folder, else ``build_module(spec)``."""
-    plain = getattr(spec.build_torch, "plain", None)
-    module = plain() if plain is not None else None
-    if module is None:
-        from headstart.sdk import build_module
-
-        return build_module(spec)
-    return module.eval().float().cpu()
 
 
 def supported(config: dict[str, Any]) -> bool:
