@@ -70,7 +70,7 @@ def fit_trend(sizes: Sequence[float], accuracy: Sequence[float]) -> dict[str, An
 
 #: At most this many labelled items per class, fine-tuning uses the contrastive objective (few-shot; the
 #: crossover with cross-entropy measured in docs/finetune.md); the escalation and the advice both follow it.
-CONTRASTIVE_MAX_PER_CLASS = 12
+CONTRASTIVE_MAX_PER_CLASS = 32
 
 
 def advise(trend: dict[str, Any], accuracy: float, target: float | None = None, metric: str = "accuracy",
