@@ -34,7 +34,8 @@ if sys.argv[1] == "before":
     contrastive._adamw = lambda groups: torch.optim.AdamW(groups, fused=True)
 code = main(sys.argv[2:])
 print(json.dumps({"code": code, "transformers": "transformers" in sys.modules,
-                  "dynamo": "torch._dynamo" in sys.modules}), file=sys.stderr)
+                  "dynamo": "torch._dynamo" in sys.modules, "sklearn": "sklearn" in sys.modules,
+                  "scipy": "scipy" in sys.modules}), file=sys.stderr)
 """
 
 
@@ -165,6 +166,23 @@ def test_fused_adamw_makes_torch_optims_updates_and_resumes_from_its_state() -> 
     assert not all(torch.equal(a, b) for a, b in zip(plain, params()))  # it did train
 
 
+@pytest.mark.parametrize("labels, folds, seed", [
+    ([0, 1] * 8, 2, 0), ([1, 0, 0, 1, 1, 0, 1, 0, 0, 1], 2, 7), (list("cabbacabcabcbbaacc"), 3, 3),
+    (["x"] * 5 + ["y"] * 9 + ["z"] * 4, 2, 11), ([2, 2, 0, 1, 0, 1, 2, 0, 1, 1, 2, 0], 4, 1)])
+def test_stratified_folds_are_scikit_learns(labels: list, folds: int, seed: int) -> None:
+    from sklearn.model_selection import StratifiedKFold
+
+    from headstart.sdk import stratified_folds
+
+    y = np.asarray(labels)
+    theirs = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    ours = stratified_folds(y, folds, seed)
+    assert len(ours) == len(theirs)
+    for (a, b), (c, d) in zip(ours, theirs):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+
+
 def _finetune(path: str, data: dict[str, Path], name: str, home: Path) -> tuple[dict, dict]:
     out = data["root"] / name
     args = ["finetune", str(data["train"]), "-b", f"hf:{data['bert']}", "-o", str(out), "--objective", "contrastive",
@@ -189,6 +207,8 @@ def test_the_cli_fine_tune_imports_neither_and_trains_the_same_weights(data: dic
     assert not (env_home / "features" / base.fingerprint).exists()
     assert before_modules["transformers"] and before_modules["dynamo"]  # the old path (the check can fail)
     assert not after_modules["transformers"] and not after_modules["dynamo"]
+    # nor scikit-learn (the head's parameter check, the folds and the head's copy are headstart's own)
+    assert not after_modules["sklearn"] and not after_modules["scipy"]
     assert after["best_epoch"] >= 1
     # the same tuned weights (content address) and the same export: bit-identical training
     assert after["backbone"]["name"] == before["backbone"]["name"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,53 @@ def test_plugin_modules_import_cheaply():
             "print(sorted(m for m in ('torch','sklearn','faiss','onnxruntime','scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_parameter_constraints_say_what_scikit_learn_says_without_importing_it():
+    """headstart.sdk.Interval/Options give scikit-learn's verdicts and messages; scikit-learn's own
+    constraint objects still work (their check is scikit-learn's)."""
+    from numbers import Integral, Real
+
+    from sklearn.utils._param_validation import Interval as SkInterval
+    from sklearn.utils._param_validation import StrOptions, validate_parameter_constraints
+
+    from headstart.sdk import Interval, InvalidParameterError, Options
+
+    from headstart.engine.heads.constraints import validate_constraints
+
+    ours = {"l2": [Interval(Real, 0, None, closed="left"), None], "k": [Interval(Integral, 1, None, closed="left")],
+            "frac": [Interval(Real, 0, 1, closed="left")], "lr": [Interval(Real, 0, None, closed="neither")],
+            "p": [Interval(Real, 0, 1, closed="both")], "metric": [Options({"cosine", "ip"})],
+            "class_weight": [None, Options({"balanced"}), dict], "device": [str]}
+    theirs = {name: [SkInterval(c.type, c.left, c.right, closed=c.closed) if isinstance(c, Interval)
+                     else StrOptions(set(c.values)) if isinstance(c, Options) else c for c in cs]
+              for name, cs in ours.items()}
+    values = {"l2": [0, 0.5, None, -1.0, "x", True], "k": [1, 3, 0, 1.5, np.int64(2)], "frac": [0.0, 0.99, 1.0, -0.1],
+              "lr": [1e-3, 0.0, -1], "p": [0, 1, 1.01], "metric": ["cosine", "l2", 3],
+              "class_weight": [None, "balanced", {"a": 1}, "other", 3], "device": ["cpu", 3]}
+    def options_sorted(message: str | None) -> str | None:  # scikit-learn lists a set's options in hash order
+        return None if message is None else re.sub(r"\{([^}]*)\}", lambda m: "{" + ", ".join(
+            sorted(m.group(1).split(", "))) + "}", message)
+
+    checked = 0
+    for name, tries in values.items():
+        for value in tries:
+            try:
+                validate_parameter_constraints(theirs, {name: value}, caller_name="Head")
+                expected = None
+            except ValueError as exc:
+                expected = str(exc)
+            try:
+                validate_constraints(ours, {name: value}, "Head")
+                got = None
+            except InvalidParameterError as exc:
+                assert isinstance(exc, ValueError) and isinstance(exc, TypeError)
+                got = str(exc)
+            assert options_sorted(got) == options_sorted(expected), (name, value)
+            checked += expected is not None
+    assert checked == 14  # the invalid tries: their messages were compared, not only the passes
+    with pytest.raises(ValueError, match="'k' parameter of Head must be an int in the range"):
+        validate_constraints({"k": [SkInterval(Integral, 1, None, closed="left")]}, {"k": 0}, "Head")
 
 
 def test_linear_head_matches_sklearn_and_chooses_l2():

@@ -55,18 +55,20 @@ class Head:
 
     @classmethod
     def _param_constraints(cls) -> dict[str, list[Any]]:
-        """scikit-learn-style constraints per parameter (``Interval``, ``StrOptions``, types, None);
-        override to declare them. Checked by :meth:`_validate_params` before any work."""
+        """Constraints per parameter (``headstart.sdk.Interval``, ``headstart.sdk.Options``, types, None; or
+        scikit-learn's ``Interval``/``StrOptions``); override to declare them. Checked by :meth:`_validate_params`
+        before any work."""
         return {}
 
     def _validate_params(self) -> None:
-        """Check the parameters against :meth:`_param_constraints` with scikit-learn's own checker,
-        then :meth:`_check_params`; raises ``ValueError``/``TypeError`` naming the parameter."""
+        """Check the parameters against :meth:`_param_constraints` (constraints.py: scikit-learn's rules and
+        wording, without importing it), then :meth:`_check_params`; raises ``ValueError``/``TypeError`` naming
+        the parameter."""
         constraints = self._param_constraints()
         if constraints:
-            from sklearn.utils._param_validation import validate_parameter_constraints
+            from .constraints import validate_constraints
 
-            validate_parameter_constraints(constraints, self.get_params(deep=False), caller_name=type(self).__name__)
+            validate_constraints(constraints, self.get_params(deep=False), type(self).__name__)
         self._check_params()
 
     def _check_params(self) -> None:

@@ -29,10 +29,11 @@ from headstart.engine.backbones.torch_modules import image_encoder, text_encoder
 from headstart.engine.backbones.graph_pooling import append_pooling
 # heads
 from headstart.engine.heads.base import Head, class_weights, resolve_device
+from headstart.engine.heads.constraints import Interval, InvalidParameterError, Options
 from headstart.engine.torch_threads import one_torch_thread
 from headstart.engine.heads.spec import HeadSpec
 from headstart.engine.heads.features import ArrayMatrix, FeatureMatrix
-from headstart.engine.train.splits import stratified_split
+from headstart.engine.train.splits import stratified_folds, stratified_split
 from headstart.engine.train.metrics import classification_metrics
 # readers
 from headstart.engine.embed.items import (Item, ItemBatch, ReaderOptions, ReaderSpec, RowRefs, content_key, failed_key,
@@ -59,7 +60,8 @@ __all__ = [
     "resolve_backbone", "make_preprocessor", "build_module", "TorchBuilder", "trainable_module", "export_backbone",
     "text_encoder", "image_encoder",
     "vision_transformer_encoder", "append_pooling",
-    "Head", "HeadSpec", "FeatureMatrix", "ArrayMatrix", "class_weights", "resolve_device", "one_torch_thread", "stratified_split", "classification_metrics",
+    "Head", "HeadSpec", "Interval", "Options", "InvalidParameterError", "FeatureMatrix", "ArrayMatrix", "class_weights",
+    "resolve_device", "one_torch_thread", "stratified_split", "stratified_folds", "classification_metrics",
     "Item", "ReaderOptions", "ReaderSpec", "content_key",
     "ItemBatch", "RowRefs", "failed_key", "row_keys", "text_keys",
     "EventOptions", "Vocabulary", "event_record_batches", "event_table_schema", "pretrained_folder", "pretrained_spec",

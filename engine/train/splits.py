@@ -49,3 +49,27 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int = 0, *, max_v
         val.append(rows[:n_val])
         train.append(rows[n_val:])
     return Split(np.sort(np.concatenate(train)), np.sort(np.concatenate(val)) if val else np.empty(0, np.int64), single)
+
+
+def stratified_folds(y: np.ndarray, n_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train rows, held-out rows)`` of ``n_folds`` stratified folds: exactly scikit-learn's
+    ``StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(X, y)`` (same rule, same random stream;
+    tests/test_fewshot_cli.py compares them) without importing scikit-learn. Every class needs ``n_folds`` rows."""
+    y = np.asarray(y)
+    _, first, inverse = np.unique(y, return_index=True, return_inverse=True)
+    _, by_appearance = np.unique(first, return_inverse=True)  # classes numbered in order of first appearance
+    encoded = by_appearance[inverse.reshape(-1)]
+    counts = np.bincount(encoded)
+    if n_folds < 2 or counts.min() < n_folds:
+        raise ConfigError(f"{n_folds} stratified folds need at least {n_folds} rows in every class "
+                          f"(the smallest has {counts.min()})", hint="use fewer folds")
+    rng = np.random.RandomState(seed)
+    ordered = np.sort(encoded)
+    allocation = np.asarray([np.bincount(ordered[i::n_folds], minlength=len(counts)) for i in range(n_folds)])
+    fold_of = np.empty(len(y), dtype=np.int64)
+    for k in range(len(counts)):
+        folds = np.arange(n_folds).repeat(allocation[:, k])
+        rng.shuffle(folds)
+        fold_of[encoded == k] = folds
+    rows = np.arange(len(y))
+    return [(rows[fold_of != i], rows[fold_of == i]) for i in range(n_folds)]

@@ -33,6 +33,7 @@ then does not embed the source again), ``info["frozen_metrics"]`` those at epoch
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -184,12 +185,10 @@ def _train_epoch(body: _Body, optimizer: Any, y: Any, rows: np.ndarray, batch_si
 
 
 def _folds(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedKFold
+    from headstart.sdk import stratified_folds
 
     k = min(MAX_FOLDS, int(np.bincount(y).min()))
-    if k < 2:
-        return []
-    return [(a, b) for a, b in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)]
+    return stratified_folds(y, k, seed) if k >= 2 else []
 
 
 def _choose_epoch(curves: list[list[dict[str, Any]]], y: np.ndarray, folds: list,
@@ -231,7 +230,6 @@ def _graph_patch(spec: Any, body: _Body, state: dict[str, Any], tuned: dict[str,
 def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     """Choose the epochs by k-fold CV, train the top blocks on every item, fit the head, write the backbone."""
     import torch
-    from sklearn.base import clone
 
     from headstart.sdk import FinetuneOutcome
 
@@ -360,7 +358,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
                                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                       "graph_patch": patch}, delta=True)
         request.start_export(ref)
-    head = clone(request.head)
+    head = type(request.head)(**copy.deepcopy(request.head.get_params(deep=False)))  # sklearn's clone
     head.fit(emb, np.asarray(request.classes)[y_np])
     info = {"device": "cpu", "precision": "fp32", "objective": "contrastive", "trainable_blocks": body.trainable_names,
             "schedule": {"unfreeze": unfreeze, "epoch_rule": rule},

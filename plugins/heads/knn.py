@@ -27,10 +27,10 @@ class KNNHead(Head):
     def _param_constraints(cls) -> dict[str, list[Any]]:
         from numbers import Integral
 
-        from sklearn.utils._param_validation import Interval, StrOptions
+        from headstart.sdk import Interval, Options
 
-        return {"k": [Interval(Integral, 1, None, closed="left")], "metric": [StrOptions({"cosine", "ip"})],
-                "weights": [StrOptions({"uniform", "distance"})]}
+        return {"k": [Interval(Integral, 1, None, closed="left")], "metric": [Options({"cosine", "ip"})],
+                "weights": [Options({"uniform", "distance"})]}
 
     def _prepare(self, X: np.ndarray) -> np.ndarray:
         if self.metric == "cosine":

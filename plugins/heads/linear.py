@@ -76,10 +76,10 @@ class LinearHead(Head):
     def _param_constraints(cls) -> dict[str, list[Any]]:
         from numbers import Integral, Real
 
-        from sklearn.utils._param_validation import Interval, StrOptions
+        from headstart.sdk import Interval, Options
 
         return {"l2": [Interval(Real, 0, None, closed="left"), None],
-                "class_weight": [None, StrOptions({"balanced"}), dict],
+                "class_weight": [None, Options({"balanced"}), dict],
                 "max_iter": [Interval(Integral, 1, None, closed="left"), None],
                 "tol": [Interval(Real, 0, None, closed="left")],
                 "val_fraction": [Interval(Real, 0, 1, closed="left")], "device": [str],

@@ -39,7 +39,7 @@ class MLPHead(Head):
     def _param_constraints(cls) -> dict[str, list[Any]]:
         from numbers import Integral, Real
 
-        from sklearn.utils._param_validation import Interval, StrOptions
+        from headstart.sdk import Interval, Options
 
         return {"dropout": [Interval(Real, 0, 1, closed="left")], "lr": [Interval(Real, 0, None, closed="neither")],
                 "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -47,7 +47,7 @@ class MLPHead(Head):
                 "max_epochs": [Interval(Integral, 1, None, closed="left")],
                 "patience": [Interval(Integral, 1, None, closed="left")],
                 "val_fraction": [Interval(Real, 0, 1, closed="left")],
-                "class_weight": [None, StrOptions({"balanced"}), dict], "device": [str],
+                "class_weight": [None, Options({"balanced"}), dict], "device": [str],
                 "seed": [Interval(Integral, 0, None, closed="left")]}
 
     def _check_params(self) -> None:
