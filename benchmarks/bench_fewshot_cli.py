@@ -15,8 +15,7 @@ embedded afresh, as new data would be. Runs of the two code paths alternate, on 
 Phases per run: ``wall`` (the parent's clock: interpreter start to exit), ``cpu`` (the child's user + system
 seconds, all threads: the figure least moved by other jobs on a shared machine), ``api`` (the fine-tune call itself:
 ``training.seconds`` of the model's manifest: embedding, body, cache, cross-validation, final run, head, export
-and parity, model folder), ``startup`` = wall - api (interpreter, CLI, plugin loading, the head's parameter check, which imports
-scikit-learn, process exit),
+and parity, model folder), ``startup`` = wall - api (interpreter, CLI, plugin loading, the head's parameter check, process exit),
 ``body+cache`` and ``finetuner`` (the finetuner's own ``cache_seconds`` / ``seconds``); one extra run per path
 with ``python -X importtime`` gives the import seconds by top-level package. SetFit 1.2 (the venv of
 bench_fewshot.py) runs on the same CSV: its whole process (model load, train, predict 2k items) and its own
