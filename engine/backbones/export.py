@@ -17,7 +17,6 @@ user's data); the probe set's figures are kept beside it in the manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from contextlib import contextmanager

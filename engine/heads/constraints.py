@@ -12,7 +12,7 @@ command-line run of a few seconds (a few-shot fine-tune, a prediction) would oth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any, Iterable, Literal
 
 
@@ -33,10 +33,10 @@ class Interval:
     def is_satisfied_by(self, value: Any) -> bool:
         if not isinstance(value, self.type):
             return False
-        if self.left is not None and (value < self.left or (value == self.left and self.closed not in ("left", "both"))):
+        closed_left, closed_right = self.closed in ("left", "both"), self.closed in ("right", "both")
+        if self.left is not None and (value < self.left or (value == self.left and not closed_left)):
             return False
-        return not (self.right is not None
-                    and (value > self.right or (value == self.right and self.closed not in ("right", "both"))))
+        return not (self.right is not None and (value > self.right or (value == self.right and not closed_right)))
 
     def __str__(self) -> str:
         kind = "an int" if self.type is Integral else "a float"

@@ -316,8 +316,8 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
             state["history"] = [{"epoch": 0}]
         state.update(phase="final", target_epochs=target, best_epoch=target)
         body.reset()
-        request.log(f"cross-validation chose {target} epochs ({rule})" + (f" (held-out accuracy {state['best']['accuracy']:.4f})"
-                                                                  if state["best"] else ""))
+        held_out = f" (held-out accuracy {state['best']['accuracy']:.4f})" if state["best"] else ""
+        request.log(f"cross-validation chose {target} epochs ({rule}){held_out}")
     # 2. the final run on every item, for the chosen number of epochs
     all_rows = np.arange(len(items))
     # each epoch's checkpoint is written while the next epoch trains; its pause point follows once it is durable
