@@ -106,14 +106,37 @@ def readme_performance(results: Path, base: str) -> str:
                        f"({sk['fit_s']:.2f} s, n_iter {sk['n_iter']})")
         rows.append((f"linear head, {d['name']}", f"{ours['fit_s']:.2f} s fit incl. choosing L2, accuracy "
                      f"{ours['accuracy']:.4f}", against, _source("heads", heads, base)))
+    predict, fewshot = load("predict", results), load("fewshot", results)
+    if predict and "text" in predict:
+        runs = {r["threads"]: r for r in predict["text"]["runs"]}
+        fp = " / ".join(f"{runs[t]['rows'][0]['p50_ms']:.2f}" for t in sorted(runs))
+        i8 = " / ".join(f"{runs[t]['rows'][2]['p50_ms']:.2f}" for t in sorted(runs))
+        rows.append((f"one text through `headstart bundle`'s ONNX file, p50 at {' / '.join(map(str, sorted(runs)))} "
+                     "thread(s)", f"fp32 {fp} ms; int8 {i8} ms",
+                     "fp32 " + " / ".join(f"{runs[t]['p50_ratio']}×" for t in sorted(runs))
+                     + " `SentenceTransformer.encode` + `LogisticRegression`; int8 "
+                     + " / ".join(f"{runs[t]['p50_ratio_int8_vs_int8']}×" for t in sorted(runs))
+                     + " sentence-transformers with torch's int8", _source("predict", predict, base)))
+    if fewshot:
+        cells = [c for c in fewshot["cells"] if c["method"] == "contrastive" and "vs_setfit_accuracy_pts" in c]
+        if cells:
+            pts = [c["vs_setfit_accuracy_pts"] for c in cells]
+            times = [c["vs_setfit_time_ratio"] for c in cells]
+            sizes = sorted({c["k"] for c in cells})
+            rows.append((f"few labels: `headstart finetune --objective contrastive`, {len(fewshot['tasks'])} text sets "
+                         f"at {'-'.join(map(str, (sizes[0], sizes[-1])))} labels per class, {cells[0]['seeds']} seeds",
+                         f"{len(cells)} cells: mean accuracy {min(pts):+.1f} to {max(pts):+.1f} pts from SetFit's",
+                         f"{min(times):.2f}-{max(times):.2f}× SetFit 1.2's train time (same MiniLM)",
+                         _source("fewshot", fewshot, base)))
     if not rows:
         return _missing("text", "python benchmarks/bench_embed.py")
     lines = ["| job | headstart | against | result |", "|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    loaded = [x for x in (text, images, warm, rss, heads) if x]
+    loaded = [x for x in (text, images, warm, rss, heads, predict, fewshot) if x]
     facts = _machine_line({"machine": {**loaded[0]["machine"], "notes": ""}})
     notes = dict.fromkeys(x["machine"]["notes"].rstrip(".") for x in loaded if x["machine"].get("notes"))
-    return "\n".join(lines) + "\n\n" + facts + "".join(f" Notes: {n}." for n in notes) + "\n"
+    said = (" Notes: " + " ".join(f"{n}." for n in notes)) if notes else ""
+    return "\n".join(lines) + "\n\n" + facts + said + "\n"
 
 
 def _machine_line(r: dict[str, Any]) -> str:
