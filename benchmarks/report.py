@@ -108,15 +108,14 @@ def readme_performance(results: Path, base: str) -> str:
                      f"{ours['accuracy']:.4f}", against, _source("heads", heads, base)))
     predict, fewshot = load("predict", results), load("fewshot", results)
     if predict and "text" in predict:
-        runs = {r["threads"]: r for r in predict["text"]["runs"]}
-        fp = " / ".join(f"{runs[t]['rows'][0]['p50_ms']:.2f}" for t in sorted(runs))
-        i8 = " / ".join(f"{runs[t]['rows'][2]['p50_ms']:.2f}" for t in sorted(runs))
-        rows.append((f"one text through `headstart bundle`'s ONNX file, p50 at {' / '.join(map(str, sorted(runs)))} "
-                     "thread(s)", f"fp32 {fp} ms; int8 {i8} ms",
-                     "fp32 " + " / ".join(f"{runs[t]['p50_ratio']}×" for t in sorted(runs))
-                     + " `SentenceTransformer.encode` + `LogisticRegression`; int8 "
-                     + " / ".join(f"{runs[t]['p50_ratio_int8_vs_int8']}×" for t in sorted(runs))
-                     + " sentence-transformers with torch's int8", _source("predict", predict, base)))
+        runs = sorted(predict["text"]["runs"], key=lambda r: r["threads"])
+        threads = " / ".join(str(r["threads"]) for r in runs)
+        fp, i8 = (" / ".join(f"{r['rows'][row]['p50_ms']:.2f}" for r in runs) for row in (0, 2))
+        fp_x, i8_x = (" / ".join(f"{r[key]}×" for r in runs) for key in ("p50_ratio", "p50_ratio_int8_vs_int8"))
+        rows.append((f"one text through `headstart bundle`'s ONNX file, p50 at {threads} thread(s)",
+                     f"fp32 {fp} ms; int8 {i8} ms",
+                     f"fp32 {fp_x} `SentenceTransformer.encode` + `LogisticRegression`; int8 {i8_x} "
+                     "sentence-transformers with torch's int8", _source("predict", predict, base)))
     if fewshot:
         cells = [c for c in fewshot["cells"] if c["method"] == "contrastive" and "vs_setfit_accuracy_pts" in c]
         if cells:
@@ -124,7 +123,7 @@ def readme_performance(results: Path, base: str) -> str:
             times = [c["vs_setfit_time_ratio"] for c in cells]
             sizes = sorted({c["k"] for c in cells})
             rows.append((f"few labels: `headstart finetune --objective contrastive`, {len(fewshot['tasks'])} text sets "
-                         f"at {'-'.join(map(str, (sizes[0], sizes[-1])))} labels per class, {cells[0]['seeds']} seeds",
+                         f"at {sizes[0]}-{sizes[-1]} labels per class, {cells[0]['seeds']} seeds",
                          f"{len(cells)} cells: mean accuracy {min(pts):+.1f} to {max(pts):+.1f} pts from SetFit's",
                          f"{min(times):.2f}-{max(times):.2f}× SetFit 1.2's train time (same MiniLM)",
                          _source("fewshot", fewshot, base)))

@@ -30,21 +30,29 @@ class Interval:
     right: float | None
     closed: Literal["left", "right", "both", "neither"] = "both"
 
+    @property
+    def closed_left(self) -> bool:
+        return self.closed in ("left", "both")
+
+    @property
+    def closed_right(self) -> bool:
+        return self.closed in ("right", "both")
+
     def is_satisfied_by(self, value: Any) -> bool:
         if not isinstance(value, self.type):
             return False
-        closed_left, closed_right = self.closed in ("left", "both"), self.closed in ("right", "both")
-        if self.left is not None and (value < self.left or (value == self.left and not closed_left)):
+        if self.left is not None and (value < self.left or (value == self.left and not self.closed_left)):
             return False
-        return not (self.right is not None and (value > self.right or (value == self.right and not closed_right)))
+        return not (self.right is not None and (value > self.right or (value == self.right and not self.closed_right)))
 
     def __str__(self) -> str:
+        def bound(x: float | None, unbounded: str) -> str:
+            return unbounded if x is None else (f"{x}" if self.type is Integral else f"{float(x)}")
+
+        lb = "[" if self.left is not None and self.closed_left else "("
+        rb = "]" if self.right is not None and self.closed_right else ")"
         kind = "an int" if self.type is Integral else "a float"
-        lo = "-inf" if self.left is None else (f"{self.left}" if self.type is Integral else f"{float(self.left)}")
-        hi = "inf" if self.right is None else (f"{self.right}" if self.type is Integral else f"{float(self.right)}")
-        lb = "[" if self.left is not None and self.closed in ("left", "both") else "("
-        rb = "]" if self.right is not None and self.closed in ("right", "both") else ")"
-        return f"{kind} in the range {lb}{lo}, {hi}{rb}"
+        return f"{kind} in the range {lb}{bound(self.left, '-inf')}, {bound(self.right, 'inf')}{rb}"
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,6 @@ class _Body:
 
         from headstart.sdk import make_preprocessor, trainable_module, unfreeze_blocks
 
-
         self.module = trainable_module(request.spec)
         pre = make_preprocessor(request.spec)
         prepared = pre.prepare_many(items)
