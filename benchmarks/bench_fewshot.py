@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads of every method (SetFit's too)")
     p.add_argument("--out", default=str(RESULTS / "fewshot.json"))
     p.add_argument("--home", default=None, help="HEADSTART_HOME of the run [default: benchmarks/.work/fewshot/home]; "
-                   "give runs made side by side their own")
+                   "give runs made side by side their own (their samples and checkpoints go under it too)")
     p.add_argument("--setfit-cache", choices=("fresh", "reuse"), default="fresh",
                    help="fresh: run SetFit and update its cache; reuse: take cached SetFit rows when there [fresh]")
     p.add_argument("--import-setfit", nargs="+", metavar="JSON", help="only fill the SetFit cache from the setfit "
@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         return merge([Path(m) for m in args.merge], Path(args.out))
     os.environ["HEADSTART_HOME"] = args.home or str(WORK / "fewshot" / "home")
+    # each run's samples and checkpoints: beside its home, so runs made side by side on the same task do not
+    # share (and overwrite) a checkpoint folder
+    runs = Path(args.home) / "runs" if args.home else RUNS
     import torch
 
     torch.set_num_threads(args.threads)
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             for task in args.tasks.split(","):
                 train_rows, test_rows = sample(task, k, seed, args.test_per_class)
-                folder = RUNS / f"{task}-{k}-{seed}-t{args.test_per_class}"
+                folder = runs / f"{task}-{k}-{seed}-t{args.test_per_class}"
                 train_csv = write_labelled_csv(train_rows, folder / "train.csv")
                 test_csv = write_labelled_csv(test_rows, folder / "test.csv")
                 for method in methods:
