@@ -118,11 +118,13 @@ def _lock(path: Path) -> Iterator[None]:
 
 def export(backbone: "str | BackboneSpec", precision: str = "fp32", *, settings: "Settings | None" = None,
            engine: Any = None, calibration: Iterable[Any] | None = None, force: bool = False,
-           min_cosine: float | None = None) -> ExportedBackbone:
+           min_cosine: float | None = None, reference: Any = None) -> ExportedBackbone:
     """Export ``backbone`` at ``precision`` (fp32 | fp16 | int8), or return the cached export.
 
     ``calibration``: raw items (texts, image bytes, arrays) of the user's data for static
     int8 quantisation of image/numeric backbones. ``force`` re-exports over a cached entry.
+    ``reference``: the backbone's PyTorch model already in memory (eval mode; e.g. the one a finetuner
+    just trained), the fp32 parity gate's reference instead of one built from the spec.
     """
     from .resolve import resolve_backbone
 
@@ -146,7 +148,7 @@ def export(backbone: "str | BackboneSpec", precision: str = "fp32", *, settings:
         (folder / MANIFEST).unlink(missing_ok=True)
         started = time.perf_counter()
         try:
-            manifest = _build(spec, precision, folder, settings, engine, items, min_cosine)
+            manifest = _build(spec, precision, folder, settings, engine, items, min_cosine, reference)
         except BaseException:
             for leftover in folder.glob("*"):
                 leftover.unlink(missing_ok=True)
@@ -162,8 +164,10 @@ def export(backbone: "str | BackboneSpec", precision: str = "fp32", *, settings:
 
 
 def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settings", engine: Any,
-           items: list[Any] | None, min_cosine: float | None) -> dict[str, Any]:
+           items: list[Any] | None, min_cosine: float | None, reference: Any = None) -> dict[str, Any]:
     """Write the graph into ``folder``, check parity, return the manifest's content (no identity yet)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .parity import check_parity, parity_on, probe_batches
     from .preprocess import make_preprocessor
 
@@ -178,14 +182,16 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
     if precision == "fp32" and spec.build_torch is not None:
         from .torch_export import build_module, export_module
 
-        module = build_module(spec)
+        module = reference  # the parity reference (built by parity_on when None)
         tmp = folder / f".{MODEL_FILE}.tmp-trace"
         try:
             if spec.export_onnx is not None:
                 _run_exporter(spec, tmp)
                 exporter = dict(spec.extra).get("exporter", "the backbone's own exporter")
             else:
-                export_module(module, spec, _dummy(spec, pre), tmp)
+                traced = build_module(spec)  # the spec's own module: the one its graph optimizer knows
+                export_module(traced, spec, _dummy(spec, pre), tmp)
+                module = module if module is not None else traced
                 exporter = "torch.onnx (TorchScript)"
             info["graph"] = _finish_graph(spec, tmp, out, exporter)
         finally:
@@ -212,13 +218,16 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
             from .quantize import fp16
 
             write_bytes_atomic(out, fp16(base.path))
-    if parity is None:
-        figures, ref_kind = parity_on(spec, probe, module, out, precision, reference_graph)
-        parity = {**check_parity(figures, spec.name, precision, min_cosine), "reference": ref_kind}
-    files = {p.name: _sha(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
-    files.pop(MANIFEST, None)
+    # the files are hashed and the opset read while the parity gate runs (hashing and parsing release the GIL)
+    paths = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="headstart-export-hash") as pool:
+        hashed = pool.submit(lambda: ({p.name: _sha(p) for p in paths}, _opset(out)))
+        if parity is None:
+            figures, ref_kind = parity_on(spec, probe, module, out, precision, reference_graph)
+            parity = {**check_parity(figures, spec.name, precision, min_cosine), "reference": ref_kind}
+        files, opset = hashed.result()
     return {**info, "parity": parity, "files": files, "inputs": list(probe[0]),
-            "output": spec.output_name, "opset": _opset(out)}
+            "output": spec.output_name, "opset": opset}
 
 
 def _sha(path: Path) -> str:
