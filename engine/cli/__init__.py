@@ -101,6 +101,20 @@ def _fail(as_json: bool, error: str, message: str, hint: str | None, exit_code: 
     return exit_code
 
 
+def console() -> None:
+    """The ``headstart`` program (console script and ``python -m headstart``): :func:`main`, then exit.
+
+    Before the interpreter exits, every object is frozen out of the garbage collector: its last collection
+    would walk all of torch's objects for nothing (~0.3 s of a short command's exit, measured with
+    ``python -c "import torch"`` against ``import torch, gc; gc.freeze()``). Nothing left then needs
+    collecting: files are written and closed by the commands themselves."""
+    import gc
+
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the CLI, turning every failure into one clear report (``--json``: a JSON object
     ``{"error", "message", "hint", "exit_code"}`` on stdout) and that exit code."""

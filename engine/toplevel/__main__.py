@@ -1,7 +1,5 @@
 """``python -m headstart``: the command line."""
 
-import sys
+from headstart.engine.cli import console
 
-from headstart.engine.cli import main
-
-sys.exit(main())
+console()
