@@ -4,7 +4,8 @@ It beats the frozen head where frozen features are blind (the tiny BERT of tests
 whose embeddings of ``fraud`` and ``payment`` are identical), its export passes the parity gate and
 predicts in a fresh process without torch, kill -9 + ``--resume`` continues from the checkpoint and
 ends where an uninterrupted run ends, the cached lower blocks give the same embeddings as the full
-module, and escalation picks the objective for a small labelled set.
+module, a resumed run keeps the training precision its checkpoint recorded, and escalation picks the
+objective for a small labelled set.
 """
 
 from __future__ import annotations
@@ -118,6 +119,46 @@ def _cli(*args: str, home: Path) -> list[str]:
 
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the CLI runs share two busy cores with this test process
+
+
+@pytest.mark.timeout(600)
+def test_a_resumed_run_keeps_the_precision_its_checkpoint_recorded(data: dict[str, Path], env_home: Path,
+                                                                   tmp_path: Path) -> None:
+    """``--precision auto`` is decided once (bf16 autocast on a CPU with native bf16 dot products) and kept in
+    the checkpoint: a run resumed on another machine must not change it half way. The checkpoint of a run
+    killed after its first fold is rewritten to say the other precision; the resumed run reports that one."""
+    from safetensors.numpy import load_file, save_file
+
+    from headstart.plugins.finetune.checkpoint import FILE, read_meta
+    from headstart.plugins.finetune.contrastive import native_bf16
+
+    out = tmp_path / "model"
+    args = ["finetune", str(data["train"]), "-b", f"hf:{data['bert']}", "-o", str(out), "--objective", "contrastive",
+            "--unfreeze", "all", "--epochs", "2", "--lr", "3e-3", "--json"]
+    pauses, point = tmp_path / "pauses", "finetune-fold-end#1"
+    proc = subprocess.Popen(_cli(*args, home=env_home), env=env_with({**pause_env(pauses, point), **ONE_THREAD}),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert kill_when_paused(pauses, point, proc)["fold"] == 1
+    finally:
+        proc.stderr.close()
+    meta = read_meta(out / "checkpoint")
+    decided = "bf16" if native_bf16() else "fp32"
+    assert meta["phase"] == "cv" and meta["precision"] == decided
+    other = {"bf16": "fp32", "fp32": "bf16"}[decided]
+    path = out / "checkpoint" / FILE
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as fh:
+        header = json.loads(fh.metadata()["headstart"])
+    save_file(load_file(str(path)), str(path), metadata={"headstart": json.dumps({**header, "precision": other})})
+    resumed = subprocess.run(_cli(*args, "--resume", home=env_home), capture_output=True, text=True, timeout=300,
+                             env=env_with(ONE_THREAD))
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed_from"]["folds_done"] == 1 and summary["info"]["precision"] == other
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["finetune"]["info"]["precision"] == other and manifest["finetune"]["options"]["precision"] == "auto"
 
 
 @pytest.mark.timeout(900)

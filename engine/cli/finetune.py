@@ -27,8 +27,10 @@ from ._common import (CliState, backbone_option, device_option, echo_json, forma
 @click.option("--patience", default=2, show_default=True, type=int, help="Epochs without improvement before stopping.")
 @click.option("--metric", default="accuracy", type=click.Choice(["accuracy", "macro_f1"]), show_default=True)
 @device_option
-@click.option("--precision", default="fp32", type=click.Choice(["fp32", "bf16", "fp16"]), show_default=True,
-              help="bf16/fp16: mixed precision (CUDA).")
+@click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
+              help="Training precision [default: fp32; contrastive: auto]. cross-entropy: bf16/fp16 are mixed "
+                   "precision on CUDA. contrastive: bf16 autocast on the CPU; auto = bf16 where the CPU has native "
+                   "bf16 dot products (AVX512-BF16, AMX), else fp32. The export is fp32 either way.")
 @click.option("--init-head", default=None, metavar="MODEL_DIR",
               help="Start from this frozen-feature head [default: fit one on the training split first].")
 @click.option("--resume", is_flag=True, help="Continue from MODEL_DIR's checkpoint after an interruption.")
@@ -41,7 +43,7 @@ from ._common import (CliState, backbone_option, device_option, echo_json, forma
 def finetune(ctx: click.Context, source: str, backbone: str | None, head: str, out: str, objective: str,
              unfreeze: str | None, epochs: int | None, lr: float | None, head_lr: float | None, layer_decay: float,
              batch_size: int | None, patience: int, metric: str,
-             device: str, precision: str, init_head: str | None, resume: bool, text_column: str | None,
+             device: str, precision: str | None, init_head: str | None, resume: bool, text_column: str | None,
              label_column: str | None, reader: str | None, encoding_errors: str, progress: bool | None,
              val_fraction: float, seed: int, as_json: bool) -> None:
     """Fine-tune backbone + head end to end on SOURCE, then export back onto the ONNX path (MODEL_DIR)."""

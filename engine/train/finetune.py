@@ -28,12 +28,13 @@ from ..heads.features import FeatureSet
 from .model import Model, load_features, load_model, make_manifest
 
 HEADS = ("linear", "mlp")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 METRICS = ("accuracy", "macro_f1")
 # objective -> the built-in finetuner that trains it (``finetune(finetuner=...)`` can name another plugin)
 OBJECTIVES = {"cross-entropy": "torch", "contrastive": "contrastive"}
 # each objective's defaults where they differ from FinetuneOptions' (the CLI's unset options take these)
-OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {"contrastive": {"unfreeze": "last:2", "epochs": 5, "batch_size": 16}}
+OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {"contrastive": {"unfreeze": "last:2", "epochs": 5, "batch_size": 16,
+                                                                   "precision": "auto"}}
 CHECKPOINT_DIR = "checkpoint"
 BACKBONE_DIR = "backbone"
 FINETUNED_DIR = "finetuned"  # <home>/finetuned/<sha16>/: fine-tuned weights, content-addressed
@@ -48,7 +49,10 @@ class FinetuneOptions:
     otherwise); each block below gets ``layer_decay`` times the one above (discriminative LRs).
     ``head_lr``: the head's learning rate (default ``10 * lr``). Early stopping: training stops
     after ``patience`` epochs without a better validation ``metric``; the best epoch is kept.
-    ``precision`` bf16/fp16 is mixed precision and needs CUDA. ``objective``: ``cross-entropy`` (backbone +
+    ``precision``: cross-entropy's bf16/fp16 are mixed precision and need CUDA (``auto``: fp32); the contrastive
+    objective's bf16 is bf16 autocast of its training steps and held-out scoring on the CPU, ``auto`` (its
+    default) picks it on a CPU with native bf16 dot products (AVX512-BF16 or AMX), else fp32; the exported
+    backbone is fp32 either way. ``objective``: ``cross-entropy`` (backbone +
     head end to end) or ``contrastive`` (few labels: the body on pairs, epochs chosen by k-fold
     cross-validation on every labelled item, then the head; see docs/finetune.md).
     """
@@ -140,8 +144,10 @@ class FinetuneRequest:
     identity: dict[str, Any]
     log: Callable[[str], None] = field(default=lambda message: None, repr=False)
     # call with the fine-tuned backbone's ref as soon as its weights are written: the engine starts exporting it
-    # (graph, parity gate) on a thread while the finetuner finishes (e.g. fits its head); optional
-    start_export: Callable[[str], None] = field(default=lambda ref: None, repr=False)
+    # (graph, parity gate) on a thread while the finetuner finishes (e.g. fits its head); optional. ``reference``:
+    # the tuned PyTorch model still in memory (eval mode, no longer changed), the parity gate's reference instead
+    # of one rebuilt from the written weights
+    start_export: Callable[..., None] = field(default=lambda ref, reference=None: None, repr=False)
 
 
 @dataclass
@@ -427,7 +433,7 @@ class _EarlyExport:
     def __init__(self, engine: Any) -> None:
         self.engine, self.thread = engine, None
 
-    def start(self, ref: str) -> None:
+    def start(self, ref: str, reference: Any = None) -> None:
         import threading
 
         from ..backbones.export import export
@@ -435,7 +441,8 @@ class _EarlyExport:
 
         def work() -> None:
             try:
-                export(resolve_backbone(ref, self.engine), "fp32", settings=self.engine.settings, engine=self.engine)
+                export(resolve_backbone(ref, self.engine), "fp32", settings=self.engine.settings, engine=self.engine,
+                       reference=reference)
             except Exception:  # noqa: BLE001 - raised again, with its message, by the export after the finetuner
                 pass
 

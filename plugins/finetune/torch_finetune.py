@@ -57,7 +57,7 @@ def _device(name: str) -> str:
 def _amp_dtype(precision: str, device: str) -> Any:
     import torch
 
-    if precision == "fp32":
+    if precision in ("fp32", "auto"):  # auto: fp32 (mixed precision is asked for, not guessed)
         return None
     if device != "cuda":
         raise ConfigError(f"--precision {precision} is mixed precision on CUDA; this run is on {device}",
@@ -267,7 +267,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     ref, files = write_finetuned(request.finetuned_root, request.spec.name, net["backbone"].state_dict(),
                                  {"head": request.head_name, "best_epoch": state["best_epoch"],
                                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    info = {"device": device, "precision": opts.precision, "trainable_blocks": trainable,
+    info = {"device": device, "precision": "fp32" if amp is None else opts.precision, "trainable_blocks": trainable,
             "trainable_parameters": int(sum(p.numel() for g in groups for p in g["params"])),
             "optimizer_steps": state["optimizer_steps"],
             "train_items_per_second": round(items_seen / train_seconds, 1) if train_seconds else None}
