@@ -165,38 +165,64 @@ def export(backbone: "str | BackboneSpec", precision: str = "fp32", *, settings:
 
 def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settings", engine: Any,
            items: list[Any] | None, min_cosine: float | None, reference: Any = None) -> dict[str, Any]:
-    """Write the graph into ``folder``, check parity, return the manifest's content (no identity yet)."""
+    """Write the graph into ``folder``, check parity, return the manifest's content (no identity yet).
+
+    With a ``reference`` model in memory its probe outputs are computed while the graph is written; the
+    files are hashed and the opset read while the parity gate runs (hashing, file I/O and the runtimes
+    release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .parity import check_parity, parity_on, probe_batches
+    from .parity import check_parity, parity_on, probe_batches, reference_outputs
     from .preprocess import make_preprocessor
 
     pre = make_preprocessor(spec)
     probe = probe_batches(spec, pre)
     out = folder / MODEL_FILE
     folder.mkdir(parents=True, exist_ok=True)
+    fp32_torch = precision == "fp32" and spec.build_torch is not None
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="headstart-export") as pool:
+        expected = pool.submit(reference_outputs, spec, probe, reference, out) if fp32_torch and reference is not None \
+            else None
+        info, module, parity, probe, reference_graph = _write_graph(spec, precision, folder, settings, engine, items,
+                                                                    pre, probe, min_cosine)
+        paths = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST]
+        hashed = pool.submit(lambda: ({p.name: _sha(p) for p in paths}, _opset(out)))
+        if parity is None:
+            figures, ref_kind = parity_on(spec, probe, module, out, precision, reference_graph,
+                                          expected=expected.result() if expected is not None else None)
+            parity = {**check_parity(figures, spec.name, precision, min_cosine), "reference": ref_kind}
+        files, opset = hashed.result()
+    return {**info, "parity": parity, "files": files, "inputs": list(probe[0]),
+            "output": spec.output_name, "opset": opset}
+
+
+def _write_graph(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settings", engine: Any,
+                 items: list[Any] | None, pre: Any, probe: list[Any], min_cosine: float | None
+                 ) -> tuple[dict[str, Any], Any, dict[str, Any] | None, list[Any], Path]:
+    """Write ``folder/model.onnx``: traced (or the spec's own exporter), copied, or quantised from the fp32
+    export. Returns (manifest info, the PyTorch module traced if any, the parity figures if the int8 build
+    already gated them, the probe they used, the fp32 graph a graph-only parity compares with)."""
+    out = folder / MODEL_FILE
     info: dict[str, Any] = {}
     module = None
-    parity: dict[str, Any] | None = None
     reference_graph = out  # without a PyTorch model, parity compares with the fp32 graph item by item
     if precision == "fp32" and spec.build_torch is not None:
         from .torch_export import build_module, export_module
 
-        module = reference  # the parity reference (built by parity_on when None)
         tmp = folder / f".{MODEL_FILE}.tmp-trace"
         try:
             if spec.export_onnx is not None:
                 _run_exporter(spec, tmp)
                 exporter = dict(spec.extra).get("exporter", "the backbone's own exporter")
             else:
-                traced = build_module(spec)  # the spec's own module: the one its graph optimizer knows
-                export_module(traced, spec, _dummy(spec, pre), tmp)
-                module = module if module is not None else traced
+                module = build_module(spec)
+                export_module(module, spec, _dummy(spec, pre), tmp)
                 exporter = "torch.onnx (TorchScript)"
             info["graph"] = _finish_graph(spec, tmp, out, exporter)
         finally:
             tmp.unlink(missing_ok=True)
-    elif precision == "fp32":
+        return info, module, None, probe, reference_graph
+    if precision == "fp32":
         from .safety import external_data_files
 
         src = Path(spec.onnx_file)
@@ -205,29 +231,19 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
             copy_file_atomic(src.parent / name, folder / name)
         copy_file_atomic(src, out)
         info["graph"] = {"source": str(src), "external_data": data}
-    else:
-        base = export(spec, "fp32", settings=settings, engine=engine)
-        reference_graph = base.path
-        info["graph"] = {"from_fp32": base.fingerprint}
-        if precision == "int8":
-            from .int8 import build_int8
+        return info, None, None, probe, reference_graph
+    base = export(spec, "fp32", settings=settings, engine=engine)
+    info["graph"] = {"from_fp32": base.fingerprint}
+    if precision == "int8":
+        from .int8 import build_int8
 
-            quantized, probe, parity = build_int8(spec, base.path, out, pre, probe, items, module, min_cosine)
-            info.update(quantized)
-        else:
-            from .quantize import fp16
+        quantized, probe, parity = build_int8(spec, base.path, out, pre, probe, items, None, min_cosine)
+        info.update(quantized)
+        return info, None, parity, probe, base.path
+    from .quantize import fp16
 
-            write_bytes_atomic(out, fp16(base.path))
-    # the files are hashed and the opset read while the parity gate runs (hashing and parsing release the GIL)
-    paths = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="headstart-export-hash") as pool:
-        hashed = pool.submit(lambda: ({p.name: _sha(p) for p in paths}, _opset(out)))
-        if parity is None:
-            figures, ref_kind = parity_on(spec, probe, module, out, precision, reference_graph)
-            parity = {**check_parity(figures, spec.name, precision, min_cosine), "reference": ref_kind}
-        files, opset = hashed.result()
-    return {**info, "parity": parity, "files": files, "inputs": list(probe[0]),
-            "output": spec.output_name, "opset": opset}
+    write_bytes_atomic(out, fp16(base.path))
+    return info, None, None, probe, base.path
 
 
 def _sha(path: Path) -> str:

@@ -88,12 +88,14 @@ def probe_batches(spec: "BackboneSpec", pre: Any) -> list[Any]:
 
 
 def parity_on(spec: "BackboneSpec", singles: list[Any], module: Any, candidate_path: Path, precision: str,
-              reference_graph: Path) -> tuple[dict[str, Any], str]:
+              reference_graph: Path, expected: tuple["np.ndarray", str] | None = None) -> tuple[dict[str, Any], str]:
     """Parity figures of the graph at ``candidate_path`` against the reference on ``singles``.
 
     The reference is the PyTorch model when the spec has one (``module``, built if ``None``), else the fp32
-    graph at ``reference_graph`` run one item at a time."""
-    reference, ref_kind = reference_outputs(spec, singles, module, reference_graph)
+    graph at ``reference_graph`` run one item at a time; ``expected``: its outputs, already computed
+    (:func:`reference_outputs`)."""
+    reference, ref_kind = expected if expected is not None else reference_outputs(spec, singles, module,
+                                                                                  reference_graph)
     order = list(range(len(singles)))
     if precision == "int8" and spec.modality == "text":
         # Dynamic int8 scales each batch by its own range (padding included), so it is measured the way
