@@ -203,8 +203,9 @@ def test_minimise_folds_runs_each_problem_as_minimise_does() -> None:
     starts[2] = 0
     expected = torch.stack([_minimise(fg, starts[i].clone(), 25, 1e-10) for i, fg in enumerate(problems)])
 
-    def batched(x: Any) -> tuple[Any, Any]:
-        values = [fg(row) for fg, row in zip(problems, x)]
+    def batched(x: Any, which: Any = None) -> tuple[Any, Any]:
+        which = range(len(x)) if which is None else which.tolist()
+        values = [problems[i](row) for i, row in zip(which, x)]
         return torch.tensor([[v[0]] for v in values], dtype=torch.float64), torch.stack([v[1] for v in values])
 
     got = _minimise_folds(batched, starts.clone(), 25, 1e-10)

@@ -262,7 +262,7 @@ def _choose_l2(X: FeatureMatrix, y_idx: np.ndarray, folds: tuple[np.ndarray, int
             strength = relative * geometry.scale
             AbT = _lbfgs_folds(rows, strength, AbT, geometry, PATH_ITERS, tol)
             z = rows.logits(AbT)  # (rows, folds, classes)
-            log_loss = torch.logsumexp(z, 2) - z.gather(2, rows.y3)[..., 0]
+            log_loss = torch.logsumexp(z, 2) - z.gather(2, rows.classes(n_folds))[..., 0]
             losses = ((log_loss * is_val).sum(0) / n_val).tolist()
             accs = (((z.argmax(2) == rows.y[:, None]) & is_val).sum(0) / n_val).tolist()
             mean = float(np.mean(losses))
@@ -436,11 +436,12 @@ class _FoldRows:
         import torch
 
         self.X_aug = torch.cat([(X - geo.mu) @ geo.vecs, torch.ones_like(X[:, :1])], 1)
-        self.y = y
-        n_folds = weights.shape[1]
-        self.y3 = y[:, None, None].expand(-1, n_folds, 1)  # each row's class, per fold
-        self.w3 = weights[:, :, None]
-        self.minus_one = torch.full_like(self.w3, -1.0)
+        self.y, self.weights = y, weights
+        self.minus_one = torch.full_like(X[:, :1, None], -1.0)
+
+    def classes(self, n_problems: int) -> Any:
+        """Each row's class, (rows, n_problems, 1)."""
+        return self.y[:, None, None].expand(-1, n_problems, 1)
 
     def logits(self, AbT: Any) -> Any:
         """(rows, folds, classes) logits under each fold's [A^T, b] (folds, classes, d + 1)."""
@@ -462,20 +463,24 @@ def _lbfgs_folds(rows: _FoldRows, l2: float, AbT: Any, geo: _Geometry, iters: in
     inv_eig = torch.cat([1.0 / (d * d), 0 * one])  # the penalty's weights on [V^T, b]
     l2_inv_eig = l2 * inv_eig
 
-    def loss_and_grad(theta: Any) -> tuple[Any, Any]:
-        T = theta.view(n_folds, k, d1)  # [V^T, b] per fold
+    def loss_and_grad(theta: Any, folds: Any = None) -> tuple[Any, Any]:
+        """Loss and gradient of each row of theta, the variables of fold ``folds[i]`` (None: of fold i)."""
+        n_problems = len(theta)
+        T = theta.view(n_problems, k, d1)  # [V^T, b] per fold
+        w = (rows.weights if folds is None else rows.weights[:, folds])[:, :, None]
+        y = rows.classes(n_problems)
         z = rows.logits(T * scale)  # logits, then (in place) the loss gradient
         z -= z.amax(2, keepdim=True)
-        target = z.gather(2, rows.y3)
+        target = z.gather(2, y)
         z.exp_()
         total = z.sum(2, keepdim=True)
-        loss = (rows.w3 * (total.log() - target)).sum(0)
+        loss = (w * (total.log() - target)).sum(0)
         z /= total
-        z.scatter_add_(2, rows.y3, rows.minus_one)
-        z *= rows.w3
+        z.scatter_add_(2, y, rows.minus_one.expand(-1, n_problems, 1))
+        z *= w
         grad = torch.addcmul((z.view(len(z), -1).T @ rows.X_aug).view_as(T) * scale, l2_inv_eig, T)
-        penalty = (T * T * inv_eig).view(n_folds, -1).sum(1, keepdim=True) * (0.5 * l2)
-        return loss.double() + penalty.double(), grad.view(n_folds, -1)
+        penalty = (T * T * inv_eig).view(n_problems, -1).sum(1, keepdim=True) * (0.5 * l2)
+        return loss.double() + penalty.double(), grad.view(n_problems, -1)
 
     theta = torch.cat([AbT[..., :-1] * d, AbT[..., -1:]], 2).view(n_folds, -1)
     return _minimise_folds(loss_and_grad, theta, iters, tol).view(n_folds, k, d1) * scale
@@ -516,18 +521,14 @@ def _minimise_folds(fg: Any, x: Any, iters: int, tol: float, memory: int = 10) -
             slope = torch.where(restart, -_dot(g, g).double(), slope)
         direction = torch.where(running, direction, 0.0)  # a stopped problem's trials stay at its x
         sufficient = 1e-4 * slope  # Armijo: f + 1e-4·step·slope (the same product: step is a power of 2)
-        step = torch.ones_like(g[:, :1])
-        searching = running.clone()
-        for _ in range(30):
-            x_new = torch.addcmul(x, step, direction)  # a problem that has accepted keeps its step
-            f_new, g_new = fg(x_new)
-            searching &= ~(f_new <= f + step * sufficient)
-            if not searching.any():
-                break
-            step = torch.where(searching, step * 0.5, step)
-        else:  # no decrease possible along its direction: converged to float precision, that problem stays put
-            running &= ~searching
-            x_new, f_new, g_new = (torch.where(searching, old, new) for old, new in ((x, x_new), (f, f_new), (g, g_new)))
+        x_new = x + direction  # step 1
+        f_new, g_new = fg(x_new)
+        searching = running & ~(f_new <= f + sufficient)
+        if searching.any():
+            failed = _backtrack(fg, x, f, direction, sufficient, searching, x_new, f_new, g_new)
+            if failed.any():  # no decrease possible along its direction: converged to float precision, stays put
+                running &= ~failed
+                x_new, f_new, g_new = (torch.where(failed, old, new) for old, new in ((x, x_new), (f, f_new), (g, g_new)))
         s, yv = x_new - x, g_new - g
         sy = _dot(s, yv)
         keep = running & (sy > 1e-12)
@@ -540,6 +541,39 @@ def _minimise_folds(fg: Any, x: Any, iters: int, tol: float, memory: int = 10) -
         running &= ~(f - f_new <= 1e-9 * f.abs().clamp_min(1.0))  # the loss stopped decreasing
         x, f, g = x_new, f_new, g_new
     return x
+
+
+HALVINGS = (1, 2, 4, 8, 14)  # Armijo backtracking: steps 2^-1 .. 2^-29, this many evaluated per call of fg
+
+
+def _backtrack(fg: Any, x: Any, f: Any, direction: Any, sufficient: Any, searching: Any, x_new: Any, f_new: Any,
+               g_new: Any) -> Any:
+    """``_minimise``'s halving line search for the problems ``searching`` (F, 1) after step 1: each takes the
+    first of steps 2^-1 .. 2^-29 that passes the Armijo test, written into x_new, f_new, g_new; several steps are
+    evaluated in one call of ``fg(points, problems)`` (HALVINGS), so a long search costs a few calls, not 29.
+    Returns the problems for which no step passed (F, 1)."""
+    import torch
+
+    todo = searching[:, 0].nonzero()[:, 0]
+    first_halving = 1
+    for count in HALVINGS:
+        steps = 0.5 ** torch.arange(first_halving, first_halving + count, dtype=x.dtype, device=x.device)
+        first_halving += count
+        trials = x[todo] + steps[:, None, None] * direction[todo]  # (count, todo, n)
+        f_trial, g_trial = fg(trials.view(-1, x.shape[1]), todo.repeat(count))
+        passed = f_trial.view(count, -1) <= f[todo, 0] + steps[:, None].double() * sufficient[todo, 0]
+        done = passed.any(0)
+        if done.any():
+            pick = (passed.byte().argmax(0) * len(todo) + torch.arange(len(todo), device=x.device))[done]
+            x_new[todo[done]] = trials.view(-1, x.shape[1])[pick]
+            f_new[todo[done]] = f_trial[pick]
+            g_new[todo[done]] = g_trial[pick]
+            todo = todo[~done]
+            if not len(todo):
+                break
+    failed = torch.zeros_like(searching)
+    failed[todo] = True
+    return failed
 
 
 def _dot(a: Any, b: Any) -> Any:
