@@ -47,6 +47,7 @@ RARE_RATIO = 4  # ... when it is this many times rarer than the largest class
 WARM_ROWS = 200_000  # above this many rows, the final fit starts from a fit on a random sample of this many
 WARM_ITERS = 100  # L-BFGS iterations of that in-memory fit (cheap: its rows are in memory)
 REFIT_ITERS = 4  # max_iter=None, started from a fitted head (``start_from``): at most this many iterations
+HALVINGS = (1, 2, 4, 8, 14)  # the folds' line search: steps 2^-1 .. 2^-29, this many per loss evaluation
 
 
 class LinearHead(Head):
@@ -541,9 +542,6 @@ def _minimise_folds(fg: Any, x: Any, iters: int, tol: float, memory: int = 10) -
         running &= ~(f - f_new <= 1e-9 * f.abs().clamp_min(1.0))  # the loss stopped decreasing
         x, f, g = x_new, f_new, g_new
     return x
-
-
-HALVINGS = (1, 2, 4, 8, 14)  # Armijo backtracking: steps 2^-1 .. 2^-29, this many evaluated per call of fg
 
 
 def _backtrack(fg: Any, x: Any, f: Any, direction: Any, sufficient: Any, searching: Any, x_new: Any, f_new: Any,
