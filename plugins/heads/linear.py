@@ -553,22 +553,22 @@ def _backtrack(fg: Any, x: Any, f: Any, direction: Any, sufficient: Any, searchi
     import torch
 
     todo = searching[:, 0].nonzero()[:, 0]
+    start, along, bound, slope = x[todo], direction[todo], f[todo, 0], sufficient[todo, 0]
     first_halving = 1
     for count in HALVINGS:
         steps = 0.5 ** torch.arange(first_halving, first_halving + count, dtype=x.dtype, device=x.device)
         first_halving += count
-        trials = x[todo] + steps[:, None, None] * direction[todo]  # (count, todo, n)
-        f_trial, g_trial = fg(trials.view(-1, x.shape[1]), todo.repeat(count))
-        passed = f_trial.view(count, -1) <= f[todo, 0] + steps[:, None].double() * sufficient[todo, 0]
+        trials = (start + steps[:, None, None] * along).view(-1, x.shape[1])  # count × len(todo) points
+        f_trial, g_trial = fg(trials, todo.repeat(count))
+        passed = f_trial.view(count, -1) <= bound + steps[:, None].double() * slope
         done = passed.any(0)
         if done.any():
             pick = (passed.byte().argmax(0) * len(todo) + torch.arange(len(todo), device=x.device))[done]
-            x_new[todo[done]] = trials.view(-1, x.shape[1])[pick]
-            f_new[todo[done]] = f_trial[pick]
-            g_new[todo[done]] = g_trial[pick]
-            todo = todo[~done]
-            if not len(todo):
-                break
+            x_new[todo[done]], f_new[todo[done]], g_new[todo[done]] = trials[pick], f_trial[pick], g_trial[pick]
+            if done.all():
+                return torch.zeros_like(searching)
+            left = ~done
+            todo, start, along, bound, slope = todo[left], start[left], along[left], bound[left], slope[left]
     failed = torch.zeros_like(searching)
     failed[todo] = True
     return failed
