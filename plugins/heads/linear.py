@@ -47,6 +47,7 @@ RARE_RATIO = 4  # ... when it is this many times rarer than the largest class
 WARM_ROWS = 200_000  # above this many rows, the final fit starts from a fit on a random sample of this many
 WARM_ITERS = 100  # L-BFGS iterations of that in-memory fit (cheap: its rows are in memory)
 REFIT_ITERS = 4  # max_iter=None, started from a fitted head (``start_from``): at most this many iterations
+HALVINGS = (1, 2, 4, 8, 14)  # the folds' line search: steps 2^-1 .. 2^-29, this many per loss evaluation
 
 
 class LinearHead(Head):
@@ -240,32 +241,35 @@ def _choose_l2(X: FeatureMatrix, y_idx: np.ndarray, folds: tuple[np.ndarray, int
     members = np.flatnonzero(fold >= 0)
     Xs = X.take(members)
     ys, fs = y_idx[members], fold[members]
-    parts = []
-    for f in range(k):
-        tr, va = np.flatnonzero(fs != f), np.flatnonzero(fs == f)
-        if len(va) == 0:
-            continue
-        parts.append((_Rows(ArrayMatrix(Xs[tr], chunk_rows=len(tr)), ys[tr], cw, device),
-                      torch.from_numpy(Xs[va]).to(device), torch.from_numpy(ys[va]).to(device), len(tr)))
-    d, n_classes = X.dim, len(cw)
-    state = [(torch.zeros(d, n_classes, device=device), torch.zeros(n_classes, device=device)) for _ in parts]
+    scored = [f for f in range(k) if (fs == f).any()]  # folds with validation rows
+    weights = np.zeros((len(ys), len(scored)), np.float32)  # per fold: its training rows' weights, as in _Rows
+    for i, f in enumerate(scored):
+        train = fs != f
+        w = cw[ys[train]].astype(np.float64)
+        weights[train, i] = (w / w.sum()).astype(np.float32)
+    validation = np.stack([fs == f for f in scored], 1)
+    n_train = float(np.mean([np.count_nonzero(fs != f) for f in scored]))
+    rows = _FoldRows(torch.from_numpy(Xs).to(device), torch.from_numpy(ys).to(device), torch.from_numpy(weights).to(device),
+                     geometry)
+    is_val = torch.from_numpy(validation).to(device)
+    n_val = is_val.sum(0).float()
+    d, n_classes, n_folds = X.dim, len(cw), len(scored)
+    AbT = torch.zeros(n_folds, n_classes, d + 1, device=device)  # each fold's [A^T, b], W = U A (_FoldRows)
     path: list[dict[str, float]] = []
     averaged: list[tuple[Any, Any]] = []
     best, stale = None, 0
     with one_torch_thread():  # small problems: thread barriers cost more than they save
         for relative in L2_PATH:
             strength = relative * geometry.scale
-            losses, accs = [], []
-            for i, (rows, Xva, yva, _) in enumerate(parts):
-                W, b = _lbfgs(rows, strength, *state[i], geometry, PATH_ITERS, tol)
-                state[i] = (W, b)
-                z = torch.addmm(b - geometry.mu @ W, Xva, W)
-                losses.append(float(torch.nn.functional.cross_entropy(z, yva)))
-                accs.append(float((z.argmax(1) == yva).float().mean()))
+            AbT = _lbfgs_folds(rows, strength, AbT, geometry, PATH_ITERS, tol)
+            z = rows.logits(AbT)  # (rows, folds, classes)
+            log_loss = torch.logsumexp(z, 2) - z.gather(2, rows.classes(n_folds))[..., 0]
+            losses = ((log_loss * is_val).sum(0) / n_val).tolist()
+            accs = (((z.argmax(2) == rows.y[:, None]) & is_val).sum(0) / n_val).tolist()
             mean = float(np.mean(losses))
             se = float(np.std(losses, ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else 0.0
             path.append({"l2": strength, "val_loss": mean, "val_loss_se": se, "val_accuracy": float(np.mean(accs))})
-            averaged.append((sum(s[0] for s in state) / len(state), sum(s[1] for s in state) / len(state)))
+            averaged.append(sum(AbT.unbind(0)) / n_folds)
             if best is None or mean < best:
                 best, stale = mean, 0
             else:
@@ -276,8 +280,8 @@ def _choose_l2(X: FeatureMatrix, y_idx: np.ndarray, folds: tuple[np.ndarray, int
     threshold = path[i_best]["val_loss"] + path[i_best]["val_loss_se"]
     chosen = next(i for i in range(len(path)) if path[i]["val_loss"] <= threshold)  # strongest within 1 SE
     path[chosen]["chosen"] = 1.0
-    n_train = float(np.mean([p[3] for p in parts]))
-    W, b = averaged[chosen]
+    AbT = averaged[chosen]
+    W, b = geometry.vecs @ AbT[:, :-1].T, AbT[:, -1].contiguous()
     return path[chosen]["l2"] * n_train / len(y_idx), W, b, path  # the optimal strength shrinks as 1/n
 
 
@@ -421,6 +425,185 @@ def _minimise(fg: Any, x: Any, iters: int, tol: float, memory: int = 10) -> Any:
         if converged:
             break
     return x
+
+
+class _FoldRows:
+    """The cross-validation subsample's rows, shared by its folds: centred and in the eigenbasis U of the feature
+    covariance, with a column of ones, X_aug = [(X - mu) U, 1]. With W = U A, the logits (X - mu) W + b are
+    X_aug [A; b] and the preconditioner is a diagonal scaling: no (d, d) product per loss evaluation. Each fold
+    weighs its own training rows (``weights`` (rows, folds): as in ``_Rows``, zero on the fold's validation rows)."""
+
+    def __init__(self, X: Any, y: Any, weights: Any, geo: _Geometry) -> None:
+        import torch
+
+        self.X_aug = torch.cat([(X - geo.mu) @ geo.vecs, torch.ones_like(X[:, :1])], 1)
+        self.y, self.weights = y, weights
+        self.minus_one = torch.full_like(X[:, :1, None], -1.0)
+
+    def classes(self, n_problems: int) -> Any:
+        """Each row's class, (rows, n_problems, 1)."""
+        return self.y[:, None, None].expand(-1, n_problems, 1)
+
+    def logits(self, AbT: Any) -> Any:
+        """(rows, folds, classes) logits under each fold's [A^T, b] (folds, classes, d + 1)."""
+        n_folds, k, d1 = AbT.shape
+        return (self.X_aug @ AbT.reshape(n_folds * k, d1).T).view(-1, n_folds, k)
+
+
+def _lbfgs_folds(rows: _FoldRows, l2: float, AbT: Any, geo: _Geometry, iters: int, tol: float) -> Any:
+    """``_lbfgs`` for every fold at once, as one batched problem: fold f minimises its weighted mean cross-entropy
+    plus l2/2 ||W_f||², warm-started at AbT[f] = [A^T, b] (classes, d + 1; W = U A), with its own L-BFGS state
+    (``_minimise_folds``). Same preconditioning as ``_lbfgs``: L-BFGS runs on V = A · sqrt(eig + l2 · classes).
+    Returns the folds' [A^T, b]."""
+    import torch
+
+    n_folds, k, d1 = AbT.shape
+    d = geo.diag(l2)
+    one = d.new_ones(1)
+    scale = torch.cat([1.0 / d, one])  # [A^T, b] = [V^T, b] * scale
+    inv_eig = torch.cat([1.0 / (d * d), 0 * one])  # the penalty's weights on [V^T, b]
+    l2_inv_eig = l2 * inv_eig
+
+    def loss_and_grad(theta: Any, folds: Any = None) -> tuple[Any, Any]:
+        """Loss and gradient of each row of theta, the variables of fold ``folds[i]`` (None: of fold i)."""
+        n_problems = len(theta)
+        T = theta.view(n_problems, k, d1)  # [V^T, b] per fold
+        w = (rows.weights if folds is None else rows.weights[:, folds])[:, :, None]
+        y = rows.classes(n_problems)
+        z = rows.logits(T * scale)  # logits, then (in place) the loss gradient
+        z -= z.amax(2, keepdim=True)
+        target = z.gather(2, y)
+        z.exp_()
+        total = z.sum(2, keepdim=True)
+        loss = (w * (total.log() - target)).sum(0)
+        z /= total
+        z.scatter_add_(2, y, rows.minus_one.expand(-1, n_problems, 1))
+        z *= w
+        grad = torch.addcmul((z.view(len(z), -1).T @ rows.X_aug).view_as(T) * scale, l2_inv_eig, T)
+        penalty = (T * T * inv_eig).view(n_problems, -1).sum(1, keepdim=True) * (0.5 * l2)
+        return loss.double() + penalty.double(), grad.view(n_problems, -1)
+
+    theta = torch.cat([AbT[..., :-1] * d, AbT[..., -1:]], 2).view(n_folds, -1)
+    return _minimise_folds(loss_and_grad, theta, iters, tol).view(n_folds, k, d1) * scale
+
+
+def _minimise_folds(fg: Any, x: Any, iters: int, tol: float, memory: int = 10) -> Any:
+    """``_minimise`` for F independent problems, the rows of x (F, n), side by side: ``fg`` gives every problem's
+    loss (F, 1; float64) and gradient (F, n). Each problem keeps its own history, steps, Armijo backtracking and
+    stopping tests; one that has stopped stays put while the others continue."""
+    import torch
+
+    f, g = fg(x)
+    history: list[list[Any]] = []  # [s, y, rho] per iteration, oldest first; rho 0 where a problem did not keep it
+    dense = True  # every running problem keeps every pair (the usual case)
+    running = torch.ones(len(x), 1, dtype=torch.bool, device=x.device)
+    for _ in range(iters):
+        running &= g.abs().amax(1, keepdim=True) > tol
+        if not running.any():
+            break
+        q = g.clone()
+        alphas = []
+        for s, yv, rho in reversed(history):
+            a = rho * _dot(s, q)
+            q.addcmul_(yv, a, value=-1.0)
+            alphas.append(a)
+        if history:
+            q *= _initial_scaling(history, dense)
+        for (s, yv, rho), a in zip(history, reversed(alphas)):
+            q.addcmul_(s, a - rho * _dot(yv, q))
+        direction = q.neg_()
+        slope = _dot(g, direction).double()
+        restart = running & (slope >= 0)  # not a descent direction: restart from steepest descent
+        if restart.any():
+            for entry in history:
+                entry[2] = torch.where(restart, 0.0, entry[2])
+            dense = False
+            direction = torch.where(restart, -g, direction)
+            slope = torch.where(restart, -_dot(g, g).double(), slope)
+        direction = torch.where(running, direction, 0.0)  # a stopped problem's trials stay at its x
+        sufficient = 1e-4 * slope  # Armijo: f + 1e-4·step·slope (the same product: step is a power of 2)
+        x_new = x + direction  # step 1
+        f_new, g_new = fg(x_new)
+        searching = running & ~(f_new <= f + sufficient)
+        if searching.any():
+            failed = _backtrack(fg, x, f, direction, sufficient, searching, x_new, f_new, g_new)
+            if failed.any():  # no decrease possible along its direction: converged to float precision, stays put
+                running &= ~failed
+                x_new, f_new, g_new = (torch.where(failed, old, new) for old, new in ((x, x_new), (f, f_new), (g, g_new)))
+        s, yv = x_new - x, g_new - g
+        sy = _dot(s, yv)
+        keep = running & (sy > 1e-12)
+        history.append([s, yv, torch.where(keep, 1.0 / sy, 0.0)])
+        if dense and bool((keep | ~running).all()):
+            if len(history) > memory:
+                history.pop(0)
+        else:
+            dense = _trim_history(history, running, memory)
+        running &= ~(f - f_new <= 1e-9 * f.abs().clamp_min(1.0))  # the loss stopped decreasing
+        x, f, g = x_new, f_new, g_new
+    return x
+
+
+def _backtrack(fg: Any, x: Any, f: Any, direction: Any, sufficient: Any, searching: Any, x_new: Any, f_new: Any,
+               g_new: Any) -> Any:
+    """``_minimise``'s halving line search for the problems ``searching`` (F, 1) after step 1: each takes the
+    first of steps 2^-1 .. 2^-29 that passes the Armijo test, written into x_new, f_new, g_new; several steps are
+    evaluated in one call of ``fg(points, problems)`` (HALVINGS), so a long search costs a few calls, not 29.
+    Returns the problems for which no step passed (F, 1)."""
+    import torch
+
+    todo = searching[:, 0].nonzero()[:, 0]
+    start, along, bound, slope = x[todo], direction[todo], f[todo, 0], sufficient[todo, 0]
+    first_halving = 1
+    for count in HALVINGS:
+        steps = 0.5 ** torch.arange(first_halving, first_halving + count, dtype=x.dtype, device=x.device)
+        first_halving += count
+        trials = (start + steps[:, None, None] * along).view(-1, x.shape[1])  # count × len(todo) points
+        f_trial, g_trial = fg(trials, todo.repeat(count))
+        passed = f_trial.view(count, -1) <= bound + steps[:, None].double() * slope
+        done = passed.any(0)
+        if done.any():
+            pick = (passed.byte().argmax(0) * len(todo) + torch.arange(len(todo), device=x.device))[done]
+            x_new[todo[done]], f_new[todo[done]], g_new[todo[done]] = trials[pick], f_trial[pick], g_trial[pick]
+            if done.all():
+                return torch.zeros_like(searching)
+            left = ~done
+            todo, start, along, bound, slope = todo[left], start[left], along[left], bound[left], slope[left]
+    failed = torch.zeros_like(searching)
+    failed[todo] = True
+    return failed
+
+
+def _dot(a: Any, b: Any) -> Any:
+    """Row-wise dot products of (F, n) tensors, (F, 1)."""
+    return (a * b).sum(1, keepdim=True)
+
+
+def _initial_scaling(history: list[list[Any]], dense: bool) -> Any:
+    """Each problem's s·y / y·y of its newest kept pair (1 with none), for ``_minimise_folds``."""
+    import torch
+
+    if dense:
+        s, yv, _ = history[-1]
+        return _dot(s, yv) / _dot(yv, yv)
+    scaling = torch.ones_like(history[0][2])
+    for s, yv, rho in history:  # oldest first: the newest kept pair wins
+        scaling = torch.where(rho != 0, _dot(s, yv) / _dot(yv, yv), scaling)
+    return scaling
+
+
+def _trim_history(history: list[list[Any]], running: Any, memory: int) -> bool:
+    """Keep each problem's newest ``memory`` pairs (rho 0 on older ones), drop the oldest pairs no running
+    problem keeps; returns whether every running problem keeps every remaining pair."""
+    import torch
+
+    kept = torch.zeros_like(history[0][2])
+    for entry in reversed(history):
+        entry[2] = torch.where(kept < memory, entry[2], 0.0)
+        kept += entry[2] != 0
+    while history and not bool((history[0][2] != 0)[running].any()):
+        history.pop(0)
+    return all(bool((rho != 0)[running].all()) for _, _, rho in history)
 
 
 @hookimpl
