@@ -200,3 +200,34 @@ def test_external_data_in_a_cached_entry_is_checked_by_the_encoder(tmp_path: Pat
     (exported.path.parent / "seq.data").symlink_to(folder / "seq.data")
     with pytest.raises(UnsafeModelError, match="symbolic link"):
         Encoder(exported, device="cpu")
+
+
+def test_the_manifest_opset_is_read_without_parsing_the_graph(tiny_bert: Path, headstart_home: Path,
+                                                              tmp_path: Path) -> None:
+    """The opset comes from a scan of the ModelProto's top-level fields (the graph's weights are skipped): it
+    must agree with onnx's own parse, whatever the order and domains of the opset entries."""
+    import onnx
+    from onnx import helper
+
+    from headstart.engine.backbones.export import _opset
+
+    exported = export(f"hf:{tiny_bert}", "fp32")
+    parsed = onnx.load(str(exported.path), load_external_data=False)
+    assert exported.manifest["opset"] == _opset(exported.path) == next(
+        o.version for o in parsed.opset_import if o.domain in ("", "ai.onnx"))
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+                              initializer=[helper.make_tensor("w", onnx.TensorProto.FLOAT, [300],
+                                                              np.arange(300, dtype=np.float32))])
+    for opsets, expected in ((["com.microsoft:1", ":17"], 17), (["ai.onnx:13", "ai.onnx.ml:3"], 13),
+                             (["ai.onnx.ml:3"], None)):
+        imports = [helper.make_opsetid(*(lambda d, v: (d, int(v)))(*o.split(":"))) for o in opsets]
+        model = helper.make_model(graph, opset_imports=imports, producer_name="test", doc_string="d" * 500)
+        path = tmp_path / f"m{len(opsets)}-{expected}.onnx"
+        onnx.save(model, str(path))
+        assert _opset(path) == expected
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(path.read_bytes()[:-7] + b"\x07\x07\x07\x07\x07\x07\x07")  # the scan fails: onnx decides
+    with pytest.raises(Exception):
+        _opset(damaged)
