@@ -1,9 +1,11 @@
 """Wall clock of ``headstart finetune --objective contrastive`` in a fresh process, before/after, vs SetFit's.
 
-    python benchmarks/bench_fewshot_cli.py [--tasks fortunes-short,debian6] [--k 8] [--seed 0] [--repeats 2] [--no-setfit]
+    python benchmarks/bench_fewshot_cli.py [--tasks fortunes-short,debian6] [--k 8] [--seed 0] [--repeats 2]
+        [--threads 1,2] [--paths before,after] [--no-setfit]
 
 For each task (benchmarks/_fewshot_data.py, sample ``--seed``, k items per class: fortunes-short = 2 classes, debian6 =
-6 classes) every run is a new process with 1 thread and its own new HEADSTART_HOME that shares only the base
+6 classes) and thread count (``--threads``: OMP/MKL threads of every process, SetFit's too; 2 = this machine's
+default) every run is a new process with its own new HEADSTART_HOME that shares only the base
 MiniLM export and its graph-patch plan (one-time costs, measured separately as ``first run``); the items are
 embedded afresh, as new data would be. Runs of the two code paths alternate, on the same machine at the same time:
 
@@ -111,9 +113,10 @@ def timed_process(cmd: list[str], env: dict[str, str] | None = None, cwd: Path =
     return {"wall_s": round(wall, 3), "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), **out}
 
 
-def run_headstart(path: str, train: Path, home: Path, out: Path, importtime: bool = False) -> dict[str, Any]:
+def run_headstart(path: str, train: Path, home: Path, out: Path, importtime: bool = False,
+                  threads: int = 1) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
-    env = {**child_env(1, home), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**child_env(threads, home), "TOKENIZERS_PARALLELISM": "false"}
     load = loadavg()
     got = timed_process(finetune_cmd(path, train, out, importtime), env)
     summary = json.loads(got["stdout"])
@@ -123,17 +126,18 @@ def run_headstart(path: str, train: Path, home: Path, out: Path, importtime: boo
     row = {"wall_s": got["wall_s"], "cpu_s": got["cpu_s"], "api_s": round(api, 3), "startup_s": round(got["wall_s"] - api, 3),
            "body_cache_s": info.get("cache_seconds"), "finetuner_s": info.get("seconds"),
            "accuracy_cv": summary["finetuned"]["accuracy"], "best_epoch": summary["best_epoch"],
-           "backbone": summary["backbone"]["name"], "load_before": load, "load_after": loadavg()}
+           "backbone": summary["backbone"]["name"], "precision": info.get("precision"), "load_before": load,
+           "load_after": loadavg()}
     if importtime:
         row["imports_s"] = import_seconds(got["stderr"])
     return row
 
 
-def run_setfit(train: Path) -> dict[str, Any]:
+def run_setfit(train: Path, threads: int = 1) -> dict[str, Any]:
     from bench_fewshot import minilm_dir, setfit_python
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "BENCH_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+           "BENCH_TORCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     load = loadavg()
     cmd = [str(setfit_python()), str(Path(__file__).parent / "_setfit_run.py"), minilm_dir(), str(train),
            str(train), "0"]
@@ -154,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="which sample of k items per class (_fewshot_data.sample)")
     p.add_argument("--repeats", type=int, default=2, help="runs per code path and task (alternating)")
+    p.add_argument("--threads", default="1", help="comma-separated thread counts, each a round of its own [1]")
+    p.add_argument("--paths", default="before,after", help="code paths to run: before, after or both [both]")
     p.add_argument("--no-setfit", action="store_true")
     p.add_argument("--out", default="fewshot_cli")
     args = p.parse_args(argv)
@@ -171,30 +177,34 @@ def main(argv: list[str] | None = None) -> int:
     first["base_export_s"] = json.loads(exports[0].read_text()).get("export_seconds") if exports else None
     print(json.dumps({"first_run": first}), flush=True)
     rows: list[dict[str, Any]] = []
-    for task in tasks:
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    paths = [p for p in ("before", "after") if p in args.paths.split(",")]
+    for threads, task in ((t, task) for t in thread_counts for task in tasks):
         for rep in range(args.repeats + 1):  # the last round runs under -X importtime (import phases only)
-            for path in (("after", "before") if rep % 2 else ("before", "after")):
+            for path in (paths[::-1] if rep % 2 else paths):
                 importtime = rep == args.repeats
                 home = fresh_home(base, f"{task}-{path}-{rep}")
-                row = {"task": task, "k": args.k, "classes": len(TASKS[task]), "path": path, "repeat": rep,
-                       "importtime": importtime,
-                       **run_headstart(path, data[task], home, RUNS / task / f"{path}-{rep}", importtime)}
+                row = {"task": task, "k": args.k, "classes": len(TASKS[task]), "threads": threads, "path": path,
+                       "repeat": rep, "importtime": importtime,
+                       **run_headstart(path, data[task], home, RUNS / task / f"{path}-{rep}", importtime, threads)}
                 rows.append(row)
                 shutil.rmtree(home, ignore_errors=True)
                 print(json.dumps(row), flush=True)
         if not args.no_setfit:
-            row = {"task": task, "k": args.k, "classes": len(TASKS[task]), "path": "setfit", **run_setfit(data[task])}
+            row = {"task": task, "k": args.k, "classes": len(TASKS[task]), "threads": threads, "path": "setfit",
+                   **run_setfit(data[task], threads)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     cells = []
-    for task in tasks:
-        timed = {path: [r for r in rows if r["task"] == task and r["path"] == path and not r.get("importtime")]
-                 for path in ("before", "after")}
-        imports = {path: next((r["imports_s"] for r in rows if r["task"] == task and r["path"] == path
-                               and r.get("importtime")), {}) for path in ("before", "after")}
-        setfit = next((r for r in rows if r["task"] == task and r["path"] == "setfit"), None)
-        for path in ("before", "after"):
-            cell = {"task": task, "classes": len(TASKS[task]), "k": args.k, "path": path, "runs": len(timed[path]),
+    for threads, task in ((t, task) for t in thread_counts for task in tasks):
+        ours = [r for r in rows if r["task"] == task and r["threads"] == threads]
+        timed = {path: [r for r in ours if r["path"] == path and not r.get("importtime")] for path in paths}
+        imports = {path: next((r["imports_s"] for r in ours if r["path"] == path and r.get("importtime")), {})
+                   for path in paths}
+        setfit = next((r for r in ours if r["path"] == "setfit"), None)
+        for path in paths:
+            cell = {"task": task, "classes": len(TASKS[task]), "k": args.k, "threads": threads, "path": path,
+                    "runs": len(timed[path]), "precision": next((r.get("precision") for r in timed[path]), None),
                     **{key: med(timed[path], key) for key in ("wall_s", "cpu_s", "api_s", "startup_s",
                                                               "body_cache_s", "finetuner_s")},
                     "best_epoch": med(timed[path], "best_epoch"),  # 0: the frozen body kept, no tuned export
@@ -208,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                 cell["vs_setfit_cpu"] = round(cell["cpu_s"] / setfit["cpu_s"], 3)
             cells.append(cell)
     payload = {"benchmark": "fewshot_cli", "machine": {**info, "loadavg_end": loadavg()}, "k": args.k, "seed": args.seed,
-               "repeats": args.repeats, "threads": 1, "tasks": {t: list(TASKS[t]) for t in tasks},
+               "repeats": args.repeats, "threads": thread_counts, "tasks": {t: list(TASKS[t]) for t in tasks},
                "first_run": first, "cells": cells, "rows": rows}
     path = save(args.out, payload)
-    columns = ["task", "classes", "path", "runs", "best_epoch", "wall_s", "cpu_s", "api_s", "startup_s", "body_cache_s", "finetuner_s",
+    columns = ["task", "classes", "threads", "path", "precision", "runs", "best_epoch", "wall_s", "cpu_s", "api_s", "startup_s", "body_cache_s", "finetuner_s",
                "imports_s", "import_transformers_s", "import_torch_dynamo_s", "setfit_wall_s", "setfit_cpu_s", "setfit_train_s",
                "vs_setfit_wall", "vs_setfit_train", "vs_setfit_cpu"]
     print(table(cells, columns))

@@ -286,11 +286,15 @@ def fewshot_cli(results: Path, base: str) -> str:
     r = load("fewshot_cli", results)
     if not r:
         return _missing("fewshot_cli", "python benchmarks/bench_fewshot_cli.py")
-    rows = [{**c, "task": f"{c['task']} ({c['classes']} classes × {c['k']})"} for c in r["cells"]]
+    rows = [{**c, "task": f"{c['task']} ({c['classes']} classes × {c['k']})", "threads": c.get("threads", 1)}
+            for c in r["cells"]]
     first = r["first_run"]
-    return (f"`{r['machine']['command']}` — {_source('fewshot_cli', r, base)}; fresh processes, 1 thread, medians of "
+    threads = r["threads"] if isinstance(r["threads"], list) else [r["threads"]]
+    return (f"`{r['machine']['command']}` — {_source('fewshot_cli', r, base)}; fresh processes at "
+            f"{' and '.join(map(str, threads))} thread(s) (SetFit too), medians of "
             f"{r['repeats']} alternating runs per path (imports: one extra run under `-X importtime`):\n"
-            + _table(rows, [("task", "task"), ("path", "path"), ("epochs chosen", "best_epoch"), ("wall s", "wall_s"),
+            + _table(rows, [("task", "task"), ("threads", "threads"), ("path", "path"),
+                            ("training precision", "precision"), ("epochs chosen", "best_epoch"), ("wall s", "wall_s"),
                             ("CPU s", "cpu_s"),
                             ("fine-tune call s", "api_s"), ("outside the call s", "startup_s"),
                             ("body + cache s", "body_cache_s"), ("imports s", "imports_s"),
