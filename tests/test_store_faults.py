@@ -103,6 +103,10 @@ class FaultyFS(atomic._FileSystem):
         self._tick("write")
         return super().write(fd, data)
 
+    def pwrite(self, fd, data, offset):
+        self._tick("pwrite")
+        return super().pwrite(fd, data, offset)
+
     def fsync(self, fd):
         self._tick("fsync")
         return super().fsync(fd)
@@ -144,6 +148,38 @@ def test_failure_at_every_write_fsync_rename_of_a_commit(headstart_home: Path, m
         assert len(final) == 200 and final.verify().ok
         assert not list(final.path.rglob(f".*{atomic.TMP_MARK}*"))
     assert raised == list(range(1, total + 1))
+
+
+def test_patched_copy_is_atomic_at_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``write_patched_copy_atomic`` (a fine-tuned graph: the base graph copied by the kernel, the tuned spans
+    written over it): the result is the source with the patches; a failure at any pwrite/fsync/rename leaves
+    the old destination and no temp file; a patch outside the source is refused before anything is renamed."""
+    src, dst = tmp_path / "base.bin", tmp_path / "out" / "tuned.bin"
+    base = os.urandom(3 << 20)
+    src.write_bytes(base)
+    patches = [(10, b"A" * 5), (2 << 20, os.urandom(70_000)), (len(base) - 3, b"xyz")]
+    expected = bytearray(base)
+    for at, data in patches:
+        expected[at:at + len(data)] = data
+    counter = FaultyFS()
+    monkeypatch.setattr(atomic, "FS", counter)
+    atomic.write_patched_copy_atomic(src, dst, patches)
+    assert dst.read_bytes() == bytes(expected) and src.read_bytes() == base
+    total = counter.calls
+    assert total == len(patches) + 3  # one pwrite per patch, fsync, rename, fsync of the folder
+    for n in range(1, total + 1):
+        dst.write_bytes(b"old")
+        monkeypatch.setattr(atomic, "FS", FaultyFS(fail_at=n))
+        with pytest.raises(OSError, match="injected"):
+            atomic.write_patched_copy_atomic(src, dst, patches)
+        # a failure up to the rename keeps the old file; the folder's fsync comes after it
+        assert dst.read_bytes() == (b"old" if n < total else bytes(expected)), n
+        assert not list(dst.parent.glob(f".*{atomic.TMP_MARK}*"))
+    monkeypatch.setattr(atomic, "FS", atomic._FileSystem())
+    dst.write_bytes(b"old")
+    with pytest.raises(ValueError, match="outside"):
+        atomic.write_patched_copy_atomic(src, dst, [(len(base) - 2, b"four")])
+    assert dst.read_bytes() == b"old" and not list(dst.parent.glob(f".*{atomic.TMP_MARK}*"))
 
 
 @pytest.mark.parametrize("error", [errno.EIO, errno.ENOSPC, errno.EROFS])

@@ -47,7 +47,7 @@ from headstart.engine.train.finetune import FinetuneOutcome, FinetuneRequest, un
 # small helpers plugins share with the engine
 from headstart.engine.registry import did_you_mean
 from headstart.engine.safepaths import check_regular_file, confined_file, read_confined
-from headstart.engine.store.atomic import write_bytes_atomic, write_json_atomic
+from headstart.engine.store.atomic import write_bytes_atomic, write_json_atomic, write_patched_copy_atomic
 # conformance kits and pause points (HEADSTART_TEST_PAUSE_AT), for a plugin's own tests
 from headstart.engine.faultpoints import pause_point
 from headstart.engine.testing.conformance import check_backbone, check_head, check_reader, conformance_data
@@ -66,6 +66,6 @@ __all__ = [
     "ItemBatch", "RowRefs", "failed_key", "row_keys", "text_keys",
     "EventOptions", "Vocabulary", "event_record_batches", "event_table_schema", "pretrained_folder", "pretrained_spec",
     "FinetunerSpec", "FinetuneRequest", "FinetuneOutcome", "unfreeze_blocks",
-    "did_you_mean", "write_bytes_atomic", "write_json_atomic", "confined_file", "read_confined", "check_regular_file",
+    "did_you_mean", "write_bytes_atomic", "write_json_atomic", "write_patched_copy_atomic", "confined_file", "read_confined", "check_regular_file",
     "check_head", "check_reader", "check_backbone", "conformance_data", "pause_point",
 ]

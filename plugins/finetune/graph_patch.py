@@ -162,34 +162,30 @@ def raw_offsets(graph: Path, plan: dict[str, list[list[str]]]) -> dict[str, dict
 def write_spliced(graph: Path, plan: dict[str, list[list[str]]], offsets: dict[str, dict[str, Any]],
                   tuned: dict[str, np.ndarray], out: Path) -> bool:
     """Write ``graph`` with the planned initializers' bytes replaced in place; False (nothing written) when
-    the base graph's bytes at the recorded offsets are not the ones the plan was made on."""
-    data = memoryview(graph.read_bytes())
+    the base graph's bytes at the recorded offsets are not the ones the plan was made on. Only those spans
+    are read (to check them); the kernel copies the rest of the file."""
+    import os
+
     patches = []
-    for name, parts in plan.items():
-        span = offsets[name]
-        at, count = span["at"], span["bytes"]
-        if at + count > len(data) or hashlib.blake2b(data[at:at + count], digest_size=16).hexdigest() != span["blake2b"]:
-            return False
-        values = [tuned[n].T if form == "T" else tuned[n] for n, form in parts]
-        new = (values[0] if len(values) == 1 else np.concatenate(values, axis=-1)).astype(np.dtype(span["dtype"]))
-        if list(new.shape) != span["shape"] or new.nbytes != count:
-            raise ValueError(f"initializer {name}: tuned shape {new.shape} != {tuple(span['shape'])}")
-        patches.append((at, count, np.ascontiguousarray(new).tobytes()))
+    with open(graph, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        for name, parts in plan.items():
+            span = offsets[name]
+            at, count = span["at"], span["bytes"]
+            if at + count > size or hashlib.blake2b(os.pread(fh.fileno(), count, at),
+                                                     digest_size=16).hexdigest() != span["blake2b"]:
+                return False
+            values = [tuned[n].T if form == "T" else tuned[n] for n, form in parts]
+            new = (values[0] if len(values) == 1 else np.concatenate(values, axis=-1)).astype(np.dtype(span["dtype"]))
+            if list(new.shape) != span["shape"] or new.nbytes != count:
+                raise ValueError(f"initializer {name}: tuned shape {new.shape} != {tuple(span['shape'])}")
+            patches.append((at, count, np.ascontiguousarray(new).tobytes()))
     patches.sort()
     if any(a + n > b for (a, n, _), (b, _, _) in zip(patches, patches[1:])):
         return False  # overlapping spans: not the graph the plan was made on
+    from headstart.sdk import write_patched_copy_atomic
 
-    def chunks():  # the base bytes between the spans, the tuned bytes in them: no copy of the whole graph
-        pos = 0
-        for at, count, new in patches:
-            yield data[pos:at]
-            yield new
-            pos = at + count
-        yield data[pos:]
-
-    from headstart.sdk import write_bytes_atomic
-
-    write_bytes_atomic(out, chunks())
+    write_patched_copy_atomic(graph, out, [(at, new) for at, _, new in patches])
     return True
 
 
