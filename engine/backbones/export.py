@@ -167,8 +167,8 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
            items: list[Any] | None, min_cosine: float | None, reference: Any = None) -> dict[str, Any]:
     """Write the graph into ``folder``, check parity, return the manifest's content (no identity yet).
 
-    With a ``reference`` model in memory its probe outputs are computed while the graph is written; the
-    files are hashed and the opset read while the parity gate runs (hashing, file I/O and the runtimes
+    With a ``reference`` model in memory its probe outputs are computed while the graph is written and the
+    new graph runs the probe; the files are hashed and the opset read while the parity gate runs (hashing, file I/O and the runtimes
     release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -189,7 +189,7 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
         hashed = pool.submit(lambda: ({p.name: _sha(p) for p in paths}, _opset(out)))
         if parity is None:
             figures, ref_kind = parity_on(spec, probe, module, out, precision, reference_graph,
-                                          expected=expected.result() if expected is not None else None)
+                                          expected=expected.result if expected is not None else None)
             parity = {**check_parity(figures, spec.name, precision, min_cosine), "reference": ref_kind}
         files, opset = hashed.result()
     return {**info, "parity": parity, "files": files, "inputs": list(probe[0]),

@@ -4,7 +4,7 @@ compare item by item, refuse what misses the tolerance."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BackboneError, ConfigError, ExportParityError
 
@@ -88,14 +88,13 @@ def probe_batches(spec: "BackboneSpec", pre: Any) -> list[Any]:
 
 
 def parity_on(spec: "BackboneSpec", singles: list[Any], module: Any, candidate_path: Path, precision: str,
-              reference_graph: Path, expected: tuple["np.ndarray", str] | None = None) -> tuple[dict[str, Any], str]:
+              reference_graph: Path, expected: Callable[[], tuple["np.ndarray", str]] | None = None
+              ) -> tuple[dict[str, Any], str]:
     """Parity figures of the graph at ``candidate_path`` against the reference on ``singles``.
 
     The reference is the PyTorch model when the spec has one (``module``, built if ``None``), else the fp32
-    graph at ``reference_graph`` run one item at a time; ``expected``: its outputs, already computed
-    (:func:`reference_outputs`)."""
-    reference, ref_kind = expected if expected is not None else reference_outputs(spec, singles, module,
-                                                                                  reference_graph)
+    graph at ``reference_graph`` run one item at a time; ``expected``: returns its outputs, computed elsewhere
+    (:func:`reference_outputs`, e.g. a future's ``result``: the candidate runs first, meanwhile)."""
     order = list(range(len(singles)))
     if precision == "int8" and spec.modality == "text":
         # Dynamic int8 scales each batch by its own range (padding included), so it is measured the way
@@ -103,6 +102,8 @@ def parity_on(spec: "BackboneSpec", singles: list[Any], module: Any, candidate_p
         order.sort(key=lambda i: max(a.shape[-1] for a in singles[i].values()))
     candidate = run_onnx(candidate_path, [singles[i] for i in order], spec.name, precision, batch_size=PARITY_BATCH)
     candidate[order] = candidate.copy()
+    reference, ref_kind = expected() if expected is not None else reference_outputs(spec, singles, module,
+                                                                                    reference_graph)
     return parity_figures(reference, candidate), ref_kind
 
 
