@@ -155,6 +155,9 @@ def run_onnx(path: Path, singles: list[dict[str, "np.ndarray"]], name: str, prec
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # a one-off session, often beside other work (a fine-tune's head fit, the reference model): its idle
+    # threads wait without spinning on the cores that work needs
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_driver_loadable():
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
