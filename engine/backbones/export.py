@@ -168,8 +168,8 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
     """Write the graph into ``folder``, check parity, return the manifest's content (no identity yet).
 
     With a ``reference`` model in memory its probe outputs are computed while the graph is written and the
-    new graph runs the probe; the files are hashed and the opset read while the parity gate runs (hashing, file I/O and the runtimes
-    release the GIL)."""
+    new graph runs the probe; the files are hashed and the opset read while the parity gate runs (hashing,
+    file I/O and the runtimes release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .parity import check_parity, parity_on, probe_batches, reference_outputs

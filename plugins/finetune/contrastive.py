@@ -21,16 +21,18 @@ on the tuned embeddings), made cheap on a CPU:
   twice the matrix-product speed there (emulated, slower, elsewhere). The weights, optimiser, loss, cached
   lower blocks and the embeddings the head is fitted on stay fp32, and the export is fp32;
 * the tuned top blocks are written and their export started (``request.start_export``: the engine
-  exports and parity-checks on a thread, against the trained module itself), then the head (linear or mlp, as asked; the engine passes it
-  unfitted, no frozen head is fitted first) is fitted on the tuned embeddings of all items meanwhile.
+  exports and parity-checks on a thread, against the trained module itself), then the head (linear or
+  mlp, as asked; the engine passes it unfitted, no frozen head is fitted first) is fitted on the tuned
+  embeddings of all items meanwhile.
 
 A checkpoint is written after every fold (curves and RNG only: each fold restarts from the base
 weights) and every epoch of the final run but its last (weights, optimiser moments, RNG; written on a
 thread while the next epoch trains; the last epoch's weights become the tuned backbone at once, and a
 run killed before its model folder is written repeats that epoch, bit for bit); ``resume`` continues
-from it: finished folds are not re-run, the final run's state is restored. The tuned backbone's graph is the base export with the tuned weights patched in
-(graph_patch.py) when every changed weight can be placed; when cross-validation keeps the frozen body
-(0 epochs), the base backbone itself is returned and nothing new is exported.
+from it: finished folds are not re-run, the final run's state is restored. The tuned backbone's graph
+is the base export with the tuned weights patched in (graph_patch.py) when every changed weight can be
+placed; when cross-validation keeps the frozen body (0 epochs), the base backbone itself is returned and
+nothing new is exported.
 The history holds the cross-validated curve (epoch 0 = the frozen body), ``info["cv_metrics"]`` the
 held-out accuracy / macro-F1 at the chosen epoch, which the engine reports as the validation score (and
 then does not embed the source again), ``info["frozen_metrics"]`` those at epoch 0, the frozen baseline.
@@ -397,7 +399,8 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         request.start_export(ref, reference=body.module.eval())  # the trained module: the parity reference
     head = type(request.head)(**copy.deepcopy(request.head.get_params(deep=False)))  # sklearn's clone
     head.fit(emb, np.asarray(request.classes)[y_np])
-    info = {"device": "cpu", "precision": state["precision"], "objective": "contrastive", "trainable_blocks": body.trainable_names,
+    info = {"device": "cpu", "precision": state["precision"], "objective": "contrastive",
+            "trainable_blocks": body.trainable_names,
             "schedule": {"unfreeze": unfreeze, "epoch_rule": rule},
             "trainable_parameters": int(sum(v.numel() for v in body.initial.values())),
             "optimizer_steps": state["optimizer_steps"], "folds": len(folds), "items": len(items),
