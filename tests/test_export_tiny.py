@@ -13,7 +13,7 @@ from headstart.engine.backbones.preprocess import make_preprocessor
 from headstart.engine.backbones.probes import probe_images
 from headstart.engine.backbones.resolve import resolve_backbone
 from headstart.engine.backbones.runtime import Encoder
-from headstart.engine.backbones.spec import BackboneSpec, ImagePreprocessing, Int8Recipe, NumericPreprocessing
+from headstart.engine.backbones.spec import BackboneSpec, ImagePreprocessing, Int8Recipe
 from headstart.engine.errors import ExportParityError, IntegrityError, UnsafeModelError
 
 

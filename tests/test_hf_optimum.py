@@ -3,7 +3,6 @@ from configs (BERT, RoBERTa, DistilBERT text; ViT images), each gated on parity 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
