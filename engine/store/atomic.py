@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 TMP_MARK = ".tmp-"
 
@@ -82,12 +83,9 @@ def temp_path_for(path: Path) -> Path:
 
 def write_bytes_atomic(path: str | os.PathLike[str], chunks: bytes | Iterable[bytes]) -> str:
     """Write ``chunks`` to ``path`` atomically; return the sha256 hex of what was written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(path)
     digest = hashlib.sha256()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
+    with _replacing(Path(path)) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             for chunk in [chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks:
                 view = memoryview(chunk)
@@ -98,6 +96,17 @@ def write_bytes_atomic(path: str | os.PathLike[str], chunks: bytes | Iterable[by
             FS.fsync(fd)
         finally:
             os.close(fd)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A sibling temp path for the caller to write (and fsync); then renamed over ``path`` and the folder
+    fsynced. On any failure the temp file is removed and ``path`` is left as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    try:
+        yield tmp
         FS.replace(tmp, path)
     except BaseException:
         try:
@@ -106,7 +115,6 @@ def write_bytes_atomic(path: str | os.PathLike[str], chunks: bytes | Iterable[by
             pass
         raise
     fsync_dir(path.parent)
-    return digest.hexdigest()
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> str:
@@ -132,10 +140,7 @@ def write_patched_copy_atomic(src: str | os.PathLike[str], dst: str | os.PathLik
     into memory and written back: for a 90 MB graph about 0.03 s against 0.1-0.3 s here."""
     import shutil
 
-    path = Path(dst)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(path)
-    try:
+    with _replacing(Path(dst)) as tmp:
         shutil.copyfile(src, tmp)
         size = os.path.getsize(tmp)
         fd = os.open(tmp, os.O_WRONLY)
@@ -150,14 +155,6 @@ def write_patched_copy_atomic(src: str | os.PathLike[str], dst: str | os.PathLik
             FS.fsync(fd)
         finally:
             os.close(fd)
-        FS.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
