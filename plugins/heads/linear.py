@@ -245,8 +245,7 @@ def _choose_l2(X: FeatureMatrix, y_idx: np.ndarray, folds: tuple[np.ndarray, int
     weights = np.zeros((len(ys), len(scored)), np.float32)  # per fold: its training rows' weights, as in _Rows
     for i, f in enumerate(scored):
         train = fs != f
-        w = cw[ys[train]].astype(np.float64)
-        weights[train, i] = (w / w.sum()).astype(np.float32)
+        weights[train, i] = _row_weights(cw, ys[train])
     validation = np.stack([fs == f for f in scored], 1)
     n_train = float(np.mean([np.count_nonzero(fs != f) for f in scored]))
     rows = _FoldRows(torch.from_numpy(Xs).to(device), torch.from_numpy(ys).to(device), torch.from_numpy(weights).to(device),
@@ -285,8 +284,6 @@ def _choose_l2(X: FeatureMatrix, y_idx: np.ndarray, folds: tuple[np.ndarray, int
     return path[chosen]["l2"] * n_train / len(y_idx), W, b, path  # the optimal strength shrinks as 1/n
 
 
-
-
 class _Geometry:
     """Mean and eigenbasis of the feature covariance (from a sample), for preconditioning.
 
@@ -315,6 +312,12 @@ class _Geometry:
         return (self.eig + l2 * self.n_classes).sqrt()
 
 
+def _row_weights(cw: np.ndarray, y_idx: np.ndarray) -> np.ndarray:
+    """Each row's class weight, normalised to sum to 1 (the loss is a weighted mean), float32."""
+    w = cw[y_idx].astype(np.float64)
+    return (w / w.sum()).astype(np.float32)
+
+
 class _Rows:
     """The rows an objective sums over, as (X, y, weight) tensor blocks, one chunk of the matrix at a time.
 
@@ -323,8 +326,7 @@ class _Rows:
     """
 
     def __init__(self, X: FeatureMatrix, y_idx: np.ndarray, cw: np.ndarray, device: str) -> None:
-        w = cw[y_idx].astype(np.float64)
-        self.X, self.y, self.w, self.device = X, y_idx, (w / w.sum()).astype(np.float32), device
+        self.X, self.y, self.w, self.device = X, y_idx, _row_weights(cw, y_idx), device
         self._cached = list(self._blocks()) if isinstance(X, ArrayMatrix) else None
 
     def _blocks(self) -> Iterator[tuple[Any, Any, Any]]:
@@ -339,6 +341,22 @@ class _Rows:
     def __iter__(self) -> Iterator[tuple[Any, Any, Any]]:
         self.passes += 1
         return iter(self._cached) if self._cached is not None else self._blocks()
+
+
+def _cross_entropy_grad_(z: Any, y: Any, w: Any, minus_one: Any) -> Any:
+    """Weighted cross-entropy of the logits ``z`` (classes on the last axis) against the class indices ``y``
+    (``z``'s shape, 1 on the last axis): ``w * (logsumexp(z) - z[y])`` per row; ``z`` becomes, in place, the
+    gradient of the weighted sum with respect to the logits, ``w * (softmax(z) - onehot(y))``. ``minus_one``:
+    -1s shaped like ``y``."""
+    z -= z.amax(-1, keepdim=True)
+    target = z.gather(-1, y)
+    z.exp_()
+    total = z.sum(-1, keepdim=True)
+    losses = w * (total.log() - target)
+    z /= total
+    z.scatter_add_(-1, y, minus_one)
+    z *= w
+    return losses
 
 
 def _lbfgs(rows: _Rows, l2: float, W: Any, b: Any, geo: _Geometry, iters: int, tol: float):
@@ -361,16 +379,8 @@ def _lbfgs(rows: _Rows, l2: float, W: Any, b: Any, geo: _Geometry, iters: int, t
         grad_x = torch.zeros_like(W)  # X^T dz, summed over chunks
         gsum = torch.zeros_like(c)
         for X, y, w in rows:
-            y1 = y[:, None]
             z = torch.addmm(bias, X, Wc)  # logits, then (in place) the loss gradient
-            z -= z.amax(1, keepdim=True)
-            target = z.gather(1, y1)
-            z.exp_()
-            total = z.sum(1, keepdim=True)
-            loss += float((w * (total.log() - target)).sum())
-            z /= total
-            z.scatter_add_(1, y1, torch.full_like(w, -1.0))
-            z *= w
+            loss += float(_cross_entropy_grad_(z, y[:, None], w, torch.full_like(w, -1.0)).sum())
             gsum += z.sum(0)
             grad_x.addmm_(X.T, z)
         loss += float(0.5 * l2 * (V * V * inv_eig).sum())
@@ -471,14 +481,7 @@ def _lbfgs_folds(rows: _FoldRows, l2: float, AbT: Any, geo: _Geometry, iters: in
         w = (rows.weights if folds is None else rows.weights[:, folds])[:, :, None]
         y = rows.classes(n_problems)
         z = rows.logits(T * scale)  # logits, then (in place) the loss gradient
-        z -= z.amax(2, keepdim=True)
-        target = z.gather(2, y)
-        z.exp_()
-        total = z.sum(2, keepdim=True)
-        loss = (w * (total.log() - target)).sum(0)
-        z /= total
-        z.scatter_add_(2, y, rows.minus_one.expand(-1, n_problems, 1))
-        z *= w
+        loss = _cross_entropy_grad_(z, y, w, rows.minus_one.expand(-1, n_problems, 1)).sum(0)
         grad = torch.addcmul((z.view(len(z), -1).T @ rows.X_aug).view_as(T) * scale, l2_inv_eig, T)
         penalty = (T * T * inv_eig).view(n_problems, -1).sum(1, keepdim=True) * (0.5 * l2)
         return loss.double() + penalty.double(), grad.view(n_problems, -1)
