@@ -63,6 +63,18 @@ def kill_when_paused(folder: Path, point: str, proc: subprocess.Popen, timeout: 
             proc.wait(30)
 
 
+def run_and_kill_at(cmd: list[str], folder: Path, point: str, env: dict[str, str] | None = None,
+                    timeout: float = 240) -> tuple[dict[str, Any], int]:
+    """Start ``cmd`` (with ``env`` over this environment) pausing at ``point``, SIGKILL it there and reap it
+    (:func:`kill_when_paused`); return (the pause marker, its return code)."""
+    proc = subprocess.Popen(cmd, env=env_with({**pause_env(folder, point), **(env or {})}),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        return kill_when_paused(folder, point, proc, timeout), proc.returncode
+    finally:
+        proc.stderr.close()
+
+
 def resume(folder: Path, point: str) -> None:
     """Let the process paused at ``point`` go on."""
     (folder / f"{marker_name(*_split(point))}.resume").touch()

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from finetune_data import blind_task, csv_labels, predict_in_fresh_process, tiny_bert_blind
-from pause_control import env_with, kill_when_paused, pause_env
+from pause_control import env_with, run_and_kill_at
 
 # the blind task needs the embedding rows to move, so the stem trains too (no split-point cache here)
 OPTS = dict(unfreeze="all", epochs=6, lr=3e-3, patience=3)
@@ -136,12 +136,7 @@ def test_a_resumed_run_keeps_the_precision_its_checkpoint_recorded(data: dict[st
     args = ["finetune", str(data["train"]), "-b", f"hf:{data['bert']}", "-o", str(out), "--objective", "contrastive",
             "--unfreeze", "all", "--epochs", "2", "--lr", "3e-3", "--json"]
     pauses, point = tmp_path / "pauses", "finetune-fold-end#1"
-    proc = subprocess.Popen(_cli(*args, home=env_home), env=env_with({**pause_env(pauses, point), **ONE_THREAD}),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert kill_when_paused(pauses, point, proc)["fold"] == 1
-    finally:
-        proc.stderr.close()
+    assert run_and_kill_at(_cli(*args, home=env_home), pauses, point, ONE_THREAD)[0]["fold"] == 1
     meta = read_meta(out / "checkpoint")
     decided = "bf16" if native_bf16() else "fp32"
     assert meta["phase"] == "cv" and meta["precision"] == decided
@@ -170,13 +165,9 @@ def test_kill_9_then_resume_ends_where_an_uninterrupted_run_ends(data: dict[str,
     args = ["finetune", str(data["train"]), "-b", f"hf:{data['bert']}", "-o", str(out), "--objective", "contrastive",
             "--unfreeze", "all", "--epochs", "4", "--lr", "3e-3", "--patience", "4", "--json"]
     pauses, point = tmp_path / "pauses", "finetune-epoch-end#2"  # epoch 2 of the final run, after its checkpoint
-    proc = subprocess.Popen(_cli(*args, home=env_home), env=env_with({**pause_env(pauses, point), **ONE_THREAD}),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert kill_when_paused(pauses, point, proc)["epoch"] == 2
-    finally:
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL and not (out / "manifest.json").exists()
+    paused, returncode = run_and_kill_at(_cli(*args, home=env_home), pauses, point, ONE_THREAD)
+    assert paused["epoch"] == 2
+    assert returncode == -signal.SIGKILL and not (out / "manifest.json").exists()
     meta = read_meta(out / "checkpoint")
     assert meta["phase"] == "final" and meta["epoch"] == 2
     folds_done = len(meta["curves"])

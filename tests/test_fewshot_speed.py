@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from finetune_data import blind_task, distinct_tiny_bert, identity_graph, onnx_initializers
-from pause_control import env_with, kill_when_paused, pause_env
+from pause_control import env_with, run_and_kill_at
 
 # the blind task needs the embedding rows to move, so every block trains (tests/test_fewshot.py)
 OPTS = dict(unfreeze="all", epochs=6, lr=3e-3, patience=3)
@@ -117,13 +117,9 @@ def test_kill_9_during_the_k_fold_phase_then_resume_ends_where_an_uninterrupted_
     args = ["finetune", str(data["train"]), "-b", f"hf:{data['bert']}", "-o", str(out), "--objective", "contrastive",
             "--unfreeze", "all", "--epochs", "4", "--lr", "3e-3", "--patience", "4", "--json"]
     pauses, point = tmp_path / "pauses", "finetune-fold-end#2"  # after the second fold's checkpoint
-    proc = subprocess.Popen(_cli(*args, home=env_home), env=env_with({**pause_env(pauses, point), **ONE_THREAD}),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert kill_when_paused(pauses, point, proc)["fold"] == 2
-    finally:
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    paused, returncode = run_and_kill_at(_cli(*args, home=env_home), pauses, point, ONE_THREAD)
+    assert paused["fold"] == 2
+    assert returncode == -signal.SIGKILL
     meta = read_meta(out / "checkpoint")
     assert meta["phase"] == "cv" and len(meta["curves"]) == 2
     with safe_open(str(out / "checkpoint" / FILE), framework="pt") as fh:

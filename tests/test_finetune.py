@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from finetune_data import blind_task, easy_task, tiny_bert_blind
-from pause_control import env_with, kill_when_paused, pause_env
+from pause_control import run_and_kill_at
 
 OPTS = dict(epochs=5, lr=3e-3, batch_size=16, patience=2)
 
@@ -129,13 +129,9 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(data: dict[str, P
             "--lr", "3e-3", "--batch-size", "16", "--patience", "10", "--json"]
     # The run stops at the pause point right after epoch 2's checkpoint is written and is killed there.
     pauses, point = tmp_path / "pauses", "finetune-epoch-end#2"
-    proc = subprocess.Popen(_cli(*args, home=env_home), env=env_with(pause_env(pauses, point)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert kill_when_paused(pauses, point, proc)["epoch"] == 2
-    finally:
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL and not (out / "manifest.json").exists()
+    paused, returncode = run_and_kill_at(_cli(*args, home=env_home), pauses, point)
+    assert paused["epoch"] == 2
+    assert returncode == -signal.SIGKILL and not (out / "manifest.json").exists()
     meta = read_meta(out / "checkpoint")
     killed_at, steps = meta["epoch"], meta["optimizer_steps"]
     assert killed_at == 2 and steps == killed_at * 4  # 52 training rows, batches of 16
