@@ -6,8 +6,8 @@ Hugging Face tokenizer), which takes one text at a time: a ``Loop`` tokenises ea
 a second ``Loop`` pads each to the batch's longest; a single text (``n == 1``, a service's usual call) skips
 both loops through an ``If`` (measured in benchmarks/bench_predict.py's ``tried``). Two settings are corrected
 against the tokenizer.json that headstart uses: accents are stripped when the normaliser lowercases and
-``strip_accents`` is unset (as Hugging Face does), and texts are cut at the backbone's ``max_length``. Tokenizers other than
-BERT's WordPiece raise a :class:`BundleError` marked ``tokenizer_not_in_graph``: the bundle then ships the
+``strip_accents`` is unset (as Hugging Face does), and texts are cut at the backbone's ``max_length``.
+Tokenizers other than BERT's WordPiece raise a :class:`BundleError` marked ``tokenizer_not_in_graph``: the bundle then ships the
 tokenizer beside the file (:mod:`.tokenizer_beside`).
 
 Known differences from the Hugging Face tokenizer (onnxruntime-extensions 0.15, measured on headstart's
