@@ -1,5 +1,6 @@
 """The linear head's k-fold L2 path, solved for all folds at once (``_lbfgs_folds`` / ``_minimise_folds``), against
-a straightforward per-fold solve with the single-problem ``_lbfgs`` / ``_minimise`` (the path before batching).
+a straightforward per-fold solve with the single-problem ``_lbfgs`` / ``_minimise`` (the path before batching),
+on both solver backends (numpy arrays, torch tensors on the CPU; tests/test_linear_backends.py compares the two).
 
 Float32 L-BFGS amplifies rounding where the folds' problems are ill-conditioned (more features than rows, weak
 L2): there the per-fold reference itself moves by ~1% when only its row chunking (summation order) changes, so the
@@ -11,12 +12,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from headstart.plugins.heads.linear import (L2_PATH, PATH_ITERS, PATIENCE, LinearHead, _choose_l2, _FoldRows,
-                                            _Geometry, _lbfgs, _lbfgs_folds, _minimise, _minimise_folds, _Rows,
-                                            _stratified_folds)
+from headstart.plugins.heads.linear import (_NUMPY, L2_PATH, PATH_ITERS, PATIENCE, LinearHead, _choose_l2, _FoldRows,
+                                            _Geometry, _lbfgs, _lbfgs_folds, _minimise, _minimise_folds, _ops,
+                                            _Rows, _stratified_folds, _torch_ops)
 from headstart.sdk import ArrayMatrix, class_weights
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def xp(request) -> Any:
+    """A solver backend: numpy arrays, or torch tensors on the CPU."""
+    return _NUMPY if request.param == "numpy" else _torch_ops("cpu")
+
+
+def _np(a: Any) -> np.ndarray:
+    """A backend array as a numpy array."""
+    return _NUMPY.asarray(a)
 
 
 def _data(name: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -58,13 +69,13 @@ def _data(name: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     raise KeyError(name)
 
 
-def _setup(X: np.ndarray, y: np.ndarray, options: dict[str, Any]) -> tuple[Any, ...]:
+def _setup(X: np.ndarray, y: np.ndarray, options: dict[str, Any], xp: Any) -> tuple[Any, ...]:
     """What LinearHead._fit hands to _choose_l2 (same RNG draws): labels, class weights, geometry, folds."""
     classes, y_idx = np.unique(y, return_inverse=True)
     cw = class_weights(options.get("class_weight"), y_idx, classes)
     rng = np.random.default_rng(0)
     matrix = ArrayMatrix(X)
-    geometry = _Geometry(torch.from_numpy(matrix.take(matrix.sample(len(X), rng))), len(classes))
+    geometry = _Geometry(xp.asarray(matrix.take(matrix.sample(len(X), rng))), len(classes))
     folds = _stratified_folds(y_idx, options.get("val_fraction", 0.2), rng)
     assert folds is not None
     return y_idx, cw, geometry, folds
@@ -73,6 +84,7 @@ def _setup(X: np.ndarray, y: np.ndarray, options: dict[str, Any]) -> tuple[Any, 
 def _reference_choose_l2(X: np.ndarray, y_idx: np.ndarray, folds: tuple[np.ndarray, int], cw: np.ndarray,
                          geometry: _Geometry, tol: float = 1e-5) -> tuple[float, Any, Any, list[dict[str, float]]]:
     """``_choose_l2`` as it was before the batched path: each fold solved in turn by ``_lbfgs``."""
+    xp = _ops(geometry.vecs)
     fold, k = folds
     members = np.flatnonzero(fold >= 0)
     Xs, ys, fs = X[members], y_idx[members], fold[members]
@@ -80,19 +92,19 @@ def _reference_choose_l2(X: np.ndarray, y_idx: np.ndarray, folds: tuple[np.ndarr
     for f in range(k):
         tr, va = np.flatnonzero(fs != f), np.flatnonzero(fs == f)
         if len(va):
-            parts.append((_Rows(ArrayMatrix(Xs[tr], chunk_rows=len(tr)), ys[tr], cw, "cpu"),
-                          torch.from_numpy(Xs[va]), torch.from_numpy(ys[va]), len(tr)))
-    state = [(torch.zeros(X.shape[1], len(cw)), torch.zeros(len(cw))) for _ in parts]
+            parts.append((_Rows(ArrayMatrix(Xs[tr], chunk_rows=len(tr)), ys[tr], cw, xp), Xs[va], ys[va], len(tr)))
+    state = [(xp.zeros((X.shape[1], len(cw))), xp.zeros((len(cw),))) for _ in parts]
     path, averaged, best, stale = [], [], None, 0
     for relative in L2_PATH:
         strength = relative * geometry.scale
         losses, accs = [], []
         for i, (rows, Xva, yva, _) in enumerate(parts):
             state[i] = _lbfgs(rows, strength, *state[i], geometry, PATH_ITERS, tol)
-            W, b = state[i]
-            z = torch.addmm(b - geometry.mu @ W, Xva, W)
-            losses.append(float(torch.nn.functional.cross_entropy(z, yva)))
-            accs.append(float((z.argmax(1) == yva).float().mean()))
+            W, b = (_np(a).astype(np.float64) for a in state[i])
+            z = Xva @ W + (b - _np(geometry.mu) @ W)
+            top = z.max(1, keepdims=True)
+            losses.append(float(np.mean(np.log(np.exp(z - top).sum(1)) + top[:, 0] - z[np.arange(len(z)), yva])))
+            accs.append(float(np.mean(z.argmax(1) == yva)))
         mean = float(np.mean(losses))
         se = float(np.std(losses, ddof=1) / np.sqrt(len(losses))) if len(losses) > 1 else 0.0
         path.append({"l2": strength, "val_loss": mean, "val_loss_se": se, "val_accuracy": float(np.mean(accs))})
@@ -112,10 +124,10 @@ def _reference_choose_l2(X: np.ndarray, y_idx: np.ndarray, folds: tuple[np.ndarr
 
 @pytest.mark.parametrize("name", ["three_classes", "imbalanced_balanced", "class_missing_from_validation",
                                   "empty_validation_folds", "ten_folds", "two_folds"])
-def test_batched_path_matches_the_per_fold_solve(name: str) -> None:
+def test_batched_path_matches_the_per_fold_solve(name: str, xp: Any) -> None:
     X, y, options = _data(name)
-    y_idx, cw, geometry, folds = _setup(X, y, options)
-    l2, W, b, path = _choose_l2(ArrayMatrix(X), y_idx, folds, cw, geometry, 1e-5, "cpu")
+    y_idx, cw, geometry, folds = _setup(X, y, options, xp)
+    l2, W, b, path = _choose_l2(ArrayMatrix(X), y_idx, folds, cw, geometry, 1e-5)
     l2_ref, W_ref, b_ref, path_ref = _reference_choose_l2(X, y_idx, folds, cw, geometry)
     assert [p.get("chosen") for p in path] == [p.get("chosen") for p in path_ref]  # same steps, same choice
     assert l2 == l2_ref
@@ -124,17 +136,18 @@ def test_batched_path_matches_the_per_fold_solve(name: str) -> None:
                                rtol=0, atol=1.01 / len(y))  # at most one near-tie row predicted the other way
     np.testing.assert_allclose([p["val_loss_se"] for p in path], [p["val_loss_se"] for p in path_ref],
                                rtol=1e-2, atol=1e-5)  # a difference of nearby losses
-    scale = float(W_ref.abs().max())
-    np.testing.assert_allclose(W.numpy(), W_ref.numpy(), atol=1e-3 * scale)
-    np.testing.assert_allclose(b.numpy(), b_ref.numpy(), atol=1e-3 * max(scale, float(b_ref.abs().max())))
+    W, W_ref, b, b_ref = (_np(a) for a in (W, W_ref, b, b_ref))
+    scale = float(np.abs(W_ref).max())
+    np.testing.assert_allclose(W, W_ref, atol=1e-3 * scale)
+    np.testing.assert_allclose(b, b_ref, atol=1e-3 * max(scale, float(np.abs(b_ref).max())))
 
 
-def test_few_shot_path_matches_where_the_folds_are_well_conditioned() -> None:
+def test_few_shot_path_matches_where_the_folds_are_well_conditioned(xp: Any) -> None:
     """16 rows x 384 features: the strong-L2 steps agree tightly; at weak L2 the 13-row folds' L-BFGS runs at
     float32 noise (the reference itself moves by ~1% with its row chunking), so only closeness is checked."""
     X, y, options = _data("few_shot")
-    y_idx, cw, geometry, folds = _setup(X, y, options)
-    path = _choose_l2(ArrayMatrix(X), y_idx, folds, cw, geometry, 1e-5, "cpu")[3]
+    y_idx, cw, geometry, folds = _setup(X, y, options, xp)
+    path = _choose_l2(ArrayMatrix(X), y_idx, folds, cw, geometry, 1e-5)[3]
     path_ref = _reference_choose_l2(X, y_idx, folds, cw, geometry)[3]
     losses, losses_ref = [p["val_loss"] for p in path], [p["val_loss"] for p in path_ref]
     assert len(losses) == len(losses_ref)
@@ -142,44 +155,44 @@ def test_few_shot_path_matches_where_the_folds_are_well_conditioned() -> None:
     np.testing.assert_allclose(losses, losses_ref, rtol=5e-2)
 
 
-def _float64_setup(name: str) -> tuple[Any, ...]:
+def _float64_setup(name: str, xp: Any) -> tuple[Any, ...]:
     """The folds of ``name`` in float64, an orthonormal float64 eigenbasis (W = U A is then the same change of
     variables for _lbfgs and _lbfgs_folds) and one float64 row block per fold for _lbfgs."""
     X, y, options = _data(name)
-    y_idx, cw, geometry, (fold, k) = _setup(X, y, options)
-    X64 = torch.from_numpy(X.astype(np.float64))
-    geometry.mu, geometry.eig = X64.mean(0), geometry.eig.double()
-    geometry.vecs = torch.linalg.qr(geometry.vecs.double()).Q
+    y_idx, cw, geometry, (fold, k) = _setup(X, y, options, xp)
+    X64 = xp.asarray(X.astype(np.float64))
+    geometry.mu, geometry.eig = X64.mean(0), xp.float64(geometry.eig)
+    geometry.vecs = xp.asarray(np.linalg.qr(_np(geometry.vecs).astype(np.float64))[0])
     scored = [f for f in range(k) if (fold == f).any()]
     weights = np.zeros((len(y_idx), len(scored)))
     for i, f in enumerate(scored):
         train = (fold != f) & (fold >= 0)
         weights[train, i] = cw[y_idx[train]] / cw[y_idx[train]].sum()
-    blocks = [[(X64[weights[:, i] > 0], torch.from_numpy(y_idx[weights[:, i] > 0]),
-                torch.from_numpy(weights[weights[:, i] > 0, i])[:, None])] for i in range(len(scored))]
-    rows = _FoldRows(X64, torch.from_numpy(y_idx), torch.from_numpy(weights), geometry)
+    blocks = [[(xp.asarray(X.astype(np.float64)[weights[:, i] > 0]), xp.asarray(y_idx[weights[:, i] > 0]),
+                xp.asarray(weights[weights[:, i] > 0, i][:, None]))] for i in range(len(scored))]
+    rows = _FoldRows(X64, xp.asarray(y_idx), xp.asarray(weights), geometry)
     return rows, blocks, geometry, X.shape[1], len(cw)
 
 
 @pytest.mark.parametrize("name", ["three_classes", "imbalanced_balanced", "ten_folds", "two_folds"])
-def test_batched_lbfgs_takes_each_folds_own_iterates_in_float64(name: str) -> None:
+def test_batched_lbfgs_takes_each_folds_own_iterates_in_float64(name: str, xp: Any) -> None:
     """Along the whole warm-started path, each fold's weights equal its own _lbfgs solve to float64 rounding: the
     same steps, backtracking, history and stopping tests (folds stop after different numbers of iterations)."""
-    rows, blocks, geometry, dim, n_classes = _float64_setup(name)
-    state = [(torch.zeros(dim, n_classes, dtype=torch.float64), torch.zeros(n_classes, dtype=torch.float64))
-             for _ in blocks]
-    AbT = torch.zeros(len(blocks), n_classes, dim + 1, dtype=torch.float64)
+    rows, blocks, geometry, dim, n_classes = _float64_setup(name, xp)
+    state = [(xp.asarray(np.zeros((dim, n_classes))), xp.asarray(np.zeros(n_classes))) for _ in blocks]
+    AbT = xp.asarray(np.zeros((len(blocks), n_classes, dim + 1)))
     for relative in L2_PATH:
         strength = relative * geometry.scale
         state = [_lbfgs(block, strength, *state[i], geometry, PATH_ITERS, 1e-5) for i, block in enumerate(blocks)]
         AbT = _lbfgs_folds(rows, strength, AbT, geometry, PATH_ITERS, 1e-5)
         for i, (W, b) in enumerate(state):
-            np.testing.assert_allclose((geometry.vecs @ AbT[i, :, :-1].T).numpy(), W.numpy(),
-                                       rtol=0, atol=1e-8 * float(W.abs().max()))
-            np.testing.assert_allclose(AbT[i, :, -1].numpy(), b.numpy(), rtol=0, atol=1e-8 * max(1.0, float(b.abs().max())))
+            W, b = _np(W), _np(b)
+            np.testing.assert_allclose(_np(geometry.vecs @ AbT[i, :, :-1].T), W,
+                                       rtol=0, atol=1e-8 * float(np.abs(W).max()))
+            np.testing.assert_allclose(_np(AbT[i, :, -1]), b, rtol=0, atol=1e-8 * max(1.0, float(np.abs(b).max())))
 
 
-def test_minimise_folds_runs_each_problem_as_minimise_does() -> None:
+def test_minimise_folds_runs_each_problem_as_minimise_does(xp: Any) -> None:
     """Problems that stop in different ways, side by side: converged at the start (gradient below tol), a failed
     line search (a loss that cannot decrease), a loss that stops decreasing (relative 1e-9), a linear loss whose
     pairs are never kept (s·y = 0, while the others keep theirs) and quadratics needing all the iterations."""
@@ -188,36 +201,37 @@ def test_minimise_folds_runs_each_problem_as_minimise_does() -> None:
 
     def quadratic(condition: float, offset: float = 0.0):
         Q = np.linalg.qr(rng.normal(size=(n, n)))[0]
-        A = torch.from_numpy(Q @ np.diag(np.geomspace(1, condition, n)) @ Q.T)
-        c = torch.from_numpy(rng.normal(size=n))
+        A = xp.asarray(Q @ np.diag(np.geomspace(1, condition, n)) @ Q.T)
+        c = xp.asarray(rng.normal(size=n))
         return lambda x: (offset + float(0.5 * x @ A @ x - c @ x), A @ x - c)
 
     problems = [
         quadratic(1e3), quadratic(30.0),
         lambda x: (float(0.5 * x @ x), x),  # starts at 0: converged
-        lambda x: (1.0, torch.ones_like(x)),  # no step decreases it
+        lambda x: (1.0, xp.ones_like(x)),  # no step decreases it
         quadratic(10.0, offset=1e12),  # decreases by less than 1e-9 relative
-        lambda x: (float(x.sum()), torch.ones_like(x)),  # linear: y = 0, no pair kept
+        lambda x: (float(x.sum()), xp.ones_like(x)),  # linear: y = 0, no pair kept
     ]
-    starts = torch.from_numpy(rng.normal(size=(len(problems), n)))
+    starts = rng.normal(size=(len(problems), n))
     starts[2] = 0
-    expected = torch.stack([_minimise(fg, starts[i].clone(), 25, 1e-10) for i, fg in enumerate(problems)])
+    expected = np.stack([_np(_minimise(fg, xp.asarray(starts[i].copy()), 25, 1e-10)) for i, fg in enumerate(problems)])
 
     def batched(x: Any, which: Any = None) -> tuple[Any, Any]:
         which = range(len(x)) if which is None else which.tolist()
         values = [problems[i](row) for i, row in zip(which, x)]
-        return torch.tensor([[v[0]] for v in values], dtype=torch.float64), torch.stack([v[1] for v in values])
+        return (xp.asarray(np.array([[v[0]] for v in values])),
+                xp.concatenate([v[1].reshape(1, -1) for v in values]))
 
-    got = _minimise_folds(batched, starts.clone(), 25, 1e-10)
-    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-9, atol=1e-12)
-    assert torch.equal(got[2], starts[2]) and torch.equal(got[3], starts[3])  # stopped problems stay put
+    got = _np(_minimise_folds(batched, xp.asarray(starts.copy()), 25, 1e-10))
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    assert (got[2] == starts[2]).all() and (got[3] == starts[3]).all()  # stopped problems stay put
 
 
 def test_fit_chooses_as_the_per_fold_solve() -> None:
     """End to end: LinearHead's chosen strength and path are those of the per-fold reference."""
     X, y, options = _data("three_classes")
     head = LinearHead(**options).fit(X, y)
-    y_idx, cw, geometry, folds = _setup(X, y, options)
+    y_idx, cw, geometry, folds = _setup(X, y, options, _NUMPY)
     l2_ref, _, _, path_ref = _reference_choose_l2(X, y_idx, folds, cw, geometry)
     assert head.l2_ == l2_ref
     np.testing.assert_allclose([p["val_loss"] for p in head.l2_path_], [p["val_loss"] for p in path_ref], rtol=1e-4)

@@ -187,16 +187,21 @@ class Head:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error."""
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error.
+
+    ``cpu`` does not import torch (a head fitted with numpy on the CPU never needs it); ``auto`` and ``cuda``
+    ask torch."""
+    if device == "cpu":
+        return device
+    if device != "auto" and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device '{device}'", hint="use 'cpu', 'cuda' or 'auto'")
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         raise HeadError(f"device '{device}' was asked for, but torch sees no CUDA GPU",
                         hint="use device='cpu' or 'auto'")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ConfigError(f"unknown device '{device}'", hint="use 'cpu', 'cuda' or 'auto'")
     return device
 
 

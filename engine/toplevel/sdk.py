@@ -30,6 +30,7 @@ from headstart.engine.backbones.graph_pooling import append_pooling
 # heads
 from headstart.engine.heads.base import Head, class_weights, resolve_device
 from headstart.engine.heads.constraints import Interval, InvalidParameterError, Options
+from headstart.engine.blas_threads import one_blas_thread
 from headstart.engine.torch_threads import one_torch_thread
 from headstart.engine.heads.spec import HeadSpec
 from headstart.engine.heads.features import ArrayMatrix, FeatureMatrix
@@ -61,7 +62,7 @@ __all__ = [
     "text_encoder", "image_encoder",
     "vision_transformer_encoder", "append_pooling",
     "Head", "HeadSpec", "Interval", "Options", "InvalidParameterError", "FeatureMatrix", "ArrayMatrix", "class_weights",
-    "resolve_device", "one_torch_thread", "stratified_split", "stratified_folds", "classification_metrics",
+    "resolve_device", "one_torch_thread", "one_blas_thread", "stratified_split", "stratified_folds", "classification_metrics",
     "Item", "ReaderOptions", "ReaderSpec", "content_key",
     "ItemBatch", "RowRefs", "failed_key", "row_keys", "text_keys",
     "EventOptions", "Vocabulary", "event_record_batches", "event_table_schema", "pretrained_folder", "pretrained_spec",

@@ -1,0 +1,25 @@
+"""``one_blas_thread()``: numpy's BLAS (OpenBLAS) on one thread for a block, the previous count restored."""
+
+from __future__ import annotations
+
+import functools
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+
+def one_blas_thread() -> AbstractContextManager:
+    """Limit the loaded BLAS libraries to one thread for the block, through threadpoolctl (installed with
+    scikit-learn; a no-op without it). For small matrix products, where thread barriers cost more than they
+    save, and for work that runs on several Python threads at once, each wanting a core of its own."""
+    controller = _blas_controller()
+    return nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's controller of the loaded BLAS libraries, or None without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
