@@ -123,8 +123,8 @@ def export(backbone: "str | BackboneSpec", precision: str = "fp32", *, settings:
 
     ``calibration``: raw items (texts, image bytes, arrays) of the user's data for static
     int8 quantisation of image/numeric backbones. ``force`` re-exports over a cached entry.
-    ``reference``: the backbone's PyTorch model already in memory (eval mode; e.g. the one a finetuner
-    just trained), the fp32 parity gate's reference instead of one built from the spec.
+    ``reference``: the backbone's model already in memory (PyTorch in eval mode, or its numpy twin; e.g. the
+    one a finetuner just trained), the fp32 parity gate's reference instead of one built from the spec.
     """
     from .resolve import resolve_backbone
 

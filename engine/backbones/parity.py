@@ -109,19 +109,23 @@ def parity_on(spec: "BackboneSpec", singles: list[Any], module: Any, candidate_p
 
 def reference_outputs(spec: "BackboneSpec", singles: list[Any], module: Any,
                       reference_graph: Path) -> tuple["np.ndarray", str]:
-    """What the candidate must reproduce: PyTorch when there is a model, else the fp32 graph item by item."""
-    if spec.build_torch is not None:
-        from .torch_export import build_module, run_module
-
+    """What the candidate must reproduce: the model when there is one (PyTorch; or a numpy twin passed as
+    ``module``: ``framework == "numpy"``, e.g. the body a finetuner trained), else the fp32 graph item by item."""
+    if spec.build_torch is not None or getattr(module, "framework", None) == "numpy":
         import numpy as np
 
-        module = module if module is not None else build_module(spec)
         # length-sorted batches: one padded batch of every probe item pads the short ones to the longest
         order = sorted(range(len(singles)), key=lambda i: tuple(a.shape for a in singles[i].values()))
-        out = run_module(module, merge_singles([singles[i] for i in order], PARITY_BATCH))
+        batches = merge_singles([singles[i] for i in order], PARITY_BATCH)
+        if getattr(module, "framework", None) == "numpy":
+            out, kind = np.concatenate([np.asarray(module(**batch), np.float32) for batch in batches]), "numpy"
+        else:
+            from .torch_export import build_module, run_module
+
+            out, kind = run_module(module if module is not None else build_module(spec), batches), "pytorch"
         ref = np.empty_like(out)
         ref[order] = out
-        return ref, "pytorch"
+        return ref, kind
     return run_onnx(reference_graph, singles, spec.name, "fp32", batch_size=1), "onnx fp32, one item per batch"
 
 

@@ -25,18 +25,23 @@ def build_module(spec: "BackboneSpec") -> Any:
 
 
 class TorchBuilder:
-    """A spec's ``build_torch`` with an optional plain-PyTorch twin: ``builder()`` is the reference module (the
-    one exports trace), ``builder.plain()`` a module computing the same in plain PyTorch, cheaper to import
-    and train (or None when the backbone's folder is not covered)."""
+    """A spec's ``build_torch`` with optional twins: ``builder()`` is the reference module (the one exports
+    trace), ``builder.plain()`` a module computing the same in plain PyTorch, cheaper to import and train, and
+    ``builder.numpy()`` a model computing the same on numpy arrays (no torch import at all; a finetuner
+    trains it through its own backward pass). Each twin is None when the backbone's folder is not covered."""
 
-    def __init__(self, reference: Callable[[], Any], plain: Callable[[], Any | None]) -> None:
-        self.reference, self._plain = reference, plain
+    def __init__(self, reference: Callable[[], Any], plain: Callable[[], Any | None],
+                 numpy: Callable[[], Any | None] | None = None) -> None:
+        self.reference, self._plain, self._numpy = reference, plain, numpy
 
     def __call__(self) -> Any:
         return self.reference()
 
     def plain(self) -> Any | None:
         return self._plain()
+
+    def numpy(self) -> Any | None:
+        return self._numpy() if self._numpy is not None else None
 
 
 def trainable_module(spec: "BackboneSpec") -> Any:
@@ -47,6 +52,13 @@ def trainable_module(spec: "BackboneSpec") -> Any:
     if module is None:
         return build_module(spec)
     return module.eval().float().cpu()
+
+
+def numpy_twin(spec: "BackboneSpec") -> Any | None:
+    """The spec's numpy twin (``TorchBuilder.numpy``: ``framework == "numpy"``, called with a collated batch's
+    arrays as keywords, returns the embeddings), or None when it offers none for this folder."""
+    twin = getattr(spec.build_torch, "numpy", None)
+    return twin() if twin is not None else None
 
 
 def dynamic_axes(spec: "BackboneSpec", inputs: dict[str, "np.ndarray"]) -> dict[str, dict[int, str]]:

@@ -23,7 +23,7 @@ from headstart.engine.backbones.spec import (BackboneSpec, ImagePreprocessing, I
                                              TextPreprocessing)
 from headstart.engine.backbones.resolve import resolve_backbone
 from headstart.engine.backbones.preprocess import make_preprocessor
-from headstart.engine.backbones.torch_export import TorchBuilder, build_module, trainable_module
+from headstart.engine.backbones.torch_export import TorchBuilder, build_module, numpy_twin, trainable_module
 from headstart.engine.backbones.export import export as export_backbone
 from headstart.engine.backbones.torch_modules import image_encoder, text_encoder, vision_transformer_encoder
 from headstart.engine.backbones.graph_pooling import append_pooling
@@ -58,7 +58,8 @@ __all__ = [
     "HeadstartError", "ConfigError", "SchemaError", "ReaderError", "ItemError", "BackboneError", "HeadError",
     "NotFittedError", "DataError", "FinetuneError",
     "BackboneSpec", "TextPreprocessing", "ImagePreprocessing", "NumericPreprocessing", "Int8Recipe",
-    "resolve_backbone", "make_preprocessor", "build_module", "TorchBuilder", "trainable_module", "export_backbone",
+    "resolve_backbone", "make_preprocessor", "build_module", "TorchBuilder", "trainable_module", "numpy_twin",
+    "export_backbone",
     "text_encoder", "image_encoder",
     "vision_transformer_encoder", "append_pooling",
     "Head", "HeadSpec", "Interval", "Options", "InvalidParameterError", "FeatureMatrix", "ArrayMatrix", "class_weights",

@@ -145,8 +145,8 @@ class FinetuneRequest:
     log: Callable[[str], None] = field(default=lambda message: None, repr=False)
     # call with the fine-tuned backbone's ref as soon as its weights are written: the engine starts exporting it
     # (graph, parity gate) on a thread while the finetuner finishes (e.g. fits its head); optional. ``reference``:
-    # the tuned PyTorch model still in memory (eval mode, no longer changed), the parity gate's reference instead
-    # of one rebuilt from the written weights
+    # the tuned model still in memory (PyTorch in eval mode, or the backbone's numpy twin; no longer changed),
+    # the parity gate's reference instead of one rebuilt from the written weights
     start_export: Callable[..., None] = field(default=lambda ref, reference=None: None, repr=False)
 
 

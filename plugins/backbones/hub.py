@@ -21,6 +21,7 @@ from headstart.sdk import (BackboneError, BackboneSpec, ConfigError, ImagePrepro
                            append_pooling, hookimpl, TorchBuilder)
 
 from .bert_body import bert_text_encoder
+from .bert_numpy import bert_numpy_encoder
 from .hf_sequence import is_sequence_model, sequence_spec
 
 PREFIX = "hf:"
@@ -144,9 +145,11 @@ def hf_spec(ref: str) -> BackboneSpec:
         normalize=normalize,
         description=f"{config.get('model_type', 'transformer')} encoder from {target}, {pooling} pooling",
         weights=weights,
-        # BERT text encoders also offer a plain-PyTorch twin that fine-tunes train (no transformers import)
+        # BERT text encoders also offer plain-PyTorch and numpy twins that fine-tunes train (no transformers import)
         build_torch=TorchBuilder(lambda: _build(str(folder), pooling, normalize, inputs, modality),
                                  lambda: bert_text_encoder(folder, pooling, normalize, inputs) if modality == "text"
+                                 else None,
+                                 lambda: bert_numpy_encoder(folder, pooling, normalize, inputs) if modality == "text"
                                  else None),
         export_onnx=lambda out: _export(str(folder), pooling, normalize, modality, output_name, out),
         output_name=output_name,

@@ -12,6 +12,7 @@ from typing import Any
 from headstart.sdk import BackboneSpec, hookimpl, Int8Recipe, TextPreprocessing, TorchBuilder
 
 from .bert_body import bert_text_encoder
+from .bert_numpy import bert_numpy_encoder
 
 
 def _model_dir() -> str:
@@ -41,8 +42,9 @@ def minilm_spec() -> BackboneSpec:
         normalize=True,
         description="all-MiniLM-L6-v2 sentence embeddings, 384-d, mean pooled, L2-normalised, max 256 tokens",
         weights=(f"{folder}/model.safetensors", f"{folder}/config.json"),
-        # the reference module is Hugging Face's; fine-tunes train its plain-PyTorch twin (no transformers import)
-        build_torch=TorchBuilder(lambda: _build(folder), lambda: bert_text_encoder(folder, "mean", True)),
+        # the reference module is Hugging Face's; fine-tunes train its plain-PyTorch or numpy twin (no transformers import)
+        build_torch=TorchBuilder(lambda: _build(folder), lambda: bert_text_encoder(folder, "mean", True),
+                                 lambda: bert_numpy_encoder(folder, "mean", True)),
         aliases=("all-minilm-l6-v2", "minilm"),
         default=True,
         extra=(("graph_optimizer", "bert-layernorm"),),
