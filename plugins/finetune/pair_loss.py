@@ -6,6 +6,7 @@ positives and negatives weighted equally, each pair's squared error raised by it
 the model gets most wrong count most). ``centroid_scores``: accuracy and log-loss of held-out items
 against the class centroids of the training items (a nearest-class-mean classifier, which needs no
 fitting and works with a handful of items per class).
+``pair_cosine_loss_np``: the same loss and its gradient in numpy (analytic backward), for a fine-tune without torch.
 """
 
 from __future__ import annotations
@@ -32,6 +33,34 @@ def pair_cosine_loss(emb: Any, y: Any, hardness: float = 1.0) -> Any:
         if mask.any():
             terms.append((weight[mask] * err[mask]).sum() / weight[mask].sum())
     return torch.stack(terms).mean()
+
+
+def pair_cosine_loss_np(emb: np.ndarray, y: np.ndarray, hardness: float = 1.0) -> tuple[float, np.ndarray]:
+    """``pair_cosine_loss`` without torch: (loss, d loss / d emb as float32), the weights constant as there."""
+    emb = np.asarray(emb, dtype=np.float32)
+    y = np.asarray(y)
+    norm = np.sqrt(np.einsum("ij,ij->i", emb, emb, dtype=np.float32))[:, None]
+    safe = np.maximum(norm, np.float32(1e-12))  # F.normalize's eps
+    unit = emb / safe
+    cos = unit @ unit.T
+    same = (y[:, None] == y[None, :]).astype(np.float32)
+    off = ~np.eye(len(y), dtype=bool)
+    diff = cos - same
+    err = diff * diff
+    if not off.any():
+        raise ValueError("pair_cosine_loss_np needs at least two items")
+    weight = np.float32(1.0) + np.float32(hardness) * err / np.maximum(err[off].mean(), np.float32(1e-12))
+    masks = [m for m in (off & (same > 0), same == 0) if m.any()]
+    loss, d_err = 0.0, np.zeros_like(err)
+    for mask in masks:
+        total = weight[mask].sum()
+        loss += float((weight[mask] * err[mask]).sum() / total)
+        d_err[mask] = weight[mask] / (total * np.float32(len(masks)))
+    d_cos = np.float32(2.0) * diff * d_err
+    d_unit = (d_cos + d_cos.T) @ unit
+    # normalize backward: through the norm only where it was not clamped
+    radial = np.where(norm >= np.float32(1e-12), unit * np.einsum("ij,ij->i", unit, d_unit)[:, None], np.float32(0.0))
+    return loss / len(masks), ((d_unit - radial) / safe).astype(np.float32, copy=False)
 
 
 def centroid_scores(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, test_y: np.ndarray,
