@@ -72,7 +72,9 @@ def test_export_passes_parity_and_predicts_in_a_fresh_process_without_torch(tune
     result = tuned["result"]
     manifest = result.model.manifest
     parity = manifest["finetune"]["export"]["parity"]
-    assert parity["reference"] == "pytorch" and parity["min_cosine"] >= 0.9999 and parity["max_abs_diff"] <= 1e-4
+    # the reference is the body that trained: the backbone's numpy twin (no torch in the fine-tune at all)
+    assert result.summary()["info"]["engine"] == "numpy"
+    assert parity["reference"] == "numpy" and parity["min_cosine"] >= 0.9999 and parity["max_abs_diff"] <= 1e-4
     assert manifest["backbone"]["name"].startswith("finetuned:")
     assert manifest["backbone"]["fingerprint"] != manifest["finetune"]["base_backbone"]["fingerprint"]
     fresh = blind_task(data["root"] / "fresh.csv", 40, 12)
@@ -84,24 +86,28 @@ def test_export_passes_parity_and_predicts_in_a_fresh_process_without_torch(tune
     assert got["labels"] == list(predict(result.path, str(fresh)).labels)  # the same model as in this process
 
 
-def test_cached_lower_blocks_give_the_embeddings_of_the_full_module(data: dict[str, Path], env_home: Path) -> None:
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_cached_lower_blocks_give_the_embeddings_of_the_full_module(data: dict[str, Path], env_home: Path,
+                                                                    engine: str) -> None:
     import torch
 
     from headstart.engine.plugins import get_engine
     from headstart.engine.train.finetune import FinetuneOptions
-    from headstart.plugins.finetune.contrastive import _Body
-    from headstart.sdk import build_module, make_preprocessor, resolve_backbone
+    from headstart.plugins.finetune.numpy_body import NumpyBody
+    from headstart.plugins.finetune.torch_body import TorchBody
+    from headstart.sdk import build_module, make_preprocessor, numpy_twin, resolve_backbone
 
     spec = resolve_backbone(f"hf:{data['bert']}", get_engine())
     texts = [line.rsplit(",", 1)[0] for line in data["test"].read_text().splitlines()[1:30]]
 
-    class Request:  # what _Body reads of a FinetuneRequest
+    class Request:  # what a body reads of a FinetuneRequest
         pass
 
     request = Request()
     request.spec, request.options = spec, FinetuneOptions(unfreeze="last:1")
-    body = _Body(request, texts)
-    assert body.prefix.active and body.trainable_names == ["model.encoder.layer.1"]
+    body = (NumpyBody(request, texts, "last:1", numpy_twin(spec)) if engine == "numpy"
+            else TorchBody(request, texts, "last:1", seed=0))
+    assert body.cached_split and body.trainable_names == ["model.encoder.layer.1"]
     rows = np.asarray([3, 0, 17, 5, 28])  # any rows, any order: each batch is trimmed to its own longest item
     cached = body.embed_all(rows)
     pre = make_preprocessor(spec)
@@ -110,8 +116,9 @@ def test_cached_lower_blocks_give_the_embeddings_of_the_full_module(data: dict[s
         inputs = pre.collate(pre.prepare_many([texts[i] for i in rows]))
         expected = full(**{k: torch.from_numpy(v) for k, v in inputs.items()}).numpy()
     np.testing.assert_allclose(cached, expected, atol=1e-5)
-    body.prefix.restore()  # the original blocks are back: the full state dict again
-    assert set(body.module.state_dict()) == set(full.state_dict())
+    if engine == "torch":
+        body.finish()  # the original blocks are back: the full state dict again
+        assert set(body.module.state_dict()) == set(full.state_dict())
 
 
 def _cli(*args: str, home: Path) -> list[str]:
@@ -122,15 +129,15 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the CLI runs share two busy cores with 
 
 
 @pytest.mark.timeout(600)
-def test_a_resumed_run_keeps_the_precision_its_checkpoint_recorded(data: dict[str, Path], env_home: Path,
-                                                                   tmp_path: Path) -> None:
-    """``--precision auto`` is decided once (bf16 autocast on a CPU with native bf16 dot products) and kept in
-    the checkpoint: a run resumed on another machine must not change it half way. The checkpoint of a run
-    killed after its first fold is rewritten to say the other precision; the resumed run reports that one."""
+def test_a_resumed_run_keeps_the_body_and_precision_its_checkpoint_recorded(data: dict[str, Path], env_home: Path,
+                                                                            tmp_path: Path) -> None:
+    """``--precision auto`` is decided once and kept in the checkpoint with the body that trains (the numpy
+    twin in fp32 where the backbone has one, else PyTorch, under bf16 autocast on a CPU with native bf16 dot
+    products): a run resumed on another machine must not change them half way. The checkpoint of a run killed
+    after its first fold is rewritten to say the PyTorch body in bf16; the resumed run trains that way."""
     from safetensors.numpy import load_file, save_file
 
     from headstart.plugins.finetune.checkpoint import FILE, read_meta
-    from headstart.plugins.finetune.contrastive import native_bf16
 
     out = tmp_path / "model"
     args = ["finetune", str(data["train"]), "-b", f"hf:{data['bert']}", "-o", str(out), "--objective", "contrastive",
@@ -138,22 +145,23 @@ def test_a_resumed_run_keeps_the_precision_its_checkpoint_recorded(data: dict[st
     pauses, point = tmp_path / "pauses", "finetune-fold-end#1"
     assert run_and_kill_at(_cli(*args, home=env_home), pauses, point, ONE_THREAD)[0]["fold"] == 1
     meta = read_meta(out / "checkpoint")
-    decided = "bf16" if native_bf16() else "fp32"
-    assert meta["phase"] == "cv" and meta["precision"] == decided
-    other = {"bf16": "fp32", "fp32": "bf16"}[decided]
+    assert meta["phase"] == "cv" and meta["engine"] == "numpy" and meta["precision"] == "fp32"
     path = out / "checkpoint" / FILE
     from safetensors import safe_open
 
     with safe_open(str(path), "np") as fh:
         header = json.loads(fh.metadata()["headstart"])
-    save_file(load_file(str(path)), str(path), metadata={"headstart": json.dumps({**header, "precision": other})})
+    save_file(load_file(str(path)), str(path),
+              metadata={"headstart": json.dumps({**header, "engine": "torch", "precision": "bf16"})})
     resumed = subprocess.run(_cli(*args, "--resume", home=env_home), capture_output=True, text=True, timeout=300,
                              env=env_with(ONE_THREAD))
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
-    assert summary["resumed_from"]["folds_done"] == 1 and summary["info"]["precision"] == other
+    assert summary["resumed_from"]["folds_done"] == 1
+    assert summary["info"]["engine"] == "torch" and summary["info"]["precision"] == "bf16"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["finetune"]["info"]["precision"] == other and manifest["finetune"]["options"]["precision"] == "auto"
+    assert manifest["finetune"]["info"]["precision"] == "bf16" and manifest["finetune"]["options"]["precision"] == "auto"
+    assert manifest["finetune"]["export"]["parity"]["reference"] == "pytorch"  # the body that trained
 
 
 @pytest.mark.timeout(900)

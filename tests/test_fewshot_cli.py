@@ -1,13 +1,14 @@
-"""Issue 16, the fixed cost of ``headstart finetune --objective contrastive``: the trainable body is a plain-PyTorch
-BERT (plugins/backbones/bert_body.py) and the optimiser torch's fused AdamW kernel without torch.optim
-(plugins/finetune/adamw.py), so the command imports neither transformers nor torch._dynamo; the text items are
-read, not embedded with the base backbone (the contrastive finetuner never reads those vectors).
+"""Issue 16, the fixed cost of ``headstart finetune --objective contrastive``: the command imports neither
+transformers nor torch._dynamo, and where the backbone has a numpy twin (plugins/backbones/bert_numpy.py) not
+torch at all; the text items are read, not embedded with the base backbone (the contrastive finetuner never reads
+those vectors).
 
-Both must compute exactly what they replace: the plain body gives Hugging Face's BertModel outputs and gradients
-(dropout included, same seed), the optimiser torch.optim.AdamW(fused=True)'s updates and state, and a whole
-fine-tune through the CLI in a fresh process writes the same tuned weights (same content address) as the old
-path (Hugging Face body + torch.optim), whose export passes the parity gate and predicts without torch.
-"""
+The PyTorch body is a plain-PyTorch BERT (plugins/backbones/bert_body.py) with torch's fused AdamW kernel without
+torch.optim (plugins/finetune/adamw.py). Both must compute exactly what they replace: the plain body gives Hugging
+Face's BertModel outputs and gradients (dropout included, same seed), the optimiser torch.optim.AdamW(fused=True)'s
+updates and state, and a whole fine-tune through the CLI in a fresh process writes the same tuned weights (same
+content address) as the old path (Hugging Face body + torch.optim). The numpy body's fine-tune imports no torch,
+and its export passes the parity gate against it and predicts without torch."""
 
 from __future__ import annotations
 
@@ -22,20 +23,23 @@ import pytest
 
 from finetune_data import blind_task, csv_labels, distinct_tiny_bert, predict_in_fresh_process
 
-# the CLI in a fresh process; "before": the old trainable body and optimiser patched back in
+# the CLI in a fresh process; "torch": the PyTorch body (the backbone's numpy twin withheld); "before": the old
+# trainable body and optimiser patched back in as well; "numpy": as it runs
 RUN_CLI = """
 import json, sys
 from headstart.engine.cli import main
+from headstart.sdk import TorchBuilder
+if sys.argv[1] in ("before", "torch"):
+    TorchBuilder.numpy = lambda self: None
 if sys.argv[1] == "before":
-    from headstart.plugins.finetune import contrastive
-    from headstart.sdk import TorchBuilder
     import torch
+    from headstart.plugins.finetune import adamw
     TorchBuilder.plain = lambda self: None
-    contrastive._adamw = lambda groups: torch.optim.AdamW(groups, fused=True)
+    adamw.FusedAdamW = lambda groups: torch.optim.AdamW(groups, fused=True)
 code = main(sys.argv[2:])
 print(json.dumps({"code": code, "transformers": "transformers" in sys.modules,
                   "dynamo": "torch._dynamo" in sys.modules, "sklearn": "sklearn" in sys.modules,
-                  "scipy": "scipy" in sys.modules}), file=sys.stderr)
+                  "scipy": "scipy" in sys.modules, "torch": "torch" in sys.modules}), file=sys.stderr)
 """
 
 
@@ -195,16 +199,15 @@ def _finetune(path: str, data: dict[str, Path], name: str, home: Path) -> tuple[
     return json.loads(run.stdout), modules
 
 
-def test_the_cli_fine_tune_imports_neither_and_trains_the_same_weights(data: dict[str, Path], env_home: Path) -> None:
+def test_the_torch_body_imports_neither_and_trains_the_same_weights(data: dict[str, Path], env_home: Path) -> None:
     from headstart.engine.backbones.export import export
 
     # each path in its own home: the tuned weights are written and exported (parity gate) by each; the base
     # backbone's export (a one-time cost, which needs transformers) is made beforehand in the new path's home
     before, before_modules = _finetune("before", data, "before", data["root"] / "home-before")
-    base = export(f"hf:{data['bert']}", "fp32")
-    after, after_modules = _finetune("after", data, "after", env_home)
-    # the items were read, not embedded with the base backbone: its vectors would go unused
-    assert not (env_home / "features" / base.fingerprint).exists()
+    export(f"hf:{data['bert']}", "fp32")
+    after, after_modules = _finetune("torch", data, "torch", env_home)
+    assert after["info"]["engine"] == "torch" and after["export"]["parity"]["reference"] == "pytorch"
     assert before_modules["transformers"] and before_modules["dynamo"]  # the old path (the check can fail)
     assert not after_modules["transformers"] and not after_modules["dynamo"]
     # nor scikit-learn (the head's parameter check, the folds and the head's copy are headstart's own)
@@ -214,10 +217,25 @@ def test_the_cli_fine_tune_imports_neither_and_trains_the_same_weights(data: dic
     assert after["backbone"]["name"] == before["backbone"]["name"]
     assert after["export"]["fingerprint"] == before["export"]["fingerprint"]
     assert after["export"]["parity"]["min_cosine"] >= 0.9999
+
     def curve(summary: dict) -> list:  # the cross-validated curve and losses, without the timings
         return [{k: v for k, v in row.items() if k != "seconds"} for row in summary["history"]]
 
     assert curve(after) == curve(before)
+
+
+def test_the_numpy_body_fine_tunes_without_importing_torch(data: dict[str, Path], env_home: Path) -> None:
+    from headstart.engine.backbones.export import export
+
+    base = export(f"hf:{data['bert']}", "fp32")  # a one-time cost (it needs transformers and torch)
+    after, modules = _finetune("numpy", data, "numpy", env_home)
+    assert after["info"]["engine"] == "numpy" and after["info"]["precision"] == "fp32"
+    assert not any(modules[m] for m in ("torch", "transformers", "dynamo", "sklearn", "scipy")), modules
+    # the items were read, not embedded with the base backbone: its vectors would go unused
+    assert not (env_home / "features" / base.fingerprint).exists()
+    assert after["best_epoch"] >= 1
+    parity = after["export"]["parity"]  # the patched graph against the numpy body that trained
+    assert parity["reference"] == "numpy" and parity["min_cosine"] >= 0.9999 and parity["max_abs_diff"] <= 1e-4
     fresh = blind_task(data["root"] / "fresh.csv", 24, 41)
     got = predict_in_fresh_process(Path(after["model"]), fresh, env_home)
     assert got["torch"] is False and len(got["labels"]) == len(csv_labels(fresh))

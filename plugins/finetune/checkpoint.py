@@ -5,6 +5,10 @@ Tensors: ``model.<name>`` (current weights and buffers), ``best.<name>`` (the be
 ``rng.cuda`` (RNG states). Metadata ``headstart`` (JSON): format, epoch, best epoch and score,
 epochs without improvement, history, the optimiser's param groups, the grad scaler's state
 and the run's identity (what a resume must match). No pickle anywhere.
+
+A fine-tune that trains numpy arrays (a backbone's numpy twin, ``ArrayAdamW``) writes the same layout without
+torch (:func:`array_checkpoint_bytes`, :func:`load_array_checkpoint`); it draws its randomness from seeds
+derived from the run's seed and position, so it stores no RNG state.
 """
 
 from __future__ import annotations
@@ -53,6 +57,35 @@ def checkpoint_bytes(*, model: Any, best: dict[str, Any], optimizer: Any, scaler
     return save(tensors, metadata={"headstart": json.dumps(meta)})
 
 
+def array_checkpoint_bytes(*, weights: dict[str, Any], optimizer_state: dict[str, Any], state: dict[str, Any]) -> bytes:
+    """:func:`checkpoint_bytes` for numpy arrays: ``weights`` (name -> array) and an ``ArrayAdamW.state_dict()``."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    tensors = {f"model.{name}": np.asarray(value, order="C") for name, value in weights.items()}
+    for index, entry in optimizer_state["state"].items():
+        for key, value in entry.items():
+            tensors[f"optim.{index}.{key}"] = np.asarray(value, order="C")  # keeps 0-d steps 0-d
+    meta = {**state, "format": FORMAT, "param_groups": optimizer_state["param_groups"], "scaler": None}
+    return save(tensors, metadata={"headstart": json.dumps(meta)})
+
+
+def load_array_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(metadata, weights, optimiser state dict) of the checkpoint in ``folder``, as numpy arrays."""
+    from safetensors.numpy import load_file
+
+    meta = read_meta(folder)
+    assert meta is not None
+    tensors = load_file(str(folder / FILE))
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    return meta, weights, {"state": state, "param_groups": meta["param_groups"]}
+
+
 class BackgroundWriter:
     """Writes one checkpoint at a time on a thread (the fsync of tens of MB overlaps the next epoch).
 
@@ -94,7 +127,7 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(str(path), framework="numpy") as fh:
             meta = json.loads((fh.metadata() or {})["headstart"])
     except Exception as exc:  # noqa: BLE001 - truncated or foreign file
         raise FinetuneError(f"checkpoint {path} cannot be read: {type(exc).__name__}: {exc}",
@@ -123,7 +156,8 @@ def load_checkpoint(folder: Path, *, model: Any, optimizer: Any, scaler: Any,
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
-    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.torch" in tensors:  # absent where a numpy fine-tune wrote it (its randomness is seeded by position)
+        torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return meta, best

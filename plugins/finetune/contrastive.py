@@ -13,23 +13,28 @@ on the tuned embeddings), made cheap on a CPU:
   accuracy were the same within the seeds' spread, docs/finetune.md); the held-out score at
   epoch 0 (the frozen body) is the baseline reported as the frozen metrics;
 * only the top ``--unfreeze last:N`` blocks train; the frozen blocks below run once and their
-  output is replayed (block_cache.py), so a step costs the top blocks only;
+  output is replayed, so a step costs the top blocks only;
 * each step's loss covers every pair of the batch (pair_loss.py), hard pairs up-weighted, instead of
   sampling a few pairs per item;
-* on a CPU with native bf16 dot products (AVX512-BF16, AMX) the top blocks' training steps and the held-out
-  scoring run under bf16 autocast (``--precision auto``, the default; ``fp32`` / ``bf16`` force it): about
-  twice the matrix-product speed there (emulated, slower, elsewhere). The weights, optimiser, loss, cached
-  lower blocks and the embeddings the head is fitted on stay fp32, and the export is fp32;
+* the body that trains: where the backbone has a numpy twin (BERT text encoders: ``headstart.sdk.numpy_twin``)
+  and the run is fp32 (``--precision auto``, the default, or ``fp32``), the numpy body (numpy_body.py): no
+  torch import at all (1-2.5 s of a few-second run) and numpy's matrix products are as fast as torch's on
+  these sizes; else the PyTorch body (torch_body.py), where on a CPU with native bf16 dot products
+  (AVX512-BF16, AMX) ``auto`` (or ``bf16``) runs the top blocks' steps and the held-out scoring under bf16
+  autocast, about twice the matrix-product speed there. The weights, optimiser, loss, cached lower blocks
+  and the embeddings the head is fitted on stay fp32, and the export is fp32;
 * the tuned top blocks are written and their export started (``request.start_export``: the engine
-  exports and parity-checks on a thread, against the trained module itself), then the head (linear or
+  exports and parity-checks on a thread, against the trained body itself), then the head (linear or
   mlp, as asked; the engine passes it unfitted, no frozen head is fitted first) is fitted on the tuned
   embeddings of all items meanwhile.
 
 A checkpoint is written after every fold (curves and RNG only: each fold restarts from the base
-weights) and every epoch of the final run but its last (weights, optimiser moments, RNG; written on a
+weights) and every epoch of the final run but its last (weights, optimiser moments, RNG; the numpy body
+draws its dropout from seeds of the run's seed, fold, epoch and step instead, and stores none; written on a
 thread while the next epoch trains; the last epoch's weights become the tuned backbone at once, and a
 run killed before its model folder is written repeats that epoch, bit for bit); ``resume`` continues
-from it: finished folds are not re-run, the final run's state is restored. The tuned backbone's graph
+from it: finished folds are not re-run, the final run's state is restored, with the body and precision the
+run started with (another machine could decide ``auto`` otherwise). The tuned backbone's graph
 is the base export with the tuned weights patched in (graph_patch.py) when every changed weight can be
 placed; when cross-validation keeps the frozen body (0 epochs), the base backbone itself is returned and
 nothing new is exported.
@@ -44,19 +49,17 @@ import copy
 import json
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from headstart.sdk import ConfigError, FinetuneError, FinetunerSpec, hookimpl, pause_point, write_bytes_atomic
 
-from .block_cache import FrozenPrefix
-from .blocks import block_key, block_label, group_blocks
 from .checkpoint import FILE as CHECKPOINT_FILE
-from .checkpoint import BackgroundWriter, checkpoint_bytes, load_checkpoint, read_meta
+from .checkpoint import BackgroundWriter, read_meta
 from .finetuned import write_finetuned
 from .graph_patch import PLANS, plan_for
-from .pair_loss import centroid_scores, pair_cosine_loss
+from .pair_loss import centroid_scores
 
 if TYPE_CHECKING:  # pragma: no cover
     from headstart.sdk import FinetuneOutcome, FinetuneRequest
@@ -95,125 +98,71 @@ def schedule(smallest_class: int, unfreeze: str) -> tuple[str, str]:
     return ("all" if count is None else f"last:{math.ceil(count * WIDE_BLOCK_FACTOR)}"), "longest-within-se"
 
 
-class _Body:
-    """The backbone with its frozen prefix cached: embeddings of any rows of the labelled items."""
-
-    def __init__(self, request: "FinetuneRequest", items: list[Any], unfreeze: str | None = None) -> None:
-        import torch
-
-        from headstart.sdk import make_preprocessor, trainable_module, unfreeze_blocks
-
-        self.module = trainable_module(request.spec)
-        pre = make_preprocessor(request.spec)
-        prepared = pre.prepare_many(items)
-        for row, p in enumerate(prepared):
-            if isinstance(p, Exception):
-                raise FinetuneError(f"labelled item {row} could not be prepared: {p}",
-                                    hint="the source changed since it was embedded; run again")
-        self.inputs = {k: torch.from_numpy(v) for k, v in pre.collate(prepared).items()}
-        self.autocast: Any = None  # bf16 (set by run()): the top blocks' matrix products in bf16
-        self.mask = self.inputs.get("attention_mask") if request.spec.modality == "text" else None
-        blocks = group_blocks([n for n, _ in self.module.named_parameters()])
-        count = unfreeze_blocks(unfreeze or request.options.unfreeze)  # default: the asked blocks
-        first = 0 if count is None else max(0, len(blocks) - count)
-        self.trainable_names = [block_label(b) for b in blocks[first:]]
-        self.params = dict(self.module.named_parameters())
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.blocks = blocks[first:]
-        for block in self.blocks:
-            for name in block:
-                self.params[name].requires_grad_(True)
-        keys = [next((k for k in map(block_key, reversed(b)) if k is not None), None) for b in blocks]
-        self.prefix = FrozenPrefix(self.module, keys, first)
-        self.prefix.cache(self.inputs, lambda chunk: self.module(**chunk))
-        self.initial = {n: self.params[n].detach().clone() for b in self.blocks for n in b}
-        # what a checkpoint holds: the trainable parameters only (the frozen ones are the base backbone's)
-        self.trainable = torch.nn.ParameterDict({n.replace(".", "__"): self.params[n] for n in self.initial})
-
-    def reset(self) -> None:
-        import torch
-
-        with torch.no_grad():
-            for name, value in self.initial.items():
-                self.params[name].copy_(value)
-
-    def groups(self, lr: float, layer_decay: float, weight_decay: float) -> list[dict[str, Any]]:
-        groups = []
-        for depth, block in enumerate(reversed(self.blocks)):
-            named = [(n, self.params[n]) for n in block]
-            for decay, params in ((weight_decay, [p for n, p in named if p.ndim > 1]),
-                                  (0.0, [p for n, p in named if p.ndim <= 1])):
-                if params:
-                    groups.append({"params": params, "lr": lr * layer_decay ** depth, "weight_decay": decay})
-        return groups
-
-    def embed(self, rows: np.ndarray, exact: bool = False) -> Any:
-        """fp32 embeddings of ``rows`` (the top blocks under autocast unless ``exact``)."""
-        import torch
-
-        rows = np.asarray(rows)
-        width = None
-        if self.mask is not None:
-            width = int(self.mask[rows].sum(1).max())
-        batch = {k: (v[rows] if width is None else v[rows][:, :width]) for k, v in self.inputs.items()}
-        self.prefix.select(rows, width)
-        if self.autocast is None or exact:
-            return self.module(**batch)
-        with torch.autocast("cpu", dtype=self.autocast):
-            return self.module(**batch).float()
-
-    def embed_all(self, rows: np.ndarray, chunk: int = 128, exact: bool = False) -> np.ndarray:
-        import torch
-
-        self.module.eval()
-        with torch.inference_mode():
-            out = [self.embed(rows[s:s + chunk], exact).float().numpy() for s in range(0, len(rows), chunk)]
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def native_bf16() -> bool:
-    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX), where bf16 matrix products
-    run about twice as fast as fp32's (measured: a 640x384 @ 384x1536 product, 1 thread, 7.9 ms fp32, 3.5 ms
-    bf16 on an AVX512-BF16 EPYC); elsewhere they are emulated and slower."""
-    import torch
-
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # a torch without these probes: assume none
-        return False
-
-
 def _train_precision(asked: str) -> str:
-    """fp32 or bf16: ``auto`` is bf16 where the CPU has native bf16 dot products."""
+    """fp32 or bf16 for the PyTorch body: ``auto`` is bf16 where the CPU has native bf16 dot products."""
     if asked == "auto":
+        from .torch_body import native_bf16
+
         return "bf16" if native_bf16() else "fp32"
     return asked
 
 
-def _adamw(groups: list[dict[str, Any]]) -> Any:
-    """AdamW with the fused CPU kernel (several times faster per step than the per-tensor loop on a few
-    million parameters; the same update rule), without torch.optim's import of torch._dynamo (adamw.py)."""
-    from .adamw import FusedAdamW
+def _make_body(request: "FinetuneRequest", items: list[Any], unfreeze: str, recorded: dict[str, Any] | None) -> Any:
+    """The numpy body where the backbone has a numpy twin and the run trains in fp32 (``auto`` or ``fp32``: no
+    torch import, and numpy's matrix products are as fast on these sizes), else the PyTorch body. A resumed
+    run keeps the body its checkpoint recorded (checkpoints before the numpy body: PyTorch)."""
+    from headstart.sdk import numpy_twin
 
-    return FusedAdamW(groups)
+    opts = request.options
+    engine = (recorded.get("engine") or "torch") if recorded is not None else None
+    model = None
+    if engine in (None, "numpy") and opts.precision in ("auto", "fp32"):
+        model = numpy_twin(request.spec)
+    if engine == "numpy" and model is None:
+        raise FinetuneError("the checkpoint was written by the numpy body, which this backbone or --precision "
+                            "does not offer now", hint="resume with the same options, or delete the folder")
+    if model is not None:
+        from .numpy_body import NumpyBody
+
+        return NumpyBody(request, items, unfreeze, model)
+    from .torch_body import TorchBody
+
+    return TorchBody(request, items, unfreeze, opts.seed)
 
 
-def _train_epoch(body: _Body, optimizer: Any, y: Any, rows: np.ndarray, batch_size: int, seed: int) -> float:
+def _train_epoch(body: Any, optimizer: Any, y: np.ndarray, rows: np.ndarray, batch_size: int, seed: int) -> float:
     """One pass over ``rows`` in shuffled batches; each batch's loss covers all its pairs."""
-    import torch
-
-    body.module.train()
     order = np.random.default_rng(seed).permutation(rows)
     steps = max(1, round(len(order) / batch_size))
-    losses = []
-    for batch in np.array_split(order, steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss = pair_cosine_loss(body.embed(batch), y[torch.from_numpy(batch)], HARDNESS)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    losses = [body.step(optimizer, batch, y[batch], HARDNESS, seed * 1009 + i)
+              for i, batch in enumerate(np.array_split(order, steps))]
     return float(np.mean(losses))
+
+
+def _each_fold(body: Any, folds: range, train_fold: Any) -> Iterator[tuple[list[dict[str, Any]], int]]:
+    """``train_fold(body, fold)`` of each fold, in order. A body that can ``fork`` (the numpy body) trains the
+    folds side by side, one Python thread and one BLAS thread each (numpy releases the GIL in its kernels):
+    on 2 cores the two folds of a few-shot run took ~20-35% less time than one after the other on two BLAS
+    threads, which gain little on matrices this small. Always so, also for a single fold left on resume:
+    the same thread counts give the same rounding as an uninterrupted run. Else the folds run in turn."""
+    if not hasattr(body, "fork"):
+        for fold in folds:
+            yield train_fold(body, fold)
+        return
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from headstart.sdk import one_blas_thread
+
+    workers = max(1, min(len(folds), os.cpu_count() or 1))
+    with one_blas_thread(), ThreadPoolExecutor(workers, thread_name_prefix="headstart-fold") as pool:
+        futures = [pool.submit(train_fold, body.fork(), fold) for fold in folds]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def _folds(y: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -250,78 +199,61 @@ def _choose_epoch(curves: list[list[dict[str, Any]]], y: np.ndarray, folds: list
     return best, mean, pooled(best), pooled(0)
 
 
-def _graph_patch(spec: Any, body: _Body, state: dict[str, Any], tuned: dict[str, Any],
-                 cache: Any) -> dict[str, Any] | None:
-    """Where the tuned top blocks go in the base export's graph (graph_patch.py), or None: trace it."""
-    arrays = {n: v.detach().cpu().numpy() for n, v in tuned.items()}
-    base = {**{n: v.detach().cpu().numpy() for n, v in state.items()},
-            **{n: v.cpu().numpy() for n, v in body.initial.items()}}
-    return plan_for(spec, base, arrays, cache=cache)
-
-
 def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     """Choose the epochs by k-fold CV, train the top blocks on every item, fit the head, write the backbone."""
-    import torch
-
     from headstart.sdk import FinetuneOutcome
 
     opts = request.options
     if opts.device == "cuda" or opts.precision == "fp16":
         raise ConfigError("the contrastive objective runs on the CPU, in fp32 or bf16 (it trains the top blocks "
                           "of a few dozen items)", hint="use --device cpu (or auto) and --precision auto, fp32 or bf16")
-    torch.manual_seed(opts.seed)
     items = list(request.train_items) + list(request.val_items)
     y_np = np.concatenate([np.asarray(request.train_y, np.int64), np.asarray(request.val_y, np.int64)])
-    y = torch.from_numpy(y_np)
     n_classes = len(request.classes)
-    started = time.perf_counter()
-    unfreeze, rule = schedule(int(np.bincount(y_np).min()), opts.unfreeze)
-    body = _Body(request, items, unfreeze)
-    cache_seconds = time.perf_counter() - started
-    lr = opts.lr if opts.lr is not None else DEFAULT_LR
-    optimizer = _adamw(body.groups(lr, opts.layer_decay, opts.weight_decay))
-    folds = _folds(y_np, opts.seed)
     checkpoint = request.checkpoint_dir
     meta = read_meta(checkpoint) if request.resume else None
+    if meta is not None and (meta.get("identity") != json.loads(json.dumps(request.identity))
+                             or meta.get("objective") != "contrastive"):
+        raise FinetuneError(f"the checkpoint in {checkpoint} belongs to another run (other data, backbone, head, "
+                            "objective or options)", hint="resume with the same options, or delete the folder")
+    started = time.perf_counter()
+    unfreeze, rule = schedule(int(np.bincount(y_np).min()), opts.unfreeze)
+    body = _make_body(request, items, unfreeze, meta)
+    cache_seconds = time.perf_counter() - started
+    lr = opts.lr if opts.lr is not None else DEFAULT_LR
+    optimizer = body.optimizer(lr, opts.layer_decay, opts.weight_decay)
+    folds = _folds(y_np, opts.seed)
     resumed_from = None
     state: dict[str, Any] = {"phase": "cv", "curves": [], "epoch": 0, "history": [], "optimizer_steps": 0,
                              "best_epoch": 0, "best": None, "frozen": None, "stale": 0, "target_epochs": None,
-                             "precision": None}
-
-    def weights(phase: str) -> Any:  # during the k-fold phase the weights are reset per fold: not saved
-        return body.trainable if phase == "final" else torch.nn.ParameterDict()
-
+                             "precision": None, "engine": body.engine}
     if meta is not None:
-        if meta.get("identity") != json.loads(json.dumps(request.identity)) or meta.get("objective") != "contrastive":
-            raise FinetuneError(f"the checkpoint in {checkpoint} belongs to another run (other data, backbone, head, "
-                                "objective or options)", hint="resume with the same options, or delete the folder")
-        meta, _ = load_checkpoint(checkpoint, model=weights(meta["phase"]), optimizer=optimizer, scaler=None,
-                                  device="cpu")
+        # during the k-fold phase the weights are reset per fold: a checkpoint holds them in the final run only
+        meta = body.restore(checkpoint, optimizer, weights=meta["phase"] == "final")
         state = {k: meta.get(k, v) for k, v in state.items()}
         resumed_from = {"phase": state["phase"], "folds_done": len(state["curves"]), "epoch": state["epoch"],
                         "optimizer_steps": state["optimizer_steps"], "best_epoch": state["best_epoch"]}
         request.log(f"resumed from the checkpoint after {len(state['curves'])} folds, final-run epoch {state['epoch']}")
     checkpoint.mkdir(parents=True, exist_ok=True)
     # decided once per run: a resumed run keeps its precision (auto could decide otherwise on another machine)
-    state["precision"] = state["precision"] or _train_precision(opts.precision)
-    body.autocast = torch.bfloat16 if state["precision"] == "bf16" else None
+    state["precision"] = state["precision"] or ("fp32" if body.engine == "numpy" else _train_precision(opts.precision))
+    body.set_precision(state["precision"])
 
     def snapshot() -> bytes:
-        return checkpoint_bytes(model=weights(state["phase"]), best={}, optimizer=optimizer, scaler=None,
-                                state={**state, "identity": request.identity, "objective": "contrastive"})
+        return body.checkpoint(optimizer, {**state, "identity": request.identity, "objective": "contrastive"},
+                               weights=state["phase"] == "final")
 
     def save() -> None:
         write_bytes_atomic(checkpoint / CHECKPOINT_FILE, snapshot())
 
-    epochs_run = 0
-    # 1. k-fold: how many epochs generalise (each fold trains from the base weights on the other folds)
-    for fold in range(len(state["curves"]), len(folds) if state["phase"] == "cv" else 0):
+    def train_fold(fold_body: Any, fold: int) -> tuple[list[dict[str, Any]], int]:
+        """One fold from the base weights: its held-out curve (epoch 0 = the frozen body) and epochs run."""
         train_rows, held = folds[fold]
-        body.reset()
-        fold_opt = _adamw(body.groups(lr, opts.layer_decay, opts.weight_decay))
+        fold_body.reset()
+        fold_opt = fold_body.optimizer(lr, opts.layer_decay, opts.weight_decay)
 
         def score() -> dict[str, Any]:
-            emb = body.embed_all(np.concatenate([train_rows, held]))
+            emb = fold_body.embed_all(np.concatenate([train_rows, held]))
             acc, loss, pred = centroid_scores(emb[:len(train_rows)], y_np[train_rows], emb[len(train_rows):],
                                               y_np[held], n_classes)
             return {"acc": acc, "loss": loss, "pred": pred.tolist()}
@@ -329,8 +261,8 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         curve = [score()]
         best, stale = (curve[0]["acc"], -curve[0]["loss"]), 0
         for epoch in range(1, opts.epochs + 1):
-            _train_epoch(body, fold_opt, y, train_rows, opts.batch_size, opts.seed * 1_000_003 + fold * 1009 + epoch)
-            epochs_run += 1
+            _train_epoch(fold_body, fold_opt, y_np, train_rows, opts.batch_size,
+                         opts.seed * 1_000_003 + fold * 1009 + epoch)
             curve.append(score())
             if (curve[-1]["acc"], -curve[-1]["loss"]) > best:
                 best, stale = (curve[-1]["acc"], -curve[-1]["loss"]), 0
@@ -338,6 +270,13 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
                 stale += 1
                 if rule == "best" and stale >= opts.patience:
                     break
+        return curve, len(curve) - 1
+
+    epochs_run = 0
+    # 1. k-fold: how many epochs generalise (each fold trains from the base weights on the other folds)
+    remaining = range(len(state["curves"]), len(folds) if state["phase"] == "cv" else 0)
+    for fold, (curve, ran) in zip(remaining, _each_fold(body, remaining, train_fold)):
+        epochs_run += ran
         state["curves"].append(curve)
         request.log(f"fold {fold + 1}/{len(folds)}: held-out accuracy by epoch "
                     + " ".join(f"{c['acc']:.3f}" for c in curve))
@@ -368,7 +307,8 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     while state["epoch"] < state["target_epochs"]:
         epoch = state["epoch"] + 1
         tick = time.perf_counter()
-        loss = _train_epoch(body, optimizer, y, all_rows, opts.batch_size, opts.seed * 1_000_003 + 999_983 + epoch)
+        loss = _train_epoch(body, optimizer, y_np, all_rows, opts.batch_size,
+                            opts.seed * 1_000_003 + 999_983 + epoch)
         epochs_run += 1
         state["optimizer_steps"] += max(1, round(len(all_rows) / opts.batch_size))
         state["epoch"] = epoch
@@ -385,26 +325,25 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     durable()
     # 3. the tuned backbone is written and its export (parity gate) started, then the head is fitted meanwhile
     emb = body.embed_all(all_rows, exact=True)  # what the fp32 export computes: the head is fitted on it
-    body.prefix.restore()
+    tuned, base, tuned_arrays, reference = body.finish()
     if state["target_epochs"] == 0:  # no epoch beat the frozen body: it is kept (its cached export, no new one)
         ref, files = request.spec.name, []
     else:  # only the trained tensors are written (a delta over the base backbone's weights)
-        tuned = {n: body.params[n] for n in body.initial}
-        patch = _graph_patch(request.spec, body, body.module.state_dict(), tuned, request.finetuned_root / PLANS)
+        patch = plan_for(request.spec, base, tuned_arrays, cache=request.finetuned_root / PLANS)
         ref, files = write_finetuned(request.finetuned_root, request.spec.name, tuned,
                                      {"head": request.head_name, "objective": "contrastive",
                                       "best_epoch": state["best_epoch"],
                                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                       "graph_patch": patch}, delta=True)
-        request.start_export(ref, reference=body.module.eval())  # the trained module: the parity reference
+        request.start_export(ref, reference=reference)  # the trained model: the parity reference
     head = type(request.head)(**copy.deepcopy(request.head.get_params(deep=False)))  # sklearn's clone
     head.fit(emb, np.asarray(request.classes)[y_np])
-    info = {"device": "cpu", "precision": state["precision"], "objective": "contrastive",
+    info = {"device": "cpu", "precision": state["precision"], "engine": body.engine, "objective": "contrastive",
             "trainable_blocks": body.trainable_names,
             "schedule": {"unfreeze": unfreeze, "epoch_rule": rule},
-            "trainable_parameters": int(sum(v.numel() for v in body.initial.values())),
+            "trainable_parameters": body.trainable_parameters,
             "optimizer_steps": state["optimizer_steps"], "folds": len(folds), "items": len(items),
-            "cached_split": body.prefix.active, "cache_seconds": round(cache_seconds, 3),
+            "cached_split": body.cached_split, "cache_seconds": round(cache_seconds, 3),
             "base_body_kept": state["target_epochs"] == 0,
             "seconds": round(time.perf_counter() - started, 3)}
     if state["best"]:

@@ -33,13 +33,20 @@ def folder_for(root: Path, sha: str) -> Path:
 
 def write_finetuned(root: Path, base: str, state: dict[str, Any], info: dict[str, Any],
                     delta: bool = False) -> tuple[str, list[Path]]:
-    """Save ``state`` (a torch state dict, or with ``delta`` only the changed tensors of one) for base
-    backbone ``base``; return (ref, files)."""
-    from safetensors.torch import save
+    """Save ``state`` (a state dict of torch tensors or numpy arrays, or with ``delta`` only the changed tensors
+    of one) for base backbone ``base``; return (ref, files)."""
+    import numpy as np
 
     from headstart.sdk import write_bytes_atomic, write_json_atomic
 
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}  # save() copies them into bytes
+    if all(isinstance(v, np.ndarray) for v in state.values()):
+        from safetensors.numpy import save
+
+        tensors = {k: np.asarray(v, order="C") for k, v in state.items()}
+    else:
+        from safetensors.torch import save
+
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}  # save() copies them into bytes
     # one metadata key: safetensors writes its metadata map in a per-process random order, so two keys would
     # give the same weights different bytes, and the content address (sha256 of the bytes) would not be stable
     data = save(tensors, metadata={"headstart": json.dumps({"base": base, "delta": delta}, sort_keys=True)})
