@@ -168,8 +168,8 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
     """Write the graph into ``folder``, check parity, return the manifest's content (no identity yet).
 
     With a ``reference`` model in memory its probe outputs are computed while the graph is written and the
-    new graph runs the probe; the files are hashed and the opset read while the parity gate runs (hashing,
-    file I/O and the runtimes release the GIL)."""
+    new graph runs the probe; the files are flushed to the disk, hashed and the opset read while the parity gate
+    runs (hashing, file I/O and the runtimes release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .parity import check_parity, parity_on, probe_batches, reference_outputs
@@ -186,7 +186,7 @@ def _build(spec: "BackboneSpec", precision: str, folder: Path, settings: "Settin
         info, module, parity, probe, reference_graph = _write_graph(spec, precision, folder, settings, engine, items,
                                                                     pre, probe, min_cosine)
         paths = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST]
-        hashed = pool.submit(lambda: ({p.name: _sha(p) for p in paths}, _opset(out)))
+        hashed = pool.submit(lambda: ({p.name: _durable_sha(p) for p in paths}, _opset(out)))
         if parity is None:
             figures, ref_kind = parity_on(spec, probe, module, out, precision, reference_graph,
                                           expected=expected.result if expected is not None else None)
@@ -246,9 +246,13 @@ def _write_graph(spec: "BackboneSpec", precision: str, folder: Path, settings: "
     return info, None, None, probe, base.path
 
 
-def _sha(path: Path) -> str:
-    from ..store.atomic import sha256_file
+def _durable_sha(path: Path) -> str:
+    """The file's sha256, after its data is flushed to the disk: an exporter may leave that to this step
+    (the patched graph of a fine-tune does: the fsync then runs beside the parity gate, not before it), and the
+    manifest, which marks the export complete, is written after it."""
+    from ..store.atomic import fsync_file, sha256_file
 
+    fsync_file(path)
     return sha256_file(path)
 
 

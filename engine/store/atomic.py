@@ -134,10 +134,14 @@ def copy_file_atomic(src: str | os.PathLike[str], dst: str | os.PathLike[str], c
 
 
 def write_patched_copy_atomic(src: str | os.PathLike[str], dst: str | os.PathLike[str],
-                              patches: Iterable[tuple[int, bytes]]) -> None:
+                              patches: Iterable[tuple[int, bytes]], durable: bool = True) -> None:
     """Write ``dst`` atomically: a copy of ``src`` with each ``(offset, data)`` of ``patches`` written over its bytes
     (inside the file). The kernel copies the file (``shutil.copyfile``: sendfile), so a large file is not read
-    into memory and written back: for a 90 MB graph about 0.03 s against 0.1-0.3 s here."""
+    into memory and written back: for a 90 MB graph about 0.03 s against 0.1-0.3 s here.
+
+    ``durable=False`` skips the fsync of the data (0.13 s of a 90 MB graph here) for a caller that fsyncs ``dst``
+    itself (:func:`fsync_file`) before anything durable points at it: an export's manifest, say, which is what
+    marks the folder complete."""
     import shutil
 
     with _replacing(Path(dst)) as tmp:
@@ -152,9 +156,19 @@ def write_patched_copy_atomic(src: str | os.PathLike[str], dst: str | os.PathLik
                 while view:
                     written = FS.pwrite(fd, view, offset)
                     view, offset = view[written:], offset + written
-            FS.fsync(fd)
+            if durable:
+                FS.fsync(fd)
         finally:
             os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush ``path``'s data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        FS.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

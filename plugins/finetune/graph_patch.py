@@ -185,7 +185,8 @@ def write_spliced(graph: Path, plan: dict[str, list[list[str]]], offsets: dict[s
         return False  # overlapping spans: not the graph the plan was made on
     from headstart.sdk import write_patched_copy_atomic
 
-    write_patched_copy_atomic(graph, out, [(at, new) for at, _, new in patches])
+    # not fsynced here: the export fsyncs every file of the folder while its parity gate runs, before its manifest
+    write_patched_copy_atomic(graph, out, [(at, new) for at, _, new in patches], durable=False)
     return True
 
 
