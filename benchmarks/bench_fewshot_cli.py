@@ -1,16 +1,18 @@
-"""Wall clock of ``headstart finetune --objective contrastive`` in a fresh process, before/after, vs SetFit's.
+"""Wall clock of ``headstart finetune --objective contrastive`` in a fresh process, by code path, vs SetFit's.
 
     python benchmarks/bench_fewshot_cli.py [--tasks fortunes-short,debian6] [--k 8] [--seed 0] [--repeats 2]
-        [--threads 1,2] [--paths before,after] [--no-setfit]
+        [--threads 1,2] [--paths before,torch,after] [--no-setfit]
 
 For each task (benchmarks/_fewshot_data.py, sample ``--seed``, k items per class: fortunes-short = 2 classes, debian6 =
 6 classes) and thread count (``--threads``: OMP/MKL threads of every process, SetFit's too; 2 = this machine's
 default) every run is a new process with its own new HEADSTART_HOME that shares only the base
 MiniLM export and its graph-patch plan (one-time costs, measured separately as ``first run``); the items are
-embedded afresh, as new data would be. Runs of the two code paths alternate, on the same machine at the same time:
+embedded afresh, as new data would be. Runs of the code paths alternate, on the same machine at the same time:
 
 * ``after``: ``headstart finetune TRAIN.csv --backbone minilm --objective contrastive --head linear -o M --json``;
-* ``before``: the same through benchmarks/_fewshot_cli_before.py (Hugging Face's BertModel as the trainable body,
+* ``torch``: the same through benchmarks/_fewshot_cli_paths.py with the backbone's numpy twin withheld: the
+  PyTorch body (plain-PyTorch BERT, fused AdamW), as before the numpy body;
+* ``before``: the same through benchmarks/_fewshot_cli_paths.py (Hugging Face's BertModel as the trainable body,
   torch.optim's AdamW: the imports of transformers and torch._dynamo are back; the items embedded with the base
   backbone first; an unfused graph copied into place).
 
@@ -20,8 +22,11 @@ seconds, all threads: the figure least moved by other jobs on a shared machine),
 and parity, model folder), ``startup`` = wall - api (interpreter, CLI, plugin loading, the head's parameter check, process exit),
 ``body+cache`` and ``finetuner`` (the finetuner's own ``cache_seconds`` / ``seconds``); one extra run per path
 with ``python -X importtime`` gives the import seconds by top-level package. SetFit 1.2 (the venv of
-bench_fewshot.py) runs on the same CSV: its whole process (model load, train, predict 2k items) and its own
-train seconds (model load + train); both ratios are reported. ``first run``: ``after`` in an empty home (base
+bench_fewshot.py) runs on the same CSV once per timed round, alternating with ours: its whole process (model load,
+train, predict 2k items) and its own train seconds (model load + train), medians; the ratios: our wall to its wall,
+our wall to its train seconds (``vs_setfit_train``, the strict one: our interpreter start, imports, export and parity
+gate against its training alone) and our ``api`` to its train seconds. Bytecode is compiled first (``compileall``),
+as a regular install has it. ``first run``: ``after`` in an empty home (base
 export with parity gate, patch plan, then the fine-tune); the base export's own seconds come from its manifest.
 
 Writes benchmarks/results/fewshot_cli.json and prints the table. Record the machine's load with
@@ -50,13 +55,13 @@ from _corpus import write_labelled_csv  # noqa: E402
 from _fewshot_data import TASKS, sample  # noqa: E402
 
 RUNS = WORK / "fewshot_cli"
-BEFORE = Path(__file__).resolve().parent / "_fewshot_cli_before.py"
+PATHS = Path(__file__).resolve().parent / "_fewshot_cli_paths.py"
 IMPORT_GROUPS = ("torch._dynamo", "torch", "transformers", "sklearn", "scipy", "pandas", "sympy", "onnxruntime",
                  "onnx", "headstart")
 
 
 def finetune_cmd(path: str, train: Path, out: Path, importtime: bool = False) -> list[str]:
-    entry = [str(BEFORE)] if path == "before" else ["-m", "headstart"]
+    entry = ["-m", "headstart"] if path == "after" else [str(PATHS), path]
     return [sys.executable, *(["-X", "importtime"] if importtime else []), *entry, "finetune", str(train),
             "--backbone", "minilm", "--objective", "contrastive", "--head", "linear", "-o", str(out), "--json",
             "--no-progress"]
@@ -126,7 +131,8 @@ def run_headstart(path: str, train: Path, home: Path, out: Path, importtime: boo
     row = {"wall_s": got["wall_s"], "cpu_s": got["cpu_s"], "api_s": round(api, 3), "startup_s": round(got["wall_s"] - api, 3),
            "body_cache_s": info.get("cache_seconds"), "finetuner_s": info.get("seconds"),
            "accuracy_cv": summary["finetuned"]["accuracy"], "best_epoch": summary["best_epoch"],
-           "backbone": summary["backbone"]["name"], "precision": info.get("precision"), "load_before": load,
+           "backbone": summary["backbone"]["name"], "body": info.get("engine", "torch"),
+           "precision": info.get("precision"), "load_before": load,
            "load_after": loadavg()}
     if importtime:
         row["imports_s"] = import_seconds(got["stderr"])
@@ -159,11 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="which sample of k items per class (_fewshot_data.sample)")
     p.add_argument("--repeats", type=int, default=2, help="runs per code path and task (alternating)")
     p.add_argument("--threads", default="1", help="comma-separated thread counts, each a round of its own [1]")
-    p.add_argument("--paths", default="before,after", help="code paths to run: before, after or both [both]")
+    p.add_argument("--paths", default="torch,after", help="code paths to run: before, torch, after [torch,after]")
     p.add_argument("--no-setfit", action="store_true")
     p.add_argument("--out", default="fewshot_cli")
     args = p.parse_args(argv)
     info = machine()
+    # bytecode compiled once, as a regular (non-editable) pip install does and as SetFit's venv has it: an editable
+    # install under PYTHONDONTWRITEBYTECODE (this sandbox's default) would compile every module on every start
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "engine"), str(ROOT / "plugins")],
+                   check=True, stdout=subprocess.DEVNULL)
     base = RUNS / "homes" / "base"
     tasks = args.tasks.split(",")
     data = {}
@@ -178,10 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"first_run": first}), flush=True)
     rows: list[dict[str, Any]] = []
     thread_counts = [int(t) for t in args.threads.split(",")]
-    paths = [p for p in ("before", "after") if p in args.paths.split(",")]
+    paths = [p for p in ("before", "torch", "after") if p in args.paths.split(",")]
     for threads, task in ((t, task) for t in thread_counts for task in tasks):
         for rep in range(args.repeats + 1):  # the last round runs under -X importtime (import phases only)
-            for path in (paths[::-1] if rep % 2 else paths):
+            order = (["setfit"] if rep < args.repeats and not args.no_setfit else []) + paths
+            for path in (order[::-1] if rep % 2 else order):
+                if path == "setfit":  # SetFit's run alternates with ours too (first, then last)
+                    row = {"task": task, "k": args.k, "classes": len(TASKS[task]), "threads": threads,
+                           "path": "setfit", "repeat": rep, **run_setfit(data[task], threads)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    continue
                 importtime = rep == args.repeats
                 home = fresh_home(base, f"{task}-{path}-{rep}")
                 row = {"task": task, "k": args.k, "classes": len(TASKS[task]), "threads": threads, "path": path,
@@ -190,40 +207,41 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 shutil.rmtree(home, ignore_errors=True)
                 print(json.dumps(row), flush=True)
-        if not args.no_setfit:
-            row = {"task": task, "k": args.k, "classes": len(TASKS[task]), "threads": threads, "path": "setfit",
-                   **run_setfit(data[task], threads)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
     cells = []
     for threads, task in ((t, task) for t in thread_counts for task in tasks):
         ours = [r for r in rows if r["task"] == task and r["threads"] == threads]
         timed = {path: [r for r in ours if r["path"] == path and not r.get("importtime")] for path in paths}
         imports = {path: next((r["imports_s"] for r in ours if r["path"] == path and r.get("importtime")), {})
                    for path in paths}
-        setfit = next((r for r in ours if r["path"] == "setfit"), None)
+        setfits = [r for r in ours if r["path"] == "setfit"]
+        setfit = {key: med(setfits, key) for key in ("wall_s", "cpu_s", "train_s")} if setfits else None
         for path in paths:
             cell = {"task": task, "classes": len(TASKS[task]), "k": args.k, "threads": threads, "path": path,
-                    "runs": len(timed[path]), "precision": next((r.get("precision") for r in timed[path]), None),
+                    "runs": len(timed[path]), "body": next((r.get("body") for r in timed[path]), None),
+                    "precision": next((r.get("precision") for r in timed[path]), None),
                     **{key: med(timed[path], key) for key in ("wall_s", "cpu_s", "api_s", "startup_s",
                                                               "body_cache_s", "finetuner_s")},
                     "best_epoch": med(timed[path], "best_epoch"),  # 0: the frozen body kept, no tuned export
                     "imports_s": imports[path].get("total"), "import_torch_dynamo_s": imports[path].get("torch._dynamo"),
-                    "import_transformers_s": imports[path].get("transformers")}
+                    "import_transformers_s": imports[path].get("transformers"),
+                    "import_torch_s": imports[path].get("torch")}
             if setfit:
                 cell["setfit_wall_s"], cell["setfit_train_s"] = setfit["wall_s"], setfit["train_s"]
                 cell["setfit_cpu_s"] = setfit["cpu_s"]
                 cell["vs_setfit_wall"] = round(cell["wall_s"] / setfit["wall_s"], 3)
+                cell["setfit_runs"] = len(setfits)
                 cell["vs_setfit_train"] = round(cell["wall_s"] / setfit["train_s"], 3)
+                cell["api_vs_setfit_train"] = round(cell["api_s"] / setfit["train_s"], 3)
                 cell["vs_setfit_cpu"] = round(cell["cpu_s"] / setfit["cpu_s"], 3)
             cells.append(cell)
     payload = {"benchmark": "fewshot_cli", "machine": {**info, "loadavg_end": loadavg()}, "k": args.k, "seed": args.seed,
                "repeats": args.repeats, "threads": thread_counts, "tasks": {t: list(TASKS[t]) for t in tasks},
                "first_run": first, "cells": cells, "rows": rows}
     path = save(args.out, payload)
-    columns = ["task", "classes", "threads", "path", "precision", "runs", "best_epoch", "wall_s", "cpu_s", "api_s", "startup_s", "body_cache_s", "finetuner_s",
-               "imports_s", "import_transformers_s", "import_torch_dynamo_s", "setfit_wall_s", "setfit_cpu_s", "setfit_train_s",
-               "vs_setfit_wall", "vs_setfit_train", "vs_setfit_cpu"]
+    columns = ["task", "classes", "threads", "path", "body", "precision", "runs", "best_epoch", "wall_s", "cpu_s", "api_s",
+               "startup_s", "body_cache_s", "finetuner_s", "imports_s", "import_torch_s", "import_transformers_s",
+               "import_torch_dynamo_s", "setfit_runs", "setfit_wall_s", "setfit_cpu_s", "setfit_train_s",
+               "vs_setfit_wall", "vs_setfit_train", "api_vs_setfit_train", "vs_setfit_cpu"]
     print(table(cells, columns))
     print(f"first run (empty home: base export {first.get('base_export_s')} s + plan + fine-tune): "
           f"wall {first['wall_s']} s; load {info['loadavg_start']} -> {loadavg()}; wrote {path.relative_to(ROOT)}")

@@ -292,16 +292,18 @@ def fewshot_cli(results: Path, base: str) -> str:
     threads = r["threads"] if isinstance(r["threads"], list) else [r["threads"]]
     return (f"`{r['machine']['command']}` — {_source('fewshot_cli', r, base)}; fresh processes at "
             f"{' and '.join(map(str, threads))} thread(s) (SetFit too), medians of "
-            f"{r['repeats']} alternating runs per path (imports: one extra run under `-X importtime`):\n"
-            + _table(rows, [("task", "task"), ("threads", "threads"), ("path", "path"),
+            f"{r['repeats']} alternating runs per path, SetFit's among them (imports: one extra run under "
+            f"`-X importtime`):\n"
+            + _table(rows, [("task", "task"), ("threads", "threads"), ("path", "path"), ("body", "body"),
                             ("training precision", "precision"), ("epochs chosen", "best_epoch"), ("wall s", "wall_s"),
                             ("CPU s", "cpu_s"),
                             ("fine-tune call s", "api_s"), ("outside the call s", "startup_s"),
-                            ("body + cache s", "body_cache_s"), ("imports s", "imports_s"),
+                            ("body + cache s", "body_cache_s"), ("imports s", "imports_s"), ("of which torch", "import_torch_s"),
                             ("of which transformers", "import_transformers_s"),
                             ("of which torch._dynamo", "import_torch_dynamo_s"), ("SetFit wall s", "setfit_wall_s"),
-                            ("SetFit train s", "setfit_train_s"), ("wall / SetFit wall", "vs_setfit_wall"),
-                            ("wall / SetFit train", "vs_setfit_train"), ("CPU / SetFit CPU", "vs_setfit_cpu")])
+                            ("SetFit train s", "setfit_train_s"), ("SetFit runs", "setfit_runs"),
+                            ("wall / SetFit wall", "vs_setfit_wall"), ("wall / SetFit train", "vs_setfit_train"),
+                            ("call / SetFit train", "api_vs_setfit_train"), ("CPU / SetFit CPU", "vs_setfit_cpu")])
             + f"\nFirst run in an empty home (base MiniLM export {first.get('base_export_s')} s with its parity gate, "
               f"the patch plan, then the fine-tune): {first['wall_s']} s wall.\n\n" + _machine_line(r) + "\n")
 
