@@ -10,7 +10,10 @@ from typing import Any
 def one_blas_thread() -> AbstractContextManager:
     """Limit the loaded BLAS libraries to one thread for the block, through threadpoolctl (installed with
     scikit-learn; a no-op without it). For small matrix products, where thread barriers cost more than they
-    save, and for work that runs on several Python threads at once, each wanting a core of its own."""
+    save, and for work that runs on several Python threads at once, each wanting a core of its own.
+
+    Enter it on the main thread: OpenBLAS (0.3.31, numpy's) ignores a thread count set from another thread
+    once the main thread has set one; the count it sets holds for every thread."""
     controller = _blas_controller()
     return nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
 
