@@ -7,7 +7,7 @@ epochs without improvement, history, the optimiser's param groups, the grad scal
 and the run's identity (what a resume must match). No pickle anywhere.
 
 A fine-tune that trains numpy arrays (a backbone's numpy twin, ``ArrayAdamW``) writes the same layout without
-torch (:func:`array_checkpoint_bytes`, :func:`load_array_checkpoint`); it draws its randomness from seeds
+torch (:func:`array_checkpoint_chunks`, :func:`load_array_checkpoint`); it draws its randomness from seeds
 derived from the run's seed and position, so it stores no RNG state.
 """
 
@@ -57,17 +57,46 @@ def checkpoint_bytes(*, model: Any, best: dict[str, Any], optimizer: Any, scaler
     return save(tensors, metadata={"headstart": json.dumps(meta)})
 
 
-def array_checkpoint_bytes(*, weights: dict[str, Any], optimizer_state: dict[str, Any], state: dict[str, Any]) -> bytes:
-    """:func:`checkpoint_bytes` for numpy arrays: ``weights`` (name -> array) and an ``ArrayAdamW.state_dict()``."""
+def array_checkpoint_chunks(*, weights: dict[str, Any], optimizer_state: dict[str, Any],
+                            state: dict[str, Any]) -> list[Any]:
+    """:func:`checkpoint_bytes` for numpy arrays: ``weights`` (name -> array) and an ``ArrayAdamW.state_dict()``,
+    as the chunks of a safetensors file (:func:`safetensors_chunks`; the weights copied: training goes on)."""
     import numpy as np
-    from safetensors.numpy import save
 
-    tensors = {f"model.{name}": np.asarray(value, order="C") for name, value in weights.items()}
-    for index, entry in optimizer_state["state"].items():
+    tensors = {f"model.{name}": np.array(value, order="C") for name, value in weights.items()}
+    for index, entry in optimizer_state["state"].items():  # state_dict() holds copies already
         for key, value in entry.items():
             tensors[f"optim.{index}.{key}"] = np.asarray(value, order="C")  # keeps 0-d steps 0-d
     meta = {**state, "format": FORMAT, "param_groups": optimizer_state["param_groups"], "scaler": None}
-    return save(tensors, metadata={"headstart": json.dumps(meta)})
+    return safetensors_chunks(tensors, {"headstart": json.dumps(meta)})
+
+
+#: safetensors' dtype names of the numpy dtypes a checkpoint holds
+_SAFETENSORS_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "int64": "I64", "int32": "I32",
+                       "uint8": "U8", "bool": "BOOL"}
+
+
+def safetensors_chunks(tensors: dict[str, Any], metadata: dict[str, str]) -> list[Any]:
+    """A safetensors file as chunks to write one after the other (``write_bytes_atomic`` takes them): the 8-byte
+    header length, the JSON header (padded with spaces to a multiple of 8 bytes, as safetensors writes it), then
+    each array's memory in header order, not copied. ``safetensors.numpy.save`` returns one ``bytes`` instead,
+    after two copies of every array (0.02-0.09 s for a 42 MB checkpoint here, on the training thread)."""
+    import struct
+
+    header: dict[str, Any] = {"__metadata__": metadata}
+    chunks: list[Any] = []
+    offset = 0
+    for name, array in tensors.items():
+        dtype = _SAFETENSORS_DTYPES.get(array.dtype.name)
+        if dtype is None or not array.flags.c_contiguous:
+            raise ValueError(f"tensor {name!r}: {array.dtype} {'' if array.flags.c_contiguous else 'strided '}"
+                             "cannot be written")
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+        chunks.append(memoryview(array.reshape(-1)).cast("B"))
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return [struct.pack("<Q", len(encoded)), encoded, *chunks]
 
 
 def load_array_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -94,7 +123,7 @@ class BackgroundWriter:
     def __init__(self, path: Path) -> None:
         self.path, self.thread, self.error = path, None, None
 
-    def submit(self, data: bytes) -> None:
+    def submit(self, data: bytes | list[Any]) -> None:
         import threading
 
         from headstart.sdk import write_bytes_atomic

@@ -239,7 +239,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
     state["precision"] = state["precision"] or ("fp32" if body.engine == "numpy" else _train_precision(opts.precision))
     body.set_precision(state["precision"])
 
-    def snapshot() -> bytes:
+    def snapshot() -> bytes | list[Any]:
         return body.checkpoint(optimizer, {**state, "identity": request.identity, "objective": "contrastive"},
                                weights=state["phase"] == "final")
 

@@ -19,7 +19,7 @@ from headstart.sdk import FinetuneError
 
 from .adamw import ArrayAdamW
 from .blocks import block_label, group_blocks
-from .checkpoint import array_checkpoint_bytes, load_array_checkpoint
+from .checkpoint import array_checkpoint_chunks, load_array_checkpoint
 from .pair_loss import pair_cosine_loss_np
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -140,10 +140,11 @@ class NumpyBody:
     def _keys(self) -> dict[str, str]:
         return {n: n.replace(".", "__") for n in self.initial}  # the PyTorch body's checkpoint keys
 
-    def checkpoint(self, optimizer: ArrayAdamW, state: dict[str, Any], weights: bool) -> bytes:
-        """The checkpoint's bytes: the state, the optimiser and (``weights``) the trainable weights."""
+    def checkpoint(self, optimizer: ArrayAdamW, state: dict[str, Any], weights: bool) -> list[Any]:
+        """The checkpoint file's chunks (a snapshot): the state, the optimiser and (``weights``) the trainable
+        weights."""
         kept = {key: self.model.params[n] for n, key in self._keys().items()} if weights else {}
-        return array_checkpoint_bytes(weights=kept, optimizer_state=optimizer.state_dict(), state=state)
+        return array_checkpoint_chunks(weights=kept, optimizer_state=optimizer.state_dict(), state=state)
 
     def restore(self, folder: Path, optimizer: ArrayAdamW, weights: bool) -> dict[str, Any]:
         meta, saved, optimizer_state = load_array_checkpoint(folder)
