@@ -20,6 +20,7 @@ from headstart.sdk import FinetuneError
 from .adamw import ArrayAdamW
 from .blocks import block_label, group_blocks
 from .checkpoint import array_checkpoint_chunks, load_array_checkpoint
+from .items import collated_items
 from .pair_loss import pair_cosine_loss_np
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,17 +56,11 @@ class NumpyBody:
     engine = "numpy"
 
     def __init__(self, request: "FinetuneRequest", items: list[Any], unfreeze: str, model: Any) -> None:
-        from headstart.sdk import make_preprocessor, unfreeze_blocks
+        from headstart.sdk import unfreeze_blocks
 
         reuse_freed_memory()
         self.model = model
-        pre = make_preprocessor(request.spec)
-        prepared = pre.prepare_many(items)
-        for row, p in enumerate(prepared):
-            if isinstance(p, Exception):
-                raise FinetuneError(f"labelled item {row} could not be prepared: {p}",
-                                    hint="the source changed since it was embedded; run again")
-        self.inputs = pre.collate(prepared)
+        self.inputs = collated_items(request.spec, items)
         self.mask = self.inputs["attention_mask"]
         blocks = group_blocks(list(model.params))
         count = unfreeze_blocks(unfreeze)

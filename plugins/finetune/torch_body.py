@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from headstart.sdk import FinetuneError
-
 from .block_cache import FrozenPrefix
 from .blocks import block_key, block_label, group_blocks
 from .checkpoint import checkpoint_bytes, load_checkpoint
+from .items import collated_items
 from .pair_loss import pair_cosine_loss
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,17 +33,11 @@ class TorchBody:
     def __init__(self, request: "FinetuneRequest", items: list[Any], unfreeze: str, seed: int) -> None:
         import torch
 
-        from headstart.sdk import make_preprocessor, trainable_module, unfreeze_blocks
+        from headstart.sdk import trainable_module, unfreeze_blocks
 
         torch.manual_seed(seed)
         self.module = trainable_module(request.spec)
-        pre = make_preprocessor(request.spec)
-        prepared = pre.prepare_many(items)
-        for row, p in enumerate(prepared):
-            if isinstance(p, Exception):
-                raise FinetuneError(f"labelled item {row} could not be prepared: {p}",
-                                    hint="the source changed since it was embedded; run again")
-        self.inputs = {k: torch.from_numpy(v) for k, v in pre.collate(prepared).items()}
+        self.inputs = {k: torch.from_numpy(v) for k, v in collated_items(request.spec, items).items()}
         self.autocast: Any = None  # bf16 (set_precision): the top blocks' matrix products in bf16
         self.mask = self.inputs.get("attention_mask") if request.spec.modality == "text" else None
         blocks = group_blocks([n for n, _ in self.module.named_parameters()])
