@@ -3,6 +3,7 @@
     python benchmarks/bench_fewshot.py [--tasks debian6,debian-net-web] [--sizes 8,16,32] [--seeds 5]
                                        [--setfit-sizes 8,16,32] [--setfit-seeds 5] [--test-per-class 50]
     python benchmarks/bench_fewshot.py --merge A.json B.json [--out benchmarks/results/fewshot.json]
+    (later files' rows replace earlier ones of the same task, size, seed and method)
     python benchmarks/bench_fewshot.py ... --setfit-cache reuse      # SetFit rows from the cache when there
     python benchmarks/bench_fewshot.py --import-setfit RESULT.json   # fill the cache from an earlier result file
 
@@ -201,12 +202,19 @@ def table(cells: list[dict[str, Any]]) -> str:
 
 
 def merge(parts: list[Path], out: Path) -> int:
-    """One result file from runs made side by side (each part keeps its own machine record and load)."""
+    """One result file from runs made side by side (each part keeps its own machine record and load). A row of a
+    later part replaces an earlier part's row of the same task, size, seed and method (a method re-run after a
+    change: ``--merge benchmarks/results/fewshot.json RERUN.json``); a part that is itself a merge keeps its parts."""
     loaded = [json.loads(p.read_text()) for p in parts]
-    rows = [r for d in loaded for r in d["rows"]]
+    by_key = {(r["task"], r["k"], r["seed"], r["method"]): r for d in loaded for r in d["rows"]}
+    rows = list(by_key.values())
     first = loaded[0]
-    data = {**first, "machine": {**first["machine"], "command": " & ".join(d["machine"]["command"] for d in loaded)},
-            "parts": [{"file": p.name, "machine": d["machine"]} for p, d in zip(parts, loaded)],
+    machines = [part for p, d in zip(parts, loaded)
+                for part in (d.get("parts") or [{"file": p.name, "machine": d["machine"]}])]
+    notes = " Then: ".join(dict.fromkeys(m["machine"]["notes"].rstrip(".") for m in machines if m["machine"].get("notes")))
+    data = {**first, "machine": {**first["machine"], "command": " & ".join(m["machine"]["command"] for m in machines),
+                                 "date": max(m["machine"]["date"] for m in machines), "notes": notes},
+            "parts": machines,
             "tasks": {t: v for d in loaded for t, v in d["tasks"].items()}, "rows": rows, "cells": summarise(rows)}
     out.write_text(json.dumps(data, indent=1) + "\n")
     print(table(data["cells"]))
