@@ -118,26 +118,34 @@ def test_int8_efficientnet_keeps_its_first_convs_fp32_and_holds_parity(efficient
 RUN_GRAPH = r"""
 import sys, numpy as np, onnxruntime as ort
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-np.save(sys.argv[3], session.run(None, {session.get_inputs()[0].name: np.load(sys.argv[2])})[0])
+inputs = np.load(sys.argv[2])
+np.save(sys.argv[3], session.run(None, {i.name: inputs[i.name] for i in session.get_inputs()})[0])
 """
 
 
-def test_static_int8_export_computes_alike_on_a_cpu_without_vnni(efficientnet_int8, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "minilm-l6"])
+def test_int8_export_computes_alike_on_a_cpu_without_vnni(name: str, request: pytest.FixtureRequest,
+                                                          tmp_path: Path) -> None:
     """On x86 without AVX512-VNNI onnxruntime's uint8 x int8 kernels add pairs of products in saturating int16:
     the int8 graph, run under qemu emulating a Haswell CPU (AVX2, no VNNI, no AVX-512), must give exactly what
-    it gives on this one (with 8-bit weights it gave min cosine 0.970 to its own output here on 8 photo crops)."""
-    int8, _ = efficientnet_int8
+    it gives on this one. With 8-bit weights, measured on a VNNI CPU: min cosine 0.970 between the two outputs
+    (EfficientNet-Lite0, static) and 0.964 (MiniLM, dynamic)."""
+    if name == "efficientnet-lite0":
+        int8 = request.getfixturevalue("efficientnet_int8")[0]
+        items: list = _photo_crops(8, seed=3)
+    else:
+        int8 = export(name, "int8")
+        items = [t[:200] for t in _texts_200()[:8]]  # short: qemu runs a transformer slowly
     pre = make_preprocessor(int8.spec)
-    batch = pre.collate(pre.prepare_many(_photo_crops(8, seed=3)))
-    np.save(tmp_path / "in.npy", batch["pixel_values"])
+    np.savez(tmp_path / "in.npz", **pre.collate(pre.prepare_many(items)))
     outputs = {}
     for cpu, prefix in (("this", []), ("haswell", ["qemu-x86_64", "-cpu", "Haswell"])):
         out = tmp_path / f"{cpu}.npy"
-        proc = subprocess.run([*prefix, sys.executable, "-c", RUN_GRAPH, str(int8.path), str(tmp_path / "in.npy"),
+        proc = subprocess.run([*prefix, sys.executable, "-c", RUN_GRAPH, str(int8.path), str(tmp_path / "in.npz"),
                                str(out)], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         outputs[cpu] = np.load(out)
-    assert outputs["this"].shape == outputs["haswell"].shape == (8, 1280)
+    assert len(outputs["this"]) == 8 and outputs["this"].shape == outputs["haswell"].shape
     np.testing.assert_allclose(outputs["haswell"], outputs["this"], rtol=0, atol=1e-5)
 
 

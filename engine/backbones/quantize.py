@@ -46,20 +46,36 @@ def fuse_transformer(model_path: Path, skip_layernorm: bool = True) -> bytes | N
     return model.SerializeToString()
 
 
+#: Why every int8 graph here has its weights in 7 bits (onnxruntime's ``reduce_range``): on x86 CPUs without
+#: AVX512-VNNI onnxruntime's uint8 x int8 kernels add pairs of products in saturating 16-bit integers, so a graph
+#: with 8-bit weights gives other numbers there than on the machine that gated it (measured under
+#: `qemu-x86_64 -cpu Haswell`: EfficientNet-Lite0 int8 min cosine 0.970 to its own output on a VNNI CPU,
+#: MiniLM int8 0.964). In 7 bits no pair can saturate: the same graph computes alike on every x86 CPU.
+REDUCE_RANGE = True
+
+
+def quantize_dynamic_int8(src: Path, dst: Path, ops: Iterable[str], *, exclude: Iterable[str] = (),
+                          only: Iterable[str] | None = None) -> None:
+    """onnxruntime's dynamic int8 of the ``ops`` nodes of ``src`` into ``dst``: weights per channel, in 7 bits
+    (:data:`REDUCE_RANGE`); ``exclude``: nodes kept fp32; ``only``: quantise just these nodes."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_root_logger():
+        # fused com.microsoft ops defeat onnx shape inference; their float tensors are FLOAT
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=REDUCE_RANGE, op_types_to_quantize=list(ops), nodes_to_exclude=list(exclude),
+                         nodes_to_quantize=list(only) if only is not None else None,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
 def int8_dynamic(src: Path, dst: Path, recipe: "Int8Recipe") -> list[str]:
     """Dynamic int8 quantisation, weights per channel, of ``recipe.ops``: for transformers.
 
     Returns the names of the nodes kept fp32 (``recipe.fp32_nodes``).
     """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     kept = matching_nodes(src, recipe.fp32_nodes)
-    with _quiet_root_logger():
-        # fused com.microsoft ops defeat onnx shape inference; their float tensors are FLOAT
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=list(recipe.ops), nodes_to_exclude=kept,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic_int8(src, dst, recipe.ops, exclude=kept)
     return kept
 
 
@@ -116,13 +132,8 @@ def int8_static(src: Path, dst: Path, batches: list[dict[str, "np.ndarray"]], re
             quant_pre_process(str(src), str(prepared))
             kept = leading_nodes(prepared, recipe.fp32_convs)
             kept += [n for n in matching_nodes(prepared, recipe.fp32_nodes) if n not in kept]
-            # Weights in 7 bits (reduce_range): without AVX512-VNNI, onnxruntime's uint8 x int8 kernels sum
-            # pairs of products into saturating int16, so 8-bit weights give other numbers there (measured on
-            # EfficientNet-Lite0 under `qemu-x86_64 -cpu Haswell`: min cosine to fp32 0.968 against 0.996 on a
-            # VNNI CPU). In 7 bits no pair can saturate: the same export gives the same embeddings on every x86
-            # CPU (tests/test_backbones.py runs it under qemu).
             quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            reduce_range=REDUCE_RANGE, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=kept)
     except Exception as exc:  # noqa: BLE001
         raise BackboneError(f"static int8 quantisation of {src} failed: {type(exc).__name__}: {exc}",

@@ -17,27 +17,23 @@ from typing import Any
 
 #: The op types quantised in a whole-int8 text bundle.
 WHOLE_INT8_OPS = ("MatMul", "Attention")
-WHOLE_INT8_METHOD = "dynamic int8, weights per channel, every MatMul and Attention of the backbone (bundle-level)"
+WHOLE_INT8_METHOD = ("dynamic int8, weights per channel in 7 bits, every MatMul and Attention of the backbone "
+                     "(bundle-level)")
 
 
 def quantize_backbone_nodes(model: Any, backbone_nodes: set[str], workdir: Path) -> tuple[Any, list[str]]:
     """``model`` (an assembled bundle, ModelProto) with the nodes named in ``backbone_nodes`` whose op is in
     :data:`WHOLE_INT8_OPS` quantised; returns (the int8 ModelProto, the names quantised)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ..backbones.quantize import _quiet_root_logger
+    from ..backbones.quantize import quantize_dynamic_int8
 
     chosen = [n.name for n in model.graph.node if n.op_type in WHOLE_INT8_OPS and n.name in backbone_nodes]
     workdir.mkdir(parents=True, exist_ok=True)  # the bundle's folder: written there next anyway
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".headstart-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model.SerializeToString())
-        with _quiet_root_logger():
-            # fused com.microsoft ops defeat onnx shape inference; their float tensors are FLOAT
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=list(WHOLE_INT8_OPS), nodes_to_quantize=chosen,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic_int8(src, dst, WHOLE_INT8_OPS, only=chosen)
         quantized = onnx.load(str(dst))
     return quantized, chosen
 
