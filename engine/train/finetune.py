@@ -428,10 +428,16 @@ def finetune(source: Any, backbone: str | None = None, head: str = "linear", *, 
 class _EarlyExport:
     """The fp32 export of a fine-tuned backbone, started on a thread by the finetuner (``request.start_export``)
     while it finishes; the export below then finds it in the export cache. A failure here is not kept: the
-    export below runs again and raises it with its own message."""
+    export below runs again and raises it with its own message.
+
+    From its start until :meth:`join`, BLAS runs on one thread (entered on the thread that starts it, the main
+    one): the export's parity session, its reference outputs and the finetuner's head fit run at once then,
+    and each taking every core made that phase longer (fine-tune command on 2 cores, A/B runs; docs/finetune.md)."""
 
     def __init__(self, engine: Any) -> None:
-        self.engine, self.thread = engine, None
+        from contextlib import ExitStack
+
+        self.engine, self.thread, self._one_blas_thread = engine, None, ExitStack()
 
     def start(self, ref: str, reference: Any = None) -> None:
         import threading
@@ -447,12 +453,16 @@ class _EarlyExport:
                 pass
 
         if self.thread is None:
+            from ..blas_threads import one_blas_thread
+
+            self._one_blas_thread.enter_context(one_blas_thread())
             self.thread = threading.Thread(target=work, name="headstart-finetune-export", daemon=True)
             self.thread.start()
 
     def join(self) -> None:
         if self.thread is not None:
             self.thread.join()
+        self._one_blas_thread.close()
 
 
 def _score_onnx(tuned: Any, prep: Prepared, head: Any) -> dict[str, Any]:
