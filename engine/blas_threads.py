@@ -1,8 +1,8 @@
-"""``one_blas_thread()``: numpy's BLAS (OpenBLAS) on one thread for a block, the previous count restored."""
+"""``one_blas_thread()``: the loaded BLAS libraries (numpy's and scipy's OpenBLAS) on one thread for a block, the
+previous counts restored."""
 
 from __future__ import annotations
 
-import functools
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -18,9 +18,10 @@ def one_blas_thread() -> AbstractContextManager:
     return nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
 
 
-@functools.lru_cache(maxsize=1)
 def _blas_controller() -> Any:
-    """threadpoolctl's controller of the loaded BLAS libraries, or None without threadpoolctl."""
+    """threadpoolctl's controller of the BLAS libraries loaded now, or None without threadpoolctl. Made anew on
+    every call (about 2 ms): a cached one misses the libraries loaded after it, such as scipy's own OpenBLAS,
+    which comes in with scikit-learn after numpy's, and would leave them on every thread."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:

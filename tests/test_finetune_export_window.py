@@ -16,8 +16,13 @@ def _blas_threads() -> list[int]:
 
 
 def test_blas_runs_on_one_thread_from_the_early_export_start_until_it_is_joined(tmp_path, monkeypatch) -> None:
+    from headstart.engine.blas_threads import one_blas_thread
+
     monkeypatch.setenv("HEADSTART_HOME", str(tmp_path))
     np.ones((2, 2)) @ np.ones((2, 2))  # numpy's BLAS loaded
+    with one_blas_thread():
+        pass
+    import scipy.linalg  # noqa: F401 - scipy's own OpenBLAS, loaded after a first use: limited too
     with threadpool_limits(limits=2, user_api="blas"):
         assert _blas_threads() and set(_blas_threads()) == {2}
         early = _EarlyExport(get_engine())
