@@ -203,15 +203,17 @@ def table(cells: list[dict[str, Any]]) -> str:
 
 def merge(parts: list[Path], out: Path) -> int:
     """One result file from several runs (each part keeps its own machine record and load; the command lines are
-    joined with " ; ", and the notes say which ran side by side). A row of a later part replaces an earlier part's row of the same task, size, seed and method (a method re-run after a
-    change: ``--merge benchmarks/results/fewshot.json RERUN.json``); a part that is itself a merge keeps its parts."""
+    joined with " ; ", and the notes say which ran side by side). A row of a later part replaces an earlier part's
+    row of the same task, size, seed and method (a method re-run after a change:
+    ``--merge benchmarks/results/fewshot.json RERUN.json``); a part that is itself a merge keeps its parts."""
     loaded = [json.loads(p.read_text()) for p in parts]
     by_key = {(r["task"], r["k"], r["seed"], r["method"]): r for d in loaded for r in d["rows"]}
     rows = list(by_key.values())
     first = loaded[0]
     machines = [part for p, d in zip(parts, loaded)
                 for part in (d.get("parts") or [{"file": p.name, "machine": d["machine"]}])]
-    notes = " Then: ".join(dict.fromkeys(m["machine"]["notes"].rstrip(".") for m in machines if m["machine"].get("notes")))
+    notes = " Then: ".join(dict.fromkeys(m["machine"]["notes"].rstrip(".") for m in machines
+                                         if m["machine"].get("notes")))
     data = {**first, "machine": {**first["machine"], "command": " ; ".join(d["machine"]["command"] for d in loaded),
                                  "date": max(m["machine"]["date"] for m in machines), "notes": notes},
             "parts": machines,

@@ -20,8 +20,6 @@ from ..store.atomic import sha256_file, write_json_atomic
 
 #: Bump when the export code changes the graph it writes.
 RECIPE = "headstart-export-2"  # 2: static int8 folds BatchNorm into Conv before calibrating
-#: int8 only: bumped without invalidating the other exports.
-INT8_WEIGHTS = "7-bit"  # the same numbers with and without VNNI (quantize.REDUCE_RANGE)
 OPSET = 17
 PRECISIONS = ("fp32", "fp16", "int8")
 _HASH_CACHE = ".weights-sha256.json"
@@ -106,8 +104,10 @@ def fingerprint_key(spec: Any, precision: str, exports_dir: Path, calibration: s
         "onnxruntime": onnxruntime_version(),
         "calibration": calibration,
     }
-    if precision == "int8":  # int8 graphs from before 7-bit weights are not reused
-        key["int8_weights"] = INT8_WEIGHTS
+    if precision == "int8":  # int8 only, so the other fingerprints stay: graphs from before 7-bit weights not reused
+        from .quantize import REDUCE_RANGE
+
+        key["int8_weights"] = "7-bit" if REDUCE_RANGE else "8-bit"
     if precision == "int8" and spec.int8 != type(spec.int8)():  # only then: other fingerprints stay as they were
         from dataclasses import asdict
 
