@@ -7,6 +7,14 @@
   /usr/share/games/fortunes/ are the categories), science vs politics: short texts, two classes, like a
   binary sentiment set (at most 120 characters and two lines each).
 
+Two more tasks read the public files of the classic few-shot sets from ``$BENCH_FEWSHOT_DATA`` (a folder
+holding them under the names their original distributions use; nothing is downloaded):
+
+* ``rt-polarity``: binary movie-review sentiment (Pang & Lee 2005, ``rt-polaritydata/rt-polarity.{pos,neg}``,
+  5331 each, from the Cornell "sentence polarity dataset v1.0"); a fixed 533 per class are the test set.
+* ``trec6``: question type, the six coarse TREC classes (Li & Roth 2002, ``trec/train_5500.label`` to sample
+  from, ``trec/TREC_10.label``: the whole official 500-question test set, whatever ``n_test`` says).
+
 Packages whose names end in -dev/-doc/-dbg/-data/-common (templated descriptions) are dropped, and so
 is every description that occurs more than once. ``sample`` draws k training items per class and a fixed
 test set (disjoint) per seed.
@@ -15,6 +23,7 @@ test set (disjoint) per seed.
 from __future__ import annotations
 
 import csv
+import os
 import random
 import subprocess
 from collections import Counter, defaultdict
@@ -22,7 +31,11 @@ from pathlib import Path
 
 WORK = Path(__file__).resolve().parent / ".work" / "fewshot"
 TASKS = {"debian6": ("games", "science", "sound", "graphics", "mail", "web"), "debian-net-web": ("net", "web"),
-         "fortunes-short": ("science", "politics")}
+         "fortunes-short": ("science", "politics"),
+         "rt-polarity": ("neg", "pos"), "trec6": ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")}
+EXTERNAL = {"rt-polarity": ("rt-polaritydata/rt-polarity.pos", "rt-polaritydata/rt-polarity.neg"),
+            "trec6": ("trec/train_5500.label", "trec/TREC_10.label")}
+RT_TEST_PER_CLASS = 533
 FORTUNES = Path("/usr/share/games/fortunes")
 SHORT_CHARS = 120
 SKIP_SUFFIXES = ("-dev", "-doc", "-dbg", "-data", "-common")
@@ -59,10 +72,39 @@ def _fortunes(categories: tuple[str, ...]) -> dict[str, list[str]]:
     return {c: sorted({t for t in texts if counts[t] == 1}) for c, texts in found.items()}
 
 
+def _external(task: str) -> list[Path]:
+    """The files of an external task, or an error naming what to put where."""
+    root = os.environ.get("BENCH_FEWSHOT_DATA")
+    paths = [Path(root or ".") / name for name in EXTERNAL[task]]
+    if not root or not all(p.is_file() for p in paths):
+        raise RuntimeError(f"task {task} reads {', '.join(EXTERNAL[task])} under $BENCH_FEWSHOT_DATA "
+                           f"({root or 'not set'}): put the public files there (see benchmarks/_fewshot_data.py)")
+    return paths
+
+
+def _lines(path: Path) -> list[str]:
+    return [" ".join(line.split()) for line in path.read_text(encoding="latin-1").splitlines() if line.strip()]
+
+
+def _trec(line: str) -> tuple[str, str]:
+    label, text = line.split(" ", 1)
+    return text, label.split(":", 1)[0]
+
+
 def sample(task: str, k: int, seed: int, n_test: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(train, test) lists of (text, label): ``k`` per class for training, ``n_test`` per class for testing."""
-    by_section = _fortunes(TASKS[task]) if task.startswith("fortunes") else _debian()
+    """(train, test) lists of (text, label): ``k`` per class for training, ``n_test`` per class for testing
+    (``rt-polarity``: 533 per class, ``trec6``: the official test set)."""
     rng = random.Random(f"{task}:{seed}")
+    if task == "trec6":
+        train_path, test_path = _external(task)
+        pool = [_trec(line) for line in _lines(train_path)]
+        train = [row for label in TASKS[task] for row in rng.sample(sorted(r for r in pool if r[1] == label), k)]
+        return train, [_trec(line) for line in _lines(test_path)]
+    if task == "rt-polarity":
+        by_section = {label: sorted(set(_lines(path))) for label, path in zip(("pos", "neg"), _external(task))}
+        n_test = RT_TEST_PER_CLASS
+    else:
+        by_section = _fortunes(TASKS[task]) if task.startswith("fortunes") else _debian()
     test_rng = random.Random(f"{task}:test")
     train, test = [], []
     for label in TASKS[task]:

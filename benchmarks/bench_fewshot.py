@@ -133,7 +133,8 @@ def run_setfit(train_csv: Path, test_csv: Path, seed: int, threads: int) -> dict
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "BENCH_TORCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run([str(setfit_python()), str(Path(__file__).parent / "_setfit_run.py"), minilm_dir(),
-                          str(train_csv), str(test_csv), str(seed)], capture_output=True, text=True, env=env,
+                          str(train_csv.resolve()), str(test_csv.resolve()), str(seed)], capture_output=True,
+                         text=True, env=env,
                          cwd=train_csv.parent)  # SetFit's Trainer writes checkpoints/ into its working directory
     if out.returncode != 0:
         raise RuntimeError(f"setfit failed: {out.stderr[-2000:]}")
@@ -141,7 +142,8 @@ def run_setfit(train_csv: Path, test_csv: Path, seed: int, threads: int) -> dict
     return {"accuracy": got["accuracy"], "seconds": got["train_seconds"]}
 
 
-def run_headstart(method: str, train_csv: Path, test_csv: Path, seed: int, out: Path) -> dict[str, Any]:
+def run_headstart(method: str, train_csv: Path, test_csv: Path, seed: int, out: Path,
+                  unfreeze: str | None = None) -> dict[str, Any]:
     from headstart.engine.train.api import evaluate, train
     from headstart.engine.train.finetune import FinetuneOptions, finetune
 
@@ -153,9 +155,12 @@ def run_headstart(method: str, train_csv: Path, test_csv: Path, seed: int, out: 
     else:
         objective = "cross-entropy" if method == "cross-entropy" else "contrastive"
         options = FinetuneOptions.for_objective(objective, seed=seed, device="cpu",
-                                                epochs=10 if objective == "cross-entropy" else None)
+                                                epochs=10 if objective == "cross-entropy" else None,
+                                                unfreeze=unfreeze if objective == "contrastive" else None)
         result = finetune(str(train_csv), "minilm", "linear", out=out, options=options, progress=False)
         extra = {"best_epoch": result.outcome.best_epoch, "epochs_run": result.outcome.epochs_run}
+        if objective == "contrastive":
+            extra["schedule"] = result.outcome.info.get("schedule")
     seconds = time.perf_counter() - started
     return {"accuracy": evaluate(out, str(test_csv), progress=False)["accuracy"], "seconds": seconds, **extra}
 
@@ -166,7 +171,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "error" not in r:
             cells.setdefault((r["task"], r["k"], r["method"]), []).append(r)
     out = []
-    for (task, k, method), rs in sorted(cells.items(), key=lambda c: (c[0][0], c[0][1], METHODS.index(c[0][2]))):
+    for (task, k, method), rs in sorted(cells.items(),
+                                        key=lambda c: (c[0][0], c[0][1], METHODS.index(c[0][2].split(" (")[0]), c[0][2])):
         acc, sec = [r["accuracy"] for r in rs], [r["seconds"] for r in rs]
         out.append({"task": task, "k": k, "method": method, "seeds": len(rs), "accuracy_mean": round(statistics.mean(acc), 4),
                     "accuracy_sd": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
@@ -233,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--test-per-class", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="torch threads of every method (SetFit's too)")
+    p.add_argument("--contrastive-unfreeze", default=None, metavar="BLOCKS",
+                   help="--unfreeze of the contrastive runs (a trial of another depth) [default: its schedule]")
     p.add_argument("--out", default=str(RESULTS / "fewshot.json"))
     p.add_argument("--home", default=None, help="HEADSTART_HOME of the run [default: benchmarks/.work/fewshot/home]; "
                    "give runs made side by side their own (their samples and checkpoints go under it too)")
@@ -283,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                 for method in methods:
                     if method == "setfit" and (k not in setfit_sizes or seed >= setfit_seeds):
                         continue
-                    row: dict[str, Any] = {"task": task, "k": k, "seed": seed, "method": method, "load_before": loadavg()}
+                    # a depth trial is its own method in the table (and in a --merge)
+                    label = (f"{method} ({args.contrastive_unfreeze})"
+                             if method == "contrastive" and args.contrastive_unfreeze else method)
+                    row: dict[str, Any] = {"task": task, "k": k, "seed": seed, "method": label, "load_before": loadavg()}
                     try:
                         if method == "setfit":
                             key = setfit_key(train_csv, test_csv, args.threads)
@@ -299,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                                            measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
                                 store_setfit(key, {**row, "load_after": loadavg(), "measured_by": info["command"]})
                         else:
-                            got = run_headstart(method, train_csv, test_csv, seed, folder / method)
+                            got = run_headstart(method, train_csv, test_csv, seed, folder / method,
+                                                args.contrastive_unfreeze)
                             row.update({k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in got.items()})
                     except Exception as exc:  # noqa: BLE001 - one failed run is recorded, the rest go on
                         row["error"] = f"{type(exc).__name__}: {exc}"[:500]

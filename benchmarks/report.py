@@ -703,6 +703,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "finetune": finetune,
     "fewshot": fewshot,
     "fewshot-quiet": lambda results, base: fewshot(results, base, "fewshot_quiet"),
+    "fewshot-depth": lambda results, base: fewshot(results, base, "fewshot_depth"),
     "fewshot-cost": fewshot_cost,
     "fewshot-cli": fewshot_cli,
     "ray": ray,

@@ -44,7 +44,8 @@ from headstart.engine.sequences.tables import record_batches as event_record_bat
 from headstart.engine.sequences.backbone import pretrained_folder, pretrained_spec
 # fine-tuners
 from headstart.engine.train.finetune_spec import FinetunerSpec
-from headstart.engine.train.finetune import FinetuneOutcome, FinetuneRequest, unfreeze_blocks
+from headstart.engine.train.finetune import (UNFREEZE_ALL_BUT_STEM, UNFREEZE_AUTO, FinetuneOutcome, FinetuneRequest,
+                                             first_trained_block, unfreeze_blocks)
 # small helpers plugins share with the engine
 from headstart.engine.registry import did_you_mean
 from headstart.engine.safepaths import check_regular_file, confined_file, read_confined
@@ -67,7 +68,8 @@ __all__ = [
     "Item", "ReaderOptions", "ReaderSpec", "content_key",
     "ItemBatch", "RowRefs", "failed_key", "row_keys", "text_keys",
     "EventOptions", "Vocabulary", "event_record_batches", "event_table_schema", "pretrained_folder", "pretrained_spec",
-    "FinetunerSpec", "FinetuneRequest", "FinetuneOutcome", "unfreeze_blocks",
+    "FinetunerSpec", "FinetuneRequest", "FinetuneOutcome", "unfreeze_blocks", "first_trained_block",
+    "UNFREEZE_ALL_BUT_STEM", "UNFREEZE_AUTO",
     "did_you_mean", "write_bytes_atomic", "write_json_atomic", "write_patched_copy_atomic", "confined_file", "read_confined", "check_regular_file",
     "check_head", "check_reader", "check_backbone", "conformance_data", "pause_point",
 ]

@@ -33,8 +33,9 @@ METRICS = ("accuracy", "macro_f1")
 # objective -> the built-in finetuner that trains it (``finetune(finetuner=...)`` can name another plugin)
 OBJECTIVES = {"cross-entropy": "torch", "contrastive": "contrastive"}
 # each objective's defaults where they differ from FinetuneOptions' (the CLI's unset options take these)
-OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {"contrastive": {"unfreeze": "last:2", "epochs": 5, "batch_size": 16,
+OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {"contrastive": {"unfreeze": "auto", "epochs": 5, "batch_size": 16,
                                                                    "precision": "auto"}}
+UNFREEZE_AUTO, UNFREEZE_ALL_BUT_STEM = "auto", "all-but-stem"  # --unfreeze spellings besides all and last:N
 CHECKPOINT_DIR = "checkpoint"
 BACKBONE_DIR = "backbone"
 FINETUNED_DIR = "finetuned"  # <home>/finetuned/<sha16>/: fine-tuned weights, content-addressed
@@ -44,8 +45,9 @@ FINETUNED_DIR = "finetuned"  # <home>/finetuned/<sha16>/: fine-tuned weights, co
 class FinetuneOptions:
     """Every tunable of a fine-tuning run.
 
-    ``unfreeze``: ``all`` or ``last:N`` (the top N blocks of the backbone train, the rest stay
-    frozen). ``lr``: learning rate of the top backbone block (default 5e-5 for text, 1e-4
+    ``unfreeze``: ``all``, ``all-but-stem`` (every block above the stem, e.g. a text encoder's layers but
+    not its token embeddings) or ``last:N`` (the top N blocks of the backbone train, the rest stay
+    frozen); the contrastive objective's default ``auto`` lets its schedule choose from the labelled set. ``lr``: learning rate of the top backbone block (default 5e-5 for text, 1e-4
     otherwise); each block below gets ``layer_decay`` times the one above (discriminative LRs).
     ``head_lr``: the head's learning rate (default ``10 * lr``). Early stopping: training stops
     after ``patience`` epochs without a better validation ``metric``; the best epoch is kept.
@@ -74,7 +76,12 @@ class FinetuneOptions:
 
     def check(self) -> "FinetuneOptions":
         """Raise :class:`ConfigError` on an invalid value; return self."""
-        unfreeze_blocks(self.unfreeze)
+        if self.unfreeze == UNFREEZE_AUTO:
+            if self.objective != "contrastive":
+                raise ConfigError("--unfreeze auto is the contrastive objective's schedule",
+                                  hint="use all, all-but-stem or last:N with the cross-entropy objective")
+        elif self.unfreeze != UNFREEZE_ALL_BUT_STEM:
+            unfreeze_blocks(self.unfreeze)
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ConfigError("epochs, batch_size and patience must be at least 1",
                               hint=f"got epochs={self.epochs}, batch_size={self.batch_size}, patience={self.patience}")
@@ -96,7 +103,8 @@ class FinetuneOptions:
 
     @classmethod
     def for_objective(cls, objective: str, **overrides: Any) -> "FinetuneOptions":
-        """Options with ``objective``'s defaults (contrastive: top 2 blocks, up to 5 epochs, batches of 16),
+        """Options with ``objective``'s defaults (contrastive: blocks chosen by its schedule, up to 5 epochs,
+        batches of 16),
         then ``overrides`` (``None`` values keep the default)."""
         defaults = OBJECTIVE_DEFAULTS.get(objective, {})
         return cls(objective=objective, **{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
@@ -108,13 +116,24 @@ class FinetuneOptions:
 
 
 def unfreeze_blocks(text: str) -> int | None:
-    """``all`` -> None; ``last:N`` -> N (>= 1)."""
+    """``all`` -> None; ``last:N`` -> N (>= 1). (``all-but-stem`` depends on the block count: see
+    :func:`first_trained_block`.)"""
     if text == "all":
         return None
     name, _, count = text.partition(":")
     if name == "last" and count.isdigit() and int(count) >= 1:
         return int(count)
-    raise ConfigError(f"cannot read --unfreeze '{text}'", hint="use 'all' or 'last:N' (N >= 1 top blocks)")
+    raise ConfigError(f"cannot read --unfreeze '{text}'",
+                      hint=f"use 'all', '{UNFREEZE_ALL_BUT_STEM}' or 'last:N' (N >= 1 top blocks)")
+
+
+def first_trained_block(text: str, n_blocks: int) -> int:
+    """The lowest block (0: the stem, blocks ordered bottom to top) of ``n_blocks`` that ``--unfreeze text``
+    trains: ``all`` 0, ``all-but-stem`` 1 (0 when the stem is the only block), ``last:N`` ``n_blocks - N``."""
+    if text == UNFREEZE_ALL_BUT_STEM:
+        return 1 if n_blocks > 1 else 0
+    count = unfreeze_blocks(text)
+    return 0 if count is None else max(0, n_blocks - count)
 
 
 @dataclass

@@ -12,8 +12,9 @@ on the tuned embeddings), made cheap on a CPU:
   (4 folds train on 3n items per epoch, 2 folds on n; at 8 per class the chosen epochs and the
   accuracy were the same within the seeds' spread, docs/finetune.md); the held-out score at
   epoch 0 (the frozen body) is the baseline reported as the frozen metrics;
-* only the top ``--unfreeze last:N`` blocks train; the frozen blocks below run once and their
-  output is replayed, so a step costs the top blocks only;
+* only the blocks ``--unfreeze`` names train (default ``auto``: the top 2, 3 or every block above the stem,
+  by the size of the labelled set, see schedule()); the frozen blocks below run once and their output is
+  replayed, so a step costs the trained blocks only;
 * each step's loss covers every pair of the batch (pair_loss.py), hard pairs up-weighted, instead of
   sampling a few pairs per item;
 * the body that trains: where the backbone has a numpy twin (BERT text encoders: ``headstart.sdk.numpy_twin``)
@@ -47,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -65,8 +65,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from headstart.sdk import FinetuneOutcome, FinetuneRequest
 
 MAX_FOLDS = 2  # see the module docstring: every item is held out once per epoch either way
-WIDE_PER_CLASS = 16  # from this many items in the smallest class on: the wide schedule (see schedule())
-WIDE_BLOCK_FACTOR = 1.5  # the wide schedule trains this many times --unfreeze's top blocks (rounded up)
+LONG_RULE_PER_CLASS = 16  # from this many items in the smallest class on: the longest-within-se epoch rule
+DEEP_MIN_ITEMS = 32  # --unfreeze auto below LONG_RULE_PER_CLASS per class: every block above the stem from here on
+AUTO_BLOCKS = {"short": "last:2", "deep": "all-but-stem", "long": "last:3"}  # --unfreeze auto, by schedule()
 HARDNESS = 1.0
 DEFAULT_LR = 2e-4  # top block; the blocks below get layer_decay times the one above
 
@@ -78,24 +79,38 @@ def register_finetuners(register):
                            "resumable)", starts_from_fitted_head=False))
 
 
-def schedule(smallest_class: int, unfreeze: str) -> tuple[str, str]:
-    """(top blocks to train, how the k-fold curve chooses the epochs) for a labelled set whose smallest
-    class has ``smallest_class`` items.
+def schedule(items: int, smallest_class: int, unfreeze: str) -> tuple[str, str]:
+    """(the blocks that train, how the k-fold curve chooses the epochs) for ``items`` labelled items whose
+    smallest class has ``smallest_class``; docs/finetune.md has the measurements behind each choice.
 
-    Below ``WIDE_PER_CLASS`` items per class: ``--unfreeze``'s blocks; the epoch with the best held-out
-    accuracy (``best``; ``--patience`` ends a fold early). From there on: 1.5 times ``--unfreeze``'s blocks
-    (rounded up; more items, more to learn, and time to do it in), every fold runs all ``--epochs`` and the
-    most-trained epoch whose held-out accuracy is within one standard error of the best is chosen
-    (``longest-within-se``): the fine-tune's gain there (a few points) is below the resolution of the
-    pooled held-out accuracy, whose argmax did not track the test accuracy, while the test accuracy rose
-    with the epochs on average (docs/finetune.md); a clear drop still stops it.
+    Epochs: below ``LONG_RULE_PER_CLASS`` items per class the epoch with the best held-out accuracy (``best``;
+    ``--patience`` ends a fold early). From there on every fold runs all ``--epochs`` and the most-trained
+    epoch whose held-out accuracy is within one standard error of the best is chosen (``longest-within-se``):
+    the fine-tune's gain there (a few points) is below the resolution of the pooled held-out accuracy, whose
+    argmax did not track the test accuracy, while the test accuracy rose with the epochs on average; a clear
+    drop still stops it.
+
+    Blocks: ``--unfreeze`` as given, except ``auto`` (the default):
+
+    * ``best`` rule, fewer than ``DEEP_MIN_ITEMS`` items (a binary set of 8 per class): the top 2 blocks. The
+      whole run is a few seconds, and SetFit's is short on so few pairs: deeper steps would cost more than
+      they returned on the sets measured;
+    * ``best`` rule, ``DEEP_MIN_ITEMS`` items or more (several classes of a few items): every block above the
+      stem (``all-but-stem``: a text encoder's layers, not its token embeddings). Where the classes differ in
+      form rather than topic (TREC's question types: *who* / *how many* / *where*) the top blocks alone cannot
+      learn it (6 classes x 8, 5 seeds: top 2 blocks 0.686, every layer 0.800); on topic sets it did as well
+      as the top 2 (debian6 0.761 vs 0.758), and the folds stop at their best epoch, so the run stays short;
+    * ``longest-within-se``: the top 3 blocks. Every fold runs every epoch there, and every layer cost two to
+      four times as much for mixed results (16 per class: TREC +2.1 points, debian-net-web -4.4).
     """
-    if smallest_class < WIDE_PER_CLASS:
-        return unfreeze, "best"
-    from headstart.sdk import unfreeze_blocks
+    from headstart.sdk import UNFREEZE_AUTO
 
-    count = unfreeze_blocks(unfreeze)
-    return ("all" if count is None else f"last:{math.ceil(count * WIDE_BLOCK_FACTOR)}"), "longest-within-se"
+    rule = "best" if smallest_class < LONG_RULE_PER_CLASS else "longest-within-se"
+    if unfreeze != UNFREEZE_AUTO:
+        return unfreeze, rule
+    if rule == "longest-within-se":
+        return AUTO_BLOCKS["long"], rule
+    return AUTO_BLOCKS["deep" if items >= DEEP_MIN_ITEMS else "short"], rule
 
 
 def _train_precision(asked: str) -> str:
@@ -217,7 +232,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         raise FinetuneError(f"the checkpoint in {checkpoint} belongs to another run (other data, backbone, head, "
                             "objective or options)", hint="resume with the same options, or delete the folder")
     started = time.perf_counter()
-    unfreeze, rule = schedule(int(np.bincount(y_np).min()), opts.unfreeze)
+    unfreeze, rule = schedule(len(y_np), int(np.bincount(y_np).min()), opts.unfreeze)
     body = _make_body(request, items, unfreeze, meta)
     cache_seconds = time.perf_counter() - started
     lr = opts.lr if opts.lr is not None else DEFAULT_LR

@@ -56,15 +56,14 @@ class NumpyBody:
     engine = "numpy"
 
     def __init__(self, request: "FinetuneRequest", items: list[Any], unfreeze: str, model: Any) -> None:
-        from headstart.sdk import unfreeze_blocks
+        from headstart.sdk import first_trained_block
 
         reuse_freed_memory()
         self.model = model
         self.inputs = collated_items(request.spec, items)
         self.mask = self.inputs["attention_mask"]
         blocks = group_blocks(list(model.params))
-        count = unfreeze_blocks(unfreeze)
-        self.first = 0 if count is None else max(0, len(blocks) - count)
+        self.first = first_trained_block(unfreeze, len(blocks))
         self.blocks = blocks[self.first:]
         self.trainable_names = [block_label(b) for b in self.blocks]
         self.cached_split = self.first > 0

@@ -33,7 +33,7 @@ class TorchBody:
     def __init__(self, request: "FinetuneRequest", items: list[Any], unfreeze: str, seed: int) -> None:
         import torch
 
-        from headstart.sdk import trainable_module, unfreeze_blocks
+        from headstart.sdk import first_trained_block, trainable_module
 
         torch.manual_seed(seed)
         self.module = trainable_module(request.spec)
@@ -41,8 +41,7 @@ class TorchBody:
         self.autocast: Any = None  # bf16 (set_precision): the top blocks' matrix products in bf16
         self.mask = self.inputs.get("attention_mask") if request.spec.modality == "text" else None
         blocks = group_blocks([n for n, _ in self.module.named_parameters()])
-        count = unfreeze_blocks(unfreeze)
-        first = 0 if count is None else max(0, len(blocks) - count)
+        first = first_trained_block(unfreeze, len(blocks))
         self.trainable_names = [block_label(b) for b in blocks[first:]]
         self.params = dict(self.module.named_parameters())
         for p in self.module.parameters():

@@ -121,13 +121,12 @@ class _Data:
 
 def _param_groups(backbone: Any, head: Any, used: set[str], request: "FinetuneRequest") -> tuple[list[dict], list[str]]:
     """AdamW groups (top block first) and the names of the trainable blocks; freezes the rest."""
-    from headstart.sdk import unfreeze_blocks
+    from headstart.sdk import first_trained_block
 
     opts = request.options
     lr, head_lr = opts.resolved_lr(request.spec.modality)
     blocks = group_blocks([n for n, _ in backbone.named_parameters() if n in used])
-    count = unfreeze_blocks(opts.unfreeze)
-    trainable = blocks if count is None else blocks[-count:]
+    trainable = blocks[first_trained_block(opts.unfreeze, len(blocks)):]
     params = dict(backbone.named_parameters())
     for p in backbone.parameters():
         p.requires_grad_(False)
