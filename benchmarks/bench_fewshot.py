@@ -7,7 +7,10 @@
     python benchmarks/bench_fewshot.py ... --setfit-cache reuse      # SetFit rows from the cache when there
     python benchmarks/bench_fewshot.py --import-setfit RESULT.json   # fill the cache from an earlier result file
 
-Tasks: benchmarks/_fewshot_data.py (Debian package descriptions by archive section; offline, public).
+Tasks: benchmarks/_fewshot_data.py (Debian package descriptions by archive section and fortune cookies: offline,
+public; ``rt-polarity`` movie-review sentiment and ``trec6`` question types read the public files from the
+folder ``$BENCH_FEWSHOT_DATA`` names). ``--contrastive-unfreeze BLOCKS`` runs the contrastive method at another
+depth than its schedule's (its rows are then the method ``contrastive (BLOCKS)``).
 For every (task, k examples per class, seed) the methods run back to back on the same sample
 (interleaved, so a busy machine slows all of them alike), each scored on the same held-out test set:
 

@@ -123,7 +123,7 @@ def readme_performance(results: Path, base: str) -> str:
             times = [c["vs_setfit_time_ratio"] for c in cells]
             sizes = sorted({c["k"] for c in cells})
             rows.append((f"few labels: `headstart finetune --objective contrastive`, {len(fewshot['tasks'])} text sets "
-                         f"at {sizes[0]}-{sizes[-1]} labels per class, {cells[0]['seeds']} seeds",
+                         f"at {sizes[0]}-{sizes[-1]} labels per class, {_span(c['seeds'] for c in cells)} seeds",
                          f"{len(cells)} cells: mean accuracy {min(pts):+.1f} to {max(pts):+.1f} pts from SetFit's",
                          f"{min(times):.2f}-{max(times):.2f}× SetFit 1.2's train time (same MiniLM)",
                          _source("fewshot", fewshot, base)))
@@ -251,6 +251,12 @@ def finetune(results: Path, base: str) -> str:
             + "\n" + _machine_line(r) + "\n")
 
 
+def _span(values: Any) -> str:
+    """``5`` or ``3-5``: the range of some counts."""
+    values = sorted(set(values))
+    return f"{values[0]}" if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
 def fewshot(results: Path, base: str, name: str = "fewshot") -> str:
     r = load(name, results)
     if not r:
@@ -282,15 +288,15 @@ def fewshot_cost(results: Path, base: str) -> str:
             + "\n" + _machine_line(r) + "\n")
 
 
-def fewshot_cli(results: Path, base: str) -> str:
-    r = load("fewshot_cli", results)
+def fewshot_cli(results: Path, base: str, name: str = "fewshot_cli") -> str:
+    r = load(name, results)
     if not r:
-        return _missing("fewshot_cli", "python benchmarks/bench_fewshot_cli.py")
+        return _missing(name, "python benchmarks/bench_fewshot_cli.py")
     rows = [{**c, "task": f"{c['task']} ({c['classes']} classes × {c['k']})", "threads": c.get("threads", 1)}
             for c in r["cells"]]
     first = r["first_run"]
     threads = r["threads"] if isinstance(r["threads"], list) else [r["threads"]]
-    return (f"`{r['machine']['command']}` — {_source('fewshot_cli', r, base)}; fresh processes at "
+    return (f"`{r['machine']['command']}` — {_source(name, r, base)}; fresh processes at "
             f"{' and '.join(map(str, threads))} thread(s) (SetFit too), medians of "
             f"{r['repeats']} alternating runs per path, SetFit's among them (imports: one extra run under "
             f"`-X importtime`):\n"
@@ -706,6 +712,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "fewshot-depth": lambda results, base: fewshot(results, base, "fewshot_depth"),
     "fewshot-cost": fewshot_cost,
     "fewshot-cli": fewshot_cli,
+    "fewshot-cli-hidden": lambda results, base: fewshot_cli(results, base, "fewshot_cli_hidden"),
     "ray": ray,
     "ray-paper": ray_paper,
     "ray-device": ray_device,

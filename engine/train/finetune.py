@@ -47,8 +47,9 @@ class FinetuneOptions:
 
     ``unfreeze``: ``all``, ``all-but-stem`` (every block above the stem, e.g. a text encoder's layers but
     not its token embeddings) or ``last:N`` (the top N blocks of the backbone train, the rest stay
-    frozen); the contrastive objective's default ``auto`` lets its schedule choose from the labelled set. ``lr``: learning rate of the top backbone block (default 5e-5 for text, 1e-4
-    otherwise); each block below gets ``layer_decay`` times the one above (discriminative LRs).
+    frozen); the contrastive objective's default ``auto`` lets its schedule choose from the labelled set.
+    ``lr``: learning rate of the top backbone block (default 5e-5 for text, 1e-4 otherwise); each block
+    below gets ``layer_decay`` times the one above (discriminative LRs).
     ``head_lr``: the head's learning rate (default ``10 * lr``). Early stopping: training stops
     after ``patience`` epochs without a better validation ``metric``; the best epoch is kept.
     ``precision``: cross-entropy's bf16/fp16 are mixed precision and need CUDA (``auto``: fp32); the contrastive
@@ -104,8 +105,7 @@ class FinetuneOptions:
     @classmethod
     def for_objective(cls, objective: str, **overrides: Any) -> "FinetuneOptions":
         """Options with ``objective``'s defaults (contrastive: blocks chosen by its schedule, up to 5 epochs,
-        batches of 16),
-        then ``overrides`` (``None`` values keep the default)."""
+        batches of 16), then ``overrides`` (``None`` values keep the default)."""
         defaults = OBJECTIVE_DEFAULTS.get(objective, {})
         return cls(objective=objective, **{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
 
