@@ -174,8 +174,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "error" not in r:
             cells.setdefault((r["task"], r["k"], r["method"]), []).append(r)
     out = []
-    for (task, k, method), rs in sorted(cells.items(),
-                                        key=lambda c: (c[0][0], c[0][1], METHODS.index(c[0][2].split(" (")[0]), c[0][2])):
+    def order(cell: tuple) -> tuple:  # a depth trial "contrastive (BLOCKS)" sorts after its method
+        task, k, method = cell[0]
+        return task, k, METHODS.index(method.split(" (")[0]), method
+
+    for (task, k, method), rs in sorted(cells.items(), key=order):
         acc, sec = [r["accuracy"] for r in rs], [r["seconds"] for r in rs]
         out.append({"task": task, "k": k, "method": method, "seeds": len(rs), "accuracy_mean": round(statistics.mean(acc), 4),
                     "accuracy_sd": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,

@@ -141,13 +141,16 @@ def test_the_backward_pass_is_autograds_with_dropout(folder: Path, first: int) -
     np.testing.assert_allclose(emb, expected.detach().numpy(), atol=2e-6, rtol=1e-5)
     (expected * torch.from_numpy(upstream)).sum().backward()
     assert set(grads) == trained
-    # relative to the tensor's largest gradient, and at least to a thousandth of the largest of all tensors: a key
-    # bias's gradient is zero up to rounding (softmax is invariant to it), so its error is rounding noise of the
-    # other tensors' size (1e-10 against a floor of 1e-6 failed once), and elementwise relative errors mean nothing
-    floor = 1e-3 * max(float(params[name].grad.abs().max()) for name in trained)
+    largest = max(float(params[name].grad.abs().max()) for name in trained)
     for name in trained:
         want = params[name].grad.numpy()
-        scale = max(float(np.abs(want).max()), floor)
+        if name.endswith("attention.self.key.bias"):
+            # zero in exact arithmetic (softmax is invariant to it): both sides must be rounding noise of the other
+            # gradients' size; relative to their own largest entry (~1e-10) they mean nothing (it failed CI once)
+            assert max(float(np.abs(grads[name]).max()), float(np.abs(want).max())) < 1e-7 * largest, name
+            continue
+        # relative to the tensor's largest gradient
+        scale = max(float(np.abs(want).max()), 1e-6)
         assert float(np.abs(grads[name] - want).max()) / scale < 1e-4, name
 
 

@@ -1,8 +1,9 @@
 """Issue 16, the contrastive recipe as a function of the labelled set (docs/finetune.md): ``--unfreeze auto``
 (the default) trains the top 2 blocks below ``DEEP_MIN_ITEMS`` labelled items, every block above the stem from
-there on, the top 3 from ``LONG_RULE_PER_CLASS`` per class on; an explicit ``--unfreeze`` is kept as given. Below ``LONG_RULE_PER_CLASS`` items in the smallest
-class the k-fold curve's best epoch is chosen (``--patience`` ends a fold early); from there on every fold runs
-all ``--epochs`` and the most-trained epoch within one standard error of the best is chosen.
+there on, the top 3 from ``LONG_RULE_PER_CLASS`` per class on; an explicit ``--unfreeze`` is kept as given.
+Below ``LONG_RULE_PER_CLASS`` items in the smallest class the k-fold curve's best epoch is chosen (``--patience``
+ends a fold early); from there on every fold runs all ``--epochs`` and the most-trained epoch within one
+standard error of the best is chosen.
 """
 
 from __future__ import annotations
