@@ -14,6 +14,9 @@ holding them under the names their original distributions use; nothing is downlo
   5331 each, from the Cornell "sentence polarity dataset v1.0"); a fixed 533 per class are the test set.
 * ``trec6``: question type, the six coarse TREC classes (Li & Roth 2002, ``trec/train_5500.label`` to sample
   from, ``trec/TREC_10.label``: the whole official 500-question test set, whatever ``n_test`` says).
+* ``sst2``: binary sentence-level Stanford Sentiment Treebank (Socher et al. 2013, the split of Kim 2014 as
+  ``sst2/stsa.binary.{train,test}``, one ``LABEL TEXT`` line each, 1 = positive; 6920 train to sample from, the
+  whole 1821-sentence test set, whatever ``n_test`` says: the set SetFit's paper calls SST-2).
 
 Packages whose names end in -dev/-doc/-dbg/-data/-common (templated descriptions) are dropped, and so
 is every description that occurs more than once. ``sample`` draws k training items per class and a fixed
@@ -32,9 +35,10 @@ from pathlib import Path
 WORK = Path(__file__).resolve().parent / ".work" / "fewshot"
 TASKS = {"debian6": ("games", "science", "sound", "graphics", "mail", "web"), "debian-net-web": ("net", "web"),
          "fortunes-short": ("science", "politics"),
-         "rt-polarity": ("neg", "pos"), "trec6": ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")}
+         "rt-polarity": ("neg", "pos"), "trec6": ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"), "sst2": ("neg", "pos")}
 EXTERNAL = {"rt-polarity": ("rt-polaritydata/rt-polarity.pos", "rt-polaritydata/rt-polarity.neg"),
-            "trec6": ("trec/train_5500.label", "trec/TREC_10.label")}
+            "trec6": ("trec/train_5500.label", "trec/TREC_10.label"),
+            "sst2": ("sst2/stsa.binary.train", "sst2/stsa.binary.test")}
 RT_TEST_PER_CLASS = 533
 FORTUNES = Path("/usr/share/games/fortunes")
 SHORT_CHARS = 120
@@ -82,8 +86,8 @@ def _external(task: str) -> list[Path]:
     return paths
 
 
-def _lines(path: Path) -> list[str]:
-    return [" ".join(line.split()) for line in path.read_text(encoding="latin-1").splitlines() if line.strip()]
+def _lines(path: Path, encoding: str = "latin-1") -> list[str]:
+    return [" ".join(line.split()) for line in path.read_text(encoding=encoding).splitlines() if line.strip()]
 
 
 def _trec(line: str) -> tuple[str, str]:
@@ -91,15 +95,21 @@ def _trec(line: str) -> tuple[str, str]:
     return text, label.split(":", 1)[0]
 
 
+def _sst2(line: str) -> tuple[str, str]:
+    label, text = line.split(" ", 1)
+    return text, TASKS["sst2"][int(label)]
+
+
 def sample(task: str, k: int, seed: int, n_test: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(train, test) lists of (text, label): ``k`` per class for training, ``n_test`` per class for testing
-    (``rt-polarity``: 533 per class, ``trec6``: the official test set)."""
+    (``rt-polarity``: 533 per class, ``trec6`` and ``sst2``: their official test sets)."""
     rng = random.Random(f"{task}:{seed}")
-    if task == "trec6":
+    if task in ("trec6", "sst2"):
+        parse, encoding = (_trec, "latin-1") if task == "trec6" else (_sst2, "utf-8")
         train_path, test_path = _external(task)
-        pool = [_trec(line) for line in _lines(train_path)]
+        pool = [parse(line) for line in _lines(train_path, encoding)]
         train = [row for label in TASKS[task] for row in rng.sample(sorted(r for r in pool if r[1] == label), k)]
-        return train, [_trec(line) for line in _lines(test_path)]
+        return train, [parse(line) for line in _lines(test_path, encoding)]
     if task == "rt-polarity":
         by_section = {label: sorted(set(_lines(path))) for label, path in zip(("pos", "neg"), _external(task))}
         n_test = RT_TEST_PER_CLASS

@@ -8,9 +8,11 @@
     python benchmarks/bench_fewshot.py --import-setfit RESULT.json   # fill the cache from an earlier result file
 
 Tasks: benchmarks/_fewshot_data.py (Debian package descriptions by archive section and fortune cookies: offline,
-public; ``rt-polarity`` movie-review sentiment and ``trec6`` question types read the public files from the
-folder ``$BENCH_FEWSHOT_DATA`` names). ``--contrastive-unfreeze BLOCKS`` runs the contrastive method at another
-depth than its schedule's (its rows are then the method ``contrastive (BLOCKS)``).
+public; ``rt-polarity`` and ``sst2`` movie-review sentiment and ``trec6`` question types read the public files
+from the folder ``$BENCH_FEWSHOT_DATA`` names). ``--contrastive-unfreeze BLOCKS`` runs the contrastive method at another
+depth than its schedule's (its rows are then the method ``contrastive (BLOCKS)``); ``--contrastive-set KEY=VALUE``
+(repeatable: ``epochs``, ``batch_size``, ``lr``, ``layer_decay``, ``weight_decay``, ``patience``) at other
+options than its defaults (the method ``contrastive (KEY=VALUE ...)``).
 For every (task, k examples per class, seed) the methods run back to back on the same sample
 (interleaved, so a busy machine slows all of them alike), each scored on the same held-out test set:
 
@@ -146,7 +148,8 @@ def run_setfit(train_csv: Path, test_csv: Path, seed: int, threads: int) -> dict
 
 
 def run_headstart(method: str, train_csv: Path, test_csv: Path, seed: int, out: Path,
-                  unfreeze: str | None = None) -> dict[str, Any]:
+                  contrastive: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One headstart method on one sample; ``contrastive``: options of a contrastive trial (else its defaults)."""
     from headstart.engine.train.api import evaluate, train
     from headstart.engine.train.finetune import FinetuneOptions, finetune
 
@@ -157,9 +160,8 @@ def run_headstart(method: str, train_csv: Path, test_csv: Path, seed: int, out: 
         extra: dict[str, Any] = {}
     else:
         objective = "cross-entropy" if method == "cross-entropy" else "contrastive"
-        options = FinetuneOptions.for_objective(objective, seed=seed, device="cpu",
-                                                epochs=10 if objective == "cross-entropy" else None,
-                                                unfreeze=unfreeze if objective == "contrastive" else None)
+        trial = (contrastive or {}) if objective == "contrastive" else {"epochs": 10}
+        options = FinetuneOptions.for_objective(objective, seed=seed, device="cpu", **trial)
         result = finetune(str(train_csv), "minilm", "linear", out=out, options=options, progress=False)
         extra = {"best_epoch": result.outcome.best_epoch, "epochs_run": result.outcome.epochs_run}
         if objective == "contrastive":
@@ -235,6 +237,31 @@ def merge(parts: list[Path], out: Path) -> int:
     return 0
 
 
+TRIAL_OPTIONS = {"epochs": int, "batch_size": int, "lr": float, "layer_decay": float, "weight_decay": float,
+                 "patience": int}
+
+
+def trial_options(unfreeze: str | None, settings: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The contrastive trial's options from ``--contrastive-unfreeze`` and ``--contrastive-set KEY=VALUE``."""
+    trial: dict[str, Any] = {"unfreeze": unfreeze} if unfreeze else {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if key not in TRIAL_OPTIONS or not value:
+            parser.error(f"--contrastive-set {setting!r}: give KEY=VALUE, KEY one of {', '.join(TRIAL_OPTIONS)}")
+        try:
+            trial[key] = TRIAL_OPTIONS[key](value)
+        except ValueError:
+            parser.error(f"--contrastive-set {setting!r}: {value!r} is not a {TRIAL_OPTIONS[key].__name__}")
+    return trial
+
+
+def trial_label(trial: dict[str, Any]) -> str:
+    """``contrastive``, or for a trial ``contrastive (BLOCKS)`` / ``contrastive (BLOCKS, key=value ...)``."""
+    parts = ([trial["unfreeze"]] if "unfreeze" in trial else []) + [f"{k}={v}" for k, v in trial.items()
+                                                                      if k != "unfreeze"]
+    return f"contrastive ({', '.join(parts)})" if parts else "contrastive"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", default="debian-net-web,debian6")
@@ -247,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads of every method (SetFit's too)")
     p.add_argument("--contrastive-unfreeze", default=None, metavar="BLOCKS",
                    help="--unfreeze of the contrastive runs (a trial of another depth) [default: its schedule]")
+    p.add_argument("--contrastive-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the contrastive runs other than its default (a trial; repeatable): "
+                   + ", ".join(TRIAL_OPTIONS))
     p.add_argument("--out", default=str(RESULTS / "fewshot.json"))
     p.add_argument("--home", default=None, help="HEADSTART_HOME of the run [default: benchmarks/.work/fewshot/home]; "
                    "give runs made side by side their own (their samples and checkpoints go under it too)")
@@ -257,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", nargs="+", metavar="JSON", help="only merge the rows of these partial result files "
                    "(e.g. one run per task side by side) into --out, and print the table")
     args = p.parse_args(argv)
+    trial = trial_options(args.contrastive_unfreeze, args.contrastive_set, p)
     if args.import_setfit:
         return import_setfit([Path(m) for m in args.import_setfit])
     if args.merge:
@@ -297,9 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 for method in methods:
                     if method == "setfit" and (k not in setfit_sizes or seed >= setfit_seeds):
                         continue
-                    # a depth trial is its own method in the table (and in a --merge)
-                    label = (f"{method} ({args.contrastive_unfreeze})"
-                             if method == "contrastive" and args.contrastive_unfreeze else method)
+                    # a trial is its own method in the table (and in a --merge)
+                    label = trial_label(trial) if method == "contrastive" else method
                     row: dict[str, Any] = {"task": task, "k": k, "seed": seed, "method": label, "load_before": loadavg()}
                     try:
                         if method == "setfit":
@@ -316,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                                            measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
                                 store_setfit(key, {**row, "load_after": loadavg(), "measured_by": info["command"]})
                         else:
-                            got = run_headstart(method, train_csv, test_csv, seed, folder / method,
-                                                args.contrastive_unfreeze)
+                            got = run_headstart(method, train_csv, test_csv, seed, folder / method, trial)
                             row.update({k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in got.items()})
                     except Exception as exc:  # noqa: BLE001 - one failed run is recorded, the rest go on
                         row["error"] = f"{type(exc).__name__}: {exc}"[:500]
