@@ -710,6 +710,7 @@ RENDERERS: dict[str, Callable[[Path, str], str]] = {
     "fewshot": fewshot,
     "fewshot-quiet": lambda results, base: fewshot(results, base, "fewshot_quiet"),
     "fewshot-depth": lambda results, base: fewshot(results, base, "fewshot_depth"),
+    "fewshot-trials": lambda results, base: fewshot(results, base, "fewshot_trials"),
     "fewshot-cost": fewshot_cost,
     "fewshot-cli": fewshot_cli,
     "fewshot-cli-hidden": lambda results, base: fewshot_cli(results, base, "fewshot_cli_hidden"),
