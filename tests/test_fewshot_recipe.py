@@ -16,16 +16,18 @@ import pytest
 from finetune_data import blind_task, tiny_bert_blind
 
 
-def test_schedule_trains_every_layer_of_small_multi_class_sets_and_waits_longer_from_sixteen_per_class() -> None:
-    from headstart.plugins.finetune.contrastive import DEEP_MIN_ITEMS, LONG_RULE_PER_CLASS, schedule
+def test_schedule_trains_every_layer_of_multi_class_sets_and_waits_longer_from_sixteen_per_class() -> None:
+    from headstart.plugins.finetune.contrastive import DEEP_MIN_CLASSES, DEEP_MIN_ITEMS, LONG_RULE_PER_CLASS, schedule
 
-    assert (DEEP_MIN_ITEMS, LONG_RULE_PER_CLASS) == (32, 16)
+    assert (DEEP_MIN_ITEMS, DEEP_MIN_CLASSES, LONG_RULE_PER_CLASS) == (32, 3, 16)
     assert schedule(16, 8, "auto") == ("last:2", "best")  # binary x 8
     assert schedule(31, 10, "auto") == ("last:2", "best")
     assert schedule(32, 8, "auto") == ("all-but-stem", "best")  # 4 classes x 8
     assert schedule(48, 8, "auto") == ("all-but-stem", "best")  # 6 classes x 8
     assert schedule(32, 16, "auto") == ("last:3", "longest-within-se")  # binary x 16
-    assert schedule(192, 32, "auto") == ("last:3", "longest-within-se")
+    assert schedule(64, 32, "auto", 2) == ("last:3", "longest-within-se")  # binary x 32
+    assert schedule(48, 16, "auto", 3) == ("all-but-stem", "longest-within-se")  # 3 classes x 16
+    assert schedule(192, 32, "auto", 6) == ("all-but-stem", "longest-within-se")  # 6 classes x 32
     assert schedule(16, 8, "last:1") == ("last:1", "best")  # an explicit choice is the user's
     assert schedule(64, 32, "all-but-stem") == ("all-but-stem", "longest-within-se")
     assert schedule(64, 32, "all") == ("all", "longest-within-se")
