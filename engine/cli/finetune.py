@@ -18,7 +18,7 @@ from ._common import (CliState, backbone_option, device_option, echo_json, forma
 @click.option("--objective", default="cross-entropy", type=click.Choice(["cross-entropy", "contrastive"]),
               show_default=True, help="contrastive: few labels (SetFit-style pairs, epochs chosen by k-fold CV).")
 @click.option("--unfreeze", default=None, help="all | all-but-stem | last:N (top N backbone blocks train) "
-              "[default: all; contrastive: auto = chosen by the labelled set's size, docs/finetune.md].")
+              "[default: all; contrastive: auto = chosen by the labelled set's size and classes, docs/finetune.md].")
 @click.option("--epochs", default=None, type=int, help="Most epochs [default: 5, contrastive too].")
 @click.option("--lr", default=None, type=float, help="Top backbone block LR [default: 5e-5 text, 1e-4 image; contrastive: 2e-4].")
 @click.option("--head-lr", default=None, type=float, help="Head LR [default: 10 x --lr].")

@@ -103,8 +103,9 @@ def schedule(items: int, smallest_class: int, unfreeze: str, classes: int = 2) -
       learn it (6 classes x 8, 5 seeds: top 2 blocks 0.686, every layer 0.800); on topic sets it did as well
       as the top 2 (debian6 0.761 vs 0.758), and the folds stop at their best epoch, so the run stays short;
     * ``longest-within-se``, ``DEEP_MIN_CLASSES`` classes or more: every block above the stem, as for small
-      multi-class sets (TREC 6 x 32, 5 seeds: the top 3 blocks 0.862 on the seed measured, every layer 0.897 on
-      average; 6 x 16: 0.846 vs 0.867; the topic set debian6 kept within a point: 0.799 vs 0.791 at 16 per class);
+      multi-class sets (TREC 6 x 32: the top 3 blocks 0.868 on the 2 seeds measured, every layer 0.906 on those
+      and 0.894 on 5; 6 x 16: 0.846 vs 0.867; the topic set debian6 kept within a point: 0.799 vs 0.791 at 16 per
+      class, 0.820 vs 0.821 at 32);
     * ``longest-within-se``, two classes: the top 3 blocks. Every fold runs every epoch there, and every layer cost
       two to four times as much for mixed results (16 per class: debian-net-web -4.4 points, rt-polarity +0.7).
     """
