@@ -20,17 +20,17 @@ def test_schedule_trains_every_layer_of_multi_class_sets_and_waits_longer_from_s
     from headstart.plugins.finetune.contrastive import DEEP_MIN_CLASSES, DEEP_MIN_ITEMS, LONG_RULE_PER_CLASS, schedule
 
     assert (DEEP_MIN_ITEMS, DEEP_MIN_CLASSES, LONG_RULE_PER_CLASS) == (32, 3, 16)
-    assert schedule(16, 8, "auto") == ("last:2", "best")  # binary x 8
-    assert schedule(31, 10, "auto") == ("last:2", "best")
-    assert schedule(32, 8, "auto") == ("all-but-stem", "best")  # 4 classes x 8
-    assert schedule(48, 8, "auto") == ("all-but-stem", "best")  # 6 classes x 8
-    assert schedule(32, 16, "auto") == ("last:3", "longest-within-se")  # binary x 16
-    assert schedule(64, 32, "auto", 2) == ("last:3", "longest-within-se")  # binary x 32
-    assert schedule(48, 16, "auto", 3) == ("all-but-stem", "longest-within-se")  # 3 classes x 16
-    assert schedule(192, 32, "auto", 6) == ("all-but-stem", "longest-within-se")  # 6 classes x 32
-    assert schedule(16, 8, "last:1") == ("last:1", "best")  # an explicit choice is the user's
-    assert schedule(64, 32, "all-but-stem") == ("all-but-stem", "longest-within-se")
-    assert schedule(64, 32, "all") == ("all", "longest-within-se")
+    assert schedule([8, 8], "auto") == ("last:2", "best")  # binary x 8
+    assert schedule([10, 21], "auto") == ("last:2", "best")
+    assert schedule([8] * 4, "auto") == ("all-but-stem", "best")  # 4 classes x 8
+    assert schedule([8] * 6, "auto") == ("all-but-stem", "best")  # 6 classes x 8
+    assert schedule([16, 16], "auto") == ("last:3", "longest-within-se")  # binary x 16
+    assert schedule([32, 32], "auto") == ("last:3", "longest-within-se")  # binary x 32
+    assert schedule([16] * 3, "auto") == ("all-but-stem", "longest-within-se")  # 3 classes x 16
+    assert schedule([32] * 6, "auto") == ("all-but-stem", "longest-within-se")  # 6 classes x 32
+    assert schedule([8, 8], "last:1") == ("last:1", "best")  # an explicit choice is the user's
+    assert schedule([32, 32], "all-but-stem") == ("all-but-stem", "longest-within-se")
+    assert schedule([32, 32], "all") == ("all", "longest-within-se")
 
 
 def test_unfreeze_spellings_name_the_lowest_block_that_trains() -> None:

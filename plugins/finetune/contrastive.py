@@ -13,8 +13,8 @@ on the tuned embeddings), made cheap on a CPU:
   accuracy were the same within the seeds' spread, docs/finetune.md); the held-out score at
   epoch 0 (the frozen body) is the baseline reported as the frozen metrics;
 * only the blocks ``--unfreeze`` names train (default ``auto``: the top 2, 3 or every block above the stem,
-  by the size and class count of the labelled set, see schedule()); the frozen blocks below run once and their output is
-  replayed, so a step costs the trained blocks only;
+  by the size and class count of the labelled set, see schedule()); the frozen blocks below run once and
+  their output is replayed, so a step costs the trained blocks only;
 * each step's loss covers every pair of the batch (pair_loss.py), hard pairs up-weighted, instead of
   sampling a few pairs per item;
 * the body that trains: where the backbone has a numpy twin (BERT text encoders: ``headstart.sdk.numpy_twin``)
@@ -49,7 +49,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -80,10 +80,9 @@ def register_finetuners(register):
                            "resumable)", starts_from_fitted_head=False))
 
 
-def schedule(items: int, smallest_class: int, unfreeze: str, classes: int = 2) -> tuple[str, str]:
-    """(the blocks that train, how the k-fold curve chooses the epochs) for ``items`` labelled items in
-    ``classes`` classes whose smallest has ``smallest_class``; docs/finetune.md has the measurements behind
-    each choice.
+def schedule(class_sizes: Sequence[int], unfreeze: str) -> tuple[str, str]:
+    """(the blocks that train, how the k-fold curve chooses the epochs) for a labelled set with
+    ``class_sizes`` items per class; docs/finetune.md has the measurements behind each choice.
 
     Epochs: below ``LONG_RULE_PER_CLASS`` items per class the epoch with the best held-out accuracy (``best``;
     ``--patience`` ends a fold early). From there on every fold runs all ``--epochs`` and the most-trained
@@ -111,12 +110,12 @@ def schedule(items: int, smallest_class: int, unfreeze: str, classes: int = 2) -
     """
     from headstart.sdk import UNFREEZE_AUTO
 
-    rule = "best" if smallest_class < LONG_RULE_PER_CLASS else "longest-within-se"
+    rule = "best" if min(class_sizes) < LONG_RULE_PER_CLASS else "longest-within-se"
     if unfreeze != UNFREEZE_AUTO:
         return unfreeze, rule
     if rule == "longest-within-se":
-        return AUTO_BLOCKS["deep" if classes >= DEEP_MIN_CLASSES else "long"], rule
-    return AUTO_BLOCKS["deep" if items >= DEEP_MIN_ITEMS else "short"], rule
+        return AUTO_BLOCKS["deep" if len(class_sizes) >= DEEP_MIN_CLASSES else "long"], rule
+    return AUTO_BLOCKS["deep" if sum(class_sizes) >= DEEP_MIN_ITEMS else "short"], rule
 
 
 def _train_precision(asked: str) -> str:
@@ -238,7 +237,7 @@ def run(request: "FinetuneRequest") -> "FinetuneOutcome":
         raise FinetuneError(f"the checkpoint in {checkpoint} belongs to another run (other data, backbone, head, "
                             "objective or options)", hint="resume with the same options, or delete the folder")
     started = time.perf_counter()
-    unfreeze, rule = schedule(len(y_np), int(np.bincount(y_np).min()), opts.unfreeze, n_classes)
+    unfreeze, rule = schedule(np.bincount(y_np).tolist(), opts.unfreeze)
     body = _make_body(request, items, unfreeze, meta)
     cache_seconds = time.perf_counter() - started
     lr = opts.lr if opts.lr is not None else DEFAULT_LR
